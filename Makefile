@@ -1,0 +1,41 @@
+# triggerd — the two commands that matter:
+#   make run    create .venv, install, start the daemon on config/triggerd.example.yaml
+#   make test   install, then ruff, mypy --strict and the whole pytest suite
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+CONFIG ?= config/triggerd.example.yaml
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest install clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/triggerd run --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check triggerd tests bench
+
+typecheck: install
+	$(BIN)/mypy --strict triggerd
+
+pytest: install
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .triggerd .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,112 @@
+"""Glob semantics for paths, Kafka keys and schedule names (triggerd.engine.globs)."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from triggerd.engine.globs import compile_glob, glob_match
+from triggerd.errors import ExpressionError
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("a.parquet", "**/*.parquet"),
+        ("x/a.parquet", "**/*.parquet"),
+        ("x/y/a.parquet", "**/*.parquet"),
+        ("/data/landing/churn/2024/01/part-0.parquet", "/data/landing/churn/**"),
+        ("a/b", "a/**/b"),
+        ("a/x/y/b", "a/**/b"),
+        ("a/x/b", "a/*/b"),
+        ("report.csv", "*.csv"),
+        ("abc", "a?c"),
+        ("b", "[abc]"),
+        ("q", "[a-z]"),
+        ("d", "[!abc]"),
+        ("d", "[^abc]"),
+        ("]", "[]]"),
+        ("-", "[a-]"),
+        ("*", "[*]"),
+        ("file[1].csv", "file[[]1].csv"),
+        ("my file $1 (copy).csv", "my file $1 (copy).*"),
+        ("line\nbreak.csv", "line*break.csv"),
+        ("tab\there", "tab?here"),
+        ("a+b^c|d{2}", "a+b^c|d{2}"),
+        ("back\\slash", "back\\slash"),
+        ("orders.v2", "orders.*"),
+        ("nightly", "nightly"),
+        ("", "*"),
+        ("", ""),
+        ("ünïcødé/ファイル.txt", "*/*.txt"),
+    ],
+)
+def test_matches(text: str, pattern: str) -> None:
+    assert glob_match(text, pattern)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("x/a.parquet", "*.parquet"),  # * does not cross /
+        ("a/c", "a?c"),  # ? does not match /
+        ("a/b/c", "a/*"),
+        ("a.parquet.tmp", "**/*.parquet"),  # full match, not a prefix
+        ("xa.parquet", "a.parquet"),  # nor a suffix
+        ("a", "[!abc]"),
+        ("/", "[!abc]"),  # classes never match /
+        ("/", "[+-0]"),
+        ("x", "[*]"),
+        ("ABC", "abc"),  # case-sensitive
+        ("ab", "abc"),
+        ("a.csv", "a?csv\n"),
+        ("axcsv", "a.csv"),  # . is literal
+        ("a", ""),
+    ],
+)
+def test_does_not_match(text: str, pattern: str) -> None:
+    assert not glob_match(text, pattern)
+
+
+def test_double_star_slash_matches_zero_directories() -> None:
+    assert glob_match("a/b", "a/**/b")
+    assert glob_match("top.parquet", "**/*.parquet")
+    assert not glob_match("a/xb", "a/**/b")
+
+
+@pytest.mark.parametrize(("pattern", "column"), [("[abc", 1), ("data/[!x", 6), ("a[", 2)])
+def test_unclosed_class_is_an_error_with_its_column(pattern: str, column: int) -> None:
+    with pytest.raises(ExpressionError, match="unclosed") as info:
+        compile_glob(pattern)
+    assert info.value.column == column
+
+
+def test_reversed_range_is_an_error() -> None:
+    with pytest.raises(ExpressionError, match="bad range"):
+        compile_glob("[z-a]")
+
+
+def test_compiled_patterns_are_cached() -> None:
+    assert compile_glob("**/*.cached") is compile_glob("**/*.cached")
+
+
+def test_doubled_set_operators_in_a_class_are_literal() -> None:
+    # `&&`, `~~`, `||` would be set operations in a future `re`; in a glob they are members.
+    assert glob_match("a&b", "a[&&]b")
+    assert glob_match("a~b", "a[~~]b")
+    assert glob_match("a|b", "a[||]b")
+
+
+@given(st.text().filter(lambda s: not set(s) & set("*?[")))
+def test_a_literal_pattern_matches_exactly_itself(text: str) -> None:
+    assert compile_glob(text).fullmatch(text)
+    assert not glob_match(text + "x", text)
+    assert not glob_match("x" + text, text)
+
+
+@given(st.text(alphabet="ab.-", max_size=8), st.text(alphabet="ab.-*?", max_size=6))
+def test_without_slashes_it_agrees_with_fnmatch(text: str, pattern: str) -> None:
+    assert glob_match(text, pattern) == fnmatch.fnmatchcase(text, pattern)

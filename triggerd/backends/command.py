@@ -1,0 +1,294 @@
+"""The `command` backend: run an argv list (never a shell) for each trigger.
+
+Contract (see `triggerd.interfaces.Backend`):
+
+- Every argv item, `workdir` and every `env` value is a `Template` over the trigger context
+  (`trigger_id`, `rule`, `group`, `fired_at`, `reason`, `manual`, `params.*`, `events.N.*`,
+  `attempt`). A rendered value is always exactly one argv item or env value: it never becomes
+  shell syntax. Templates are checked when the backend is built (the config loader reports
+  `ExpressionError`); a field without a value at dispatch time fails the job permanently.
+- The child runs in its own session/process group with stdin on /dev/null and the environment
+  of the daemon (when `inherit_env`, passed through unfiltered) plus the rendered `env`, plus
+  `TRIGGERD_TRIGGER_ID`, `TRIGGERD_RULE`, `TRIGGERD_TRIGGER_FILE` (absolute path of a JSON file
+  holding the trigger context) and `TRIGGERD_ATTEMPT`. `argv[0]` without a slash is looked up
+  in the PATH of that environment; a relative `workdir` is relative to the daemon's cwd.
+- Files live in `<state_dir>/jobs/<trigger id>/`: `trigger.json` and `output.log` (stdout and
+  stderr, the first `output_limit` bytes of the latest attempt). The job detail keeps the last
+  `tail` characters of the output, and says when the file was truncated.
+- Idempotency: the backend cannot stop a command from acting twice, so the command must use
+  `TRIGGERD_TRIGGER_ID` as its idempotency key: a retry or a restart after a crash runs it again.
+- Outcomes: an exit code in `success_codes` succeeds. A spawn that cannot work (command not
+  found or not executable, workdir missing, template field missing) raises
+  `PermanentDispatchError`. Any other exit code, death by a signal and a timeout raise
+  `TransientDispatchError`; the rule's retry policy decides whether another attempt runs.
+- Timeout: SIGTERM to the process group, SIGKILL to the group after `kill_grace` if anything in
+  it is left. A process that left the group (its own `setsid`) is out of reach.
+- Cancellation (daemon shutdown): the child is NOT killed. Its output keeps being captured while
+  the loop runs; once the daemon exits, the child's stdout/stderr pipe has no reader, so a
+  command meant to outlive the daemon must redirect its own output. After the direct child
+  exits, background processes still holding the output pipe are not waited for (nor killed).
+- `env` values may hold secrets: they never appear in a detail or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, Literal
+
+from pydantic import Field
+
+from triggerd.config.types import Duration, Size, Strict, format_duration
+from triggerd.engine.templates import Template
+from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
+from triggerd.interfaces import JobHandle
+from triggerd.model import DispatchResult, TriggerContext
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+_DRAIN_AFTER_EXIT = 2.0  # seconds to wait for EOF once the direct child has exited
+_GROUP_POLL = 0.05
+
+
+class CommandOptions(Strict):
+    type: Literal["command"]
+    argv: Annotated[list[str], Field(min_length=1)]
+    workdir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    inherit_env: bool = True
+    timeout: Duration | None = None
+    kill_grace: Duration = timedelta(seconds=10)
+    output_limit: Size = 1024 * 1024
+    tail: Annotated[int, Field(ge=0)] = 2000
+    success_codes: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+
+
+class CommandBackend:
+    """Runs `options.argv` once per attempt; see the module docstring for the contract."""
+
+    Options = CommandOptions
+
+    def __init__(self, name: str, options: CommandOptions, state_dir: Path) -> None:
+        self.name = name
+        self.options = options
+        self._jobs_dir = Path(state_dir) / "jobs"
+        self._argv = [Template(item) for item in options.argv]
+        self._workdir = Template(options.workdir) if options.workdir is not None else None
+        self._env = {key: _env_template(key, value) for key, value in options.env.items()}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
+        values = {**ctx.to_dict(), "attempt": job.attempt}
+        argv = [self._render(t, values, f"argv[{i}]") for i, t in enumerate(self._argv)]
+        if not argv[0]:
+            raise PermanentDispatchError(f"argv[0] is empty; check backends.{self.name}.argv")
+        workdir = self._render(self._workdir, values, "workdir") if self._workdir else None
+        env = dict(os.environ) if self.options.inherit_env else {}
+        env.update({k: self._render(t, values, f"env.{k}") for k, t in self._env.items()})
+        job_dir = self._jobs_dir / _safe_name(ctx.trigger_id)
+        trigger_file = await asyncio.to_thread(_write_trigger_file, job_dir, ctx.to_dict())
+        env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
+                   TRIGGERD_TRIGGER_FILE=str(trigger_file), TRIGGERD_ATTEMPT=str(job.attempt))
+        if workdir is not None and not await asyncio.to_thread(os.path.isdir, workdir):
+            raise PermanentDispatchError(
+                f"workdir does not exist: {workdir!r}; check backends.{self.name}.workdir")
+
+        output = await asyncio.to_thread(open, job_dir / "output.log", "wb", buffering=0)
+        # Our own pipe rather than stdout=PIPE: on 3.11 `proc.wait()` also waits for the
+        # transport's pipes, which a background grandchild may hold open for hours.
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd,
+                stderr=asyncio.subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True)
+        except BaseException as exc:
+            os.close(read_fd)
+            output.close()
+            if isinstance(exc, OSError):
+                raise self._spawn_error(exc, argv[0], workdir) from exc
+            raise
+        finally:
+            os.close(write_fd)
+        external_id = f"pid:{proc.pid}"
+        log.info("backend %s: trigger %s attempt %d started %s",
+                 self.name, ctx.trigger_id, job.attempt, external_id)
+        capture = _Capture(self.options.output_limit, self.options.tail)
+        reader = asyncio.create_task(capture.drain(read_fd, output))
+        try:
+            await job.set_external_id(external_id)
+            code, timed_out = await self._wait(proc)
+            await asyncio.wait({reader}, timeout=_DRAIN_AFTER_EXIT)
+        except BaseException:
+            # Cancellation (shutdown) or a failing store: the child is left running.
+            self._detach(proc, reader, external_id)
+            raise
+        if not reader.done():
+            capture.notes.append("a background process still holds the output open")
+            self._detach(proc, reader, external_id)
+
+        log.info("backend %s: trigger %s %s exited with %d%s", self.name, ctx.trigger_id,
+                 external_id, code, " after timeout" if timed_out else "")
+        if timed_out:
+            assert self.options.timeout is not None  # noqa: S101 - timed_out implies a timeout
+            headline = f"timed out after {format_duration(self.options.timeout)}; " \
+                       "killed process group"
+        elif code in self.options.success_codes:
+            return DispatchResult(external_id=external_id, exit_code=code,
+                                  detail=capture.detail(None) or f"exit code {code}, no output")
+        elif code < 0:
+            headline = f"killed by {_signal_name(-code)}"
+        else:
+            headline = f"exit code {code}"
+        raise TransientDispatchError(capture.detail(headline) or headline, exit_code=code,
+                                     external_id=external_id)
+
+    def _render(self, template: Template, values: dict[str, Any], where: str) -> str:
+        try:
+            return template.render(values)
+        except ExpressionError as exc:
+            raise PermanentDispatchError(
+                f"template {where} of backends.{self.name}: {exc.message}") from exc
+
+    def _spawn_error(self, exc: OSError, program: str, workdir: str | None) -> Exception:
+        where = f"check backends.{self.name}"
+        if workdir is not None and exc.filename == workdir:
+            return PermanentDispatchError(
+                f"cannot use workdir {workdir!r}: {exc.strerror}; {where}.workdir")
+        if isinstance(exc, FileNotFoundError):
+            return PermanentDispatchError(f"command not found: {program!r} (argv[0]); {where}.argv")
+        if isinstance(exc, PermissionError):
+            return PermanentDispatchError(
+                f"command not executable: {program!r} (argv[0]); {where}.argv")
+        return PermanentDispatchError(f"cannot run {program!r} (argv[0]): {exc.strerror or exc}")
+
+    async def _wait(self, proc: asyncio.subprocess.Process) -> tuple[int, bool]:
+        """Wait for the direct child; on timeout terminate its whole process group."""
+        timeout = self.options.timeout
+        if timeout is None:
+            return await proc.wait(), False
+        try:
+            async with asyncio.timeout(timeout.total_seconds()):
+                return await proc.wait(), False
+        except TimeoutError:
+            pass
+        pgid = proc.pid  # start_new_session: the child leads its own group
+        _signal_group(pgid, signal.SIGTERM)
+        polls = max(1, round(self.options.kill_grace.total_seconds() / _GROUP_POLL))
+        for _ in range(polls):  # the group, not just the child: grandchildren count too
+            if not _signal_group(pgid, 0):
+                break
+            await asyncio.sleep(_GROUP_POLL)
+        else:
+            _signal_group(pgid, signal.SIGKILL)
+        return await proc.wait(), True
+
+    def _detach(self, proc: asyncio.subprocess.Process, reader: asyncio.Task[None],
+                external_id: str) -> None:
+        """Keep following a child we no longer wait for, so its output pipe never blocks."""
+        async def follow() -> None:
+            code = await proc.wait()
+            await reader
+            log.info("backend %s: detached %s exited with %d", self.name, external_id, code)
+
+        task = asyncio.create_task(follow())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class _Capture:
+    """Copies a stream into a file up to `limit` bytes, then drains and counts the rest."""
+
+    def __init__(self, limit: int, tail_chars: int) -> None:
+        self.limit = limit
+        self.tail_chars = tail_chars
+        self.written = 0
+        self.dropped = 0
+        self.notes: list[str] = []
+        self._tail = bytearray()
+
+    async def drain(self, read_fd: int, file: BinaryIO) -> None:
+        stream = asyncio.StreamReader(limit=2 * _CHUNK)
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        transport: asyncio.BaseTransport | None = None
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream), pipe)
+            while chunk := await stream.read(_CHUNK):
+                if self.tail_chars:
+                    self._tail += chunk
+                    del self._tail[:-4 * self.tail_chars]  # at most 4 bytes per character
+                keep = chunk[:max(self.limit - self.written, 0)]
+                if keep:
+                    await asyncio.to_thread(file.write, keep)
+                    self.written += len(keep)
+                self.dropped += len(chunk) - len(keep)
+        finally:
+            if transport is not None:
+                transport.close()  # closes `pipe`
+            else:
+                pipe.close()
+            file.close()
+
+    def detail(self, headline: str | None) -> str:
+        lines = [headline] if headline else []
+        if self.dropped:
+            lines.append(f"output truncated: output.log holds the first {self.written} bytes, "
+                         f"{self.dropped} more were dropped")
+        lines.extend(self.notes)
+        tail = self._tail.decode("utf-8", "replace")[-self.tail_chars:] if self.tail_chars else ""
+        if tail.strip():
+            tail = tail.lstrip("\ufffd").rstrip("\n")
+            lines.append(f"--- output tail ---\n{tail}" if lines else tail)
+        return "\n".join(lines)
+
+
+def _env_template(key: str, value: str) -> Template:
+    try:
+        return Template(value)
+    except ExpressionError as exc:  # the value may hold a secret: do not quote it
+        raise ExpressionError(f"env {key}: invalid template (value not shown); write a "
+                              "literal brace as {{ or }}", column=exc.column) from None
+
+
+def _safe_name(trigger_id: str) -> str:
+    """A file name for the job dir; ids are already `[A-Za-z0-9._-]`, others get a hash."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", trigger_id).lstrip(".")[:150]
+    if name != trigger_id:
+        digest = hashlib.blake2b(trigger_id.encode("utf-8", "surrogateescape"), digest_size=6)
+        name = f"{name}-{digest.hexdigest()}"
+    return name
+
+
+def _write_trigger_file(job_dir: Path, context: dict[str, Any]) -> Path:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = (job_dir / "trigger.json").absolute()
+    tmp = path.with_name(f".trigger.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(context, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when it no longer exists (0 only probes)."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_name(number: int) -> str:
+    with contextlib.suppress(ValueError):
+        return signal.Signals(number).name
+    return f"signal {number}"

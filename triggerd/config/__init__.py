@@ -1,0 +1,1 @@
+"""Configuration: the YAML file's schema (pydantic) and its loader (line numbers, include, env)."""

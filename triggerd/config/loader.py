@@ -1,0 +1,357 @@
+"""Load the configuration: safe YAML with line numbers, `include`, `${ENV}`, every error at once.
+
+`load_config(path)` returns a validated `Config` or raises `ConfigError` whose `problems` are
+`file:line: key.path: message` strings, all of them, so a user fixes a file in one pass.
+
+YAML is read with a safe loader that follows YAML 1.2 for booleans: `on:` (a rule key) stays
+the string "on" instead of becoming `True` as in YAML 1.1.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from triggerd import registry
+from triggerd.config.schema import ConfigFile, RuleSpec
+from triggerd.errors import ConfigError, ExpressionError, TriggerdError
+
+Pos = tuple[str, int]
+KeyPath = tuple[str | int, ...]
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DEFAULT_STATE_DIR = "/var/lib/triggerd"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true/false), so `on:` is not `True:`."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration, with plugin options already checked by their own models."""
+
+    path: Path
+    store_url: str
+    state_dir: Path
+    retention: timedelta
+    sources: dict[str, BaseModel]
+    backends: dict[str, BaseModel]
+    rules: dict[str, RuleSpec]
+    files: list[Path] = field(default_factory=list)
+
+    def source_type(self, name: str) -> str:
+        return str(getattr(self.sources.get(name), "type", "unknown"))
+
+
+class _Reader:
+    """Builds plain Python data from YAML nodes, remembering where every key was written."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.positions: dict[KeyPath, Pos] = {}
+        self.problems: list[str] = []
+
+    def read(self, path: Path, prefix: KeyPath = ()) -> Any:
+        fname = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.problems.append(f"{fname}:0: cannot read file: {exc.strerror or exc}")
+            return None
+        except UnicodeDecodeError as exc:
+            self.problems.append(f"{fname}:0: not UTF-8 text: {exc.reason}")
+            return None
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return {}
+            return self._build(loader, node, fname, prefix)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else 0
+            self.problems.append(f"{fname}:{line}: invalid YAML: {exc.problem or exc}")
+            return None
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: _Loader, node: yaml.Node, fname: str, path: KeyPath) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                key = loader.construct_object(knode, deep=True)
+                line = knode.start_mark.line + 1
+                if not isinstance(key, str | int):
+                    self.problems.append(f"{fname}:{line}: {_dotted(path)}: keys must be names")
+                    continue
+                if key in out:
+                    self.problems.append(
+                        f"{fname}:{line}: {_dotted((*path, key))}: duplicate key")
+                    continue
+                self.positions[(*path, key)] = (fname, line)
+                out[key] = self._build(loader, vnode, fname, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                self.positions[(*path, i)] = (fname, item.start_mark.line + 1)
+                items.append(self._build(loader, item, fname, (*path, i)))
+            return items
+        value = loader.construct_object(node, deep=True)
+        if isinstance(value, str) and "$" in value:
+            value = self._expand(value, fname, node.start_mark.line + 1, path)
+        return value
+
+    def _expand(self, value: str, fname: str, line: int, path: KeyPath) -> str:
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.problems.append(
+                f"{fname}:{line}: {_dotted(path)}: environment variable {name} is not set")
+            return ""
+
+        return _ENV.sub(sub, value)
+
+
+def _dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _pos(positions: Mapping[KeyPath, Pos], path: KeyPath, default: Pos) -> Pos:
+    for n in range(len(path), 0, -1):
+        if path[:n] in positions:
+            return positions[path[:n]]
+    return default
+
+
+def _pydantic_problems(exc: ValidationError, prefix: KeyPath,
+                       positions: Mapping[KeyPath, Pos], default: Pos) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc: KeyPath = (*prefix, *(p for p in err["loc"] if not _is_variant_tag(p)))
+        fname, line = _pos(positions, loc, default)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}"
+            loc = loc[:-1]
+        elif kind == "missing":
+            msg = f"missing required key {loc[-1]!r}"
+            loc = loc[:-1]
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+        out.append(f"{fname}:{line}: {_dotted(loc)}: {msg}")
+    return out
+
+
+def _is_variant_tag(part: Any) -> bool:
+    # pydantic inserts union member names ("int", "function-before[...]") into locations
+    return isinstance(part, str) and (part in {"int", "str", "list[str]"} or "[" in part)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                store: str | None = None, state_dir: str | None = None) -> Config:
+    """Read, merge, validate and cross-check the config; raise ConfigError with every problem.
+
+    `store` and `state_dir` override the file's values (TRIGGERD_STORE, TRIGGERD_STATE_DIR).
+    """
+    env = os.environ if env is None else env
+    main = Path(path).absolute()
+    reader = _Reader(env)
+    raw = reader.read(main)
+    problems = reader.problems
+    default: Pos = (str(main), 1)
+    if raw is None:
+        raise ConfigError(problems)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{main}:1: the config file must be a mapping of sections"])
+
+    files = [main]
+    merged: dict[str, dict[str, Any]] = {"sources": {}, "backends": {}, "rules": {}}
+    for section in merged:
+        value = raw.get(section) or {}
+        if isinstance(value, dict):
+            merged[section].update(value)
+    include = raw.get("include") or []
+    for i, pattern in enumerate(include if isinstance(include, list) else []):
+        fname, line = _pos(reader.positions, ("include", i), default)
+        if not isinstance(pattern, str):
+            problems.append(f"{fname}:{line}: include[{i}]: must be a glob string")
+            continue
+        matches = sorted(glob.glob(str(main.parent / pattern), recursive=True))
+        if not matches and not glob.has_magic(pattern):
+            problems.append(f"{fname}:{line}: include[{i}]: no such file {pattern!r}")
+        for match in matches:
+            inc_path = Path(match).absolute()
+            inc = _read_included(reader, inc_path, merged)
+            if inc is not None:
+                files.append(inc_path)
+
+    top = {k: v for k, v in raw.items() if k not in merged}
+    top.update({k: v for k, v in merged.items() if v or k in raw})
+    try:
+        cfg = ConfigFile.model_validate(top)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, (), reader.positions, default))
+        raise ConfigError(problems) from None
+
+    sources = _plugins("source", cfg.sources, reader, default)
+    backends = _plugins("backend", cfg.backends, reader, default)
+    _check_rules(cfg, sources, reader, default)
+    if problems:
+        raise ConfigError(problems)
+
+    state = _state_dir(state_dir, cfg.state_dir, main, env)
+    store_url = store or cfg.store or f"sqlite:///{state / 'state.db'}"
+    return Config(path=main, store_url=store_url, state_dir=state, retention=cfg.retention,
+                  sources=sources, backends=backends, rules=dict(cfg.rules), files=files)
+
+
+def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]]) -> Any:
+    before = dict(reader.positions)
+    raw = reader.read(path)
+    if raw is None:
+        return None
+    fname = str(path)
+    if not isinstance(raw, dict):
+        reader.problems.append(f"{fname}:1: a rule file must be a mapping of sections")
+        return None
+    for key in raw:
+        if key not in merged:
+            line = reader.positions.get((key,), (fname, 1))[1]
+            reader.problems.append(
+                f"{fname}:{line}: unknown key {key!r} (an included file may hold "
+                "sources, backends and rules)")
+    for section, names in merged.items():
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            continue
+        for name, body in value.items():
+            if name in names:
+                first = before.get((section, name), ("?", 0))
+                line = reader.positions.get((section, name), (fname, 1))[1]
+                reader.problems.append(
+                    f"{fname}:{line}: {section}.{name}: already defined at "
+                    f"{first[0]}:{first[1]}")
+                reader.positions[(section, name)] = first
+                continue
+            names[name] = body
+    # the included file's top-level keys must not shadow the main file's positions
+    for key in list(raw):
+        if (key,) in before:
+            reader.positions[(key,)] = before[(key,)]
+    return raw
+
+
+def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
+             default: Pos) -> dict[str, BaseModel]:
+    types = registry.source_types() if kind == "source" else registry.backend_types()
+    load = registry.source_class if kind == "source" else registry.backend_class
+    section = f"{kind}s"
+    out: dict[str, BaseModel] = {}
+    for name, entry in entries.items():
+        raw = entry.model_dump()
+        type_name = raw.get("type")
+        if type_name not in types:
+            fname, line = _pos(reader.positions, (section, name, "type"), default)
+            reader.problems.append(
+                f"{fname}:{line}: {section}.{name}.type: unknown {kind} type {type_name!r} "
+                f"(known: {', '.join(sorted(types))})")
+            continue
+        try:
+            options = load(type_name).Options.model_validate(raw)
+        except ValidationError as exc:
+            reader.problems.extend(
+                _pydantic_problems(exc, (section, name), reader.positions, default))
+            continue
+        except (TriggerdError, ExpressionError) as exc:
+            fname, line = _pos(reader.positions, (section, name), default)
+            reader.problems.append(f"{fname}:{line}: {section}.{name}: {exc}")
+            continue
+        out[name] = options
+    return out
+
+
+def _check_rules(cfg: ConfigFile, sources: Mapping[str, BaseModel], reader: _Reader,
+                 default: Pos) -> None:
+    from triggerd.engine.expr import Expression
+    from triggerd.engine.globs import compile_glob
+    from triggerd.engine.templates import Template
+    from triggerd.schedules import Schedule
+
+    def problem(path: KeyPath, msg: str) -> None:
+        fname, line = _pos(reader.positions, path, default)
+        reader.problems.append(f"{fname}:{line}: {_dotted(path)}: {msg}")
+
+    for name, rule in cfg.rules.items():
+        base: KeyPath = ("rules", name)
+        for i, src in enumerate(rule.on):
+            if src not in cfg.sources:
+                problem((*base, "on", i), f"unknown source {src!r}"
+                        f" (defined: {', '.join(sorted(cfg.sources)) or 'none'})")
+        if rule.dispatch.backend not in cfg.backends:
+            problem((*base, "dispatch", "backend"),
+                    f"unknown backend {rule.dispatch.backend!r}"
+                    f" (defined: {', '.join(sorted(cfg.backends)) or 'none'})")
+        checks: list[tuple[KeyPath, str | None, Any]] = [
+            ((*base, "match", "where"), rule.match.where, Expression),
+            ((*base, "match", "subject"), rule.match.subject, compile_glob),
+            ((*base, "group_by"), rule.group_by, Template),
+        ]
+        for path, text, compile_ in checks:
+            if text is None:
+                continue
+            try:
+                compile_(text)
+            except ExpressionError as exc:
+                problem(path, f"{exc.message}" + (
+                    f" at column {exc.column}" if exc.column is not None else "")
+                        + f" in {text!r}")
+        sched = rule.when.schedule
+        if sched is None:
+            continue
+        if sched in cfg.sources:
+            if cfg.sources[sched].type != "cron":
+                problem((*base, "when", "schedule"), f"source {sched!r} is not a cron source")
+            continue
+        try:
+            Schedule.cron(sched)
+        except ValueError as exc:
+            problem((*base, "when", "schedule"),
+                    f"{exc} (give a 5-field cron expression or the name of a cron source)")
+
+
+def _state_dir(override: str | None, configured: str | None, main: Path,
+               env: Mapping[str, str]) -> Path:
+    if override:
+        return Path(override).absolute()
+    if configured:
+        return (main.parent / configured).resolve()
+    if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path(DEFAULT_STATE_DIR)

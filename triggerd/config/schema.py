@@ -1,0 +1,163 @@
+"""The configuration file's schema (SPEC section 3), as strict pydantic models.
+
+Rules, policies and the top level are defined here. Source and backend options belong to their
+plugin modules (each plugin class carries an `Options` model with a `type` literal); the loader
+validates each entry against its plugin's model, and `json_schema()` assembles the whole schema
+from the registry so editors see every option.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from triggerd.config.types import NAME_PATTERN, Duration, Size, Strict
+from triggerd.model import EVENT_KINDS
+
+EventKind = Literal["created", "modified", "moved", "deleted", "message", "tick", "manual"]
+assert set(get_args(EventKind)) == set(EVENT_KINDS)  # noqa: S101  (kept in step with model.py)
+
+
+class MatchSpec(Strict):
+    """Which events a rule listens to, beyond its `on` sources."""
+
+    kinds: list[EventKind] | None = None
+    subject: str | None = Field(None, description="glob over the event subject (`**` recursive)")
+    where: str | None = Field(None, description="safe expression over the event (SPEC 3.2)")
+
+
+class WhenSpec(Strict):
+    """The firing policy (SPEC 3.1). Present conditions must all hold."""
+
+    min_events: int = Field(1, ge=1)
+    min_bytes: Size | None = None
+    debounce: Duration | None = None
+    max_delay: Duration | None = None
+    cooldown: Duration | None = None
+    schedule: str | None = Field(
+        None, description="cron expression, or the name of a cron source: a periodic check")
+    at_least_every: Duration | None = None
+    sustained: int | Duration | None = Field(
+        None, description="N consecutive matching events, or a duration the match must hold")
+
+    @field_validator("sustained", mode="before")
+    @classmethod
+    def _sustained(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("sustained must be a count (3) or a duration (15m)")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("sustained must be at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WhenSpec:
+        if self.max_delay is not None and self.debounce is None:
+            raise ValueError("max_delay bounds a debounce: set debounce too")
+        if self.max_delay is not None and self.debounce is not None \
+                and self.max_delay < self.debounce:
+            raise ValueError("max_delay must not be shorter than debounce")
+        for name in ("debounce", "cooldown", "at_least_every", "max_delay"):
+            value = getattr(self, name)
+            if value is not None and value < timedelta(0):
+                raise ValueError(f"{name} must not be negative")
+        return self
+
+
+class RetrySpec(Strict):
+    attempts: int = Field(1, ge=1, le=100, description="total attempts, including the first")
+    backoff: Duration = Field(timedelta(seconds=30), description="delay before the 2nd attempt")
+    max_backoff: Duration = Field(timedelta(hours=1), description="cap of the doubling delay")
+
+
+class DispatchSpec(Strict):
+    backend: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    concurrency: int = Field(1, ge=1)
+    on_busy: Literal["coalesce", "queue", "skip"] = "coalesce"
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+
+
+class RuleSpec(Strict):
+    on: list[str] = Field(min_length=1, description="names of the sources the rule listens to")
+    match: MatchSpec = Field(default_factory=MatchSpec)
+    group_by: str | None = Field(None, description="template over the event, e.g. {payload.dir}")
+    when: WhenSpec = Field(default_factory=WhenSpec)
+    dispatch: DispatchSpec
+    description: str | None = None
+
+
+class SourceEntry(Strict):
+    """A source before its plugin validates it: only `type` is known here."""
+
+    model_config = Strict.model_config | {"extra": "allow"}
+    type: str
+
+
+class BackendEntry(Strict):
+    model_config = Strict.model_config | {"extra": "allow"}
+    type: str
+
+
+class ConfigFile(Strict):
+    """The top level of the main file. Included files may hold sources, backends and rules."""
+
+    store: str | None = Field(None, description="SQLAlchemy URL; default sqlite in state_dir")
+    state_dir: str | None = Field(
+        None, description="where the default SQLite store and job files live (relative to this "
+                          "file); default $STATE_DIRECTORY or /var/lib/triggerd")
+    retention: Duration = timedelta(days=30)
+    include: list[str] = Field(default_factory=list)
+    sources: dict[str, SourceEntry] = Field(default_factory=dict)
+    backends: dict[str, BackendEntry] = Field(default_factory=dict)
+    rules: dict[str, RuleSpec] = Field(default_factory=dict)
+
+    @field_validator("sources", "backends", "rules")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import re
+
+        for name in value:
+            if not re.match(NAME_PATTERN, str(name)):
+                raise ValueError(f"invalid name {name!r}: use letters, digits, '.', '_' and '-'")
+        return value
+
+
+class IncludedFile(Strict):
+    sources: dict[str, SourceEntry] = Field(default_factory=dict)
+    backends: dict[str, BackendEntry] = Field(default_factory=dict)
+    rules: dict[str, RuleSpec] = Field(default_factory=dict)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the main config file, with every registered plugin's options."""
+    from triggerd import registry
+
+    schema = ConfigFile.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+
+    def variants(kind: str, types: dict[str, str]) -> list[dict[str, Any]]:
+        out = []
+        for type_name in sorted(types):
+            try:
+                cls = (registry.source_class if kind == "source" else registry.backend_class)(
+                    type_name)
+            except Exception:  # noqa: S112 - a plugin that cannot load has no schema
+                continue
+            sub = cls.Options.model_json_schema(ref_template="#/$defs/{model}")
+            defs.update(sub.pop("$defs", {}))
+            defs[cls.Options.__name__] = sub
+            out.append({"$ref": f"#/$defs/{cls.Options.__name__}"})
+        return out
+
+    schema["properties"]["sources"] = {
+        "type": "object", "additionalProperties": {"oneOf": variants("source",
+                                                                     registry.source_types())}}
+    schema["properties"]["backends"] = {
+        "type": "object", "additionalProperties": {"oneOf": variants("backend",
+                                                                     registry.backend_types())}}
+    defs.pop("SourceEntry", None)
+    defs.pop("BackendEntry", None)
+    schema["title"] = "triggerd configuration"
+    return schema

@@ -1,0 +1,218 @@
+"""The daemon: the composition root. Builds everything from the config and runs it.
+
+Start-up order: open the store (migrate, lock), register with a heartbeat, build backends and
+the dispatcher, re-queue jobs left unfinished by a previous run (a trigger written before a
+crash is dispatched now, once), decide for every rule, then start the sources under a
+supervisor that restarts a failing source with backoff. SIGTERM/SIGINT stop the sources
+first, let the store thread finish what it holds, and exit 0.
+
+All SQL runs on one dedicated thread (`call`), so the event loop never blocks on the store
+and this daemon never contends with itself for SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from triggerd import registry
+from triggerd.clock import SystemClock
+from triggerd.config.loader import Config
+from triggerd.dispatcher import Dispatcher
+from triggerd.engine.engine import Engine
+from triggerd.interfaces import Backend, Clock, Source
+from triggerd.model import Event, Job, Trigger
+from triggerd.store.sql import Store
+
+log = logging.getLogger("triggerd.daemon")
+T = TypeVar("T")
+
+HEARTBEAT = timedelta(seconds=5)
+REQUEST_POLL = 0.25  # seconds: `triggerd fire` is picked up well within a second
+PRUNE_EVERY = timedelta(hours=1)
+
+
+class _SourceContext:
+    def __init__(self, daemon: Daemon, name: str, source_type: str) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.type = source_type
+        self.clock = daemon.clock
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        if events:
+            await self.daemon.engine.submit(self.name, events)
+
+    async def load_checkpoint(self) -> dict[str, Any] | None:
+        return await self.daemon.call(lambda: self.daemon.store.load_checkpoint(self.name))
+
+    async def save_checkpoint(self, data: dict[str, Any]) -> None:
+        now = self.clock.now()
+        await self.daemon.call(
+            lambda: self.daemon.store.save_checkpoint(self.name, self.type, data, now))
+
+    def set_health(self, healthy: bool, error: str | None = None) -> None:
+        now = self.clock.now()
+        self.daemon.spawn(self.daemon.call(lambda: self.daemon.store.set_source_health(
+            self.name, self.type, healthy, error, now)), f"health:{self.name}")
+
+
+class Daemon:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.id = f"{uuid.uuid4().hex[:12]}"
+        self.store = Store(config.store_url)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triggerd-store")
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.engine: Engine
+        self.dispatcher: Dispatcher
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run a store operation on the store thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _build_backends(self) -> dict[str, Backend]:
+        out: dict[str, Backend] = {}
+        for name, options in self.config.backends.items():
+            cls = registry.backend_class(str(getattr(options, "type", "")))
+            out[name] = cls(name, options, self.config.state_dir)
+        return out
+
+    def _build_sources(self) -> dict[str, Source]:
+        out: dict[str, Source] = {}
+        for name, options in self.config.sources.items():
+            cls = registry.source_class(str(getattr(options, "type", "")))
+            out[name] = cls(name, options)
+        return out
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self.call(self.store.lock)
+            await self.call(self.store.upgrade)
+            await self.call(lambda: self.store.register_daemon(self.id, self.clock.now()))
+            log.info("triggerd started: daemon %s, store %s, %d rule(s), %d source(s)",
+                     self.id, self.store.safe_url, len(self.config.rules),
+                     len(self.config.sources))
+            self.dispatcher = Dispatcher(self.config, self.store, self._build_backends(),
+                                         self.clock, self.call, self.id, self._job_finished)
+            self.engine = Engine(self.config, self.store, self.clock, self.call,
+                                 self._triggered)
+            stale = self.clock.now() - 3 * HEARTBEAT
+            for job_id in await self.call(
+                    lambda: self.store.recover_jobs(self.id, stale, self.clock.now())):
+                log.info("job %s: resuming dispatch after restart", job_id)
+                self.dispatcher.submit(job_id)
+            workers = [
+                asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+                asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            ]
+            await self.engine.start()
+            workers.append(asyncio.create_task(self.engine.run_timers(), name="timers"))
+            for name, source in self._build_sources().items():
+                workers.append(asyncio.create_task(self._supervise(name, source),
+                                                   name=f"source:{name}"))
+            stop = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([stop, *workers], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and task.exception() is not None:
+                    log.error("internal task %s failed", task.get_name(),
+                              exc_info=task.exception())
+            log.info("triggerd stopping")
+            for task in reversed(workers):  # sources first, the dispatcher last
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            stop.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.call(lambda: self.store.daemon_stopped(self.id, self.clock.now()))
+            return 0 if not any(t is not stop and t.exception() for t in done) else 1
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.call(self.store.close)
+            self._executor.shutdown(wait=True)
+
+    def _triggered(self, trig: Trigger) -> None:
+        self.dispatcher.submit(trig.id)
+
+    def _job_finished(self, job: Job) -> None:
+        self.spawn(self.engine.evaluate({(job.rule, job.group)}), f"after:{job.id}")
+
+    async def _supervise(self, name: str, source: Source) -> None:
+        ctx = _SourceContext(self, name, self.config.source_type(name))
+        delay = 1.0
+        while True:
+            try:
+                await source.run(ctx)
+                log.warning("source %s stopped by itself; restarting in %.0fs", name, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("source %s failed; restarting in %.0fs", name, delay)
+                ctx.set_health(False, f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def _housekeeping(self) -> None:
+        """Heartbeat, CLI requests (fire, pause, resume) and retention pruning."""
+        next_beat = next_prune = self.clock.now()
+        while True:
+            now = self.clock.now()
+            if now >= next_beat:
+                await self.call(functools.partial(self.store.heartbeat, self.id, now))
+                next_beat = now + HEARTBEAT
+            if now >= next_prune:
+                cutoff = now - self.config.retention
+                removed = await self.call(functools.partial(self.store.prune, cutoff))
+                if removed:
+                    log.info("retention: pruned %d row(s) older than %s", removed,
+                             cutoff.isoformat())
+                next_prune = now + PRUNE_EVERY
+            for req_id, kind, rule, args in await self.call(
+                    lambda: self.store.take_requests(self.id, self.clock.now())):
+                result = await self._handle_request(kind, rule, args)
+                await self._finish_request(req_id, result)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), REQUEST_POLL)
+
+    async def _finish_request(self, req_id: int, result: str) -> None:
+        await self.call(lambda: self.store.finish_request(req_id, result))
+
+    async def _handle_request(self, kind: str, rule: str, args: dict[str, Any]) -> str:
+        if rule not in self.config.rules:
+            return f"error: unknown rule {rule!r}"
+        if kind == "fire":
+            reason = str(args.get("reason") or "manual trigger")
+            fired = await self.engine.fire(rule, reason)
+            return "fired " + ", ".join(t.id for t in fired) if fired else "error: not fired"
+        if kind in ("pause", "resume"):
+            groups = await self.call(lambda: self.store.group_states([rule]))
+            await self.engine.evaluate(set(groups) or {(rule, "")})
+            return f"{kind}d"
+        return f"error: unknown request {kind!r}"
+
+
+def run_daemon(config: Config) -> int:
+    return asyncio.run(Daemon(config).run())

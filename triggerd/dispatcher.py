@@ -1,0 +1,151 @@
+"""The dispatcher: owns the job lifecycle, from `queued` to `succeeded` or `failed`.
+
+    queued ──claim──▶ running ──ok──────────────▶ succeeded
+                        │  ├──permanent error──▶ failed
+                        │  └──transient error──▶ retrying ──(backoff)──▶ running ...
+                        └──attempts exhausted──▶ failed
+
+Claiming is a compare-and-set on the job's status in the store, so with several replicas each
+attempt is started by exactly one of them; `concurrency` is checked at the same time. Retries
+use capped exponential backoff (`retry.backoff`, doubling, at most `retry.max_backoff`).
+A backend error is logged with the job and trigger ids and never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from triggerd.config.loader import Config
+from triggerd.engine.engine import Call, backoff_delay
+from triggerd.errors import DispatchError, PermanentDispatchError
+from triggerd.interfaces import Backend, Clock
+from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
+from triggerd.store.sql import Store
+
+log = logging.getLogger("triggerd.dispatch")
+
+
+class _Handle:
+    def __init__(self, dispatcher: Dispatcher, job: Job) -> None:
+        self._d = dispatcher
+        self.job_id = job.id
+        self.attempt = job.attempts
+
+    async def set_external_id(self, external_id: str) -> None:
+        await self._d.call(lambda: self._d.store.set_external_id(self.job_id, external_id))
+
+
+class Dispatcher:
+    def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
+                 clock: Clock, call: Call, owner: str,
+                 on_finished: Callable[[Job], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.backends = dict(backends)
+        self.clock = clock
+        self.call = call
+        self.owner = owner
+        self.on_finished = on_finished
+        self.wanted: dict[str, datetime | None] = {}  # job id -> not before
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def submit(self, job_id: str, not_before: datetime | None = None) -> None:
+        self.wanted[job_id] = not_before
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                now = self.clock.now()
+                for job_id, not_before in list(self.wanted.items()):
+                    if job_id in self.running or (not_before and not_before > now):
+                        continue
+                    await self._try_start(job_id, now)
+                waits = [nb for j, nb in self.wanted.items() if nb and j not in self.running]
+                delay = None
+                if waits:
+                    delay = max(0.001, (min(waits) - self.clock.now()).total_seconds() + 0.001)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        finally:
+            for task in self.running.values():
+                task.cancel()
+            if self.running:
+                await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    async def _try_start(self, job_id: str, now: datetime) -> None:
+        current = await self.call(lambda: self.store.job(job_id))
+        if current is None or current.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
+            self.wanted.pop(job_id, None)  # finished, cancelled, or another replica has it
+            return
+        rule = self.config.rules.get(current.rule)
+        concurrency = rule.dispatch.concurrency if rule else 1
+        job = await self.call(lambda: self.store.claim_job(job_id, self.owner, concurrency, now))
+        if job is None:
+            return  # not yet due, or the rule is at its concurrency: woken when a job ends
+        self.wanted.pop(job_id, None)
+        log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
+                 rule.dispatch.retry.attempts if rule else "?", job.backend)
+        self.running[job_id] = asyncio.create_task(self._attempt(job), name=f"job:{job_id}")
+
+    async def _attempt(self, job: Job) -> None:
+        try:
+            status, result, error = await self._dispatch(job)
+            now = self.clock.now()
+            rule = self.config.rules.get(job.rule)
+            next_at = None
+            if status == JobStatus.FAILED and not isinstance(error, PermanentDispatchError) \
+                    and rule is not None and job.attempts < rule.dispatch.retry.attempts:
+                retry = rule.dispatch.retry
+                next_at = now + backoff_delay(retry.backoff, retry.max_backoff, job.attempts)
+                status = JobStatus.RETRYING
+            detail = result.detail if result else (error.detail if error else None)
+            exit_code = result.exit_code if result else (error.exit_code if error else None)
+            ext = result.external_id if result else (error.external_id if error else None)
+            await self.call(lambda: self.store.finish_attempt(
+                job.id, self.owner, status, now, exit_code=exit_code, detail=detail,
+                external_id=ext, next_attempt_at=next_at))
+            if status == JobStatus.RETRYING:
+                log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
+                            job.attempts, next_at.isoformat() if next_at else "?", detail)
+                self.submit(job.id, next_at)
+            elif status == JobStatus.SUCCEEDED:
+                log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id)
+            else:
+                log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail)
+        finally:
+            self.running.pop(job.id, None)
+            self._wake.set()
+        if self.on_finished is not None:
+            self.on_finished(job)
+
+    async def _dispatch(self, job: Job) -> tuple[JobStatus, DispatchResult | None,
+                                                   DispatchError | None]:
+        found = await self.call(lambda: self.store.trigger_context(job.id))
+        backend = self.backends.get(job.backend)
+        if found is None or backend is None:
+            why = "its trigger is gone" if found is None else \
+                f"backend {job.backend!r} is not configured any more"
+            return JobStatus.FAILED, None, PermanentDispatchError(f"cannot dispatch: {why}")
+        trig, events = found
+        params = await self.call(lambda: self.store.trigger_params(trig.id))
+        ctx = TriggerContext(trigger_id=trig.id, rule=trig.rule, group=trig.group,
+                             fired_at=trig.fired_at, reason=trig.reason, manual=trig.manual,
+                             params=params, events=events, attempt=job.attempts)
+        try:
+            result = await backend.dispatch(ctx, _Handle(self, job))
+        except DispatchError as exc:
+            return JobStatus.FAILED, None, exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a backend bug must not kill the daemon
+            log.exception("job %s: backend %s raised unexpectedly", job.id, job.backend)
+            return JobStatus.FAILED, None, DispatchError(
+                f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}")
+        return JobStatus.SUCCEEDED, result, None

@@ -1,0 +1,1 @@
+"""The rule engine: matching events to rules and deciding when a rule fires."""

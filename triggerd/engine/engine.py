@@ -1,0 +1,265 @@
+"""The engine: stores what sources emit, decides with the pure policy, writes triggers.
+
+It owns no SQL and no clock of its own: the store is called through `call` (the daemon's
+single store thread, so the event loop never blocks), time comes from the injected clock.
+Decisions happen when events arrive, when a rule's earliest timer falls due, at scheduled
+checks, and when a job finishes — never by polling every rule in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from triggerd.config.loader import Config
+from triggerd.engine.matching import RuleSet
+from triggerd.engine.policy import Decision, Situation, decide
+from triggerd.interfaces import Clock
+from triggerd.model import Event, GroupState, Pending, RuleFlags, Trigger
+from triggerd.schedules import Schedule
+from triggerd.store.sql import IngestResult, Key, NewTrigger, Store
+
+log = logging.getLogger("triggerd.engine")
+Call = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+def rule_schedule(config: Config, rule: str) -> Schedule | None:
+    spec = config.rules[rule].when.schedule
+    if spec is None:
+        return None
+    if spec in config.sources:
+        build: Callable[[], Schedule] = getattr(config.sources[spec], "build_schedule")  # noqa: B009
+        return build()
+    return Schedule.cron(spec)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    key: Key
+    pending: Pending
+    state: GroupState
+    flags: RuleFlags
+    active_jobs: int
+    decision: Decision
+
+
+def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | None = None,
+           at_slot: dict[str, datetime] | None = None) -> dict[Key, Assessment]:
+    """Decide for the given rule groups (all known groups if None) from the store's state.
+
+    Synchronous and side-effect free: the CLI's `status` and `explain` use it as it is.
+    """
+    wanted = set(keys) if keys is not None else None
+    rules = {k[0] for k in wanted} if wanted is not None else set(config.rules)
+    rules &= set(config.rules)
+    if not rules:
+        return {}
+    states = store.group_states(rules)
+    pending = store.pending(rules)
+    flags = store.rule_flags()
+    active = store.active_jobs_by_rule(rules)
+    candidates = wanted if wanted is not None else set(states) | set(pending)
+    out: dict[Key, Assessment] = {}
+    for key in candidates:
+        rule, grp = key
+        if rule not in rules:
+            continue
+        spec = config.rules[rule]
+        state = states.get(key) or GroupState(rule=rule, group=grp, seq=0, created_at=now)
+        sched = rule_schedule(config, rule)
+        slot = (at_slot or {}).get(rule)
+        situation = Situation(
+            pending=pending.get(key, Pending()), state=state,
+            flags=flags.get(rule, RuleFlags()),
+            busy=active.get(rule, 0) >= spec.dispatch.concurrency,
+            on_busy=spec.dispatch.on_busy, scheduled=sched is not None, at_slot=slot,
+            next_slot=sched.next_after(slot or now) if sched else None)
+        out[key] = Assessment(key, situation.pending, state, situation.flags,
+                              active.get(rule, 0), decide(spec.when, situation, now))
+    return out
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store, clock: Clock, call: Call,
+                 on_trigger: Callable[[Trigger], None]) -> None:
+        self.config = config
+        self.rules = RuleSet(config.rules)
+        self.store = store
+        self.clock = clock
+        self.call = call
+        self.on_trigger = on_trigger
+        self.due: dict[Key, datetime] = {}
+        self.slot_due: dict[str, datetime] = {}
+        self.schedules = {r: s for r in config.rules if (s := rule_schedule(config, r))}
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # -- input ----------------------------------------------------------------------------------
+    async def submit(self, source: str, events: Sequence[Event]) -> IngestResult:
+        """Store a batch from a source and decide for the rule groups it touched."""
+        source_type = self.config.source_type(source)
+
+        def work() -> IngestResult:
+            items = self.rules.classify(events)
+            return self.store.ingest(source, source_type, items, self.clock.now())
+
+        result: IngestResult = await self.call(work)
+        log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
+                  result.duplicates)
+        if result.touched:
+            await self.evaluate(result.touched)
+        return result
+
+    async def start(self) -> None:
+        """At start-up: decide for every known group, and catch up a missed scheduled check."""
+        now = self.clock.now()
+        ungrouped = [r for r, spec in self.config.rules.items() if spec.group_by is None]
+        await self.call(lambda: self.store.ensure_rules(self.config.rules, ungrouped, now))
+        for rule, sched in self.schedules.items():
+            last = await self._last_slot(rule)
+            prev = sched.last_at_or_before(now)
+            if last is not None and prev is not None and last < prev:
+                log.info("rule %s: running the scheduled check of %s missed while down",
+                         rule, prev.isoformat())
+                self.slot_due[rule] = prev
+            else:
+                nxt = sched.next_after(now)
+                if nxt is not None:
+                    self.slot_due[rule] = nxt
+        await self.evaluate(None)
+
+    async def _last_slot(self, rule: str) -> datetime | None:
+        last: datetime | None = await self.call(lambda: self.store.last_slot(f"rule:{rule}"))
+        return last
+
+    # -- deciding -------------------------------------------------------------------------------
+    async def evaluate(self, keys: Iterable[Key] | None,
+                       at_slot: dict[str, datetime] | None = None) -> list[Trigger]:
+        keys = set(keys) if keys is not None else None
+        async with self._lock:  # one decision round at a time within this daemon
+            fired: list[Trigger]
+            decisions: dict[Key, Decision]
+            fired, decisions = await self.call(lambda: self._evaluate_sync(keys, at_slot))
+        now = self.clock.now()
+        for key, decision in decisions.items():
+            if decision.next_check_at is not None:
+                # a timer already due would spin: look again shortly instead
+                self.due[key] = max(decision.next_check_at, now + timedelta(milliseconds=200))
+            else:
+                self.due.pop(key, None)
+        self._wake.set()
+        for trig in fired:
+            self.on_trigger(trig)
+        return fired
+
+    def _evaluate_sync(self, keys: set[Key] | None, at_slot: dict[str, datetime] | None
+                       ) -> tuple[list[Trigger], dict[Key, Decision]]:
+        fired: list[Trigger] = []
+        decisions: dict[Key, Decision] = {}
+        todo = keys
+        for _round in range(4):
+            now = self.clock.now()
+            found = assess(self.config, self.store, now, todo, at_slot)
+            again: set[Key] = set()
+            for key, a in found.items():
+                decisions[key] = a.decision
+                if not a.decision.fire:
+                    continue
+                spec = self.config.rules[key[0]]
+                trig = self.store.create_trigger(NewTrigger(
+                    rule=key[0], group=key[1], expected_seq=a.state.seq, fired_at=now,
+                    reason=a.decision.reason, kind=a.decision.kind,
+                    backend=spec.dispatch.backend, params=dict(spec.dispatch.params),
+                    max_attempts=spec.dispatch.retry.attempts, on_busy=spec.dispatch.on_busy,
+                    busy=a.active_jobs >= spec.dispatch.concurrency))
+                if trig is not None:
+                    log.info("rule %s%s: trigger %s fired: %s (%d event(s))", key[0],
+                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events)
+                    fired.append(trig)
+                again.add(key)  # decide again: for the next timer, or after losing a race
+            if not again:
+                break
+            todo, at_slot = again, None
+        return fired, decisions
+
+    async def fire(self, rule: str, reason: str) -> list[Trigger]:
+        """A manual trigger: ignores cooldown, schedule and pause; queues behind running jobs.
+
+        A rule with group_by fires each group that has pending events (or the '' group)."""
+        def work() -> list[Trigger]:
+            now = self.clock.now()
+            spec = self.config.rules[rule]
+            pending = self.store.pending([rule])
+            groups = [g for (r, g) in pending if r == rule] or [""]
+            out = []
+            for grp in groups:
+                for _attempt in range(3):
+                    states = self.store.group_states([rule])
+                    state = states.get((rule, grp))
+                    trig = self.store.create_trigger(NewTrigger(
+                        rule=rule, group=grp, expected_seq=state.seq if state else 0,
+                        fired_at=now, reason=reason, kind="manual",
+                        backend=spec.dispatch.backend, params=dict(spec.dispatch.params),
+                        max_attempts=spec.dispatch.retry.attempts, on_busy="queue"))
+                    if trig is not None:
+                        out.append(trig)
+                        break
+            return out
+
+        async with self._lock:
+            fired: list[Trigger] = await self.call(work)
+        for trig in fired:
+            log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason)
+            self.on_trigger(trig)
+        return fired
+
+    async def scheduled_check(self, rule: str, slot: datetime) -> None:
+        sched = self.schedules[rule]
+        claimed = await self.call(
+            lambda: self.store.claim_slot(f"rule:{rule}", slot, self.clock.now()))
+        if claimed:
+            keys = {k for k in await self.call(lambda: self.store.group_states([rule]))}
+            keys |= {k for k in await self.call(lambda: self.store.pending([rule]))}
+            await self.evaluate(keys or {(rule, "")}, at_slot={rule: slot})
+        nxt = sched.next_after(max(slot, self.clock.now()))
+        if nxt is not None:
+            self.slot_due[rule] = nxt
+        else:
+            self.slot_due.pop(rule, None)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    # -- timers ---------------------------------------------------------------------------------
+    async def run_timers(self) -> None:
+        """Sleep until the earliest due decision or scheduled check, handle it, repeat."""
+        while True:
+            now = self.clock.now()
+            slots = [(r, t) for r, t in self.slot_due.items() if t <= now]
+            for rule, slot in slots:
+                await self.scheduled_check(rule, slot)
+            due = {k for k, t in self.due.items() if t <= now}
+            if due:
+                for k in due:
+                    self.due.pop(k, None)
+                await self.evaluate(due)
+            times = list(self.due.values()) + list(self.slot_due.values())
+            self._wake.clear()
+            if slots or due:
+                continue
+            delay = None
+            if times:
+                delay = max(0.001, (min(times) - self.clock.now()).total_seconds() + 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+
+def backoff_delay(base: timedelta, cap: timedelta, attempt: int) -> timedelta:
+    """Delay before attempt `attempt + 1`: base, 2×base, 4×base ... capped."""
+    delay: timedelta = min(cap, base * (2 ** max(0, attempt - 1)))
+    return delay

@@ -1,0 +1,208 @@
+"""The firing policy (SPEC 3.1) as one pure function: state and time in, decision out.
+
+`decide` never reads a clock, a database or a file: it is given the rule's `when`, the group's
+pending-event summary and stored state, the operator's flags and the time, and returns whether
+to fire, the reason in words, every condition with its verdict (for `triggerd explain`), and
+the earliest time the answer can change without a new event (`next_check_at`), so the daemon
+sleeps until then instead of polling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from triggerd.config.schema import WhenSpec
+from triggerd.config.types import format_duration
+from triggerd.model import GroupState, Pending, RuleFlags
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    name: str
+    value: str
+    required: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    fire: bool
+    kind: str  # "events" | "floor" | "schedule" when firing; "" otherwise
+    reason: str  # why it fires, or what it waits for, in words
+    next_check_at: datetime | None = None
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def waiting_for(self) -> str | None:
+        return None if self.fire else self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    """Everything `decide` looks at besides the policy."""
+
+    pending: Pending
+    state: GroupState
+    flags: RuleFlags = field(default_factory=RuleFlags)
+    busy: bool = False  # running jobs of the rule reached `concurrency`
+    on_busy: str = "coalesce"
+    scheduled: bool = False  # the rule has `schedule`
+    at_slot: datetime | None = None  # deciding at this scheduled slot
+    next_slot: datetime | None = None
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def human_duration(d: timedelta) -> str:
+    seconds = max(0, int(d.total_seconds()))
+    if seconds < 1:
+        return format_duration(d) if d.total_seconds() > 0 else "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+        if len(out) == 2:
+            break
+    return "".join(out)
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
+
+
+def decide(when: WhenSpec, s: Situation, now: datetime) -> Decision:
+    p, st = s.pending, s.state
+    conds: list[Condition] = []
+    waits: list[str] = []
+    timers: list[datetime | None] = []
+
+    def check(name: str, value: str, required: str, ok: bool, wait: str | None = None,
+              at: datetime | None = None) -> None:
+        conds.append(Condition(name, value, required, ok))
+        if not ok:
+            if wait:
+                waits.append(wait)
+            timers.append(at)
+
+    if s.flags.is_paused(now):
+        until = s.flags.paused_until
+        conds.append(Condition("paused", "yes", "not paused", False))
+        return Decision(False, "", "paused" + (f" until {until.isoformat()}" if until else ""),
+                        until, conds)
+
+    # -- the periodic floor, counted from the last success (or floor trigger, or creation) ----
+    floor_due = False
+    floor_at: datetime | None = None
+    if when.at_least_every is not None:
+        base = max(t for t in (st.last_success_at, st.last_floor_at, st.created_at) if t)
+        floor_at = base + when.at_least_every
+        floor_due = now >= floor_at
+
+    # -- conditions on pending events -----------------------------------------------------------
+    check("min_events", str(p.count), f"≥{when.min_events}", p.count >= when.min_events,
+          f"{when.min_events - p.count} more event(s)" if p.count else "new events")
+    if when.min_bytes is not None:
+        check("min_bytes", human_bytes(p.bytes), f"≥{human_bytes(when.min_bytes)}",
+              p.bytes >= when.min_bytes,
+              f"{human_bytes(when.min_bytes - p.bytes)} more data")
+    if when.sustained is not None:
+        if isinstance(when.sustained, int):
+            check("sustained", f"{st.sustained_count} consecutive",
+                  f"≥{when.sustained}", st.sustained_count >= when.sustained,
+                  f"{when.sustained - st.sustained_count} more consecutive matching event(s)")
+        else:
+            since = st.sustained_since
+            held = now - since if since else timedelta(0)
+            check("sustained", f"held for {human_duration(held)}" if since else "not holding",
+                  f"≥{human_duration(when.sustained)}", since is not None
+                  and held >= when.sustained,
+                  "the match to hold for " + human_duration(when.sustained - held),
+                  since + when.sustained if since else None)
+    if when.debounce is not None and p.last_at is not None:
+        quiet = now - p.last_at
+        quiet_ok = quiet >= when.debounce
+        bounded = (when.max_delay is not None and p.first_at is not None
+                   and now - p.first_at >= when.max_delay)
+        value = f"quiet for {human_duration(quiet)}"
+        if bounded and not quiet_ok and p.first_at is not None:
+            value += f", first pending {human_duration(now - p.first_at)} ago"
+        required = f"≥{human_duration(when.debounce)}" + (
+            f" (or max_delay {human_duration(when.max_delay)})" if when.max_delay else "")
+        at = _earliest(p.last_at + when.debounce,
+                       p.first_at + when.max_delay if when.max_delay and p.first_at else None)
+        check("debounce", value, required, quiet_ok or bounded,
+              f"quiet until {at.isoformat() if at else '?'}", at)
+    events_ok = all(c.ok for c in conds)
+
+    # -- conditions on the rule as a whole ------------------------------------------------------
+    cooldown_ok = True
+    if when.cooldown is not None and st.last_trigger_at is not None:
+        ends = st.last_trigger_at + when.cooldown
+        cooldown_ok = now >= ends
+        check("cooldown", f"last trigger {human_duration(now - st.last_trigger_at)} ago",
+              f"≥{human_duration(when.cooldown)}", cooldown_ok,
+              f"cooldown to end at {ends.isoformat()}", ends)
+    busy_wait = s.busy and s.on_busy == "coalesce"
+    if s.busy:
+        check("concurrency", "busy", "a free job slot", not busy_wait,
+              "the running job to finish" if busy_wait else None)
+    slot_ok = True
+    if s.scheduled:
+        slot_ok = s.at_slot is not None
+        check("schedule", f"check at {s.at_slot.isoformat()}" if s.at_slot else "between checks",
+              "a scheduled check", slot_ok,
+              f"the scheduled check at {s.next_slot.isoformat()}" if s.next_slot else
+              "the next scheduled check", s.next_slot)
+    if floor_at is not None and when.at_least_every is not None:
+        conds.append(Condition("at_least_every",
+                               f"last success {human_duration(now - base)} ago",
+                               f"fires anyway after {human_duration(when.at_least_every)}",
+                               floor_due))
+
+    gate_ok = cooldown_ok and not busy_wait
+    if events_ok and gate_ok and slot_ok:
+        return Decision(True, "schedule" if s.at_slot else "events",
+                        _fire_reason(when, s, now), None, conds)
+    if floor_due and gate_ok:
+        reason = (f"periodic floor: no successful job for {human_duration(now - base)} "
+                  f"(at_least_every {human_duration(when.at_least_every or timedelta(0))})")
+        if p.count:
+            reason += f"; {p.count} pending event(s)"
+        return Decision(True, "floor", reason, None, conds)
+    if not floor_due:
+        timers.append(floor_at)
+    wait = "; ".join(dict.fromkeys(waits)) or "new events"
+    if p.count == 0 and when.sustained is None and not s.busy:
+        wait = "new events"
+    return Decision(False, "", wait, _earliest(*timers), conds)
+
+
+def _fire_reason(when: WhenSpec, s: Situation, now: datetime) -> str:
+    p, st = s.pending, s.state
+    parts = [f"{p.count} new event{'s' if p.count != 1 else ''} (≥{when.min_events})"]
+    if when.min_bytes is not None:
+        parts.append(f"{human_bytes(p.bytes)} (≥{human_bytes(when.min_bytes)})")
+    if when.sustained is not None:
+        if isinstance(when.sustained, int):
+            parts.append(f"{st.sustained_count} consecutive matches (≥{when.sustained})")
+        elif st.sustained_since is not None:
+            parts.append(f"match held for {human_duration(now - st.sustained_since)}")
+    if when.debounce is not None and p.last_at is not None:
+        quiet = now - p.last_at
+        if quiet >= when.debounce:
+            parts.append(f"quiet for {human_duration(quiet)}")
+        elif p.first_at is not None:
+            parts.append(f"max_delay {human_duration(when.max_delay or timedelta(0))} reached")
+    if s.at_slot is not None:
+        parts.append(f"scheduled check at {s.at_slot.isoformat()}")
+    return ", ".join(parts)

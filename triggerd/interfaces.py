@@ -1,0 +1,91 @@
+"""The contracts every component plugs into. Read these before writing a source or backend.
+
+Sources
+    A source turns its outside world into `Event`s. The daemon builds it with its name and its
+    own validated options (never the whole config) and awaits `run(ctx)`. The source awaits
+    `ctx.emit(events)` for each batch it observes: awaiting is the backpressure, and when it
+    returns the events are durably stored (new ones pending, duplicates counted), so a source
+    may then acknowledge them to its outside world (commit a Kafka offset, save a checkpoint).
+    `run` returns or raises only when the source cannot go on; the supervisor restarts it with
+    backoff. Cancellation (daemon shutdown) must be honoured promptly. Blocking work (hashing,
+    scanning, thread joins) goes through `asyncio.to_thread`, never on the loop.
+
+Backends
+    A backend performs one job attempt: `dispatch(ctx, job)` starts (and, if configured, waits
+    for) the retrain identified by `ctx.trigger_id`. It must be idempotent in that id: a second
+    call for the same trigger (a retry, or a restart after a crash) must not create a second
+    side effect where the outside system can prevent it (Airflow `dag_run_id`, Kubernetes Job
+    name, HTTP `Idempotency-Key`). It returns a `DispatchResult` on success, raises
+    `TransientDispatchError` for failures worth retrying and `PermanentDispatchError` for the
+    rest. It may call `job.set_external_id` as soon as the outside system names the work, so a
+    restart can reattach to it.
+
+Clock
+    Time is injected so that policies are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from triggerd.model import DispatchResult, Event, TriggerContext
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class SourceContext(Protocol):
+    """What the daemon gives a running source."""
+
+    name: str
+    clock: Clock
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        """Store `events` (dedup, pending membership) and return once they are durable."""
+        ...
+
+    async def load_checkpoint(self) -> dict[str, Any] | None:
+        """The source's last saved checkpoint (e.g. the cron source's last fired slot)."""
+        ...
+
+    async def save_checkpoint(self, data: dict[str, Any]) -> None:
+        """Persist a checkpoint. Save it only after the events it covers were emitted."""
+        ...
+
+    def set_health(self, healthy: bool, error: str | None = None) -> None:
+        """Report health for `triggerd status` (e.g. a broker that cannot be reached)."""
+        ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    name: str
+
+    async def run(self, ctx: SourceContext) -> None:
+        """Observe the outside world until cancelled; see the module docstring."""
+        ...
+
+
+class JobHandle(Protocol):
+    """What a backend may tell the dispatcher while an attempt is under way."""
+
+    job_id: str
+    attempt: int
+
+    async def set_external_id(self, external_id: str) -> None:
+        """Record the outside system's id for this job (run id, Job name, pid)."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
+        """Perform one attempt; see the module docstring for the idempotency contract."""
+        ...

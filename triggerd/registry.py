@@ -1,0 +1,61 @@
+"""Plugin registry: type name -> "module:Class", imported lazily.
+
+A new source or backend is one module plus one line here (or, for a third-party package, one
+entry point in the `triggerd.sources` / `triggerd.backends` group). Each plugin class has an
+`Options` attribute: a pydantic model with a `type: Literal[...]` field, validated by the
+config loader and handed to the plugin's constructor alone (never the whole config).
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from triggerd.errors import ConfigError
+
+SOURCES: dict[str, str] = {
+    "cron": "triggerd.sources.cron:CronSource",
+}
+
+BACKENDS: dict[str, str] = {
+    "command": "triggerd.backends.command:CommandBackend",
+}
+
+
+def _with_entry_points(builtin: dict[str, str], group: str) -> dict[str, str]:
+    found = dict(builtin)
+    for ep in entry_points(group=group):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+@cache
+def source_types() -> dict[str, str]:
+    return _with_entry_points(SOURCES, "triggerd.sources")
+
+
+@cache
+def backend_types() -> dict[str, str]:
+    return _with_entry_points(BACKENDS, "triggerd.backends")
+
+
+def _load(target: str, kind: str, type_name: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError([
+            f"{kind} type {type_name!r} needs a package that is not installed ({exc.name}); "
+            f"install triggerd with the matching extra"
+        ]) from exc
+    return getattr(module, attr)
+
+
+def source_class(type_name: str) -> Any:
+    return _load(source_types()[type_name], "source", type_name)
+
+
+def backend_class(type_name: str) -> Any:
+    return _load(backend_types()[type_name], "backend", type_name)

@@ -1,0 +1,35 @@
+"""Settings from the environment (TRIGGERD_*), through pydantic-settings.
+
+    TRIGGERD_CONFIG      main config file            (default config/triggerd.yaml)
+    TRIGGERD_STORE       store URL, overrides the config's `store`
+    TRIGGERD_STATE_DIR   state directory, overrides the config's `state_dir`
+    TRIGGERD_LOG_LEVEL   DEBUG, INFO, WARNING, ERROR (default INFO)
+    TRIGGERD_LOG_FORMAT  text | json                 (default text)
+    TRIGGERD_HTTP        host:port for /metrics and /healthz (off by default)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIGGERD_", extra="ignore")
+
+    config: str = "config/triggerd.yaml"
+    store: str | None = None
+    state_dir: str | None = None
+    log_level: str = Field("INFO")
+    log_format: Literal["text", "json"] = "text"
+    http: str | None = None
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("TRIGGERD_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        return value

@@ -1,0 +1,1 @@
+"""Sources: plugins that turn the outside world into events (see triggerd.interfaces)."""

@@ -1,0 +1,105 @@
+"""Read-only queries behind the CLI's `events`, `triggers`, `jobs` and `status`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, desc, select
+
+from triggerd.model import Job, Trigger
+from triggerd.store import tables as t
+from triggerd.store.sql import Store, _job
+
+
+def list_events(store: Store, *, rule: str | None = None, source: str | None = None,
+                since: datetime | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    e = t.events.c
+    q = select(t.events)
+    if rule is not None:
+        q = q.join(t.rule_events, and_(t.rule_events.c.event_id == e.id,
+                                       t.rule_events.c.rule == rule))
+    if source is not None:
+        q = q.where(e.source == source)
+    if since is not None:
+        q = q.where(e.observed_at >= since)
+    q = q.order_by(desc(e.observed_at), desc(e.id)).limit(limit)
+    with store.read() as c:
+        rows = c.execute(q).all()
+    return [{"id": r.id, "source": r.source, "kind": r.kind, "subject": r.subject,
+             "fingerprint": r.fingerprint, "observed_at": r.observed_at.isoformat(),
+             "payload": r.payload} for r in rows]
+
+
+def list_triggers(store: Store, *, rule: str | None = None, since: datetime | None = None,
+                  limit: int = 50) -> list[Trigger]:
+    tr = t.triggers.c
+    q = select(t.triggers)
+    if rule is not None:
+        q = q.where(tr.rule == rule)
+    if since is not None:
+        q = q.where(tr.fired_at >= since)
+    q = q.order_by(desc(tr.fired_at), desc(tr.seq)).limit(limit)
+    with store.read() as c:
+        return [Trigger(id=r.id, rule=r.rule, group=r.grp, seq=r.seq, fired_at=r.fired_at,
+                        reason=r.reason, manual=r.manual, events=r.events)
+                for r in c.execute(q)]
+
+
+def list_jobs(store: Store, *, rule: str | None = None, status: str | None = None,
+              limit: int = 50) -> list[Job]:
+    j = t.jobs.c
+    q = select(t.jobs)
+    if rule is not None:
+        q = q.where(j.rule == rule)
+    if status is not None:
+        q = q.where(j.status == status)
+    q = q.order_by(desc(j.created_at), desc(j.id)).limit(limit)
+    with store.read() as c:
+        return [_job(r) for r in c.execute(q)]
+
+
+def trigger_counts(store: Store) -> dict[str, tuple[int, datetime | None]]:
+    """Per rule: (number of triggers kept, time of the last one)."""
+    from sqlalchemy import func
+
+    tr = t.triggers.c
+    with store.read() as c:
+        return {r[0]: (int(r[1]), r[2]) for r in c.execute(
+            select(tr.rule, func.count(), func.max(tr.fired_at)).group_by(tr.rule))}
+
+
+def last_trigger_times(store: Store) -> dict[str, datetime | None]:
+    g = t.rule_groups.c
+    from sqlalchemy import func
+
+    with store.read() as c:
+        return {r[0]: r[1] for r in c.execute(
+            select(g.rule, func.max(g.last_trigger_at)).group_by(g.rule))}
+
+
+def sources(store: Store) -> dict[str, dict[str, Any]]:
+    with store.read() as c:
+        return {r.name: {"type": r.type, "healthy": r.healthy, "events": r.events,
+                         "duplicates": r.duplicates, "errors": r.errors,
+                         "last_event_at": r.last_event_at, "error": r.error,
+                         "checkpoint": r.checkpoint}
+                for r in c.execute(select(t.sources))}
+
+
+def latest_daemon(store: Store) -> dict[str, Any] | None:
+    d = t.daemons.c
+    with store.read() as c:
+        r = c.execute(select(t.daemons).order_by(desc(d.heartbeat_at)).limit(1)).first()
+    if r is None:
+        return None
+    return {"id": r.id, "pid": r.pid, "host": r.host, "version": r.version,
+            "started_at": r.started_at, "heartbeat_at": r.heartbeat_at,
+            "stopped_at": r.stopped_at}
+
+
+def request_result(store: Store, request_id: int) -> tuple[datetime | None, str | None]:
+    r = t.requests.c
+    with store.read() as c:
+        row = c.execute(select(r.handled_at, r.result).where(r.id == request_id)).first()
+    return (row[0], row[1]) if row else (None, None)

@@ -1,0 +1,579 @@
+"""The Store: every read and write the daemon makes, each one short transaction.
+
+The store is synchronous (SQLAlchemy Core); the daemon calls it from one worker thread so the
+event loop never blocks on SQL and a daemon never contends with itself for SQLite's write lock.
+Every method is safe to call concurrently from several daemons sharing one PostgreSQL database:
+decisions are settled by keys and compare-and-set updates, never by "check then write".
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from triggerd import __version__
+from triggerd.errors import StoreError
+from triggerd.model import (
+    ACTIVE_JOB_STATUSES,
+    Event,
+    GroupState,
+    Job,
+    JobStatus,
+    Pending,
+    RuleFlags,
+    Trigger,
+    trigger_id,
+)
+from triggerd.store import tables as t
+from triggerd.store.connect import READ_ONLY, DaemonLock, make_engine, sqlite_path
+
+Key = tuple[str, str]  # (rule, group)
+
+
+@dataclass(slots=True)
+class Ingest:
+    """One event and what the engine found for it (computed before the transaction)."""
+
+    event: Event
+    pending: list[Key] = field(default_factory=list)
+    # (rule, group, matched) for rules with `sustained`, in event order
+    streak: list[tuple[str, str, bool]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IngestResult:
+    new: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    touched: set[Key] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class NewTrigger:
+    rule: str
+    group: str
+    expected_seq: int
+    fired_at: datetime
+    reason: str
+    kind: str  # events | floor | schedule | manual
+    backend: str
+    params: dict[str, Any]
+    max_attempts: int
+    on_busy: str = "queue"  # coalesce cancels queued jobs of the group; skip cancels this one
+    busy: bool = False
+
+
+class Store:
+    def __init__(self, url: str, *, create_dir: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url, create_dir=create_dir)
+        self.dialect = self.engine.dialect.name
+        self._lock: DaemonLock | None = None
+        self._known_groups: set[Key] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        from triggerd.store.migrate import upgrade
+
+        try:
+            upgrade(self.engine)
+        except OperationalError as exc:
+            raise StoreError(f"cannot migrate the store {self.safe_url}: {exc.orig}") from exc
+
+    def lock(self) -> None:
+        """Take the one-daemon-per-file lock (SQLite only; PostgreSQL allows replicas)."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            self._lock = DaemonLock(path)
+            self._lock.acquire()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.engine.dispose()
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, \
+                    conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
+
+    def _insert(self, table: Table) -> Any:
+        mod = postgresql if self.dialect == "postgresql" else sqlite
+        return mod.insert(table)
+
+    # -- daemon ---------------------------------------------------------------------------------
+    def register_daemon(self, daemon_id: str, now: datetime) -> None:
+        with self.write() as c:
+            c.execute(insert(t.daemons).values(
+                id=daemon_id, pid=os.getpid(), host=socket.gethostname(), version=__version__,
+                started_at=now, heartbeat_at=now))
+
+    def heartbeat(self, daemon_id: str, now: datetime) -> None:
+        with self.write() as c:
+            c.execute(update(t.daemons).where(t.daemons.c.id == daemon_id)
+                      .values(heartbeat_at=now))
+
+    def daemon_stopped(self, daemon_id: str, now: datetime) -> None:
+        with self.write() as c:
+            c.execute(update(t.daemons).where(t.daemons.c.id == daemon_id)
+                      .values(stopped_at=now, heartbeat_at=now))
+
+    # -- rules ----------------------------------------------------------------------------------
+    def ensure_rules(self, names: Iterable[str], ungrouped: Iterable[str], now: datetime) -> None:
+        """Make sure every configured rule has its row, and ungrouped rules their group row."""
+        with self.write() as c:
+            rows = [{"name": n, "created_at": now, "paused": False} for n in names]
+            if rows:
+                c.execute(self._insert(t.rules).values(rows).on_conflict_do_nothing())
+            self._ensure_groups(c, [(r, "") for r in ungrouped], now)
+
+    def _ensure_groups(self, c: Connection, keys: Iterable[Key], now: datetime) -> None:
+        missing = [k for k in set(keys) if k not in self._known_groups]
+        if not missing:
+            return
+        c.execute(self._insert(t.rule_groups).values([
+            {"rule": r, "grp": g, "seq": 0, "created_at": now, "sustained_count": 0}
+            for r, g in missing]).on_conflict_do_nothing())
+        self._known_groups.update(missing)
+
+    def rule_flags(self) -> dict[str, RuleFlags]:
+        with self.read() as c:
+            return {r.name: RuleFlags(bool(r.paused), r.paused_until, r.paused_reason)
+                    for r in c.execute(select(t.rules))}
+
+    def set_paused(self, rule: str, paused: bool, until: datetime | None, reason: str | None,
+                   now: datetime) -> None:
+        with self.write() as c:
+            c.execute(self._insert(t.rules).values(name=rule, created_at=now, paused=False)
+                      .on_conflict_do_nothing())
+            c.execute(update(t.rules).where(t.rules.c.name == rule).values(
+                paused=paused, paused_until=until if paused else None,
+                paused_reason=reason if paused else None))
+
+    def group_states(self, rules: Iterable[str] | None = None) -> dict[Key, GroupState]:
+        q = select(t.rule_groups)
+        if rules is not None:
+            q = q.where(t.rule_groups.c.rule.in_(list(rules)))
+        with self.read() as c:
+            return {(r.rule, r.grp): _group(r) for r in c.execute(q)}
+
+    def pending(self, rules: Iterable[str] | None = None) -> dict[Key, Pending]:
+        re_ = t.rule_events.c
+        q = (select(re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
+                    func.min(re_.observed_at), func.max(re_.observed_at))
+             .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp))
+        if rules is not None:
+            q = q.where(re_.rule.in_(list(rules)))
+        with self.read() as c:
+            rows = c.execute(q).all()
+        conv = t.UTCDateTime().process_result_value
+        return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), conv(r[4], self.engine.dialect),
+                                      conv(r[5], self.engine.dialect)) for r in rows}
+
+    def active_jobs_by_rule(self, rules: Iterable[str] | None = None) -> dict[str, int]:
+        """Queued, running and retrying jobs per rule (what `concurrency` is measured by)."""
+        with self.read() as c:
+            return _active_counts(c, rules)
+
+    def record_check(self, key: Key, at: datetime, verdict: str) -> None:
+        with self.write() as c:
+            c.execute(update(t.rule_groups).where(
+                and_(t.rule_groups.c.rule == key[0], t.rule_groups.c.grp == key[1]))
+                .values(last_check_at=at, last_verdict=verdict[:500]))
+
+    def claim_slot(self, key: str, slot_at: datetime, now: datetime) -> bool:
+        """Record that the scheduled slot `key@slot_at` is handled; False if already claimed."""
+        with self.write() as c:
+            res = c.execute(self._insert(t.slots).values(key=key, slot_at=slot_at, claimed_at=now)
+                            .on_conflict_do_nothing())
+            return bool(res.rowcount)
+
+    def last_slot(self, key: str) -> datetime | None:
+        with self.read() as c:
+            value: datetime | None = c.execute(select(func.max(t.slots.c.slot_at))
+                                               .where(t.slots.c.key == key)).scalar()
+        return value
+
+    # -- events ---------------------------------------------------------------------------------
+    def ingest(self, source: str, source_type: str, items: Sequence[Ingest],
+               now: datetime) -> IngestResult:
+        """Store a batch of events from one source in one transaction (the throughput path).
+
+        New events get their pending memberships and streak updates; duplicates (same source and
+        fingerprint as a stored event) are only counted.
+        """
+        result = IngestResult()
+        if not items:
+            return result
+        rows = []
+        by_id: dict[str, Ingest] = {}
+        for item in items:
+            ev = item.event
+            eid = ev.id
+            if eid in by_id:  # the same fingerprint twice in one batch
+                continue
+            by_id[eid] = item
+            rows.append({"id": eid, "source": ev.source, "fingerprint": ev.fingerprint,
+                         "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
+                         "size": ev.size, "observed_at": ev.observed_at})
+        with self.write() as c:
+            stmt = self._insert(t.events).on_conflict_do_nothing().returning(t.events.c.id)
+            new_ids = set(c.execute(stmt, rows).scalars().all())
+            result.duplicates = len(items) - len(new_ids)
+            pending_rows = []
+            streaks: list[tuple[str, str, bool, datetime]] = []
+            for eid, item in by_id.items():
+                if eid not in new_ids:
+                    continue
+                result.new.append(eid)
+                ev = item.event
+                for rule, grp in item.pending:
+                    pending_rows.append({"rule": rule, "event_id": eid, "grp": grp,
+                                         "size": ev.size, "observed_at": ev.observed_at})
+                    result.touched.add((rule, grp))
+                for rule, grp, matched in item.streak:
+                    streaks.append((rule, grp, matched, ev.observed_at))
+                    result.touched.add((rule, grp))
+            self._ensure_groups(c, result.touched, now)
+            if pending_rows:
+                c.execute(self._insert(t.rule_events).on_conflict_do_nothing(), pending_rows)
+            if streaks:
+                self._update_streaks(c, streaks)
+            self._count_source(c, source, source_type, len(new_ids), result.duplicates, now)
+        return result
+
+    def _update_streaks(self, c: Connection, streaks: list[tuple[str, str, bool, datetime]]
+                        ) -> None:
+        g = t.rule_groups.c
+        keys = {(r, grp) for r, grp, _, _ in streaks}
+        current = {(r.rule, r.grp): (r.sustained_count, r.sustained_since)
+                   for r in c.execute(select(g.rule, g.grp, g.sustained_count, g.sustained_since)
+                                      .where(g.rule.in_({k[0] for k in keys})))}
+        state = {k: current.get(k, (0, None)) for k in keys}
+        for rule, grp, matched, at in streaks:
+            count, since = state[(rule, grp)]
+            state[(rule, grp)] = (count + 1, since or at) if matched else (0, None)
+        for (rule, grp), (count, since) in state.items():
+            c.execute(update(t.rule_groups).where(and_(g.rule == rule, g.grp == grp))
+                      .values(sustained_count=count, sustained_since=since))
+
+    def _count_source(self, c: Connection, source: str, source_type: str, new: int, dups: int,
+                      now: datetime) -> None:
+        s = t.sources.c
+        c.execute(self._insert(t.sources).values(
+            name=source, type=source_type, healthy=True, events=0, duplicates=0, errors=0)
+            .on_conflict_do_nothing())
+        values: dict[str, Any] = {"events": s.events + new, "duplicates": s.duplicates + dups,
+                                  "updated_at": now}
+        if new:
+            values["last_event_at"] = now
+        c.execute(update(t.sources).where(s.name == source).values(**values))
+
+    # -- sources --------------------------------------------------------------------------------
+    def load_checkpoint(self, source: str) -> dict[str, Any] | None:
+        with self.read() as c:
+            value: dict[str, Any] | None = c.execute(
+                select(t.sources.c.checkpoint).where(t.sources.c.name == source)).scalar()
+        return value
+
+    def save_checkpoint(self, source: str, source_type: str, data: dict[str, Any],
+                        now: datetime) -> None:
+        with self.write() as c:
+            c.execute(self._insert(t.sources).values(
+                name=source, type=source_type, healthy=True, events=0, duplicates=0, errors=0)
+                .on_conflict_do_nothing())
+            c.execute(update(t.sources).where(t.sources.c.name == source)
+                      .values(checkpoint=data, updated_at=now))
+
+    def set_source_health(self, source: str, source_type: str, healthy: bool,
+                          error: str | None, now: datetime, errors: int = 0) -> None:
+        s = t.sources.c
+        with self.write() as c:
+            c.execute(self._insert(t.sources).values(
+                name=source, type=source_type, healthy=healthy, events=0, duplicates=0,
+                errors=0).on_conflict_do_nothing())
+            c.execute(update(t.sources).where(s.name == source).values(
+                healthy=healthy, error=error, errors=s.errors + errors, updated_at=now,
+                type=source_type))
+
+    # -- triggers and jobs ----------------------------------------------------------------------
+    def create_trigger(self, nt: NewTrigger) -> Trigger | None:
+        """Write a trigger, consume the group's pending events and queue its job, atomically.
+
+        Returns None when the group's sequence moved on (another replica, or a stale decision):
+        the caller re-reads and decides again. The trigger id is deterministic in (rule, group,
+        sequence), so the primary key settles any race.
+        """
+        g = t.rule_groups.c
+        seq = nt.expected_seq + 1
+        tid = trigger_id(nt.rule, nt.group, seq)
+        values: dict[str, Any] = {"seq": seq, "last_trigger_at": nt.fired_at,
+                                  "sustained_count": 0, "sustained_since": None}
+        if nt.kind == "floor":
+            values["last_floor_at"] = nt.fired_at
+        try:
+            with self.write() as c:
+                self._ensure_groups(c, [(nt.rule, nt.group)], nt.fired_at)
+                res = c.execute(update(t.rule_groups).where(and_(
+                    g.rule == nt.rule, g.grp == nt.group, g.seq == nt.expected_seq))
+                    .values(**values))
+                if res.rowcount != 1:
+                    return None
+                consumed = c.execute(update(t.rule_events).where(and_(
+                    t.rule_events.c.rule == nt.rule, t.rule_events.c.grp == nt.group,
+                    t.rule_events.c.trigger_id.is_(None))).values(trigger_id=tid)).rowcount
+                c.execute(insert(t.triggers).values(
+                    id=tid, rule=nt.rule, grp=nt.group, seq=seq, fired_at=nt.fired_at,
+                    reason=nt.reason, kind=nt.kind, manual=nt.kind == "manual",
+                    events=consumed, params=nt.params))
+                status = JobStatus.QUEUED
+                detail = None
+                if nt.busy and nt.on_busy == "skip":
+                    status = JobStatus.CANCELLED
+                    detail = "skipped: the rule was busy (on_busy: skip)"
+                elif nt.on_busy == "coalesce":
+                    c.execute(update(t.jobs).where(and_(
+                        t.jobs.c.rule == nt.rule, t.jobs.c.grp == nt.group,
+                        t.jobs.c.status == JobStatus.QUEUED)).values(
+                        status=JobStatus.CANCELLED, finished_at=nt.fired_at,
+                        detail=f"superseded by trigger {tid} (on_busy: coalesce)"))
+                c.execute(insert(t.jobs).values(
+                    id=tid, trigger_id=tid, rule=nt.rule, grp=nt.group, backend=nt.backend,
+                    status=status, attempts=0, max_attempts=nt.max_attempts,
+                    created_at=nt.fired_at, detail=detail,
+                    finished_at=nt.fired_at if status == JobStatus.CANCELLED else None))
+        except IntegrityError:
+            return None
+        self._known_groups.add((nt.rule, nt.group))
+        return Trigger(id=tid, rule=nt.rule, group=nt.group, seq=seq, fired_at=nt.fired_at,
+                       reason=nt.reason, manual=nt.kind == "manual", events=consumed)
+
+    def claim_job(self, job_id: str, owner: str, concurrency: int, now: datetime) -> Job | None:
+        """Start an attempt of a queued/retrying job if its rule has a free slot; CAS on status."""
+        j = t.jobs.c
+        with self.write() as c:
+            row = c.execute(select(t.jobs).where(j.id == job_id)).first()
+            if row is None or row.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
+                return None
+            if row.next_attempt_at is not None and row.next_attempt_at > now:
+                return None
+            busy = c.execute(select(func.count()).select_from(t.jobs).where(and_(
+                j.rule == row.rule, j.status == JobStatus.RUNNING))).scalar_one()
+            if busy >= concurrency:
+                return None
+            res = c.execute(update(t.jobs).where(and_(j.id == job_id, j.status == row.status))
+                            .values(status=JobStatus.RUNNING, owner=owner,
+                                    attempts=j.attempts + 1, next_attempt_at=None,
+                                    started_at=func.coalesce(j.started_at, now)))
+            if res.rowcount != 1:
+                return None
+            c.execute(insert(t.job_attempts).values(job_id=job_id, n=row.attempts + 1,
+                                                    owner=owner, started_at=now))
+            fresh = c.execute(select(t.jobs).where(j.id == job_id)).one()
+        return _job(fresh)
+
+    def set_external_id(self, job_id: str, external_id: str) -> None:
+        with self.write() as c:
+            c.execute(update(t.jobs).where(t.jobs.c.id == job_id)
+                      .values(external_id=external_id))
+
+    def finish_attempt(self, job_id: str, owner: str, status: JobStatus, now: datetime, *,
+                       exit_code: int | None = None, detail: str | None = None,
+                       external_id: str | None = None,
+                       next_attempt_at: datetime | None = None) -> bool:
+        """Record the outcome of the running attempt (CAS on owner); False if not ours."""
+        j = t.jobs.c
+        values: dict[str, Any] = {"status": status, "exit_code": exit_code, "detail": detail,
+                                  "next_attempt_at": next_attempt_at}
+        if external_id is not None:
+            values["external_id"] = external_id
+        if status.final:
+            values["finished_at"] = now
+        with self.write() as c:
+            row = c.execute(select(j.rule, j.grp, j.attempts).where(j.id == job_id)).first()
+            res = c.execute(update(t.jobs).where(and_(
+                j.id == job_id, j.status == JobStatus.RUNNING, j.owner == owner)).values(**values))
+            if res.rowcount != 1 or row is None:
+                return False
+            a = t.job_attempts.c
+            c.execute(update(t.job_attempts).where(and_(a.job_id == job_id, a.n == row.attempts))
+                      .values(finished_at=now, outcome=status, exit_code=exit_code,
+                              detail=detail))
+            if status == JobStatus.SUCCEEDED:
+                g = t.rule_groups.c
+                c.execute(update(t.rule_groups).where(and_(g.rule == row.rule, g.grp == row.grp))
+                          .values(last_success_at=now))
+        return True
+
+    def recover_jobs(self, owner: str, stale_before: datetime, now: datetime) -> list[str]:
+        """Jobs to (re)dispatch at start-up: queued and retrying ones, and running ones whose
+        daemon is gone (no heartbeat since `stale_before`, or stopped). Running jobs of a dead
+        daemon go back to `retrying` (their interrupted attempt counted), or `failed` when no
+        attempt is left. Returns the ids to dispatch."""
+        j, d = t.jobs.c, t.daemons.c
+        with self.write() as c:
+            alive = select(d.id).where(and_(d.heartbeat_at >= stale_before,
+                                            d.stopped_at.is_(None), d.id != owner))
+            orphans = c.execute(select(j.id, j.attempts, j.max_attempts).where(and_(
+                j.status == JobStatus.RUNNING,
+                or_(j.owner.is_(None), j.owner.not_in(alive))))).all()
+            for job_id, attempts, max_attempts in orphans:
+                detail = "interrupted: the daemon running it stopped"
+                left = attempts < max_attempts
+                c.execute(update(t.jobs).where(and_(j.id == job_id,
+                                                    j.status == JobStatus.RUNNING)).values(
+                    status=JobStatus.RETRYING if left else JobStatus.FAILED, owner=None,
+                    detail=detail + ("" if left else "; no attempts left"),
+                    finished_at=None if left else now))
+                a = t.job_attempts.c
+                c.execute(update(t.job_attempts).where(and_(
+                    a.job_id == job_id, a.n == attempts, a.finished_at.is_(None)))
+                    .values(finished_at=now, outcome="interrupted", detail=detail))
+            ids = c.execute(select(j.id).where(j.status.in_([JobStatus.QUEUED,
+                                                              JobStatus.RETRYING]))
+                            .order_by(j.created_at)).scalars().all()
+        return list(ids)
+
+    def job(self, job_id: str) -> Job | None:
+        with self.read() as c:
+            row = c.execute(select(t.jobs).where(t.jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def active_jobs(self, rule: str | None = None) -> list[Job]:
+        q = select(t.jobs).where(t.jobs.c.status.in_(list(ACTIVE_JOB_STATUSES)))
+        if rule is not None:
+            q = q.where(t.jobs.c.rule == rule)
+        with self.read() as c:
+            return [_job(r) for r in c.execute(q.order_by(t.jobs.c.created_at))]
+
+    def trigger_context(self, job_id: str) -> tuple[Trigger, list[dict[str, Any]]] | None:
+        """The trigger behind a job and the events it consumed (for the backend's context)."""
+        with self.read() as c:
+            row = c.execute(select(t.triggers).join(t.jobs, t.jobs.c.trigger_id == t.triggers.c.id)
+                            .where(t.jobs.c.id == job_id)).first()
+            if row is None:
+                return None
+            evs = c.execute(select(t.events).join(
+                t.rule_events, t.rule_events.c.event_id == t.events.c.id)
+                .where(t.rule_events.c.trigger_id == row.id)
+                .order_by(t.events.c.observed_at, t.events.c.id)).all()
+        trig = Trigger(id=row.id, rule=row.rule, group=row.grp, seq=row.seq,
+                       fired_at=row.fired_at, reason=row.reason, manual=row.manual,
+                       events=row.events)
+        return trig, [{"id": e.id, "source": e.source, "kind": e.kind, "subject": e.subject,
+                       "fingerprint": e.fingerprint, "observed_at": e.observed_at.isoformat(),
+                       "payload": e.payload} for e in evs]
+
+    def trigger_params(self, tid: str) -> dict[str, Any]:
+        with self.read() as c:
+            value = c.execute(select(t.triggers.c.params).where(t.triggers.c.id == tid)).scalar()
+        return dict(value or {})
+
+    # -- CLI requests ---------------------------------------------------------------------------
+    def add_request(self, kind: str, rule: str, args: dict[str, Any], now: datetime) -> int:
+        with self.write() as c:
+            res = c.execute(insert(t.requests).values(kind=kind, rule=rule, args=args,
+                                                      created_at=now))
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def take_requests(self, owner: str, now: datetime
+                      ) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """Claim the open CLI requests (each by exactly one daemon)."""
+        r = t.requests.c
+        with self.write() as c:
+            rows = c.execute(select(r.id, r.kind, r.rule, r.args).where(r.handled_at.is_(None))
+                             .order_by(r.id).limit(100)).all()
+            taken = []
+            for row in rows:
+                res = c.execute(update(t.requests).where(and_(r.id == row.id,
+                                                              r.handled_at.is_(None)))
+                                .values(handled_at=now, handled_by=owner))
+                if res.rowcount == 1:
+                    taken.append((row.id, row.kind, row.rule, dict(row.args or {})))
+        return taken
+
+    def finish_request(self, request_id: int, result: str) -> None:
+        with self.write() as c:
+            c.execute(update(t.requests).where(t.requests.c.id == request_id)
+                      .values(result=result))
+
+    # -- retention ------------------------------------------------------------------------------
+    def prune(self, before: datetime) -> int:
+        """Delete consumed events, triggers, finished jobs and handled requests older than
+        `before`. Pending events are kept whatever their age. Returns rows deleted."""
+        removed = 0
+        j, tr, re_, ev = t.jobs.c, t.triggers.c, t.rule_events.c, t.events.c
+        with self.write() as c:
+            old_triggers = select(tr.id).where(and_(
+                tr.fired_at < before,
+                tr.id.not_in(select(j.trigger_id).where(j.status.in_(
+                    list(ACTIVE_JOB_STATUSES))))))
+            removed += c.execute(delete(t.rule_events).where(
+                re_.trigger_id.in_(old_triggers))).rowcount
+            removed += c.execute(delete(t.job_attempts).where(t.job_attempts.c.job_id.in_(
+                select(j.id).where(j.trigger_id.in_(old_triggers))))).rowcount
+            removed += c.execute(delete(t.jobs).where(j.trigger_id.in_(old_triggers))).rowcount
+            removed += c.execute(delete(t.triggers).where(tr.id.in_(
+                select(old_triggers.subquery().c.id)))).rowcount
+            removed += c.execute(delete(t.events).where(and_(
+                ev.observed_at < before,
+                ~select(re_.event_id).where(re_.event_id == ev.id).exists()))).rowcount
+            removed += c.execute(delete(t.requests).where(and_(
+                t.requests.c.handled_at.is_not(None), t.requests.c.created_at < before)))\
+                .rowcount
+            removed += c.execute(delete(t.slots).where(t.slots.c.slot_at < before)).rowcount
+            removed += c.execute(delete(t.daemons).where(
+                t.daemons.c.heartbeat_at < before)).rowcount
+        return removed
+
+
+def _group(r: Any) -> GroupState:
+    return GroupState(rule=r.rule, group=r.grp, seq=r.seq, created_at=r.created_at,
+                      last_trigger_at=r.last_trigger_at, last_success_at=r.last_success_at,
+                      last_floor_at=r.last_floor_at, sustained_count=r.sustained_count,
+                      sustained_since=r.sustained_since, last_check_at=r.last_check_at)
+
+
+def _job(r: Any) -> Job:
+    return Job(id=r.id, trigger_id=r.trigger_id, rule=r.rule, group=r.grp, backend=r.backend,
+               status=JobStatus(r.status), attempts=r.attempts, external_id=r.external_id,
+               created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at,
+               exit_code=r.exit_code, detail=r.detail, next_attempt_at=r.next_attempt_at)
+
+
+def retention_cutoff(now: datetime, retention: timedelta) -> datetime:
+    return now - retention
+
+
+def _active_counts(c: Connection, rules: Iterable[str] | None) -> dict[str, int]:
+    j = t.jobs.c
+    q = (select(j.rule, func.count()).where(j.status.in_(list(ACTIVE_JOB_STATUSES)))
+         .group_by(j.rule))
+    if rules is not None:
+        q = q.where(j.rule.in_(list(rules)))
+    return {r: int(n) for r, n in c.execute(q)}
