@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from tests_pg import truncate
 
 from triggerd.store import Store
-from triggerd.store.tables import metadata
 
 PG_ADMIN_URL = os.environ.get("TRIGGERD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -65,14 +65,6 @@ def _pg_migrated(pg_url: str) -> str:
     return pg_url
 
 
-def _truncate_pg(url: str) -> None:
-    engine = create_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty store URL on each database."""
@@ -83,7 +75,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         s.close()
         return url
     url: str = request.getfixturevalue("_pg_migrated")
-    _truncate_pg(url)
+    truncate(url)
     return url
 
 

@@ -30,6 +30,7 @@ from triggerd.dispatcher import Dispatcher
 from triggerd.engine.engine import Engine
 from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
+from triggerd.ops import failpoints
 from triggerd.store.sql import Store
 
 log = logging.getLogger("triggerd.daemon")
@@ -155,6 +156,7 @@ class Daemon:
             self._executor.shutdown(wait=True)
 
     def _triggered(self, trig: Trigger) -> None:
+        failpoints.hit("after-trigger-write")
         self.dispatcher.submit(trig.id)
 
     def _job_finished(self, job: Job) -> None:
@@ -178,7 +180,7 @@ class Daemon:
     async def _housekeeping(self) -> None:
         """Heartbeat, CLI requests (fire, pause, resume) and retention pruning."""
         next_beat = next_prune = self.clock.now()
-        while True:
+        while not self._stop.is_set():
             now = self.clock.now()
             if now >= next_beat:
                 await self.call(functools.partial(self.store.heartbeat, self.id, now))

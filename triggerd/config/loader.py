@@ -77,7 +77,8 @@ class _Reader:
             self.problems.append(f"{fname}:0: cannot read file: {exc.strerror or exc}")
             return None
         except UnicodeDecodeError as exc:
-            self.problems.append(f"{fname}:0: not UTF-8 text: {exc.reason}")
+            line = exc.object[:exc.start].count(b"\n") + 1
+            self.problems.append(f"{fname}:{line}: not UTF-8 text: {exc.reason}")
             return None
         loader = _Loader(text)
         try:
@@ -88,7 +89,9 @@ class _Reader:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 0
-            self.problems.append(f"{fname}:{line}: invalid YAML: {exc.problem or exc}")
+            where = (f" ({exc.context} at line {exc.context_mark.line + 1})"
+                     if exc.context and exc.context_mark else "")  # where an unclosed [ { ' began
+            self.problems.append(f"{fname}:{line}: invalid YAML: {exc.problem or exc}{where}")
             return None
         finally:
             loader.dispose()
@@ -125,7 +128,7 @@ class _Reader:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
-            if name in self.env:
+            if name in self.env and (self.env[name] or default is None):  # :- as in the shell
                 return self.env[name]
             if default is not None:
                 return default
@@ -154,7 +157,10 @@ def _pydantic_problems(exc: ValidationError, prefix: KeyPath,
                        positions: Mapping[KeyPath, Pos], default: Pos) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
-        loc: KeyPath = (*prefix, *(p for p in err["loc"] if not _is_variant_tag(p)))
+        loc: KeyPath = prefix
+        for part in err["loc"]:
+            if not _is_variant_tag(part) or (*loc, part) in positions:
+                loc = (*loc, part)
         fname, line = _pos(positions, loc, default)
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -218,11 +224,14 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         cfg = ConfigFile.model_validate(top)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, (), reader.positions, default))
-        raise ConfigError(problems) from None
+        valid = _without_errors(top, exc)
+        if valid is None:
+            raise ConfigError(problems) from None
+        cfg = valid
 
     sources = _plugins("source", cfg.sources, reader, default)
     backends = _plugins("backend", cfg.backends, reader, default)
-    _check_rules(cfg, sources, reader, default)
+    _check_rules(cfg, merged, reader, default)
     if problems:
         raise ConfigError(problems)
 
@@ -230,6 +239,22 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     store_url = store or cfg.store or f"sqlite:///{state / 'state.db'}"
     return Config(path=main, store_url=store_url, state_dir=state, retention=cfg.retention,
                   sources=sources, backends=backends, rules=dict(cfg.rules), files=files)
+
+
+def _without_errors(top: dict[str, Any], exc: ValidationError) -> ConfigFile | None:
+    """`top` without the keys and section entries that failed, so the rest is still checked."""
+    bad = {tuple(err["loc"][:2]) for err in exc.errors()}
+    part: dict[str, Any] = {}
+    for key, value in top.items():
+        if (key,) in bad:
+            continue
+        if isinstance(value, dict):
+            value = {name: body for name, body in value.items() if (key, name) not in bad}
+        part[key] = value
+    try:
+        return ConfigFile.model_validate(part)
+    except ValidationError:
+        return None
 
 
 def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]]) -> Any:
@@ -258,7 +283,11 @@ def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]
                 reader.problems.append(
                     f"{fname}:{line}: {section}.{name}: already defined at "
                     f"{first[0]}:{first[1]}")
-                reader.positions[(section, name)] = first
+                for key in [k for k in reader.positions if k[:2] == (section, name)]:
+                    if key in before:
+                        reader.positions[key] = before[key]
+                    else:
+                        del reader.positions[key]
                 continue
             names[name] = body
     # the included file's top-level keys must not shadow the main file's positions
@@ -297,7 +326,7 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
     return out
 
 
-def _check_rules(cfg: ConfigFile, sources: Mapping[str, BaseModel], reader: _Reader,
+def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], reader: _Reader,
                  default: Pos) -> None:
     from triggerd.engine.expr import Expression
     from triggerd.engine.globs import compile_glob
@@ -311,13 +340,13 @@ def _check_rules(cfg: ConfigFile, sources: Mapping[str, BaseModel], reader: _Rea
     for name, rule in cfg.rules.items():
         base: KeyPath = ("rules", name)
         for i, src in enumerate(rule.on):
-            if src not in cfg.sources:
+            if src not in defined["sources"]:
                 problem((*base, "on", i), f"unknown source {src!r}"
-                        f" (defined: {', '.join(sorted(cfg.sources)) or 'none'})")
-        if rule.dispatch.backend not in cfg.backends:
+                        f" (defined: {', '.join(sorted(map(str, defined['sources']))) or 'none'})")
+        if rule.dispatch.backend not in defined["backends"]:
             problem((*base, "dispatch", "backend"),
                     f"unknown backend {rule.dispatch.backend!r}"
-                    f" (defined: {', '.join(sorted(cfg.backends)) or 'none'})")
+                    f" (defined: {', '.join(sorted(map(str, defined['backends']))) or 'none'})")
         checks: list[tuple[KeyPath, str | None, Any]] = [
             ((*base, "match", "where"), rule.match.where, Expression),
             ((*base, "match", "subject"), rule.match.subject, compile_glob),
@@ -335,8 +364,8 @@ def _check_rules(cfg: ConfigFile, sources: Mapping[str, BaseModel], reader: _Rea
         sched = rule.when.schedule
         if sched is None:
             continue
-        if sched in cfg.sources:
-            if cfg.sources[sched].type != "cron":
+        if sched in defined["sources"]:
+            if sched in cfg.sources and cfg.sources[sched].type != "cron":
                 problem((*base, "when", "schedule"), f"source {sched!r} is not a cron source")
             continue
         try:

@@ -8,16 +8,28 @@ from the registry so editors see every option.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic.json_schema import GenerateJsonSchema
 
-from triggerd.config.types import NAME_PATTERN, Duration, Size, Strict
+from triggerd.config.types import NAME_PATTERN, Duration, Size, Strict, format_duration
 from triggerd.model import EVENT_KINDS
 
 EventKind = Literal["created", "modified", "moved", "deleted", "message", "tick", "manual"]
 assert set(get_args(EventKind)) == set(EVENT_KINDS)  # noqa: S101  (kept in step with model.py)
+
+
+def _valid_name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(f"invalid name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+# checked per key, so each bad name is reported at its own line and its entry is still checked
+Name = Annotated[str, AfterValidator(_valid_name)]
 
 
 class MatchSpec(Strict):
@@ -109,19 +121,9 @@ class ConfigFile(Strict):
                           "file); default $STATE_DIRECTORY or /var/lib/triggerd")
     retention: Duration = timedelta(days=30)
     include: list[str] = Field(default_factory=list)
-    sources: dict[str, SourceEntry] = Field(default_factory=dict)
-    backends: dict[str, BackendEntry] = Field(default_factory=dict)
-    rules: dict[str, RuleSpec] = Field(default_factory=dict)
-
-    @field_validator("sources", "backends", "rules")
-    @classmethod
-    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        import re
-
-        for name in value:
-            if not re.match(NAME_PATTERN, str(name)):
-                raise ValueError(f"invalid name {name!r}: use letters, digits, '.', '_' and '-'")
-        return value
+    sources: dict[Name, SourceEntry] = Field(default_factory=dict)
+    backends: dict[Name, BackendEntry] = Field(default_factory=dict)
+    rules: dict[Name, RuleSpec] = Field(default_factory=dict)
 
 
 class IncludedFile(Strict):
@@ -130,11 +132,20 @@ class IncludedFile(Strict):
     rules: dict[str, RuleSpec] = Field(default_factory=dict)
 
 
+class _Generator(GenerateJsonSchema):
+    """Writes duration defaults the way users write them ("30s"), not as ISO 8601 ("PT30S")."""
+
+    def encode_default(self, dft: Any) -> Any:
+        if isinstance(dft, timedelta):
+            return format_duration(dft)
+        return super().encode_default(dft)
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the main config file, with every registered plugin's options."""
     from triggerd import registry
 
-    schema = ConfigFile.model_json_schema()
+    schema = ConfigFile.model_json_schema(schema_generator=_Generator)
     defs = schema.setdefault("$defs", {})
 
     def variants(kind: str, types: dict[str, str]) -> list[dict[str, Any]]:
@@ -145,7 +156,8 @@ def json_schema() -> dict[str, Any]:
                     type_name)
             except Exception:  # noqa: S112 - a plugin that cannot load has no schema
                 continue
-            sub = cls.Options.model_json_schema(ref_template="#/$defs/{model}")
+            sub = cls.Options.model_json_schema(ref_template="#/$defs/{model}",
+                                                schema_generator=_Generator)
             defs.update(sub.pop("$defs", {}))
             defs[cls.Options.__name__] = sub
             out.append({"$ref": f"#/$defs/{cls.Options.__name__}"})

@@ -9,6 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD = "0001"  # the newest revision in migrations/versions (a test keeps this in step)
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -31,3 +32,16 @@ def current(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def at_head(engine: Engine) -> bool:
+    """True when the store is already at HEAD: a cheap check that skips loading alembic."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SELECT version_num FROM alembic_version"))
+                        .scalar() == HEAD)
+    except DBAPIError:
+        return False

@@ -81,9 +81,12 @@ class Store:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def upgrade(self) -> None:
-        from triggerd.store.migrate import upgrade
+        """Apply pending migrations (a no-op, without loading alembic, when at the head)."""
+        from triggerd.store.migrate import at_head, upgrade
 
         try:
+            if at_head(self.engine):
+                return
             upgrade(self.engine)
         except OperationalError as exc:
             raise StoreError(f"cannot migrate the store {self.safe_url}: {exc.orig}") from exc
@@ -110,8 +113,12 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except OperationalError as exc:
-            raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
+        except BaseException as exc:
+            # the rollback also undid any group rows this transaction inserted: forget them
+            self._known_groups.clear()
+            if isinstance(exc, OperationalError):
+                raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -209,9 +216,11 @@ class Store:
     def claim_slot(self, key: str, slot_at: datetime, now: datetime) -> bool:
         """Record that the scheduled slot `key@slot_at` is handled; False if already claimed."""
         with self.write() as c:
+            # RETURNING, not rowcount: SQLAlchemy only guarantees rowcount for UPDATE/DELETE
+            # (with psycopg it is -1 here, which made every claim look won)
             res = c.execute(self._insert(t.slots).values(key=key, slot_at=slot_at, claimed_at=now)
-                            .on_conflict_do_nothing())
-            return bool(res.rowcount)
+                            .on_conflict_do_nothing().returning(t.slots.c.key))
+            return res.first() is not None
 
     def last_slot(self, key: str) -> datetime | None:
         with self.read() as c:
@@ -382,6 +391,11 @@ class Store:
                 return None
             if row.next_attempt_at is not None and row.next_attempt_at > now:
                 return None
+            if self.dialect == "postgresql":
+                # Serialise the claims of one rule (released at commit): under READ COMMITTED
+                # two replicas would otherwise both count no running job and both start one.
+                c.execute(select(func.pg_advisory_xact_lock(
+                    func.hashtext(f"triggerd.claim:{row.rule}"))))
             busy = c.execute(select(func.count()).select_from(t.jobs).where(and_(
                 j.rule == row.rule, j.status == JobStatus.RUNNING))).scalar_one()
             if busy >= concurrency:
@@ -546,7 +560,14 @@ class Store:
             removed += c.execute(delete(t.requests).where(and_(
                 t.requests.c.handled_at.is_not(None), t.requests.c.created_at < before)))\
                 .rowcount
-            removed += c.execute(delete(t.slots).where(t.slots.c.slot_at < before)).rowcount
+            # keep the newest slot of each key: start-up compares with it to catch up a
+            # scheduled check missed while down (a schedule may be sparser than retention)
+            newest = t.slots.alias("newest")
+            removed += c.execute(delete(t.slots).where(and_(
+                t.slots.c.slot_at < before,
+                select(newest.c.key).where(and_(newest.c.key == t.slots.c.key,
+                                                newest.c.slot_at > t.slots.c.slot_at))
+                .exists()))).rowcount
             removed += c.execute(delete(t.daemons).where(
                 t.daemons.c.heartbeat_at < before)).rowcount
         return removed
