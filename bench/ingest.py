@@ -294,16 +294,16 @@ def run_child(cfg: Config) -> Result:
 
 
 # -- output ---------------------------------------------------------------------------------------
-LIVE_WIDTHS = (15, 5, 9, 5, 7, 7, 7, 8, 7, 8, 8, 6, 8, 8)
+LIVE_WIDTHS = (15, 5, 9, 5, 7, 7, 7, 8, 7, 8, 8, 8, 4, 8)
 HEADER = ("database", "rules", "layout", "batch", "events", "new", "dups", "pend/new",
-          "seconds", "events/s", "classify", "cpu s", "load", "peak RSS")
+          "seconds", "events/s", "classify", "ev/cpu-s", "load", "peak RSS")
 
 
 def row(r: Result) -> tuple[str, ...]:
     return (r.label, str(r.rules), r.layout, str(r.batch), f"{r.events:,}", f"{r.new:,}",
             f"{r.dups:,}", f"{r.pending / r.new:.2f}" if r.new else "-", f"{r.seconds:.2f}",
             f"{r.rate:,.0f}", f"{100 * r.classify_s / r.seconds:.0f}%" if r.seconds else "-",
-            f"{r.cpu_s:.2f}", f"{r.load:.1f}", f"{r.rss_mb:.0f} MB")
+            f"{r.events / r.cpu_s:,.0f}" if r.cpu_s else "-", f"{r.load:.1f}", f"{r.rss_mb:.0f} MB")
 
 
 def print_table(results: list[Result], markdown: bool) -> None:

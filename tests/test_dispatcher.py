@@ -1,0 +1,169 @@
+"""The job lifecycle: concurrency, on_busy (coalesce, queue, skip) and retries, in process.
+
+The engine, dispatcher and a real SQLite store run on the test's event loop with the
+RecordingBackend from triggerd.testing; nothing sleeps: tests wait on the backend's events
+or poll the store with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from triggerd.clock import SystemClock
+from triggerd.config.loader import Config
+from triggerd.config.schema import RuleSpec
+from triggerd.dispatcher import Dispatcher
+from triggerd.engine.engine import Engine
+from triggerd.model import Event, JobStatus
+from triggerd.sources.cron import CronOptions
+from triggerd.store import Store, queries
+from triggerd.testing import RecordingBackend
+
+
+async def call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while not (value := predicate()):
+            await asyncio.sleep(0.01)
+        return value
+
+
+class Rig:
+    def __init__(self, store: Store, dispatch: dict[str, Any]) -> None:
+        spec = RuleSpec.model_validate({"on": ["src"], "dispatch": {"backend": "rec",
+                                                                   **dispatch}})
+        self.config = Config(path=Path("x.yaml"), store_url=store.url, state_dir=Path("/tmp"),
+                             retention=timedelta(days=1),
+                             sources={"src": CronOptions(type="cron", every="1h")},
+                             backends={}, rules={"r": spec})
+        self.store = store
+        self.backend = RecordingBackend("rec")
+        clock = SystemClock()
+        self.dispatcher = Dispatcher(self.config, store, {"rec": self.backend}, clock, call,
+                                     "test-owner", self._finished)
+        self.engine = Engine(self.config, store, clock, call,
+                             lambda t: self.dispatcher.submit(t.id))
+        self.n = 0
+        self.pending: set[asyncio.Future[Any]] = set()
+
+    def _finished(self, job: Any) -> None:
+        task = asyncio.ensure_future(self.engine.evaluate({(job.rule, job.group)}))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def events(self, n: int = 1) -> None:
+        evs = []
+        for _ in range(n):
+            self.n += 1
+            evs.append(Event(source="src", kind="message", subject="s",
+                             fingerprint=f"f{self.n}"))
+        await self.engine.submit("src", evs)
+
+    def jobs(self) -> dict[str, str]:
+        return {j.id: str(j.status) for j in queries.list_jobs(self.store)}
+
+
+@pytest.fixture
+async def rig_factory(store: Store) -> AsyncIterator[Callable[[dict[str, Any]], Rig]]:
+    tasks: list[asyncio.Task[None]] = []
+
+    def make(dispatch: dict[str, Any]) -> Rig:
+        rig = Rig(store, dispatch)
+        tasks.append(asyncio.create_task(rig.dispatcher.run()))
+        return rig
+
+    yield make
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_coalesce_accumulates_events_while_a_job_runs(rig_factory: Any) -> None:
+    rig = rig_factory({"on_busy": "coalesce"})
+    rig.backend.hold = True
+    await rig.events(1)
+    await until(lambda: rig.backend.calls)
+    await rig.events(3)  # arrive while r.1 runs: no new trigger yet
+    assert rig.jobs() == {"r.1": "running"}
+    explain = (await rig.engine.evaluate({("r", "")}))
+    assert explain == []
+    rig.backend.release()
+    await until(lambda: len(rig.backend.calls) == 2)
+    second = rig.backend.calls[1]
+    assert second.trigger_id == "r.2" and len(second.events) == 3
+    await until(lambda: rig.jobs() == {"r.1": "succeeded", "r.2": "succeeded"})
+
+
+async def test_queue_runs_triggers_one_after_another(rig_factory: Any) -> None:
+    rig = rig_factory({"on_busy": "queue", "concurrency": 1})
+    rig.backend.hold = True
+    await rig.events(1)
+    await until(lambda: rig.backend.calls)
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "running", "r.2": "queued"})
+    rig.backend.release()
+    await until(lambda: rig.jobs() == {"r.1": "succeeded", "r.2": "succeeded"})
+    assert rig.backend.max_running == 1
+
+
+async def test_concurrency_two_runs_two_at_once(rig_factory: Any) -> None:
+    rig = rig_factory({"on_busy": "queue", "concurrency": 2})
+    rig.backend.hold = True
+    for _ in range(3):
+        await rig.events(1)
+    await until(lambda: sorted(rig.jobs().values()) == ["queued", "running", "running"])
+    rig.backend.release()
+    await until(lambda: set(rig.jobs().values()) == {"succeeded"})
+    assert rig.backend.max_running == 2
+
+
+async def test_skip_drops_triggers_while_busy(rig_factory: Any) -> None:
+    rig = rig_factory({"on_busy": "skip"})
+    rig.backend.hold = True
+    await rig.events(1)
+    await until(lambda: rig.backend.calls)
+    await rig.events(2)
+    assert rig.jobs() == {"r.1": "running", "r.2": "cancelled"}
+    job = next(j for j in queries.list_jobs(rig.store) if j.id == "r.2")
+    assert job.detail and "skipped" in job.detail
+    rig.backend.release()
+    await until(lambda: rig.jobs()["r.1"] == "succeeded")
+    assert len(rig.backend.calls) == 1
+
+
+async def test_transient_failure_is_retried_with_the_same_trigger_id(rig_factory: Any) -> None:
+    rig = rig_factory({"retry": {"attempts": 3, "backoff": "10ms"}})
+    rig.backend.script = ["transient", "transient", "ok"]
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "succeeded"})
+    assert [c.trigger_id for c in rig.backend.calls] == ["r.1"] * 3
+    job = queries.list_jobs(rig.store)[0]
+    assert job.attempts == 3 and job.external_id == "rec-3"
+    assert rig.store.group_states(["r"])[("r", "")].last_success_at is not None
+
+
+async def test_permanent_failure_is_not_retried(rig_factory: Any) -> None:
+    rig = rig_factory({"retry": {"attempts": 5, "backoff": "10ms"}})
+    rig.backend.script = ["permanent"]
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "failed"})
+    job = queries.list_jobs(rig.store)[0]
+    assert job.attempts == 1 and job.detail == "scripted permanent failure"
+    assert job.status == JobStatus.FAILED and job.finished_at is not None
+
+
+async def test_retries_exhausted_fail_the_job(rig_factory: Any) -> None:
+    rig = rig_factory({"retry": {"attempts": 2, "backoff": "10ms"}})
+    rig.backend.script = ["transient", "transient"]
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "failed"})
+    assert len(rig.backend.calls) == 2
