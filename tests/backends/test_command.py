@@ -18,11 +18,12 @@ from typing import Any
 
 import pydantic
 import pytest
+from pydantic import ValidationError
 
 from triggerd import registry
 from triggerd.backends import command
 from triggerd.backends.command import CommandBackend, CommandOptions
-from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
+from triggerd.errors import PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import Backend
 from triggerd.model import TriggerContext
 
@@ -158,12 +159,13 @@ def test_backend_protocol_options_and_registry(tmp_path: Path) -> None:
     assert "argv" in CommandOptions.model_json_schema()["properties"]
 
 
-def test_templates_are_validated_at_construction(tmp_path: Path) -> None:
-    with pytest.raises(ExpressionError):
+def test_templates_are_validated_with_the_options(tmp_path: Path) -> None:
+    """Bad templates are config errors, so `triggerd check` reports them."""
+    with pytest.raises(ValidationError, match=r"argv\[1\]: unclosed '\{'"):
         make_backend(tmp_path, argv=["train", "{params.model"])
-    with pytest.raises(ExpressionError):
+    with pytest.raises(ValidationError, match="workdir"):
         make_backend(tmp_path, argv=["train"], workdir="/srv/{}")
-    with pytest.raises(ExpressionError) as info:
+    with pytest.raises(ValidationError) as info:
         make_backend(tmp_path, argv=["train"], env={"API_TOKEN": "s3cret{x y}"})
     assert "API_TOKEN" in str(info.value)
     assert "s3cret" not in str(info.value)

@@ -619,9 +619,6 @@ def test_a_bad_group_by_template(tmp_path: Path) -> None:
     assert len(problems) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG outside triggerd/config: CommandOptions does not check its templates; "
-    "CommandBackend.__init__ does, so `triggerd check` passes and `run` fails at start"))
 def test_a_bad_argv_template_in_a_command_backend(tmp_path: Path) -> None:
     path = write(tmp_path, """
         backends:

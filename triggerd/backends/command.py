@@ -44,7 +44,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from triggerd.config.types import Duration, Size, Strict, format_duration
 from triggerd.engine.templates import Template
@@ -70,6 +70,20 @@ class CommandOptions(Strict):
     output_limit: Size = 1024 * 1024
     tail: Annotated[int, Field(ge=0)] = 2000
     success_codes: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+
+    @model_validator(mode="after")
+    def _templates_compile(self) -> CommandOptions:
+        """Bad templates are config errors (`triggerd check`), not start-up crashes."""
+        for i, item in enumerate(self.argv):
+            _checked(f"argv[{i}]", item)
+        if self.workdir is not None:
+            _checked("workdir", self.workdir)
+        for key, value in self.env.items():
+            try:
+                _env_template(key, value)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 class CommandBackend:
@@ -249,6 +263,13 @@ class _Capture:
             tail = tail.lstrip("\ufffd").rstrip("\n")
             lines.append(f"--- output tail ---\n{tail}" if lines else tail)
         return "\n".join(lines)
+
+
+def _checked(where: str, text: str) -> None:
+    try:
+        Template(text)
+    except ExpressionError as exc:
+        raise ValueError(f"{where}: {exc} in {text!r}") from None
 
 
 def _env_template(key: str, value: str) -> Template:
