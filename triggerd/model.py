@@ -86,7 +86,7 @@ def trigger_id(rule: str, group: str, seq: int) -> str:
     characters every backend accepts (`[A-Za-z0-9._-]`).
     """
     if group:
-        g = hashlib.blake2b(group.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+        g = hashlib.blake2b(group.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
         return f"{rule}.{g}.{seq}"
     return f"{rule}.{seq}"
 

@@ -64,6 +64,7 @@ def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | No
     flags = store.rule_flags()
     active = store.active_jobs_by_rule(rules)
     candidates = wanted if wanted is not None else set(states) | set(pending)
+    schedules = {r: rule_schedule(config, r) for r in rules}
     out: dict[Key, Assessment] = {}
     for key in candidates:
         rule, grp = key
@@ -71,7 +72,7 @@ def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | No
             continue
         spec = config.rules[rule]
         state = states.get(key) or GroupState(rule=rule, group=grp, seq=0, created_at=now)
-        sched = rule_schedule(config, rule)
+        sched = schedules[rule]
         slot = (at_slot or {}).get(rule)
         situation = Situation(
             pending=pending.get(key, Pending()), state=state,

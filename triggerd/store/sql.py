@@ -278,18 +278,25 @@ class Store:
 
     def _update_streaks(self, c: Connection, streaks: list[tuple[str, str, bool, datetime]]
                         ) -> None:
+        """Apply a batch's streak changes with one atomic UPDATE per group.
+
+        Per group, the batch either ends in a run of matches after a non-match (the streak is
+        *set* to that run) or holds only matches (the stored streak is *extended*). Either way
+        the statement is computed by the database, so concurrent replicas cannot lose an update.
+        """
         g = t.rule_groups.c
-        keys = {(r, grp) for r, grp, _, _ in streaks}
-        current = {(r.rule, r.grp): (r.sustained_count, r.sustained_since)
-                   for r in c.execute(select(g.rule, g.grp, g.sustained_count, g.sustained_since)
-                                      .where(g.rule.in_({k[0] for k in keys})))}
-        state = {k: current.get(k, (0, None)) for k in keys}
+        runs: dict[Key, tuple[bool, int, datetime | None]] = {}  # reset?, run length, run start
         for rule, grp, matched, at in streaks:
-            count, since = state[(rule, grp)]
-            state[(rule, grp)] = (count + 1, since or at) if matched else (0, None)
-        for (rule, grp), (count, since) in state.items():
-            c.execute(update(t.rule_groups).where(and_(g.rule == rule, g.grp == grp))
-                      .values(sustained_count=count, sustained_since=since))
+            reset, n, since = runs.get((rule, grp), (False, 0, None))
+            runs[(rule, grp)] = (reset, n + 1, since or at) if matched else (True, 0, None)
+        for (rule, grp), (reset, n, since) in runs.items():
+            where = and_(g.rule == rule, g.grp == grp)
+            if reset:
+                values: dict[str, Any] = {"sustained_count": n, "sustained_since": since}
+            else:
+                values = {"sustained_count": g.sustained_count + n,
+                          "sustained_since": func.coalesce(g.sustained_since, since)}
+            c.execute(update(t.rule_groups).where(where).values(**values))
 
     def _count_source(self, c: Connection, source: str, source_type: str, new: int, dups: int,
                       now: datetime) -> None:
