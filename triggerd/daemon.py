@@ -28,6 +28,7 @@ from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.dispatcher import Dispatcher
 from triggerd.engine.engine import Engine
+from triggerd.errors import StoreError
 from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
 from triggerd.ops import failpoints
@@ -83,10 +84,16 @@ class Daemon:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def spawn(self, coro: Any, name: str) -> None:
+        """Run a side task; its failure is logged, never left unobserved."""
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._side_task_done)
+
+    def _side_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed: %s", task.get_name(), task.exception())
 
     def stop(self) -> None:
         self._stop.set()
@@ -182,20 +189,25 @@ class Daemon:
         next_beat = next_prune = self.clock.now()
         while not self._stop.is_set():
             now = self.clock.now()
-            if now >= next_beat:
-                await self.call(functools.partial(self.store.heartbeat, self.id, now))
-                next_beat = now + HEARTBEAT
-            if now >= next_prune:
-                cutoff = now - self.config.retention
-                removed = await self.call(functools.partial(self.store.prune, cutoff))
-                if removed:
-                    log.info("retention: pruned %d row(s) older than %s", removed,
-                             cutoff.isoformat())
-                next_prune = now + PRUNE_EVERY
-            for req_id, kind, rule, args in await self.call(
-                    lambda: self.store.take_requests(self.id, self.clock.now())):
-                result = await self._handle_request(kind, rule, args)
-                await self._finish_request(req_id, result)
+            try:
+                if now >= next_beat:
+                    await self.call(functools.partial(self.store.heartbeat, self.id, now))
+                    next_beat = now + HEARTBEAT
+                if now >= next_prune:
+                    cutoff = now - self.config.retention
+                    removed = await self.call(functools.partial(self.store.prune, cutoff))
+                    if removed:
+                        log.info("retention: pruned %d row(s) older than %s", removed,
+                                 cutoff.isoformat())
+                    next_prune = now + PRUNE_EVERY
+                for req_id, kind, rule, args in await self.call(
+                        lambda: self.store.take_requests(self.id, self.clock.now())):
+                    result = await self._handle_request(kind, rule, args)
+                    await self._finish_request(req_id, result)
+            except StoreError as exc:  # a lost connection: log, and try again shortly
+                log.warning("housekeeping: store unavailable (%s)", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), REQUEST_POLL)
 

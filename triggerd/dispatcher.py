@@ -18,10 +18,11 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from triggerd.config.loader import Config
 from triggerd.engine.engine import Call, backoff_delay
-from triggerd.errors import DispatchError, PermanentDispatchError
+from triggerd.errors import DispatchError, PermanentDispatchError, StoreError
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
 from triggerd.store.sql import Store
@@ -59,18 +60,26 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
+        store_down = 0.0  # seconds to wait before retrying after a store error
         try:
             while True:
                 self._wake.clear()
                 now = self.clock.now()
-                for job_id, not_before in list(self.wanted.items()):
-                    if job_id in self.running or (not_before and not_before > now):
-                        continue
-                    await self._try_start(job_id, now)
+                try:
+                    for job_id, not_before in list(self.wanted.items()):
+                        if job_id in self.running or (not_before and not_before > now):
+                            continue
+                        await self._try_start(job_id, now)
+                    store_down = 0.0
+                except StoreError as exc:  # a lost connection: keep the jobs, try again
+                    store_down = min(30.0, max(0.5, store_down * 2))
+                    log.warning("dispatcher: store unavailable (%s); retrying in %.1fs",
+                                exc, store_down)
                 waits = [nb for j, nb in self.wanted.items() if nb and j not in self.running]
-                delay = None
+                delay = store_down or None
                 if waits:
                     delay = max(0.001, (min(waits) - self.clock.now()).total_seconds() + 0.001)
+                    delay = max(delay, store_down)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
         finally:
@@ -108,9 +117,9 @@ class Dispatcher:
             detail = result.detail if result else (error.detail if error else None)
             exit_code = result.exit_code if result else (error.exit_code if error else None)
             ext = result.external_id if result else (error.external_id if error else None)
-            await self.call(lambda: self.store.finish_attempt(
+            await self._until_stored(lambda: self.store.finish_attempt(
                 job.id, self.owner, status, now, exit_code=exit_code, detail=detail,
-                external_id=ext, next_attempt_at=next_at))
+                external_id=ext, next_attempt_at=next_at), f"job {job.id}: recording outcome")
             if status == JobStatus.RETRYING:
                 log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
                             job.attempts, next_at.isoformat() if next_at else "?", detail)
@@ -124,6 +133,17 @@ class Dispatcher:
             self._wake.set()
         if self.on_finished is not None:
             self.on_finished(job)
+
+    async def _until_stored(self, fn: Callable[[], Any], what: str) -> Any:
+        """An outcome must not be lost to a passing store outage: retry it with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.call(fn)
+            except StoreError as exc:
+                log.warning("%s: store unavailable (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     async def _dispatch(self, job: Job) -> tuple[JobStatus, DispatchResult | None,
                                                    DispatchError | None]:

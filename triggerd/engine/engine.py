@@ -19,6 +19,7 @@ from typing import Any
 from triggerd.config.loader import Config
 from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, Situation, decide
+from triggerd.errors import StoreError
 from triggerd.interfaces import Clock
 from triggerd.model import Event, GroupState, Pending, RuleFlags, Trigger
 from triggerd.schedules import Schedule
@@ -242,13 +243,20 @@ class Engine:
         while True:
             now = self.clock.now()
             slots = [(r, t) for r, t in self.slot_due.items() if t <= now]
-            for rule, slot in slots:
-                await self.scheduled_check(rule, slot)
             due = {k for k, t in self.due.items() if t <= now}
-            if due:
-                for k in due:
-                    self.due.pop(k, None)
-                await self.evaluate(due)
+            try:
+                for rule, slot in slots:
+                    await self.scheduled_check(rule, slot)
+                if due:
+                    await self.evaluate(due)
+                    for k in due:  # keep a key whose evaluation did not set a new time
+                        if self.due.get(k) is not None and self.due[k] <= now:
+                            self.due.pop(k, None)
+            except StoreError as exc:  # a lost connection: the timers stay, retry shortly
+                log.warning("timers: store unavailable (%s); retrying in 1s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                continue
             times = list(self.due.values()) + list(self.slot_due.values())
             self._wake.clear()
             if slots or due:
