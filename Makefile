@@ -1,4 +1,4 @@
-# triggerd — the two commands that matter:
+# triggerd — the two commands that matter (tests run with asyncio debug mode on):
 #   make run    create .venv, install, start the daemon on config/triggerd.example.yaml
 #   make test   install, then ruff, mypy --strict and the whole pytest suite
 
@@ -30,7 +30,7 @@ typecheck: install
 	$(BIN)/mypy --strict triggerd
 
 pytest: install
-	$(BIN)/pytest -q
+	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
 test: lint typecheck pytest
 
