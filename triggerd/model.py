@@ -20,9 +20,10 @@ def utcnow() -> datetime:
 
 
 def event_id(source: str, fingerprint: str) -> str:
-    """The id of an event is derived from its dedup key, so a duplicate has the same id."""
+    """The id of an event is its dedup key: a 128-bit hash of (source, fingerprint), so a
+    duplicate has the same id and the store's primary key rejects it."""
     digest = hashlib.blake2b(f"{source}\0{fingerprint}".encode("utf-8", "surrogateescape"),
-                             digest_size=10).hexdigest()
+                             digest_size=16).hexdigest()
     return f"e{digest}"
 
 
@@ -40,10 +41,10 @@ class Event:
     fingerprint: str
     payload: dict[str, Any] = field(default_factory=dict)
     observed_at: datetime = field(default_factory=utcnow)
+    id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def id(self) -> str:
-        return event_id(self.source, self.fingerprint)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", event_id(self.source, self.fingerprint))
 
     @property
     def size(self) -> int:

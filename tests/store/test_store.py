@@ -8,7 +8,7 @@ jobs claimed once, old rows pruned without touching anything still pending or ru
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -50,7 +50,13 @@ def item(event: Event, *keys: tuple[str, str],
 
 def ingest(store: Store, *items: Ingest, source: str = "src",
            now: datetime = T0) -> IngestResult:
-    return store.ingest(source, "filesystem", list(items), now)
+    """Ingest with a classifier that returns the given (precomputed) matches per event."""
+    by_event = {id(i.event): i for i in items}
+
+    def classify(events: Sequence[Event]) -> list[Ingest]:
+        return [by_event[id(ev)] for ev in events]
+
+    return store.ingest(source, "filesystem", [i.event for i in items], now, classify)
 
 
 def add(store: Store, rule: str, group: str, *fps: str, at: datetime = T0,

@@ -107,8 +107,8 @@ class Engine:
         source_type = self.config.source_type(source)
 
         def work() -> IngestResult:
-            items = self.rules.classify(events)
-            return self.store.ingest(source, source_type, items, self.clock.now())
+            return self.store.ingest(source, source_type, events, self.clock.now(),
+                                     self.rules.classify)
 
         result: IngestResult = await self.call(work)
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),

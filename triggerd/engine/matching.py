@@ -35,23 +35,37 @@ class CompiledRule:
     subject: re.Pattern[str] | None
     where: Expression | None
     group_by: Template | None
+    sustained: bool = False
+    order: int = 0
     errors: int = 0
     last_error: str | None = None
     _logged: set[str] = field(default_factory=set)
 
     @classmethod
-    def build(cls, name: str, spec: RuleSpec) -> CompiledRule:
+    def build(cls, name: str, spec: RuleSpec, order: int = 0) -> CompiledRule:
         return cls(
             name=name, spec=spec, sources=frozenset(spec.on),
             kinds=frozenset(spec.match.kinds) if spec.match.kinds else None,
             subject=compile_glob(spec.match.subject) if spec.match.subject else None,
             where=Expression(spec.match.where) if spec.match.where else None,
             group_by=Template(spec.group_by) if spec.group_by else None,
+            sustained=spec.when.sustained is not None, order=order,
         )
 
     @property
-    def sustained(self) -> bool:
-        return self.spec.when.sustained is not None
+    def subject_prefix(self) -> str:
+        """The literal directory part of the subject glob ('' when there is none).
+
+        `/data/landing/churn/**` -> `/data/landing/churn/`: only subjects under that
+        directory can match, which lets the rule index skip the rule for all others."""
+        pattern = self.spec.match.subject
+        if not pattern:
+            return ""
+        cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+        literal = pattern[:cut]
+        if cut == len(pattern):  # no wildcard at all: the whole subject is literal
+            return literal.rsplit("/", 1)[0] + "/" if "/" in literal else ""
+        return literal[:literal.rfind("/") + 1]
 
     def matches(self, event: Event, env: Mapping[str, Any]) -> bool:
         if self.kinds is not None and event.kind not in self.kinds:
@@ -86,15 +100,44 @@ class CompiledRule:
             log.warning("rule %s: %s", self.name, message)
 
 
+class _SourceIndex:
+    """The rules of one source: those every event must see, and those keyed by the literal
+    directory prefix of their subject glob (seen only by events under that directory)."""
+
+    def __init__(self) -> None:
+        self.always: list[CompiledRule] = []
+        self.by_prefix: dict[str, list[CompiledRule]] = defaultdict(list)
+
+    def add(self, rule: CompiledRule) -> None:
+        prefix = rule.subject_prefix
+        if rule.sustained or not prefix:  # a sustained rule sees non-matching events too
+            self.always.append(rule)
+        else:
+            self.by_prefix[prefix].append(rule)
+
+    def candidates(self, subject: str) -> list[CompiledRule]:
+        if not self.by_prefix:
+            return self.always
+        found = list(self.always)
+        start = 0
+        while (i := subject.find("/", start)) >= 0:
+            found.extend(self.by_prefix.get(subject[:i + 1], ()))
+            start = i + 1
+        if len(found) > len(self.always) and self.always:
+            found.sort(key=lambda r: r.order)  # config order, as without the index
+        return found
+
+
 class RuleSet:
-    """All compiled rules, indexed by source for the hot path."""
+    """All compiled rules, indexed by source and subject prefix for the hot path."""
 
     def __init__(self, specs: Mapping[str, RuleSpec]) -> None:
-        self.rules = {name: CompiledRule.build(name, spec) for name, spec in specs.items()}
-        self.by_source: dict[str, list[CompiledRule]] = defaultdict(list)
+        self.rules = {name: CompiledRule.build(name, spec, i)
+                      for i, (name, spec) in enumerate(specs.items())}
+        self.by_source: dict[str, _SourceIndex] = defaultdict(_SourceIndex)
         for rule in self.rules.values():
-            for src in rule.sources:
-                self.by_source[src].append(rule)
+            for src in sorted(rule.sources):
+                self.by_source[src].add(rule)
 
     def __getitem__(self, name: str) -> CompiledRule:
         return self.rules[name]
@@ -109,7 +152,8 @@ class RuleSet:
         out = []
         for event in events:
             item = Ingest(event)
-            rules = self.by_source.get(event.source)
+            index = self.by_source.get(event.source)
+            rules = index.candidates(event.subject) if index is not None else None
             if rules:
                 env = event_env(event)
                 for rule in rules:

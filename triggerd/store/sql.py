@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -229,31 +229,42 @@ class Store:
         return value
 
     # -- events ---------------------------------------------------------------------------------
-    def ingest(self, source: str, source_type: str, items: Sequence[Ingest],
-               now: datetime) -> IngestResult:
+    def ingest(self, source: str, source_type: str, events: Sequence[Event],
+               now: datetime,
+               classify: Callable[[Sequence[Event]], list[Ingest]] | None = None
+               ) -> IngestResult:
         """Store a batch of events from one source in one transaction (the throughput path).
 
-        New events get their pending memberships and streak updates; duplicates (same source and
-        fingerprint as a stored event) are only counted.
+        Events already stored (same source and fingerprint) are duplicates: counted, nothing
+        else. The new ones are handed to `classify` (the rule engine's matching), and get the
+        pending memberships and streak updates it returns.
         """
         result = IngestResult()
-        if not items:
+        if not events:
             return result
-        rows = []
-        by_id: dict[str, Ingest] = {}
-        for item in items:
-            ev = item.event
-            eid = ev.id
-            if eid in by_id:  # the same fingerprint twice in one batch
-                continue
-            by_id[eid] = item
-            rows.append({"id": eid, "source": ev.source, "fingerprint": ev.fingerprint,
-                         "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
-                         "size": ev.size, "observed_at": ev.observed_at})
+        unique: dict[str, Event] = {}
+        for ev in events:
+            unique.setdefault(ev.id, ev)  # the same fingerprint twice in one batch
         with self.write() as c:
-            stmt = self._insert(t.events).on_conflict_do_nothing().returning(t.events.c.id)
-            new_ids = set(c.execute(stmt, rows).scalars().all())
-            result.duplicates = len(items) - len(new_ids)
+            # Known duplicates are dropped before they are matched or turned into rows
+            # (rescans and redeliveries are common); the insert's ON CONFLICT still settles
+            # races between replicas.
+            ids = list(unique)
+            seen: set[str] = set()
+            for i in range(0, len(ids), 1000):
+                seen.update(c.execute(select(t.events.c.id).where(
+                    t.events.c.id.in_(ids[i:i + 1000]))).scalars())
+            fresh = [ev for eid, ev in unique.items() if eid not in seen]
+            items = classify(fresh) if classify is not None else [Ingest(ev) for ev in fresh]
+            by_id = {item.event.id: item for item in items}
+            rows = [{"id": ev.id, "source": ev.source, "fingerprint": ev.fingerprint,
+                     "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
+                     "size": ev.size, "observed_at": ev.observed_at} for ev in fresh]
+            new_ids: set[str] = set()
+            if rows:
+                stmt = self._insert(t.events).on_conflict_do_nothing().returning(t.events.c.id)
+                new_ids = set(c.execute(stmt, rows).scalars().all())
+            result.duplicates = len(events) - len(new_ids)
             pending_rows = []
             streaks: list[tuple[str, str, bool, datetime]] = []
             for eid, item in by_id.items():

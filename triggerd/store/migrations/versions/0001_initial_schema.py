@@ -30,7 +30,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "events",
-        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("source", sa.String(length=100), nullable=False),
         sa.Column("fingerprint", sa.Text(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -39,7 +39,6 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("observed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("source", "fingerprint", name="uq_events_source_fingerprint"),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index("ix_events_observed_at", ["observed_at"], unique=False)
@@ -99,7 +98,7 @@ def upgrade() -> None:
     op.create_table(
         "rule_events",
         sa.Column("rule", sa.String(length=100), nullable=False),
-        sa.Column("event_id", sa.String(length=32), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("grp", sa.Text(), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("observed_at", sa.DateTime(timezone=True), nullable=False),
