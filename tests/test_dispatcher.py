@@ -39,9 +39,9 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 class Rig:
-    def __init__(self, store: Store, dispatch: dict[str, Any]) -> None:
+    def __init__(self, store: Store, dispatch: dict[str, Any], **rule: Any) -> None:
         spec = RuleSpec.model_validate({"on": ["src"], "dispatch": {"backend": "rec",
-                                                                   **dispatch}})
+                                                                   **dispatch}, **rule})
         self.config = Config(path=Path("x.yaml"), store_url=store.url, state_dir=Path("/tmp"),
                              retention=timedelta(days=1),
                              sources={"src": CronOptions(type="cron", every="1h")},
@@ -53,20 +53,21 @@ class Rig:
                                      "test-owner", self._finished)
         self.engine = Engine(self.config, store, clock, call,
                              lambda t: self.dispatcher.submit(t.id))
+        self.dispatcher.on_finished = self._finished
         self.n = 0
         self.pending: set[asyncio.Future[Any]] = set()
 
     def _finished(self, job: Any) -> None:
-        task = asyncio.ensure_future(self.engine.evaluate({(job.rule, job.group)}))
+        task = asyncio.ensure_future(self.engine.evaluate_rule(job.rule))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def events(self, n: int = 1) -> None:
+    async def events(self, n: int = 1, **payload: Any) -> None:
         evs = []
         for _ in range(n):
             self.n += 1
             evs.append(Event(source="src", kind="message", subject="s",
-                             fingerprint=f"f{self.n}"))
+                             fingerprint=f"f{self.n}", payload=payload))
         await self.engine.submit("src", evs)
 
     def jobs(self) -> dict[str, str]:
@@ -77,8 +78,8 @@ class Rig:
 async def rig_factory(store: Store) -> AsyncIterator[Callable[[dict[str, Any]], Rig]]:
     tasks: list[asyncio.Task[None]] = []
 
-    def make(dispatch: dict[str, Any]) -> Rig:
-        rig = Rig(store, dispatch)
+    def make(dispatch: dict[str, Any], **rule: Any) -> Rig:
+        rig = Rig(store, dispatch, **rule)
         tasks.append(asyncio.create_task(rig.dispatcher.run()))
         return rig
 
@@ -192,3 +193,42 @@ async def test_a_store_outage_delays_dispatch_but_loses_nothing(
     await until(lambda: rig.jobs() == {"r.1": "succeeded"}, timeout=30)
     assert len(rig.backend.calls) == 1
     assert failures == {"claim": 0, "finish": 0}
+
+
+async def test_a_job_waiting_for_a_slot_is_parked_not_polled(
+        rig_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry that falls due while another job holds the only slot waits for that job to
+    end; it must not hammer the store meanwhile."""
+    rig = rig_factory({"on_busy": "queue", "retry": {"attempts": 2, "backoff": "50ms"}})
+    rig.backend.script = ["transient"]
+    await rig.events(1)
+    await until(lambda: rig.jobs().get("r.1") == "retrying")
+    rig.backend.hold = True
+    await rig.events(1)  # r.2 takes the slot before r.1's backoff ends
+    await until(lambda: rig.jobs() == {"r.1": "retrying", "r.2": "running"})
+    claims = 0
+    real = rig.store.claim_job
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rig.store, "claim_job", counting)
+    await asyncio.sleep(1.0)  # measuring a rate over time: this sleep is the measurement
+    assert claims <= 3
+    rig.backend.release()
+    await until(lambda: rig.jobs() == {"r.1": "succeeded", "r.2": "succeeded"})
+
+
+async def test_coalesce_with_groups_wakes_the_other_groups_when_a_job_ends(
+        rig_factory: Any) -> None:
+    rig = rig_factory({"on_busy": "coalesce"}, group_by="{payload.dir}")
+    rig.backend.hold = True
+    await rig.events(1, dir="a")
+    await until(lambda: rig.backend.calls)
+    await rig.events(2, dir="b")  # the rule is busy with group a's job: b waits
+    assert len(rig.backend.calls) == 1
+    rig.backend.release()
+    await until(lambda: len(rig.backend.calls) == 2)
+    assert rig.backend.calls[1].group == "b" and len(rig.backend.calls[1].events) == 2

@@ -40,6 +40,7 @@ T = TypeVar("T")
 HEARTBEAT = timedelta(seconds=5)
 REQUEST_POLL = 0.25  # seconds: `triggerd fire` is picked up well within a second
 PRUNE_EVERY = timedelta(hours=1)
+RECOVER_EVERY = timedelta(seconds=10)  # look for work orphaned by a dead replica
 
 
 class _SourceContext:
@@ -98,6 +99,12 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    def _reload_requested(self) -> None:
+        # Live reload is planned (operations issue); until then SIGHUP must not kill the
+        # daemon (its default action), and the operator is told what to do.
+        log.warning("SIGHUP: live config reload is not supported yet; the running config "
+                    "stays. Restart triggerd to apply config changes.")
+
     def _build_backends(self) -> dict[str, Backend]:
         out: dict[str, Backend] = {}
         for name, options in self.config.backends.items():
@@ -116,6 +123,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         try:
             await self.call(self.store.lock)
             await self.call(self.store.upgrade)
@@ -127,11 +135,7 @@ class Daemon:
                                          self.clock, self.call, self.id, self._job_finished)
             self.engine = Engine(self.config, self.store, self.clock, self.call,
                                  self._triggered)
-            stale = self.clock.now() - 3 * HEARTBEAT
-            for job_id in await self.call(
-                    lambda: self.store.recover_jobs(self.id, stale, self.clock.now())):
-                log.info("job %s: resuming dispatch after restart", job_id)
-                self.dispatcher.submit(job_id)
+            await self._recover(starting=True)
             workers = [
                 asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
@@ -157,17 +161,32 @@ class Daemon:
             await self.call(lambda: self.store.daemon_stopped(self.id, self.clock.now()))
             return 0 if not any(t is not stop and t.exception() for t in done) else 1
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.call(self.store.close)
             self._executor.shutdown(wait=True)
+
+    async def _recover(self, starting: bool = False) -> None:
+        """Re-queue jobs left by a previous run or a dead replica (see Store.recover_jobs)."""
+        now = self.clock.now()
+        exclusive = self.store.exclusive
+        found = await self.call(lambda: self.store.recover_jobs(
+            self.id, now - 3 * HEARTBEAT, now, exclusive=exclusive))
+        for job_id, not_before in found:
+            if job_id in self.dispatcher.wanted or job_id in self.dispatcher.running:
+                continue
+            if starting:
+                log.info("job %s: resuming dispatch after restart", job_id)
+            else:
+                log.info("job %s: taking over (queued, or its daemon is gone)", job_id)
+            self.dispatcher.submit(job_id, not_before)
 
     def _triggered(self, trig: Trigger) -> None:
         failpoints.hit("after-trigger-write")
         self.dispatcher.submit(trig.id)
 
     def _job_finished(self, job: Job) -> None:
-        self.spawn(self.engine.evaluate({(job.rule, job.group)}), f"after:{job.id}")
+        self.spawn(self.engine.evaluate_rule(job.rule), f"after:{job.id}")
 
     async def _supervise(self, name: str, source: Source) -> None:
         ctx = _SourceContext(self, name, self.config.source_type(name))
@@ -187,12 +206,16 @@ class Daemon:
     async def _housekeeping(self) -> None:
         """Heartbeat, CLI requests (fire, pause, resume) and retention pruning."""
         next_beat = next_prune = self.clock.now()
+        next_recover = next_beat + RECOVER_EVERY
         while not self._stop.is_set():
             now = self.clock.now()
             try:
                 if now >= next_beat:
                     await self.call(functools.partial(self.store.heartbeat, self.id, now))
                     next_beat = now + HEARTBEAT
+                if now >= next_recover:
+                    await self._recover()
+                    next_recover = now + RECOVER_EVERY
                 if now >= next_prune:
                     cutoff = now - self.config.retention
                     removed = await self.call(functools.partial(self.store.prune, cutoff))

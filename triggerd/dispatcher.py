@@ -28,6 +28,7 @@ from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
 from triggerd.store.sql import Store
 
 log = logging.getLogger("triggerd.dispatch")
+SLOT_POLL = 5.0  # seconds: how often parked jobs look for a slot freed elsewhere
 
 
 class _Handle:
@@ -76,7 +77,9 @@ class Dispatcher:
                     log.warning("dispatcher: store unavailable (%s); retrying in %.1fs",
                                 exc, store_down)
                 waits = [nb for j, nb in self.wanted.items() if nb and j not in self.running]
-                delay = store_down or None
+                # parked jobs (waiting for a free slot) wake when a job ends; the slow poll
+                # covers a slot freed by another replica
+                delay = store_down or (SLOT_POLL if self.wanted else None)
                 if waits:
                     delay = max(0.001, (min(waits) - self.clock.now()).total_seconds() + 0.001)
                     delay = max(delay, store_down)
@@ -97,7 +100,11 @@ class Dispatcher:
         concurrency = rule.dispatch.concurrency if rule else 1
         job = await self.call(lambda: self.store.claim_job(job_id, self.owner, concurrency, now))
         if job is None:
-            return  # not yet due, or the rule is at its concurrency: woken when a job ends
+            # not yet due: sleep until it is; at the rule's concurrency: park it until a job
+            # ends (never poll a due job in a tight loop)
+            due = current.next_attempt_at
+            self.wanted[job_id] = due if due is not None and due > now else None
+            return
         self.wanted.pop(job_id, None)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
                  rule.dispatch.retry.attempts if rule else "?", job.backend)

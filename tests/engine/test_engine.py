@@ -21,6 +21,7 @@ from triggerd.clock import ManualClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
 from triggerd.engine.engine import Engine
+from triggerd.errors import StoreError
 from triggerd.model import Event, JobStatus, Trigger
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store
@@ -295,3 +296,25 @@ async def test_policy_properties(prop_store: Store, when: dict[str, Any],
     assert all(tr.events >= when.get("min_events", 1) for tr in h.fired)
     leftover = len(rows) - len(consumed)
     assert leftover < when.get("min_events", 1)  # liveness: nothing that could fire is left
+
+
+async def test_a_store_error_after_ingest_retries_the_decision(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events were committed, so the source will not send them again: the engine must
+    still decide for them once the store answers."""
+    h = Harness(store, {"r": {"on": ["landing"], "when": {"min_events": 2}}})
+    await h.start()
+    real = store.group_states
+    fail = {"n": 1}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise StoreError("connection reset (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "group_states", flaky)
+    await h.submit(h.event(), h.event())
+    assert h.fired == []
+    await h.advance(timedelta(seconds=2))
+    assert len(h.fired) == 1 and h.fired[0].events == 2

@@ -594,7 +594,8 @@ def test_finish_attempt_succeeded(store: Store) -> None:
     assert (job.status, job.finished_at, job.exit_code, job.detail) == (
         JobStatus.SUCCEEDED, T0 + M, 0, "trained")
     assert job.external_id == "airflow-run-42"
-    assert store.group_states()[("r", "g")].last_success_at == T0 + M
+    # the periodic floor counts from the trigger whose job succeeded, not from the job's end
+    assert store.group_states()[("r", "g")].last_success_at == job.created_at == T0
     (att,) = attempts(store, jid)
     assert (att.finished_at, att.outcome, att.exit_code, att.detail) == (
         T0 + M, "succeeded", 0, "trained")
@@ -693,10 +694,16 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     store.claim_job(done, "dead", 9, T0)
     store.finish_attempt(done, "dead", JobStatus.SUCCEEDED, T0 + M)
 
-    ids = store.recover_jobs("me", stale_before, now)
+    mine = queued(store, "r", "mine", T0 + 7 * S)
+    store.claim_job(mine, "me", 9, T0)  # a periodic recovery never touches its own jobs
+
+    found = store.recover_jobs("me", stale_before, now)
+    ids = [job_id for job_id, _ in found]
 
     assert ids == [q_, retry, orphan, of_stopped]
-    assert store.recover_jobs("me", stale_before, now) == ids   # idempotent
+    assert dict(found)[retry] == now + H  # a retrying job keeps its not-before time
+    assert store.recover_jobs("me", stale_before, now) == found   # idempotent
+    assert store.job(mine).status == JobStatus.RUNNING  # type: ignore[union-attr]
     job = store.job(orphan)
     assert job is not None
     assert (job.status, job.attempts) == (JobStatus.RETRYING, 1)
@@ -713,6 +720,17 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     again = store.claim_job(orphan, "me", 9, now)
     assert again is not None and again.attempts == 2
     assert [a.n for a in attempts(store, orphan)] == [1, 2]
+
+
+def test_recover_jobs_exclusive_treats_every_other_daemon_as_gone(store: Store) -> None:
+    """On SQLite the daemon lock proves no other daemon lives: a job of a daemon killed a
+    moment ago (fresh heartbeat) is recovered at once instead of after the heartbeat ages."""
+    now = T0 + M
+    store.register_daemon("killed", now)
+    job = queued(store, "r", "x", T0)
+    store.claim_job(job, "killed", 9, T0)
+    assert store.recover_jobs("me", now - 3 * M, now) == []
+    assert store.recover_jobs("me", now - 3 * M, now, exclusive=True) == [(job, None)]
 
 
 # -- CLI requests ---------------------------------------------------------------------------------

@@ -114,8 +114,25 @@ class Engine:
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
                   result.duplicates)
         if result.touched:
-            await self.evaluate(result.touched)
+            try:
+                await self.evaluate(result.touched)
+            except StoreError as exc:
+                # the events are stored (the source may acknowledge them); decide shortly
+                log.warning("deciding after ingest failed (%s); retrying in 1s", exc)
+                retry_at = self.clock.now() + timedelta(seconds=1)
+                for key in result.touched:
+                    self.due[key] = retry_at
+                self._wake.set()
         return result
+
+    async def evaluate_rule(self, rule: str) -> list[Trigger]:
+        """Decide for every group of a rule (e.g. after one of its jobs ended: `concurrency`
+        and `on_busy` are per rule, so every group may be free to fire now)."""
+        if rule not in self.config.rules:
+            return []
+        keys: set[Key] = set(await self.call(lambda: self.store.group_states([rule])))
+        keys |= set(await self.call(lambda: self.store.pending([rule])))
+        return await self.evaluate(keys or {(rule, "")})
 
     async def start(self) -> None:
         """At start-up: decide for every known group, and catch up a missed scheduled check."""
@@ -254,8 +271,7 @@ class Engine:
                             self.due.pop(k, None)
             except StoreError as exc:  # a lost connection: the timers stay, retry shortly
                 log.warning("timers: store unavailable (%s); retrying in 1s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await asyncio.sleep(1.0)
                 continue
             times = list(self.due.values()) + list(self.slot_due.values())
             self._wake.clear()

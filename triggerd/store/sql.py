@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -97,6 +97,11 @@ class Store:
         if path is not None:
             self._lock = DaemonLock(path)
             self._lock.acquire()
+
+    @property
+    def exclusive(self) -> bool:
+        """True while this process holds the one-daemon lock (SQLite): no other daemon lives."""
+        return self._lock is not None
 
     def close(self) -> None:
         if self._lock is not None:
@@ -257,9 +262,12 @@ class Store:
             fresh = [ev for eid, ev in unique.items() if eid not in seen]
             items = classify(fresh) if classify is not None else [Ingest(ev) for ev in fresh]
             by_id = {item.event.id: item for item in items}
+            # rows in key order: replicas inserting overlapping batches lock keys in the same
+            # order, so PostgreSQL cannot deadlock them
             rows = [{"id": ev.id, "source": ev.source, "fingerprint": ev.fingerprint,
                      "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
-                     "size": ev.size, "observed_at": ev.observed_at} for ev in fresh]
+                     "size": ev.size, "observed_at": ev.observed_at}
+                    for ev in sorted(fresh, key=lambda e: e.id)]
             new_ids: set[str] = set()
             if rows:
                 stmt = self._insert(t.events).on_conflict_do_nothing().returning(t.events.c.id)
@@ -281,6 +289,7 @@ class Store:
                     result.touched.add((rule, grp))
             self._ensure_groups(c, result.touched, now)
             if pending_rows:
+                pending_rows.sort(key=lambda r: (r["rule"], r["event_id"]))
                 c.execute(self._insert(t.rule_events).on_conflict_do_nothing(), pending_rows)
             if streaks:
                 self._update_streaks(c, streaks)
@@ -447,7 +456,8 @@ class Store:
         if status.final:
             values["finished_at"] = now
         with self.write() as c:
-            row = c.execute(select(j.rule, j.grp, j.attempts).where(j.id == job_id)).first()
+            row = c.execute(select(j.rule, j.grp, j.attempts, j.created_at)
+                            .where(j.id == job_id)).first()
             res = c.execute(update(t.jobs).where(and_(
                 j.id == job_id, j.status == JobStatus.RUNNING, j.owner == owner)).values(**values))
             if res.rowcount != 1 or row is None:
@@ -457,23 +467,35 @@ class Store:
                       .values(finished_at=now, outcome=status, exit_code=exit_code,
                               detail=detail))
             if status == JobStatus.SUCCEEDED:
+                # the periodic floor counts from the trigger whose job succeeded (its fired_at,
+                # which is the job's created_at), never moving backwards
                 g = t.rule_groups.c
+                fired = row.created_at
                 c.execute(update(t.rule_groups).where(and_(g.rule == row.rule, g.grp == row.grp))
-                          .values(last_success_at=now))
+                          .values(last_success_at=case(
+                              (or_(g.last_success_at.is_(None), g.last_success_at < fired),
+                               fired), else_=g.last_success_at)))
         return True
 
-    def recover_jobs(self, owner: str, stale_before: datetime, now: datetime) -> list[str]:
-        """Jobs to (re)dispatch at start-up: queued and retrying ones, and running ones whose
-        daemon is gone (no heartbeat since `stale_before`, or stopped). Running jobs of a dead
-        daemon go back to `retrying` (their interrupted attempt counted), or `failed` when no
-        attempt is left. Returns the ids to dispatch."""
+    def recover_jobs(self, owner: str, stale_before: datetime, now: datetime, *,
+                     exclusive: bool = False) -> list[tuple[str, datetime | None]]:
+        """Jobs to (re)dispatch: queued and retrying ones, and running ones whose daemon is
+        gone. Called at start-up and periodically, so a replica picks up the work of one that
+        died. A daemon is gone when it stopped, when its heartbeat is older than
+        `stale_before`, or — with `exclusive` (this daemon holds the SQLite lock, so no other
+        can be alive) — whenever it is not `owner`. Running jobs of a gone daemon go back to
+        `retrying` (the interrupted attempt counts), or `failed` when no attempt is left.
+        Returns (job id, not before) pairs."""
         j, d = t.jobs.c, t.daemons.c
         with self.write() as c:
-            alive = select(d.id).where(and_(d.heartbeat_at >= stale_before,
-                                            d.stopped_at.is_(None), d.id != owner))
+            if exclusive:
+                gone = or_(j.owner.is_(None), j.owner != owner)
+            else:
+                alive = select(d.id).where(and_(d.heartbeat_at >= stale_before,
+                                                d.stopped_at.is_(None)))
+                gone = or_(j.owner.is_(None), and_(j.owner != owner, j.owner.not_in(alive)))
             orphans = c.execute(select(j.id, j.attempts, j.max_attempts).where(and_(
-                j.status == JobStatus.RUNNING,
-                or_(j.owner.is_(None), j.owner.not_in(alive))))).all()
+                j.status == JobStatus.RUNNING, gone))).all()
             for job_id, attempts, max_attempts in orphans:
                 detail = "interrupted: the daemon running it stopped"
                 left = attempts < max_attempts
@@ -486,10 +508,10 @@ class Store:
                 c.execute(update(t.job_attempts).where(and_(
                     a.job_id == job_id, a.n == attempts, a.finished_at.is_(None)))
                     .values(finished_at=now, outcome="interrupted", detail=detail))
-            ids = c.execute(select(j.id).where(j.status.in_([JobStatus.QUEUED,
-                                                              JobStatus.RETRYING]))
-                            .order_by(j.created_at)).scalars().all()
-        return list(ids)
+            rows = c.execute(select(j.id, j.next_attempt_at).where(
+                j.status.in_([JobStatus.QUEUED, JobStatus.RETRYING]))
+                .order_by(j.created_at)).all()
+        return [(r[0], r[1]) for r in rows]
 
     def job(self, job_id: str) -> Job | None:
         with self.read() as c:
