@@ -144,6 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         daemon = queries.latest_daemon(store)
         found = assess(config, store, now)
         counts = queries.trigger_counts(store)
+        jobs = store.job_counts()
         last = queries.last_trigger_times(store)
         srcs = queries.sources(store)
     finally:
@@ -173,7 +174,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             "triggers": counts.get(name, (0, None))[0],
             "waiting_for": waiting[0]["waiting_for"] if waiting else None,
             "next_check_at": _iso(min(nexts)) if nexts else None,
-            "running_jobs": groups[0].active_jobs if groups else 0,
+            "running_jobs": jobs.get(name, {}).get("running", 0),
+            "queued_jobs": jobs.get(name, {}).get("queued", 0)
+            + jobs.get(name, {}).get("retrying", 0),
             "backend": spec.dispatch.backend,
         }
         if spec.group_by is not None:

@@ -172,6 +172,10 @@ class Daemon:
         exclusive = self.store.exclusive
         found = await self.call(lambda: self.store.recover_jobs(
             self.id, now - 3 * HEARTBEAT, now, exclusive=exclusive))
+        requeued = await self.call(lambda: self.store.requeue_requests(
+            self.id, now - 3 * HEARTBEAT, exclusive=exclusive))
+        if requeued:
+            log.info("%d CLI request(s) left unanswered by a stopped daemon taken back", requeued)
         for job_id, not_before in found:
             if job_id in self.dispatcher.wanted or job_id in self.dispatcher.running:
                 continue
@@ -225,7 +229,7 @@ class Daemon:
                     next_prune = now + PRUNE_EVERY
                 for req_id, kind, rule, args in await self.call(
                         lambda: self.store.take_requests(self.id, self.clock.now())):
-                    result = await self._handle_request(kind, rule, args)
+                    result = await self._handle_request(req_id, kind, rule, args)
                     await self._finish_request(req_id, result)
             except StoreError as exc:  # a lost connection: log, and try again shortly
                 log.warning("housekeeping: store unavailable (%s)", exc)
@@ -237,13 +241,16 @@ class Daemon:
     async def _finish_request(self, req_id: int, result: str) -> None:
         await self.call(lambda: self.store.finish_request(req_id, result))
 
-    async def _handle_request(self, kind: str, rule: str, args: dict[str, Any]) -> str:
+    async def _handle_request(self, request_id: int, kind: str, rule: str,
+                              args: dict[str, Any]) -> str:
         if rule not in self.config.rules:
             return f"error: unknown rule {rule!r}"
         if kind == "fire":
             reason = str(args.get("reason") or "manual trigger")
-            fired = await self.engine.fire(rule, reason)
-            return "fired " + ", ".join(t.id for t in fired) if fired else "error: not fired"
+            fired = [t.id for t in await self.engine.fire(rule, reason, request_id)]
+            if not fired:  # a retried request: report what it fired the first time
+                fired = await self.call(lambda: self.store.triggers_of_request(request_id))
+            return "fired " + ", ".join(fired) if fired else "error: not fired"
         if kind in ("pause", "resume"):
             groups = await self.call(lambda: self.store.group_states([rule]))
             await self.engine.evaluate(set(groups) or {(rule, "")})

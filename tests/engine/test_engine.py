@@ -318,3 +318,52 @@ async def test_a_store_error_after_ingest_retries_the_decision(
     assert h.fired == []
     await h.advance(timedelta(seconds=2))
     assert len(h.fired) == 1 and h.fired[0].events == 2
+
+
+async def test_a_scheduled_check_hit_by_a_store_error_is_retried_not_skipped(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(store, {"r": {"on": ["landing"], "when": {"schedule": "0 2 * * *"}}})
+    await h.start()
+    await h.submit(h.event())
+    real = store.pending
+    fail = {"n": 1}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise StoreError("connection reset (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "pending", flaky)
+    with pytest.raises(StoreError):
+        await h.advance(timedelta(hours=15))  # the 02:00 check claims its slot, then fails
+    assert h.fired == []
+    await h.advance(timedelta(seconds=1))  # still due, and still ours: retried at once
+    assert len(h.fired) == 1 and "scheduled check at" in h.fired[0].reason
+
+
+async def test_a_scheduled_check_interrupted_by_a_crash_is_redone_at_start(
+        store: Store) -> None:
+    h = Harness(store, {"r": {"on": ["landing"], "when": {"schedule": "0 2 * * *"}}})
+    await h.start()
+    await h.submit(h.event())
+    slot = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    assert store.claim_slot("rule:r", slot, slot)  # claimed, then the daemon died
+    h.clock.set(slot + timedelta(minutes=5))
+    restarted = Harness(store, {"r": {"on": ["landing"], "when": {"schedule": "0 2 * * *"}}})
+    restarted.clock.set(h.clock.now())
+    await restarted.start()
+    await restarted.advance(timedelta(seconds=1))
+    assert len(restarted.fired) == 1
+    assert f"scheduled check at {slot.isoformat()}" in restarted.fired[0].reason
+    assert store.unfinished_slot("rule:r") is None
+
+
+async def test_a_retried_manual_fire_request_fires_once(store: Store) -> None:
+    h = Harness(store, {"r": {"on": ["landing"]}})
+    await h.start()
+    first = await h.engine.fire("r", "manual: now", request_id=7)
+    again = await h.engine.fire("r", "manual: now", request_id=7)  # after a crash, say
+    assert [t.id for t in first] == ["r.1"] and again == []
+    assert store.triggers_of_request(7) == ["r.1"]
+    assert [t.id for t in await h.engine.fire("r", "manual: other", request_id=8)] == ["r.2"]

@@ -1040,3 +1040,17 @@ def test_datetimes_come_back_timezone_aware_utc(store: Store) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         store.claim_slot("rule:naive", datetime(2026, 1, 1), T0)
     assert store.last_slot("rule:naive") is None
+
+
+def test_requests_of_a_dead_daemon_are_given_back(store: Store) -> None:
+    now = T0 + D
+    store.register_daemon("dead", T0)
+    store.register_daemon("alive", now)
+    r1 = store.add_request("fire", "r", {}, T0)
+    r2 = store.add_request("fire", "r", {}, T0)
+    assert [x[0] for x in store.take_requests("dead", T0)] == [r1, r2]
+    store.finish_request(r1, "fired r.1")  # answered: stays handled
+    assert store.requeue_requests("me", now - 3 * M) == 1
+    assert [x[0] for x in store.take_requests("alive", now)] == [r2]
+    assert store.requeue_requests("me", now - 3 * M) == 0  # alive's request is left alone
+    assert store.requeue_requests("me", now - 3 * M, exclusive=True) == 1

@@ -100,6 +100,7 @@ class Engine:
         self.schedules = {r: s for r in config.rules if (s := rule_schedule(config, r))}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._owned_slots: dict[str, datetime] = {}  # claimed by us, check not yet done
 
     # -- input ----------------------------------------------------------------------------------
     async def submit(self, source: str, events: Sequence[Event]) -> IngestResult:
@@ -142,7 +143,13 @@ class Engine:
         for rule, sched in self.schedules.items():
             last = await self._last_slot(rule)
             prev = sched.last_at_or_before(now)
-            if last is not None and prev is not None and last < prev:
+            unfinished = await self._unfinished_slot(rule)
+            if unfinished is not None:
+                log.info("rule %s: redoing the scheduled check of %s interrupted by a crash",
+                         rule, unfinished.isoformat())
+                self._owned_slots[rule] = unfinished
+                self.slot_due[rule] = unfinished
+            elif last is not None and prev is not None and last < prev:
                 log.info("rule %s: running the scheduled check of %s missed while down",
                          rule, prev.isoformat())
                 self.slot_due[rule] = prev
@@ -151,6 +158,11 @@ class Engine:
                 if nxt is not None:
                     self.slot_due[rule] = nxt
         await self.evaluate(None)
+
+    async def _unfinished_slot(self, rule: str) -> datetime | None:
+        found: datetime | None = await self.call(
+            lambda: self.store.unfinished_slot(f"rule:{rule}"))
+        return found
 
     async def _last_slot(self, rule: str) -> datetime | None:
         last: datetime | None = await self.call(lambda: self.store.last_slot(f"rule:{rule}"))
@@ -206,12 +218,16 @@ class Engine:
             todo, at_slot = again, None
         return fired, decisions
 
-    async def fire(self, rule: str, reason: str) -> list[Trigger]:
+    async def fire(self, rule: str, reason: str, request_id: int | None = None
+                   ) -> list[Trigger]:
         """A manual trigger: ignores cooldown, schedule and pause; queues behind running jobs.
 
-        A rule with group_by fires each group that has pending events (or the '' group)."""
+        A rule with group_by fires each group that has pending events (or the '' group).
+        `request_id` (the CLI request) makes a retried request fire nothing twice."""
         def work() -> list[Trigger]:
             now = self.clock.now()
+            if request_id is not None and self.store.triggers_of_request(request_id):
+                return []
             spec = self.config.rules[rule]
             pending = self.store.pending([rule])
             groups = [g for (r, g) in pending if r == rule] or [""]
@@ -224,7 +240,8 @@ class Engine:
                         rule=rule, group=grp, expected_seq=state.seq if state else 0,
                         fired_at=now, reason=reason, kind="manual",
                         backend=spec.dispatch.backend, params=dict(spec.dispatch.params),
-                        max_attempts=spec.dispatch.retry.attempts, on_busy="queue"))
+                        max_attempts=spec.dispatch.retry.attempts, on_busy="queue",
+                        request_id=request_id))
                     if trig is not None:
                         out.append(trig)
                         break
@@ -238,13 +255,20 @@ class Engine:
         return fired
 
     async def scheduled_check(self, rule: str, slot: datetime) -> None:
+        """Run the rule's check for `slot`, once across replicas: claim the slot, decide, mark
+        it done. A store error leaves it due (retried); a crash leaves it claimed but not done,
+        and the next start redoes it."""
         sched = self.schedules[rule]
-        claimed = await self.call(
-            lambda: self.store.claim_slot(f"rule:{rule}", slot, self.clock.now()))
+        key = f"rule:{rule}"
+        claimed = self._owned_slots.get(rule) == slot or await self.call(
+            lambda: self.store.claim_slot(key, slot, self.clock.now()))
         if claimed:
+            self._owned_slots[rule] = slot
             keys = {k for k in await self.call(lambda: self.store.group_states([rule]))}
             keys |= {k for k in await self.call(lambda: self.store.pending([rule]))}
             await self.evaluate(keys or {(rule, "")}, at_slot={rule: slot})
+            await self.call(lambda: self.store.finish_slot(key, slot, self.clock.now()))
+            self._owned_slots.pop(rule, None)
         nxt = sched.next_after(max(slot, self.clock.now()))
         if nxt is not None:
             self.slot_due[rule] = nxt

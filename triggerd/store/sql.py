@@ -69,6 +69,7 @@ class NewTrigger:
     max_attempts: int
     on_busy: str = "queue"  # coalesce cancels queued jobs of the group; skip cancels this one
     busy: bool = False
+    request_id: int | None = None  # the CLI request behind a manual fire
 
 
 class Store:
@@ -212,6 +213,19 @@ class Store:
         with self.read() as c:
             return _active_counts(c, rules)
 
+    def job_counts(self, rules: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """Active jobs per rule and status (queued, running, retrying)."""
+        j = t.jobs.c
+        q = (select(j.rule, j.status, func.count()).where(
+            j.status.in_(list(ACTIVE_JOB_STATUSES))).group_by(j.rule, j.status))
+        if rules is not None:
+            q = q.where(j.rule.in_(list(rules)))
+        out: dict[str, dict[str, int]] = {}
+        with self.read() as c:
+            for rule, status, n in c.execute(q):
+                out.setdefault(rule, {})[status] = int(n)
+        return out
+
     def record_check(self, key: Key, at: datetime, verdict: str) -> None:
         with self.write() as c:
             c.execute(update(t.rule_groups).where(
@@ -227,11 +241,26 @@ class Store:
                             .on_conflict_do_nothing().returning(t.slots.c.key))
             return res.first() is not None
 
+    def finish_slot(self, key: str, slot_at: datetime, now: datetime) -> None:
+        """Mark a claimed slot's check as done (a claimed, unfinished slot is redone)."""
+        with self.write() as c:
+            c.execute(update(t.slots).where(and_(t.slots.c.key == key,
+                                                 t.slots.c.slot_at == slot_at))
+                      .values(done_at=now))
+
     def last_slot(self, key: str) -> datetime | None:
         with self.read() as c:
             value: datetime | None = c.execute(select(func.max(t.slots.c.slot_at))
                                                .where(t.slots.c.key == key)).scalar()
         return value
+
+    def unfinished_slot(self, key: str) -> datetime | None:
+        """The newest slot claimed but never marked done (its daemon died mid-check)."""
+        s_ = t.slots.c
+        with self.read() as c:
+            row = c.execute(select(s_.slot_at, s_.done_at).where(s_.key == key)
+                            .order_by(s_.slot_at.desc()).limit(1)).first()
+        return row[0] if row is not None and row[1] is None else None
 
     # -- events ---------------------------------------------------------------------------------
     def ingest(self, source: str, source_type: str, events: Sequence[Event],
@@ -386,7 +415,7 @@ class Store:
                 c.execute(insert(t.triggers).values(
                     id=tid, rule=nt.rule, grp=nt.group, seq=seq, fired_at=nt.fired_at,
                     reason=nt.reason, kind=nt.kind, manual=nt.kind == "manual",
-                    events=consumed, params=nt.params))
+                    events=consumed, params=nt.params, request_id=nt.request_id))
                 status = JobStatus.QUEUED
                 detail = None
                 if nt.busy and nt.on_busy == "skip":
@@ -570,6 +599,27 @@ class Store:
                 if res.rowcount == 1:
                     taken.append((row.id, row.kind, row.rule, dict(row.args or {})))
         return taken
+
+    def triggers_of_request(self, request_id: int) -> list[str]:
+        """Triggers already written for a CLI request (so a retried request fires nothing)."""
+        with self.read() as c:
+            return list(c.execute(select(t.triggers.c.id).where(
+                t.triggers.c.request_id == request_id).order_by(t.triggers.c.id)).scalars())
+
+    def requeue_requests(self, owner: str, stale_before: datetime, *,
+                         exclusive: bool = False) -> int:
+        """Give back requests taken by a daemon that died before answering them."""
+        r, d = t.requests.c, t.daemons.c
+        if exclusive:
+            gone = r.handled_by != owner
+        else:
+            alive = select(d.id).where(and_(d.heartbeat_at >= stale_before,
+                                            d.stopped_at.is_(None)))
+            gone = and_(r.handled_by != owner, r.handled_by.not_in(alive))
+        with self.write() as c:
+            return int(c.execute(update(t.requests).where(and_(
+                r.handled_at.is_not(None), r.result.is_(None), gone))
+                .values(handled_at=None, handled_by=None)).rowcount)
 
     def finish_request(self, request_id: int, result: str) -> None:
         with self.write() as c:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -99,6 +100,9 @@ triggers = Table(
     Column("manual", Boolean, nullable=False),
     Column("events", Integer, nullable=False),
     Column("params", JSON, nullable=False),
+    # the CLI request of a manual fire: a retried request cannot fire twice
+    Column("request_id", Integer, nullable=True),
+    UniqueConstraint("request_id", "grp", name="uq_triggers_request"),
 )
 Index("ix_triggers_rule_fired", triggers.c.rule, triggers.c.fired_at)
 Index("ix_triggers_fired", triggers.c.fired_at)
@@ -180,6 +184,7 @@ slots = Table(
     Column("key", String(TRIGGER_ID), primary_key=True),
     Column("slot_at", UTCDateTime, primary_key=True),
     Column("claimed_at", UTCDateTime, nullable=False),
+    Column("done_at", UTCDateTime, nullable=True),  # the check ran (claimed but not done: redo)
 )
 
 daemons = Table(

@@ -138,6 +138,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=200), nullable=False),
         sa.Column("slot_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("done_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("key", "slot_at"),
     )
     op.create_table(
@@ -166,7 +167,9 @@ def upgrade() -> None:
         sa.Column("manual", sa.Boolean(), nullable=False),
         sa.Column("events", sa.Integer(), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
+        sa.Column("request_id", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("request_id", "grp", name="uq_triggers_request"),
     )
     with op.batch_alter_table("triggers", schema=None) as batch_op:
         batch_op.create_index("ix_triggers_fired", ["fired_at"], unique=False)
