@@ -190,13 +190,16 @@ def test_second_daemon_on_same_sqlite_refuses_and_names_holder(td: Triggerd) -> 
     assert td.stop(first) == 0
 
 
-def test_sigint_also_stops_cleanly(td: Triggerd) -> None:
+def test_sigint_stops_cleanly_and_json_logs_are_json(td: Triggerd) -> None:
     basic_config(td, every="1h")
-    proc = td.start()
+    proc = td.start(env={"TRIGGERD_LOG_FORMAT": "json", "TRIGGERD_LOG_LEVEL": "INFO"})
     td.wait_running(proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 0
-    assert "triggerd stopping" in td.log()
+    lines = [json.loads(line) for line in td.log().splitlines() if line.strip()]
+    assert {"ts", "level", "logger", "message"} <= set(lines[0])
+    assert any(rec["message"] == "triggerd stopping" for rec in lines)
+    assert all(rec["level"] != "debug" for rec in lines)  # TRIGGERD_LOG_LEVEL=INFO
 
 
 def test_events_and_triggers_filters(td: Triggerd) -> None:
