@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import fail_first
 
 from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
 from triggerd.dispatcher import Dispatcher
 from triggerd.engine.engine import Engine
-from triggerd.errors import StoreError
 from triggerd.model import Event, JobStatus
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store, queries
@@ -176,23 +176,12 @@ async def test_a_store_outage_delays_dispatch_but_loses_nothing(
     """While the database is unreachable the dispatcher keeps its jobs and retries; the job
     runs once it is back, and the outcome recorded during a second outage is not lost."""
     rig = rig_factory({})
-    real_claim, real_finish = rig.store.claim_job, rig.store.finish_attempt
-    failures = {"claim": 3, "finish": 2}
-
-    def flaky(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if failures[name]:
-                failures[name] -= 1
-                raise StoreError("connection refused (simulated)")
-            return real(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(rig.store, "claim_job", flaky("claim", real_claim))
-    monkeypatch.setattr(rig.store, "finish_attempt", flaky("finish", real_finish))
+    claims = fail_first(monkeypatch, rig.store, "claim_job", 3)
+    finishes = fail_first(monkeypatch, rig.store, "finish_attempt", 2)
     await rig.events(1)
     await until(lambda: rig.jobs() == {"r.1": "succeeded"}, timeout=30)
     assert len(rig.backend.calls) == 1
-    assert failures == {"claim": 0, "finish": 0}
+    assert claims["left"] == finishes["left"] == 0
 
 
 async def test_a_job_waiting_for_a_slot_is_parked_not_polled(

@@ -13,7 +13,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -227,68 +227,62 @@ def _state(a: Any, spec: Any, now: datetime) -> str:
     return "idle"
 
 
-def cmd_events(args: argparse.Namespace) -> int:
-    from triggerd.store import queries
-
+def _history(args: argparse.Namespace, query: Callable[[Any], list[Any]],
+             as_dict: Callable[[Any], dict[str, Any]], headers: list[str],
+             row: Callable[[Any], list[Any]]) -> int:
+    """The shape of `events`, `triggers` and `jobs`: check --rule, query, print table or JSON;
+    exit 1 when nothing was found."""
     config = _load(args)
-    if args.rule and args.rule not in config.rules:
+    if getattr(args, "rule", None) and args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
     store = _open_store(config)
     try:
-        rows = queries.list_events(store, rule=args.rule, source=args.source,
-                                   since=_since(args.since), limit=args.limit)
+        rows = query(store)
     finally:
         store.close()
     if args.json:
-        _print_json(rows)
+        _print_json([as_dict(r) for r in rows])
     elif rows:
-        print(_table([[r["observed_at"], r["source"], r["kind"], r["subject"], r["id"]]
-                      for r in rows], ["observed at", "source", "kind", "subject", "id"]))
+        print(_table([row(r) for r in rows], headers))
     return EXIT_OK if rows else EXIT_NOTHING
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from triggerd.store import queries
+
+    return _history(
+        args, lambda store: queries.list_events(store, rule=args.rule, source=args.source,
+                                                since=_since(args.since), limit=args.limit),
+        dict, ["observed at", "source", "kind", "subject", "id"],
+        lambda r: [r["observed_at"], r["source"], r["kind"], r["subject"], r["id"]])
 
 
 def cmd_triggers(args: argparse.Namespace) -> int:
     from triggerd.store import queries
 
-    config = _load(args)
-    if args.rule and args.rule not in config.rules:
-        return _unknown_rule(args.rule, config)
-    store = _open_store(config)
-    try:
-        rows = queries.list_triggers(store, rule=args.rule, since=_since(args.since),
-                                     limit=args.limit)
-    finally:
-        store.close()
-    if args.json:
-        _print_json([r.to_dict() for r in rows])
-    elif rows:
-        print(_table([[_short(r.fired_at), r.id, r.rule, r.events, "yes" if r.manual else "",
-                       r.reason] for r in rows],
-                     ["fired at", "id", "rule", "events", "manual", "reason"]))
-    return EXIT_OK if rows else EXIT_NOTHING
+    return _history(
+        args, lambda store: queries.list_triggers(store, rule=args.rule,
+                                                  since=_since(args.since), limit=args.limit),
+        lambda t: t.to_dict(), ["fired at", "id", "rule", "events", "manual", "reason"],
+        lambda t: [_short(t.fired_at), t.id, t.rule, t.events, "yes" if t.manual else "",
+                   t.reason])
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from triggerd.store import queries
 
-    config = _load(args)
-    if args.rule and args.rule not in config.rules:
-        return _unknown_rule(args.rule, config)
-    store = _open_store(config)
-    try:
-        rows = queries.list_jobs(store, rule=args.rule, status=args.status, limit=args.limit)
-    finally:
-        store.close()
-    if args.json:
-        _print_json([r.to_dict() for r in rows])
-    elif rows:
-        print(_table([[_short(j.created_at), j.id, j.backend, str(j.status), j.attempts,
-                       j.external_id or "-", "" if j.exit_code is None else j.exit_code,
-                       (j.detail or "").strip().splitlines()[-1:][0][:80] if j.detail else ""]
-                      for j in rows],
-                     ["created", "id", "backend", "status", "attempts", "external id", "exit",
-                      "detail"]))
-    return EXIT_OK if rows else EXIT_NOTHING
+    def last_line(text: str | None) -> str:
+        lines = (text or "").strip().splitlines()
+        return lines[-1][:80] if lines else ""
+
+    return _history(
+        args, lambda store: queries.list_jobs(store, rule=args.rule, status=args.status,
+                                              limit=args.limit),
+        lambda j: j.to_dict(),
+        ["created", "id", "backend", "status", "attempts", "external id", "exit", "detail"],
+        lambda j: [_short(j.created_at), j.id, j.backend, str(j.status), j.attempts,
+                   j.external_id or "-", "" if j.exit_code is None else j.exit_code,
+                   last_line(j.detail)])
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import fail_first
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -304,16 +305,7 @@ async def test_a_store_error_after_ingest_retries_the_decision(
     still decide for them once the store answers."""
     h = Harness(store, {"r": {"on": ["landing"], "when": {"min_events": 2}}})
     await h.start()
-    real = store.group_states
-    fail = {"n": 1}
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        if fail["n"]:
-            fail["n"] -= 1
-            raise StoreError("connection reset (simulated)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "group_states", flaky)
+    fail_first(monkeypatch, store, "group_states")
     await h.submit(h.event(), h.event())
     assert h.fired == []
     await h.advance(timedelta(seconds=2))
@@ -325,16 +317,7 @@ async def test_a_scheduled_check_hit_by_a_store_error_is_retried_not_skipped(
     h = Harness(store, {"r": {"on": ["landing"], "when": {"schedule": "0 2 * * *"}}})
     await h.start()
     await h.submit(h.event())
-    real = store.pending
-    fail = {"n": 1}
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        if fail["n"]:
-            fail["n"] -= 1
-            raise StoreError("connection reset (simulated)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "pending", flaky)
+    fail_first(monkeypatch, store, "pending")
     with pytest.raises(StoreError):
         await h.advance(timedelta(hours=15))  # the 02:00 check claims its slot, then fails
     assert h.fired == []
