@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +188,16 @@ async def test_a_job_waiting_for_a_slot_is_parked_not_polled(
         rig_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A retry that falls due while another job holds the only slot waits for that job to
     end; it must not hammer the store meanwhile."""
-    rig = rig_factory({"on_busy": "queue", "retry": {"attempts": 2, "backoff": "50ms"}})
+    rig = rig_factory({"on_busy": "queue", "retry": {"attempts": 2, "backoff": "1s"}})
     rig.backend.script = ["transient"]
     await rig.events(1)
     await until(lambda: rig.jobs().get("r.1") == "retrying")
     rig.backend.hold = True
-    await rig.events(1)  # r.2 takes the slot before r.1's backoff ends
+    await rig.events(1)  # r.2 takes the slot long before r.1's backoff ends
     await until(lambda: rig.jobs() == {"r.1": "retrying", "r.2": "running"})
+    retry_at = next(j.next_attempt_at for j in queries.list_jobs(rig.store) if j.id == "r.1")
+    assert retry_at is not None
+    await until(lambda: datetime.now(UTC) > retry_at + timedelta(milliseconds=100))
     claims = 0
     real = rig.store.claim_job
 
@@ -205,7 +208,8 @@ async def test_a_job_waiting_for_a_slot_is_parked_not_polled(
 
     monkeypatch.setattr(rig.store, "claim_job", counting)
     await asyncio.sleep(1.0)  # measuring a rate over time: this sleep is the measurement
-    assert claims <= 3
+    assert claims <= 3  # without parking: hundreds
+    assert rig.jobs() == {"r.1": "retrying", "r.2": "running"}
     rig.backend.release()
     await until(lambda: rig.jobs() == {"r.1": "succeeded", "r.2": "succeeded"})
 
