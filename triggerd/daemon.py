@@ -32,6 +32,7 @@ from triggerd.errors import StoreError
 from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
 from triggerd.ops import failpoints
+from triggerd.store.files import StoreFileTable
 from triggerd.store.sql import Store
 
 log = logging.getLogger("triggerd.daemon")
@@ -115,8 +116,12 @@ class Daemon:
     def _build_sources(self) -> dict[str, Source]:
         out: dict[str, Source] = {}
         for name, options in self.config.sources.items():
-            cls = registry.source_class(str(getattr(options, "type", "")))
-            out[name] = cls(name, options)
+            kind = str(getattr(options, "type", ""))
+            cls = registry.source_class(kind)
+            # the filesystem source keeps its file table (what it has seen) in the store
+            extra = {"files": StoreFileTable(self.store, self.call)} if kind == "filesystem" \
+                else {}
+            out[name] = cls(name, options, **extra)
         return out
 
     async def run(self) -> int:

@@ -17,6 +17,7 @@ from triggerd.errors import ConfigError
 
 SOURCES: dict[str, str] = {
     "cron": "triggerd.sources.cron:CronSource",
+    "filesystem": "triggerd.sources.filesystem:FilesystemSource",
 }
 
 BACKENDS: dict[str, str] = {

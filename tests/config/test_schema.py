@@ -294,9 +294,12 @@ def test_duration_defaults_are_written_as_users_write_them(schema: dict[str, Any
         "#/$defs/RetrySpec/properties/backoff": "30s",
         "#/$defs/RetrySpec/properties/max_backoff": "1h",
         "#/$defs/CommandOptions/properties/kill_grace": "10s",
+        "#/$defs/FilesystemOptions/properties/settle": "5s",
+        "#/$defs/FilesystemOptions/properties/rescan": "10m",
+        "#/$defs/FilesystemOptions/properties/poll": False,  # false, or an interval
     }
     for value in defaults.values():
-        assert re.search(DURATION_PATTERN, value)
+        assert value is False or re.search(DURATION_PATTERN, value)
     assert parse_duration(defaults["#/$defs/RetrySpec/properties/backoff"]) == \
         RetrySpec().backoff
 
@@ -363,7 +366,8 @@ def test_files_the_loader_accepts_are_valid_under_the_schema(
      "$.rules.r.dispatch.on_busy"),
     ("rules:\n  r: {on: [n]}\n", "$.rules.r"),
     ("sources:\n  n: {type: cron, every: 1h, catch_up: sometimes}\n", "$.sources.n"),
-    ("sources:\n  n: {type: filesystem, paths: [/data]}\n", "$.sources.n"),
+    ("sources:\n  n: {type: filesystem, paths: [/data], settle: soon}\n", "$.sources.n"),
+    ("sources:\n  n: {type: carrier-pigeon}\n", "$.sources.n"),
     ("backends:\n  b: {type: command}\n", "$.backends.b"),
     ("backends:\n  b: {type: command, argv: [x], shell: true}\n", "$.backends.b"),
     ("colour: red\n", "$.colour"),

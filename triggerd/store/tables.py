@@ -210,3 +210,17 @@ requests = Table(
     Column("result", Text, nullable=True),
 )
 Index("ix_requests_open", requests.c.handled_at)
+
+# The filesystem source's record of the files it has seen (its "never lost" basis): a file
+# whose (size, mtime_ns, inode) differs from its row, or that has no row, is new or changed.
+# Rows are written only after the events they cover were stored.
+files = Table(
+    "files", metadata,
+    Column("source", String(NAME), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("inode", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+)
