@@ -190,7 +190,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "events": info.get("events", 0), "duplicates": info.get("duplicates", 0),
                         "last_event_at": _iso(info.get("last_event_at")),
                         "error": info.get("error") if running else
-                        (info.get("error") or "the daemon is not running")})
+                        (info.get("error") or "the daemon is not running"),
+                        "details": info.get("details") or {}})
     out: dict[str, Any] = {"daemon": {"running": running, "pid": daemon["pid"] if daemon else None,
                       "version": daemon["version"] if daemon else __version__,
                       "heartbeat_at": _iso(daemon["heartbeat_at"]) if daemon else None,
@@ -208,10 +209,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                  ["rule", "state", "pending", "triggers", "last trigger", "waiting for"]))
     print()
     print(_table([[s["name"], s["type"], "yes" if s["healthy"] else "no", s["events"],
-                   s["duplicates"], s["last_event_at"] or "-", s["error"] or ""]
-                  for s in sources],
-                 ["source", "type", "healthy", "events", "dups", "last event", "error"]))
+                   s["duplicates"], s["last_event_at"] or "-", s["error"] or "",
+                   _details(s["details"])] for s in sources],
+                 ["source", "type", "healthy", "events", "dups", "last event", "error",
+                  "details"]))
     return EXIT_OK
+
+
+def _details(details: dict[str, Any]) -> str:
+    """A source's reported figures, compact: `roots_watched=1 files_tracked=22 ...`."""
+    return " ".join(f"{k}={v}" for k, v in details.items()
+                    if v not in (None, 0, "", {}) and not k.endswith("_at"))
 
 
 def _state(a: Any, spec: Any, now: datetime) -> str:

@@ -42,6 +42,7 @@ HEARTBEAT = timedelta(seconds=5)
 REQUEST_POLL = 0.25  # seconds: `triggerd fire` is picked up well within a second
 PRUNE_EVERY = timedelta(hours=1)
 RECOVER_EVERY = timedelta(seconds=10)  # look for work orphaned by a dead replica
+DETAILS_EVERY = timedelta(seconds=1)  # how often sources' reported figures are written
 
 
 class _SourceContext:
@@ -50,6 +51,8 @@ class _SourceContext:
         self.name = name
         self.type = source_type
         self.clock = daemon.clock
+        self.details: dict[str, Any] | None = None
+        self._written: dict[str, Any] | None = None
 
     async def emit(self, events: Sequence[Event]) -> None:
         if events:
@@ -68,6 +71,17 @@ class _SourceContext:
         self.daemon.spawn(self.daemon.call(lambda: self.daemon.store.set_source_health(
             self.name, self.type, healthy, error, now)), f"health:{self.name}")
 
+    def report(self, details: dict[str, Any]) -> None:
+        self.details = dict(details)  # written by the daemon's housekeeping, ~once a second
+
+    async def flush(self) -> None:
+        """Write the latest reported details, if they changed since the last write."""
+        if self.details is not None and self.details != self._written:
+            details, now = self.details, self.clock.now()
+            await self.daemon.call(lambda: self.daemon.store.set_source_details(
+                self.name, self.type, details, now))
+            self._written = details
+
 
 class Daemon:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
@@ -78,6 +92,7 @@ class Daemon:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triggerd-store")
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._contexts: dict[str, _SourceContext] = {}
         self.engine: Engine
         self.dispatcher: Dispatcher
 
@@ -161,6 +176,9 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             stop.cancel()
+            for ctx in self._contexts.values():  # the last figures, for `status` after stop
+                with contextlib.suppress(StoreError):
+                    await ctx.flush()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.call(lambda: self.store.daemon_stopped(self.id, self.clock.now()))
@@ -199,6 +217,7 @@ class Daemon:
 
     async def _supervise(self, name: str, source: Source) -> None:
         ctx = _SourceContext(self, name, self.config.source_type(name))
+        self._contexts[name] = ctx
         delay = 1.0
         while True:
             try:
@@ -216,6 +235,7 @@ class Daemon:
         """Heartbeat, CLI requests (fire, pause, resume) and retention pruning."""
         next_beat = next_prune = self.clock.now()
         next_recover = next_beat + RECOVER_EVERY
+        next_details = next_beat
         while not self._stop.is_set():
             now = self.clock.now()
             try:
@@ -225,6 +245,10 @@ class Daemon:
                 if now >= next_recover:
                     await self._recover()
                     next_recover = now + RECOVER_EVERY
+                if now >= next_details:
+                    for ctx in list(self._contexts.values()):
+                        await ctx.flush()
+                    next_details = now + DETAILS_EVERY
                 if now >= next_prune:
                     cutoff = now - self.config.retention
                     removed = await self.call(functools.partial(self.store.prune, cutoff))

@@ -61,6 +61,12 @@ class SourceContext(Protocol):
         """Report health for `triggerd status` (e.g. a broker that cannot be reached)."""
         ...
 
+    def report(self, details: dict[str, Any]) -> None:
+        """Publish the source's own figures for `triggerd status` (JSON-serialisable: roots
+        watched, files tracked, last scan...). Cheap to call often: the daemon keeps the
+        latest value and writes it to the store about once a second."""
+        ...
+
 
 @runtime_checkable
 class Source(Protocol):

@@ -51,6 +51,11 @@ def test_a_batch_of_files_fires_once_after_the_quiet_period(td: Triggerd) -> Non
     assert source["events"] == 3
     assert td.stop(proc) == 0
     assert len(td.calls_made()) == 1
+    details = td.json("status")["sources"][0]["details"]  # what the source reported
+    assert details["roots_watched"] == 1 and details["files_tracked"] == 3  # *.parquet only
+    assert details["last_scan_at"] and details["last_scan_seconds"] >= 0
+    assert details["overflows"] == 0
+    assert "files_tracked=3" in td.cli("status").stdout
 
 
 def test_kill_9_then_20_files_land_while_down_each_in_exactly_one_trigger(td: Triggerd

@@ -348,6 +348,7 @@ class FilesystemSource:
             if self.options.scan_on_start:
                 await self._reconcile(ctx, [(r, r.path) for r in self._roots if r.present])
             await self._settle_due(ctx)
+            self._report(ctx)
             self.started.set()
             next_rescan = loop.time() + self.options.rescan.total_seconds()
             next_check = loop.time() + self._root_check
@@ -368,6 +369,7 @@ class FilesystemSource:
                     await self._check_roots(ctx, observer, handler, initial=False)
                     next_check = loop.time() + self._root_check
                 await self._settle_due(ctx)
+                self._report(ctx)
                 wake = min(next_rescan, next_check, self._heap[0][0] if self._heap else next_check)
                 timeout = wake - loop.time()
                 if timeout > 0 and not bridge.ready.is_set():
@@ -381,6 +383,12 @@ class FilesystemSource:
             watchdog_log.removeHandler(overflow_log)
             observer.stop()
             await asyncio.to_thread(observer.join, 5)
+
+    def _report(self, ctx: SourceContext) -> None:
+        """Publish `stats` for `triggerd status` (the daemon writes it ~once a second)."""
+        report = getattr(ctx, "report", None)  # contexts written before report() existed
+        if report is not None:
+            report(dict(self.stats))
 
     def _set_health(self, ctx: SourceContext, healthy: bool, error: str | None) -> None:
         if self._health != (healthy, error):

@@ -83,7 +83,7 @@ def sources(store: Store) -> dict[str, dict[str, Any]]:
         return {r.name: {"type": r.type, "healthy": r.healthy, "events": r.events,
                          "duplicates": r.duplicates, "errors": r.errors,
                          "last_event_at": r.last_event_at, "error": r.error,
-                         "checkpoint": r.checkpoint}
+                         "checkpoint": r.checkpoint, "details": r.details or {}}
                 for r in c.execute(select(t.sources))}
 
 

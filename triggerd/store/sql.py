@@ -396,6 +396,15 @@ class Store:
                 healthy=healthy, error=error, errors=s.errors + errors, updated_at=now,
                 type=source_type))
 
+    def set_source_details(self, source: str, source_type: str, details: dict[str, Any],
+                           now: datetime) -> None:
+        with self.write() as c:
+            c.execute(self._insert(t.sources).values(
+                name=source, type=source_type, healthy=True, events=0, duplicates=0,
+                errors=0).on_conflict_do_nothing())
+            c.execute(update(t.sources).where(t.sources.c.name == source)
+                      .values(details=details, updated_at=now))
+
     # -- triggers and jobs ----------------------------------------------------------------------
     def create_trigger(self, nt: NewTrigger) -> Trigger | None:
         """Write a trigger, consume the group's pending events and queue its job, atomically.

@@ -177,6 +177,7 @@ sources = Table(
     Column("errors", BigInteger, nullable=False, default=0),
     Column("last_event_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=True),
+    Column("details", JSON, nullable=True),  # what the source reports (roots, files, scans)
 )
 
 slots = Table(
