@@ -66,7 +66,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from triggerd.config.types import Duration, Strict
 from triggerd.engine.globs import compile_glob
@@ -245,6 +245,14 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _through_link(directory: str, root: _Root) -> bool:
+    """Blocking: True when `directory` (at or below `root.path`) is, or lies below, a symlink
+    below the root, i.e. its real path is not the root's real path plus its relative path."""
+    rel = root.rel(directory)
+    expected = root.real if rel is None else os.path.join(root.real, rel)
+    return os.path.realpath(directory) != os.path.normpath(expected)
+
+
 async def _uncancelled(coro: Coroutine[Any, Any, None]) -> None:
     """Run `coro` to its end even if the caller is cancelled meanwhile, then re-raise that."""
     task = asyncio.ensure_future(coro)
@@ -336,7 +344,11 @@ class FilesystemSource:
         bridge = self.bridge = Bridge(loop, self._queue_limit)
         self._known = await self.files.load(self.name)
         poll = self.options.poll
-        observer: BaseObserver = (PollingObserver(timeout=poll.total_seconds())
+        # Polling snapshots with lstat, not watchdog's default os.stat: os.stat follows
+        # directory symlinks, so a link leading outside the root was watched (its files became
+        # events) and a symlink loop made every poll walk an exponential tree (a hang).
+        observer: BaseObserver = (PollingObserverVFS(os.lstat, os.scandir,
+                                                     polling_interval=poll.total_seconds())
                                   if poll is not False else Observer())
         handler = _Handler(bridge)
         overflow_log = _OverflowLog(bridge)
@@ -495,19 +507,24 @@ class FilesystemSource:
                     due.append((path, entry))
             if not due:
                 return
-            asks = [(p, e.root.real, e.sig, self._known[p].sig if p in self._known else None)
+            asks = [(p, e.root, e.sig, self._known[p].sig if p in self._known else None)
                     for p, e in due]
             looks = await asyncio.to_thread(self._look_all, asks)
             await self._conclude(ctx, due, looks)
 
-    def _look_all(self, asks: list[tuple[str, str, Sig | None, Sig | None]]) -> list[_Look]:
+    def _look_all(self, asks: list[tuple[str, _Root, Sig | None, Sig | None]]) -> list[_Look]:
         now_ns = time.time_ns()
-        return [self._look(path, real, prev, known, now_ns) for path, real, prev, known in asks]
+        return [self._look(path, root, prev, known, now_ns) for path, root, prev, known in asks]
 
-    def _look(self, path: str, real_root: str, prev: Sig | None, known: Sig | None,
+    def _look(self, path: str, root: _Root, prev: Sig | None, known: Sig | None,
               now_ns: int) -> _Look:
         """Blocking: stat (and hash) one file to see whether it has settled."""
+        real_root = root.real
         try:
+            # A path through a symlinked directory (watchdog reports files below a directory
+            # link it walked) is not the root's: skipped, as _walk does not follow such links.
+            if _through_link(os.path.dirname(path), root):
+                return _Look("skip")
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
                 if not _inside(os.path.realpath(path), real_root):
@@ -635,6 +652,10 @@ class FilesystemSource:
         None when the root itself is gone. Symlinked directories are not followed; symlinked
         files count only when they resolve inside the root."""
         found: dict[str, Sig] = {}
+        # A directory link reported as a directory (watchdog walks links) is not followed:
+        # it may lead outside the root, or back into it and alias every file below.
+        if start != root.path and _through_link(start, root):
+            return found
         stack = [start]
         while stack:
             directory = stack.pop()
