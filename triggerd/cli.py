@@ -241,7 +241,7 @@ def _history(args: argparse.Namespace, query: Callable[[Any], list[Any]],
     """The shape of `events`, `triggers` and `jobs`: check --rule, query, print table or JSON;
     exit 1 when nothing was found."""
     config = _load(args)
-    if getattr(args, "rule", None) and args.rule not in config.rules:
+    if args.rule and args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
     store = _open_store(config)
     try:

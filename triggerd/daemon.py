@@ -131,11 +131,11 @@ class Daemon:
     def _build_sources(self) -> dict[str, Source]:
         out: dict[str, Source] = {}
         for name, options in self.config.sources.items():
-            kind = str(getattr(options, "type", ""))
-            cls = registry.source_class(kind)
-            # the filesystem source keeps its file table (what it has seen) in the store
-            extra = {"files": StoreFileTable(self.store, self.call)} if kind == "filesystem" \
-                else {}
+            cls = registry.source_class(str(getattr(options, "type", "")))
+            # a source names the daemon services it wants (`wants = ("files",)`) and gets
+            # them as keyword arguments; see interfaces.Source
+            services = {"files": lambda: StoreFileTable(self.store, self.call)}
+            extra = {want: services[want]() for want in getattr(cls, "wants", ())}
             out[name] = cls(name, options, **extra)
         return out
 
@@ -281,8 +281,7 @@ class Daemon:
                 fired = await self.call(lambda: self.store.triggers_of_request(request_id))
             return "fired " + ", ".join(fired) if fired else "error: not fired"
         if kind in ("pause", "resume"):
-            groups = await self.call(lambda: self.store.group_states([rule]))
-            await self.engine.evaluate(set(groups) or {(rule, "")})
+            await self.engine.evaluate_rule(rule)
             return f"{kind}d"
         return f"error: unknown request {kind!r}"
 

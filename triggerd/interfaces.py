@@ -6,6 +6,9 @@ Sources
     `ctx.emit(events)` for each batch it observes: awaiting is the backpressure, and when it
     returns the events are durably stored (new ones pending, duplicates counted), so a source
     may then acknowledge them to its outside world (commit a Kafka offset, save a checkpoint).
+    A source class may list daemon services in a `wants` class attribute; each is passed
+    to its constructor as a keyword argument. Today: `"files"`, a store-backed table of
+    what the source has seen (`triggerd.store.files.FileTable`).
     `run` returns or raises only when the source cannot go on; the supervisor restarts it with
     backoff. Cancellation (daemon shutdown) must be honoured promptly. Blocking work (hashing,
     scanning, thread joins) goes through `asyncio.to_thread`, never on the loop.

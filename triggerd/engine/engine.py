@@ -131,9 +131,13 @@ class Engine:
         and `on_busy` are per rule, so every group may be free to fire now)."""
         if rule not in self.config.rules:
             return []
+        return await self.evaluate(await self._rule_keys(rule))
+
+    async def _rule_keys(self, rule: str) -> set[Key]:
+        """Every group of a rule: those with state, those with pending events, or ''."""
         keys: set[Key] = set(await self.call(lambda: self.store.group_states([rule])))
         keys |= set(await self.call(lambda: self.store.pending([rule])))
-        return await self.evaluate(keys or {(rule, "")})
+        return keys or {(rule, "")}
 
     async def start(self) -> None:
         """At start-up: decide for every known group, and catch up a missed scheduled check."""
@@ -264,9 +268,7 @@ class Engine:
             lambda: self.store.claim_slot(key, slot, self.clock.now()))
         if claimed:
             self._owned_slots[rule] = slot
-            keys = {k for k in await self.call(lambda: self.store.group_states([rule]))}
-            keys |= {k for k in await self.call(lambda: self.store.pending([rule]))}
-            await self.evaluate(keys or {(rule, "")}, at_slot={rule: slot})
+            await self.evaluate(await self._rule_keys(rule), at_slot={rule: slot})
             await self.call(lambda: self.store.finish_slot(key, slot, self.clock.now()))
             self._owned_slots.pop(rule, None)
         nxt = sched.next_after(max(slot, self.clock.now()))

@@ -273,6 +273,7 @@ class FilesystemSource:
     """Emits an event per settled new, changed, moved-in (or deleted) file; see the module doc."""
 
     Options = FilesystemOptions
+    wants = ("files",)  # the daemon passes its store-backed file table as `files`
 
     def __init__(self, name: str, options: FilesystemOptions, *,
                  files: FileTable | None = None, root_check: float = 2.0,
@@ -290,6 +291,7 @@ class FilesystemSource:
         self._default_ignore = [compile_glob(p) for p in DEFAULT_IGNORES]
         self._settle = options.settle.total_seconds()
         self._known: dict[str, FileRow] = {}
+        self._by_dir: dict[str, set[str]] = {}  # directory -> its known files (reconcile)
         self._pending: dict[str, _Pending] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -308,9 +310,14 @@ class FilesystemSource:
     def _ignored_name(self, name: str) -> bool:
         return any(p.fullmatch(name) for p in self._default_ignore)
 
-    def wanted(self, rel: str) -> bool:
-        """True when the root-relative path `rel` is watched (patterns minus ignores)."""
-        if any(self._ignored_name(part) for part in rel.split("/")):
+    def wanted(self, rel: str, *, parents_checked: bool = False) -> bool:
+        """True when the root-relative path `rel` is watched (patterns minus ignores).
+        `parents_checked`: the walk already skipped ignored names on the way down (a walk
+        starting below an ignored directory is caught by `_conclude`'s full check)."""
+        if parents_checked:
+            if self._ignored_name(rel.rpartition("/")[2]):
+                return False
+        elif any(self._ignored_name(part) for part in rel.split("/")):
             return False
         if not rel.isascii() and not self._encodable(rel):
             return False
@@ -343,6 +350,8 @@ class FilesystemSource:
         loop = asyncio.get_running_loop()
         bridge = self.bridge = Bridge(loop, self._queue_limit)
         self._known = await self.files.load(self.name)
+        for path in self._known:
+            self._by_dir.setdefault(os.path.dirname(path), set()).add(path)
         poll = self.options.poll
         # Polling snapshots with lstat, not watchdog's default os.stat: os.stat follows
         # directory symlinks, so a link leading outside the root was watched (its files became
@@ -610,11 +619,18 @@ class FilesystemSource:
     async def _record(self, saves: list[FileRow], gone: list[str]) -> None:
         if saves:
             await self.files.save(self.name, saves)
-            self._known.update((r.path, r) for r in saves)
+            for row in saves:
+                self._known[row.path] = row
+                self._by_dir.setdefault(os.path.dirname(row.path), set()).add(row.path)
         if gone:
             await self.files.delete(self.name, gone)
             for p in gone:
                 self._known.pop(p, None)
+                paths = self._by_dir.get(os.path.dirname(p))
+                if paths is not None:
+                    paths.discard(p)
+                    if not paths:
+                        del self._by_dir[os.path.dirname(p)]
         self.stats["files_tracked"] = len(self._known)
 
     def _event(self, ctx: SourceContext, kind: str, path: str, root: _Root, rel: str,
@@ -640,10 +656,13 @@ class FilesystemSource:
                 row = self._known.get(path)
                 if row is None or row.sig != sig:
                     self._arm(path, root, "created", 0.0, rearm=False)
+            # known files that the walk did not find are gone: look only at the directories
+            # below `start` (a new subdirectory must not cost a pass over every known file)
             below = start.rstrip("/") + "/"
-            for path in self._known:
-                if path not in found and path.startswith(below) and root.rel(path):
-                    self._arm(path, root, "deleted", 0.0, rearm=False)
+            for directory in [d for d in self._by_dir if d == start or d.startswith(below)]:
+                for path in self._by_dir[directory]:
+                    if path not in found and root.rel(path):
+                        self._arm(path, root, "deleted", 0.0, rearm=False)
         self.stats["last_scan_at"] = started.isoformat()
         self.stats["last_scan_seconds"] = round(time.monotonic() - t0, 3)
 
@@ -687,6 +706,6 @@ class FilesystemSource:
                 except OSError:
                     continue  # vanished meanwhile, or a dangling link
                 rel = root.rel(entry.path)
-                if rel and stat.S_ISREG(st.st_mode) and self.wanted(rel):
+                if rel and stat.S_ISREG(st.st_mode) and self.wanted(rel, parents_checked=True):
                     found[entry.path] = (st.st_size, st.st_mtime_ns, st.st_ino)
         return found

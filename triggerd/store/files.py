@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from triggerd.store import tables as t
-from triggerd.store.sql import Store
+from triggerd.store.sql import Store, sqlite_value
 
 __all__ = ["FileRow", "FileTable", "StoreFileTable", "delete_files", "load_files", "save_files"]
 
@@ -100,13 +100,7 @@ def _sqlite_upsert(store: Store, values: list[dict[str, Any]]) -> None:
     with store.write() as c:
         c.exec_driver_sql(_UPSERT, [
             (v["source"], v["path"], v["inode"], v["size"], v["mtime_ns"], v["fingerprint"],
-             _naive_utc(v["seen_at"])) for v in values])
-
-
-def _naive_utc(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+             sqlite_value(v["seen_at"])) for v in values])
 
 
 def delete_files(store: Store, source: str, paths: Iterable[str]) -> None:

@@ -360,14 +360,17 @@ class Store:
     def _count_source(self, c: Connection, source: str, source_type: str, new: int, dups: int,
                       now: datetime) -> None:
         s = t.sources.c
-        c.execute(self._insert(t.sources).values(
-            name=source, type=source_type, healthy=True, events=0, duplicates=0, errors=0)
-            .on_conflict_do_nothing())
+        self._ensure_source(c, source, source_type)
         values: dict[str, Any] = {"events": s.events + new, "duplicates": s.duplicates + dups,
                                   "updated_at": now}
         if new:
             values["last_event_at"] = now
         c.execute(update(t.sources).where(s.name == source).values(**values))
+
+    def _ensure_source(self, c: Connection, source: str, source_type: str) -> None:
+        c.execute(self._insert(t.sources).values(
+            name=source, type=source_type, healthy=True, events=0, duplicates=0, errors=0)
+            .on_conflict_do_nothing())
 
     # -- sources --------------------------------------------------------------------------------
     def load_checkpoint(self, source: str) -> dict[str, Any] | None:
@@ -379,9 +382,7 @@ class Store:
     def save_checkpoint(self, source: str, source_type: str, data: dict[str, Any],
                         now: datetime) -> None:
         with self.write() as c:
-            c.execute(self._insert(t.sources).values(
-                name=source, type=source_type, healthy=True, events=0, duplicates=0, errors=0)
-                .on_conflict_do_nothing())
+            self._ensure_source(c, source, source_type)
             c.execute(update(t.sources).where(t.sources.c.name == source)
                       .values(checkpoint=data, updated_at=now))
 
@@ -389,9 +390,7 @@ class Store:
                           error: str | None, now: datetime, errors: int = 0) -> None:
         s = t.sources.c
         with self.write() as c:
-            c.execute(self._insert(t.sources).values(
-                name=source, type=source_type, healthy=healthy, events=0, duplicates=0,
-                errors=0).on_conflict_do_nothing())
+            self._ensure_source(c, source, source_type)
             c.execute(update(t.sources).where(s.name == source).values(
                 healthy=healthy, error=error, errors=s.errors + errors, updated_at=now,
                 type=source_type))
@@ -399,9 +398,7 @@ class Store:
     def set_source_details(self, source: str, source_type: str, details: dict[str, Any],
                            now: datetime) -> None:
         with self.write() as c:
-            c.execute(self._insert(t.sources).values(
-                name=source, type=source_type, healthy=True, events=0, duplicates=0,
-                errors=0).on_conflict_do_nothing())
+            self._ensure_source(c, source, source_type)
             c.execute(update(t.sources).where(t.sources.c.name == source)
                       .values(details=details, updated_at=now))
 
@@ -534,14 +531,9 @@ class Store:
         can be alive) — whenever it is not `owner`. Running jobs of a gone daemon go back to
         `retrying` (the interrupted attempt counts), or `failed` when no attempt is left.
         Returns (job id, not before) pairs."""
-        j, d = t.jobs.c, t.daemons.c
+        j = t.jobs.c
+        gone = or_(j.owner.is_(None), _gone(j.owner, owner, stale_before, exclusive))
         with self.write() as c:
-            if exclusive:
-                gone = or_(j.owner.is_(None), j.owner != owner)
-            else:
-                alive = select(d.id).where(and_(d.heartbeat_at >= stale_before,
-                                                d.stopped_at.is_(None)))
-                gone = or_(j.owner.is_(None), and_(j.owner != owner, j.owner.not_in(alive)))
             orphans = c.execute(select(j.id, j.attempts, j.max_attempts).where(and_(
                 j.status == JobStatus.RUNNING, gone))).all()
             for job_id, attempts, max_attempts in orphans:
@@ -628,13 +620,8 @@ class Store:
     def requeue_requests(self, owner: str, stale_before: datetime, *,
                          exclusive: bool = False) -> int:
         """Give back requests taken by a daemon that died before answering them."""
-        r, d = t.requests.c, t.daemons.c
-        if exclusive:
-            gone = r.handled_by != owner
-        else:
-            alive = select(d.id).where(and_(d.heartbeat_at >= stale_before,
-                                            d.stopped_at.is_(None)))
-            gone = and_(r.handled_by != owner, r.handled_by.not_in(alive))
+        r = t.requests.c
+        gone = _gone(r.handled_by, owner, stale_before, exclusive)
         with self.write() as c:
             return int(c.execute(update(t.requests).where(and_(
                 r.handled_at.is_not(None), r.result.is_(None), gone))
@@ -682,7 +669,17 @@ class Store:
         return removed
 
 
-def _sqlite_value(value: Any) -> Any:
+def _gone(daemon: Any, owner: str, stale_before: datetime, exclusive: bool) -> Any:
+    """SQL condition: the daemon in column `daemon` is another one, and gone — stopped, or
+    silent since `stale_before`; with `exclusive` (we hold the SQLite lock) any other one."""
+    if exclusive:
+        return daemon != owner
+    d = t.daemons.c
+    alive = select(d.id).where(and_(d.heartbeat_at >= stale_before, d.stopped_at.is_(None)))
+    return and_(daemon != owner, daemon.not_in(alive))
+
+
+def sqlite_value(value: Any) -> Any:
     """A value as SQLAlchemy stores it in SQLite (JSON text, naive-UTC datetime text)."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -700,7 +697,7 @@ def _sqlite_executemany(c: Connection, table: Table, rows: list[dict[str, Any]])
     cols = [table.c[k].name for k in rows[0]]  # names from tables.py; values stay bound
     sql = (f"INSERT OR IGNORE INTO {table.name} ({', '.join(cols)}) "  # noqa: S608
            f"VALUES ({', '.join('?' * len(cols))})")
-    c.exec_driver_sql(sql, [tuple(_sqlite_value(r[k]) for k in cols) for r in rows])
+    c.exec_driver_sql(sql, [tuple(sqlite_value(r[k]) for k in cols) for r in rows])
 
 
 def _group(r: Any) -> GroupState:
