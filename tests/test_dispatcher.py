@@ -176,7 +176,7 @@ async def test_a_store_outage_delays_dispatch_but_loses_nothing(
     """While the database is unreachable the dispatcher keeps its jobs and retries; the job
     runs once it is back, and the outcome recorded during a second outage is not lost."""
     rig = rig_factory({})
-    claims = fail_first(monkeypatch, rig.store, "claim_job", 3)
+    claims = fail_first(monkeypatch, rig.store, "claim", 3)
     finishes = fail_first(monkeypatch, rig.store, "finish_attempt", 2)
     await rig.events(1)
     await until(lambda: rig.jobs() == {"r.1": "succeeded"}, timeout=30)
@@ -199,14 +199,14 @@ async def test_a_job_waiting_for_a_slot_is_parked_not_polled(
     assert retry_at is not None
     await until(lambda: datetime.now(UTC) > retry_at + timedelta(milliseconds=100))
     claims = 0
-    real = rig.store.claim_job
+    real = rig.store.claim
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal claims
         claims += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rig.store, "claim_job", counting)
+    monkeypatch.setattr(rig.store, "claim", counting)
     await asyncio.sleep(1.0)  # measuring a rate over time: this sleep is the measurement
     assert claims <= 3  # without parking: hundreds
     assert rig.jobs() == {"r.1": "retrying", "r.2": "running"}

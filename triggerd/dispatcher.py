@@ -25,7 +25,7 @@ from triggerd.engine.engine import Call, backoff_delay
 from triggerd.errors import DispatchError, PermanentDispatchError, StoreError
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
-from triggerd.store.sql import Store
+from triggerd.store.sql import JobContext, Store
 
 log = logging.getLogger("triggerd.dispatch")
 SLOT_POLL = 5.0  # seconds: how often parked jobs look for a slot freed elsewhere
@@ -91,28 +91,35 @@ class Dispatcher:
             if self.running:
                 await asyncio.gather(*self.running.values(), return_exceptions=True)
 
+    def _concurrency(self, rule_name: str) -> int:
+        rule = self.config.rules.get(rule_name)
+        return rule.dispatch.concurrency if rule else 1
+
     async def _try_start(self, job_id: str, now: datetime) -> None:
-        current = await self.call(lambda: self.store.job(job_id))
-        if current is None or current.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
-            self.wanted.pop(job_id, None)  # finished, cancelled, or another replica has it
-            return
-        rule = self.config.rules.get(current.rule)
-        concurrency = rule.dispatch.concurrency if rule else 1
-        job = await self.call(lambda: self.store.claim_job(job_id, self.owner, concurrency, now))
+        # one store round trip: claim + the trigger context (the latency to the backend)
+        claim = await self.call(lambda: self.store.claim(job_id, self.owner, self._concurrency,
+                                                         now))
+        job = claim.job
         if job is None:
+            current = claim.found
+            if current is None or current.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
+                self.wanted.pop(job_id, None)  # finished, cancelled, or another replica has it
+                return
             # not yet due: sleep until it is; at the rule's concurrency: park it until a job
             # ends (never poll a due job in a tight loop)
             due = current.next_attempt_at
             self.wanted[job_id] = due if due is not None and due > now else None
             return
         self.wanted.pop(job_id, None)
+        rule = self.config.rules.get(job.rule)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
                  rule.dispatch.retry.attempts if rule else "?", job.backend)
-        self.running[job_id] = asyncio.create_task(self._attempt(job), name=f"job:{job_id}")
+        self.running[job_id] = asyncio.create_task(self._attempt(job, claim.context),
+                                                   name=f"job:{job_id}")
 
-    async def _attempt(self, job: Job) -> None:
+    async def _attempt(self, job: Job, context: JobContext | None) -> None:
         try:
-            status, result, error = await self._dispatch(job)
+            status, result, error = await self._dispatch(job, context)
             now = self.clock.now()
             rule = self.config.rules.get(job.rule)
             next_at = None
@@ -152,19 +159,17 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
 
-    async def _dispatch(self, job: Job) -> tuple[JobStatus, DispatchResult | None,
-                                                   DispatchError | None]:
-        found = await self.call(lambda: self.store.trigger_context(job.id))
+    async def _dispatch(self, job: Job, found: JobContext | None
+                        ) -> tuple[JobStatus, DispatchResult | None, DispatchError | None]:
         backend = self.backends.get(job.backend)
         if found is None or backend is None:
             why = "its trigger is gone" if found is None else \
                 f"backend {job.backend!r} is not configured any more"
             return JobStatus.FAILED, None, PermanentDispatchError(f"cannot dispatch: {why}")
-        trig, events = found
-        params = await self.call(lambda: self.store.trigger_params(trig.id))
+        trig = found.trigger
         ctx = TriggerContext(trigger_id=trig.id, rule=trig.rule, group=trig.group,
                              fired_at=trig.fired_at, reason=trig.reason, manual=trig.manual,
-                             params=params, events=events, attempt=job.attempts)
+                             params=found.params, events=found.events, attempt=job.attempts)
         try:
             result = await backend.dispatch(ctx, _Handle(self, job))
         except DispatchError as exc:

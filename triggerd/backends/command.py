@@ -109,14 +109,15 @@ class CommandBackend:
         env = dict(os.environ) if self.options.inherit_env else {}
         env.update({k: self._render(t, values, f"env.{k}") for k, t in self._env.items()})
         job_dir = self._jobs_dir / _safe_name(ctx.trigger_id)
-        trigger_file = await asyncio.to_thread(_write_trigger_file, job_dir, ctx.to_dict())
-        env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
-                   TRIGGERD_TRIGGER_FILE=str(trigger_file), TRIGGERD_ATTEMPT=str(job.attempt))
-        if workdir is not None and not await asyncio.to_thread(os.path.isdir, workdir):
+        # one trip to a worker thread for all the file work before the spawn (latency)
+        prepared = await asyncio.to_thread(_prepare, job_dir, ctx.to_dict(), workdir)
+        if prepared is None:
             raise PermanentDispatchError(
                 f"workdir does not exist: {workdir!r}; check backends.{self.name}.workdir")
+        trigger_file, output = prepared
+        env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
+                   TRIGGERD_TRIGGER_FILE=str(trigger_file), TRIGGERD_ATTEMPT=str(job.attempt))
 
-        output = await asyncio.to_thread(open, job_dir / "output.log", "wb", buffering=0)
         # Our own pipe rather than stdout=PIPE: on 3.11 `proc.wait()` also waits for the
         # transport's pipes, which a background grandchild may hold open for hours.
         read_fd, write_fd = os.pipe()
@@ -287,6 +288,15 @@ def _safe_name(trigger_id: str) -> str:
         digest = hashlib.blake2b(trigger_id.encode("utf-8", "surrogateescape"), digest_size=6)
         name = f"{name}-{digest.hexdigest()}"
     return name
+
+
+def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None
+             ) -> tuple[Path, BinaryIO] | None:
+    """Write the trigger file and open the output file; None if `workdir` does not exist."""
+    if workdir is not None and not os.path.isdir(workdir):
+        return None
+    trigger_file = _write_trigger_file(job_dir, context)
+    return trigger_file, open(job_dir / "output.log", "wb", buffering=0)
 
 
 def _write_trigger_file(job_dir: Path, context: dict[str, Any]) -> Path:

@@ -27,6 +27,7 @@ from triggerd.store.sql import IngestResult, Key, NewTrigger, Store
 
 log = logging.getLogger("triggerd.engine")
 Call = Callable[[Callable[[], Any]], Awaitable[Any]]
+Decided = tuple[list[Trigger], dict[Key, Decision]]  # what one decision round fired and decided
 
 
 def rule_schedule(config: Config, rule: str) -> Schedule | None:
@@ -104,26 +105,35 @@ class Engine:
 
     # -- input ----------------------------------------------------------------------------------
     async def submit(self, source: str, events: Sequence[Event]) -> IngestResult:
-        """Store a batch from a source and decide for the rule groups it touched."""
+        """Store a batch from a source and decide for the rule groups it touched, in one trip
+        to the store thread (the latency from an event to its trigger)."""
         source_type = self.config.source_type(source)
 
-        def work() -> IngestResult:
-            return self.store.ingest(source, source_type, events, self.clock.now(),
-                                     self.rules.classify)
+        def work() -> tuple[IngestResult, Decided | StoreError | None]:
+            result = self.store.ingest(source, source_type, events, self.clock.now(),
+                                       self.rules.classify)
+            if not result.touched:
+                return result, None
+            try:
+                return result, self._evaluate_sync(result.touched, None)
+            except StoreError as exc:  # the events are stored: decide again shortly
+                return result, exc
 
-        result: IngestResult = await self.call(work)
+        result: IngestResult
+        decided: Decided | StoreError | None
+        async with self._lock:  # one decision round at a time within this daemon
+            result, decided = await self.call(work)
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
                   result.duplicates)
-        if result.touched:
-            try:
-                await self.evaluate(result.touched)
-            except StoreError as exc:
-                # the events are stored (the source may acknowledge them); decide shortly
-                log.warning("deciding after ingest failed (%s); retrying in 1s", exc)
-                retry_at = self.clock.now() + timedelta(seconds=1)
-                for key in result.touched:
-                    self.due[key] = retry_at
-                self._wake.set()
+        if isinstance(decided, StoreError):
+            # the source may acknowledge the events: they are stored; decide shortly
+            log.warning("deciding after ingest failed (%s); retrying in 1s", decided)
+            retry_at = self.clock.now() + timedelta(seconds=1)
+            for key in result.touched:
+                self.due[key] = retry_at
+            self._wake.set()
+        elif decided is not None:
+            self._decided(*decided)
         return result
 
     async def evaluate_rule(self, rule: str) -> list[Trigger]:
@@ -180,6 +190,11 @@ class Engine:
             fired: list[Trigger]
             decisions: dict[Key, Decision]
             fired, decisions = await self.call(lambda: self._evaluate_sync(keys, at_slot))
+        self._decided(fired, decisions)
+        return fired
+
+    def _decided(self, fired: list[Trigger], decisions: dict[Key, Decision]) -> None:
+        """Arm the groups' timers from their decisions and hand the triggers on."""
         now = self.clock.now()
         for key, decision in decisions.items():
             if decision.next_check_at is not None:
@@ -190,10 +205,9 @@ class Engine:
         self._wake.set()
         for trig in fired:
             self.on_trigger(trig)
-        return fired
 
     def _evaluate_sync(self, keys: set[Key] | None, at_slot: dict[str, datetime] | None
-                       ) -> tuple[list[Trigger], dict[Key, Decision]]:
+                       ) -> Decided:
         fired: list[Trigger] = []
         decisions: dict[Key, Decision] = {}
         todo = keys

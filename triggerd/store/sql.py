@@ -73,6 +73,22 @@ class NewTrigger:
     request_id: int | None = None  # the CLI request behind a manual fire
 
 
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a backend is given for a job: its trigger, the consumed events, the rule's params."""
+
+    trigger: Trigger
+    events: list[dict[str, Any]]
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job: Job | None  # claimed: now running, attempts incremented
+    found: Job | None  # not claimed: the job as it is (None: there is no such job)
+    context: JobContext | None  # with a claimed job (None if its trigger is gone)
+
+
 class Store:
     def __init__(self, url: str, *, create_dir: bool = True) -> None:
         self.url = url
@@ -456,13 +472,23 @@ class Store:
 
     def claim_job(self, job_id: str, owner: str, concurrency: int, now: datetime) -> Job | None:
         """Start an attempt of a queued/retrying job if its rule has a free slot; CAS on status."""
+        return self.claim(job_id, owner, lambda _rule: concurrency, now).job
+
+    def claim(self, job_id: str, owner: str, concurrency: Callable[[str], int],
+              now: datetime) -> Claim:
+        """`claim_job` for the dispatcher, in one transaction: the claimed job with the context
+        its backend needs, or (when not claimed) the job as found, so the caller can tell "not
+        due yet / no free slot" from "gone"."""
         j = t.jobs.c
         with self.write() as c:
             row = c.execute(select(t.jobs).where(j.id == job_id)).first()
-            if row is None or row.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
-                return None
+            if row is None:
+                return Claim(None, None, None)
+            found = _job(row)
+            if row.status not in (JobStatus.QUEUED, JobStatus.RETRYING):
+                return Claim(None, found, None)
             if row.next_attempt_at is not None and row.next_attempt_at > now:
-                return None
+                return Claim(None, found, None)
             if self.dialect == "postgresql":
                 # Serialise the claims of one rule (released at commit): under READ COMMITTED
                 # two replicas would otherwise both count no running job and both start one.
@@ -470,18 +496,19 @@ class Store:
                     func.hashtext(f"triggerd.claim:{row.rule}"))))
             busy = c.execute(select(func.count()).select_from(t.jobs).where(and_(
                 j.rule == row.rule, j.status == JobStatus.RUNNING))).scalar_one()
-            if busy >= concurrency:
-                return None
+            if busy >= concurrency(row.rule):
+                return Claim(None, found, None)
             res = c.execute(update(t.jobs).where(and_(j.id == job_id, j.status == row.status))
                             .values(status=JobStatus.RUNNING, owner=owner,
                                     attempts=j.attempts + 1, next_attempt_at=None,
                                     started_at=func.coalesce(j.started_at, now)))
             if res.rowcount != 1:
-                return None
+                return Claim(None, found, None)
             c.execute(insert(t.job_attempts).values(job_id=job_id, n=row.attempts + 1,
                                                     owner=owner, started_at=now))
             fresh = c.execute(select(t.jobs).where(j.id == job_id)).one()
-        return _job(fresh)
+            context = _trigger_context(c, job_id)
+        return Claim(_job(fresh), None, context)
 
     def set_external_id(self, job_id: str, external_id: str) -> None:
         with self.write() as c:
@@ -568,20 +595,8 @@ class Store:
     def trigger_context(self, job_id: str) -> tuple[Trigger, list[dict[str, Any]]] | None:
         """The trigger behind a job and the events it consumed (for the backend's context)."""
         with self.read() as c:
-            row = c.execute(select(t.triggers).join(t.jobs, t.jobs.c.trigger_id == t.triggers.c.id)
-                            .where(t.jobs.c.id == job_id)).first()
-            if row is None:
-                return None
-            evs = c.execute(select(t.events).join(
-                t.rule_events, t.rule_events.c.event_id == t.events.c.id)
-                .where(t.rule_events.c.trigger_id == row.id)
-                .order_by(t.events.c.observed_at, t.events.c.id)).all()
-        trig = Trigger(id=row.id, rule=row.rule, group=row.grp, seq=row.seq,
-                       fired_at=row.fired_at, reason=row.reason, manual=row.manual,
-                       events=row.events)
-        return trig, [{"id": e.id, "source": e.source, "kind": e.kind, "subject": e.subject,
-                       "fingerprint": e.fingerprint, "observed_at": e.observed_at.isoformat(),
-                       "payload": e.payload} for e in evs]
+            found = _trigger_context(c, job_id)
+        return None if found is None else (found.trigger, found.events)
 
     def trigger_params(self, tid: str) -> dict[str, Any]:
         with self.read() as c:
@@ -705,6 +720,24 @@ def _group(r: Any) -> GroupState:
                       last_trigger_at=r.last_trigger_at, last_success_at=r.last_success_at,
                       last_floor_at=r.last_floor_at, sustained_count=r.sustained_count,
                       sustained_since=r.sustained_since, last_check_at=r.last_check_at)
+
+
+def _trigger_context(c: Connection, job_id: str) -> JobContext | None:
+    row = c.execute(select(t.triggers).join(t.jobs, t.jobs.c.trigger_id == t.triggers.c.id)
+                    .where(t.jobs.c.id == job_id)).first()
+    if row is None:
+        return None
+    evs = c.execute(select(t.events).join(
+        t.rule_events, t.rule_events.c.event_id == t.events.c.id)
+        .where(t.rule_events.c.trigger_id == row.id)
+        .order_by(t.events.c.observed_at, t.events.c.id)).all()
+    trig = Trigger(id=row.id, rule=row.rule, group=row.grp, seq=row.seq,
+                   fired_at=row.fired_at, reason=row.reason, manual=row.manual,
+                   events=row.events)
+    return JobContext(trig, [{"id": e.id, "source": e.source, "kind": e.kind,
+                              "subject": e.subject, "fingerprint": e.fingerprint,
+                              "observed_at": e.observed_at.isoformat(), "payload": e.payload}
+                             for e in evs], dict(row.params or {}))
 
 
 def _job(r: Any) -> Job:
