@@ -7,6 +7,7 @@ Every wait is on a condition with a timeout (`harness.wait_for`), never a sleep.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -133,7 +134,8 @@ def test_hostile_names_reach_the_command_backend_intact(td: Triggerd) -> None:
             for e in ctx["events"]:
                 fh.write(json.dumps({{"subject": e["subject"], "name": e["payload"]["name"],
                                      "relpath": e["payload"]["relpath"],
-                                     "path": e["payload"]["path"]}}) + "\\n")
+                                     "path": e["payload"]["path"],
+                                     "path_b64": e["payload"].get("path_b64")}}) + "\\n")
     """))
     td.write(f"""
         state_dir: state
@@ -147,7 +149,7 @@ def test_hostile_names_reach_the_command_backend_intact(td: Triggerd) -> None:
         rules:
           hostile:
             on: [landing]
-            when: {{min_events: {len(HOSTILE)}, debounce: 1s}}
+            when: {{min_events: {len(HOSTILE) + 1}, debounce: 1s}}
             dispatch: {{backend: dump}}
     """)
     proc = td.start()
@@ -158,14 +160,22 @@ def test_hostile_names_reach_the_command_backend_intact(td: Triggerd) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rel.encode())
         expected.add(rel)
+    not_utf8 = os.path.join(os.fsencode(landing), b"latin1-caf\xe9.csv")  # invalid UTF-8
+    with open(not_utf8, "wb") as fh:
+        fh.write(b"bytes")
 
     def seen() -> list[dict[str, str]]:
         if not out.exists():
             return []
         return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    wait_for(lambda: len(seen()) >= len(HOSTILE), 30, "the backend to receive every name")
+    wait_for(lambda: len(seen()) > len(HOSTILE), 30, "the backend to receive every name")
     assert td.stop(proc) == 0
     got = seen()
+    # the name that is not UTF-8: readable in the fields, exact in path_b64
+    odd = [e for e in got if e["path_b64"]]
+    assert [e["name"] for e in odd] == ["latin1-caf\\xe9.csv"]
+    assert Path(os.fsdecode(base64.b64decode(odd[0]["path_b64"]))).read_bytes() == b"bytes"
+    got = [e for e in got if not e["path_b64"]]
     assert sorted(e["relpath"] for e in got) == sorted(expected)
     for e in got:
         assert e["subject"] == e["path"] == str(landing / e["relpath"])

@@ -9,7 +9,9 @@ settling, so anything the first file would still cause has been emitted by then.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import logging
 import os
 import time
@@ -367,10 +369,27 @@ async def test_an_inotify_overflow_reconciles_at_once(tmp_path: Path) -> None:
     assert source.stats["overflows"] == 1
 
 
-async def test_names_that_are_not_utf8_are_skipped_not_fatal(tmp_path: Path) -> None:
-    with open(os.path.join(os.fsencode(tmp_path), b"bad-\xff.csv"), "wb") as f:
-        f.write(b"x")
-    async with running(tmp_path) as (source, ctx):
-        await sentinel(ctx, tmp_path)
-    assert [e.payload["name"] for e in ctx.events] == ["zz-sentinel.dat"]
-    assert source.stats["undecodable_names"] == 1
+async def test_names_that_are_not_utf8_are_delivered_intact_and_remembered(
+        tmp_path: Path, store: Store) -> None:
+    """A name with a byte that is not UTF-8 becomes an event like any other: readable in the
+    subject (`\\xff`), exact in `payload.path_b64`, JSON-safe; a file literally named with a
+    backslash is a different file; after a restart the stored row is found, not re-emitted."""
+    root = tmp_path / "root"  # not tmp_path itself: the SQLite store lives there
+    root.mkdir()
+    raw = os.path.join(os.fsencode(root), b"bad-\xff.csv")
+    with open(raw, "wb") as f:
+        f.write(b"same")
+    write(root / "bad-\\xff.csv", b"same")  # a real backslash in the name
+    async with running(root, files=StoreFileTable(store)) as (_, ctx):
+        await ctx.wait_until(lambda: len(ctx.events) == 2)
+    by_b64 = {e.payload.get("path_b64"): e for e in ctx.events}
+    bad = by_b64[base64.b64encode(raw).decode()]
+    assert bad.payload["name"] == "bad-\\xff.csv" and bad.subject.endswith("/bad-\\xff.csv")
+    assert base64.b64decode(bad.payload["path_b64"]) == raw
+    literal = by_b64[None]
+    assert literal.payload["name"] == "bad-\\xff.csv"
+    assert bad.fingerprint != literal.fingerprint
+    json.dumps([e.to_dict() for e in ctx.events])  # storable as it is
+    async with running(root, files=StoreFileTable(store)) as (_, ctx2):
+        await sentinel(ctx2, root)
+    assert [e.payload["name"] for e in ctx2.events] == ["zz-sentinel.dat"]

@@ -21,6 +21,9 @@ Events
     absolute path; fingerprint: `relpath + ":" + sha256 hex` (or `size:mtime_ns:inode` with
     `fingerprint: stat`), so the same content at the same path is a duplicate the store counts.
     payload: path, relpath, dir, name, size, mtime (ISO 8601 UTC), root, and sha256.
+    A name that is not valid UTF-8 arrives readable (`\\xNN` for each bad byte) in subject and
+    path fields, with its exact bytes in `payload.path_b64` (see `_names.py`). A deleted file's
+    fingerprint is `relpath:size:mtime_ns:inode:deleted` of the row it had.
     Events are emitted in batches of at most 500; the file rows they cover are saved only after
     `ctx.emit` returned, so a crash re-emits (a counted duplicate) rather than loses.
 
@@ -29,22 +32,21 @@ File table
     its store and store thread. Without one the source keeps an in-memory table, so every start
     finds every file new (correct, but each restart re-emits duplicates).
 
-Threads
-    watchdog's handler runs on the observer thread and only calls `Bridge.put` (`_bridge.py`).
-    Scanning, stat'ing, hashing and scheduling watches run in `asyncio.to_thread`. On stop the
-    observer is stopped and joined with `await asyncio.to_thread(observer.join, 5)`.
+Modules and threads
+    `_fswatch.py`: watchdog's handler (observer thread; it only calls `Bridge.put`,
+    `_bridge.py`) and scheduling watches. `_fsscan.py`: the in-memory index of known files,
+    the reconcile walk (which compares with the index in its thread, a directory at a time)
+    and the settle look. Walking, stat'ing, hashing and scheduling watches run in
+    `asyncio.to_thread`. On stop the observer is stopped and joined in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import hashlib
 import heapq
 import logging
 import os
-import stat
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -52,28 +54,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from triggerd.config.types import Duration, Strict
 from triggerd.engine.globs import compile_glob
-from triggerd.errors import ExpressionError, TriggerdError
+from triggerd.errors import ExpressionError
 from triggerd.interfaces import SourceContext
 from triggerd.model import Event
 from triggerd.sources._bridge import Bridge
+from triggerd.sources._fsscan import Known, Look, Matcher, Root, Sig, look, walk
+from triggerd.sources._fswatch import Handler, OverflowLog, WatchError, schedule
+from triggerd.sources._names import display, from_stored, is_text, raw_b64, stored
 from triggerd.store.files import FileRow, FileTable
 
 __all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "FilesystemSource", "MemoryFileTable",
@@ -83,19 +76,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IGNORES = ("*.tmp", "*.part", ".*", "*~", "*.swp", ".goutputstream-*")
 """Partial-write and editor files, matched against every component of a relative path."""
-NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "sshfs", "afs", "ceph"})
 BATCH = 500
-CHUNK = 1 << 20
-Sig = tuple[int, int, int]  # size, mtime_ns, inode
 Kind = Literal["created", "modified", "moved", "deleted"]
 
 
 def _default_events() -> list[Kind]:
     return ["created", "modified", "moved"]
-
-
-class WatchError(TriggerdError):
-    """A root cannot be watched as configured (network filesystem, inotify limits)."""
 
 
 class FilesystemOptions(Strict):
@@ -161,96 +147,11 @@ class MemoryFileTable:
 
 
 @dataclass(eq=False)
-class _Root:
-    path: str  # absolute, as configured (normalised)
-    real: str = ""  # its realpath while present: symlinks must stay below it
-    watch: ObservedWatch | None = None
-    present: bool = False
-
-    def rel(self, path: str) -> str | None:
-        prefix = self.path.rstrip("/") + "/"
-        return path[len(prefix):] if path.startswith(prefix) else None
-
-
-@dataclass(eq=False)
 class _Pending:
-    root: _Root
+    root: Root
     hint: str
     due: float
     sig: Sig | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Look:
-    verdict: Literal["gone", "same", "skip", "changing", "settled"]
-    sig: Sig | None = None
-    content: str = ""  # the content/stat fingerprint of a settled file
-    sha256: str | None = None
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs on the observer thread: it only hands paths to the bridge."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path) if event.dest_path else ""
-        if event.is_directory:
-            if event.event_type in ("created", "deleted", "moved"):
-                self.bridge.put(src, "dir")
-                if dest:
-                    self.bridge.put(dest, "dir")
-        elif event.event_type == "moved":
-            self.bridge.put(src, "deleted")
-            self.bridge.put(dest, "moved")
-        elif event.event_type == "deleted":
-            self.bridge.put(src, "deleted")
-        elif event.event_type in ("closed", "created", "modified"):
-            self.bridge.put(src, "modified")
-
-
-class _OverflowLog(logging.Handler):
-    """watchdog reports an inotify queue overflow only in its log: turn that into a rescan."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        super().__init__(logging.WARNING)
-        self.bridge = bridge
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.bridge.overflow("inotify queue overflow")
-
-
-def _fs_type(path: str) -> str | None:
-    """The filesystem type of the mount holding `path` (Linux /proc/mounts), if known."""
-    best, kind = "", None
-    try:
-        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mount = parts[1].replace("\\040", " ")
-                inside = path == mount or path.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) >= len(best):
-                    best, kind = mount, parts[2]
-    except OSError:
-        return None
-    return kind
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _through_link(directory: str, root: _Root) -> bool:
-    """Blocking: True when `directory` (at or below `root.path`) is, or lies below, a symlink
-    below the root, i.e. its real path is not the root's real path plus its relative path."""
-    rel = root.rel(directory)
-    expected = root.real if rel is None else os.path.join(root.real, rel)
-    return os.path.realpath(directory) != os.path.normpath(expected)
 
 
 async def _uncancelled(coro: Coroutine[Any, Any, None]) -> None:
@@ -285,13 +186,11 @@ class FilesystemSource:
         self.files: FileTable = files if files is not None else MemoryFileTable()
         self._root_check = root_check
         self._queue_limit = queue_limit
-        self._roots = [_Root(os.path.normpath(os.path.abspath(p))) for p in options.paths]
-        self._patterns = [compile_glob(p) for p in options.patterns]
-        self._ignore = [compile_glob(p) for p in options.ignore]
-        self._default_ignore = [compile_glob(p) for p in DEFAULT_IGNORES]
+        self._roots = [Root(os.path.normpath(os.path.abspath(p))) for p in options.paths]
+        self._watches: dict[str, ObservedWatch] = {}  # root path -> its watch
+        self.matcher = Matcher(options.patterns, options.ignore, DEFAULT_IGNORES)
         self._settle = options.settle.total_seconds()
-        self._known: dict[str, FileRow] = {}
-        self._by_dir: dict[str, set[str]] = {}  # directory -> its known files (reconcile)
+        self._known = Known()
         self._pending: dict[str, _Pending] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -303,43 +202,14 @@ class FilesystemSource:
         self.stats: dict[str, Any] = {
             "roots_watched": 0, "files_tracked": 0, "last_event_at": None,
             "last_scan_at": None, "last_scan_seconds": None, "overflows": 0,
-            "permission_denied": 0, "bridge_dropped": 0, "undecodable_names": 0,
+            "permission_denied": 0, "bridge_dropped": 0,
         }
 
-    # -- matching ---------------------------------------------------------------------------
-    def _ignored_name(self, name: str) -> bool:
-        return any(p.fullmatch(name) for p in self._default_ignore)
+    def wanted(self, rel: str) -> bool:
+        """True when the root-relative path `rel` is watched (patterns minus ignores)."""
+        return self.matcher.wanted(rel)
 
-    def wanted(self, rel: str, *, parents_checked: bool = False) -> bool:
-        """True when the root-relative path `rel` is watched (patterns minus ignores).
-        `parents_checked`: the walk already skipped ignored names on the way down (a walk
-        starting below an ignored directory is caught by `_conclude`'s full check)."""
-        if parents_checked:
-            if self._ignored_name(rel.rpartition("/")[2]):
-                return False
-        elif any(self._ignored_name(part) for part in rel.split("/")):
-            return False
-        if not rel.isascii() and not self._encodable(rel):
-            return False
-        if any(p.fullmatch(rel) for p in self._ignore):
-            return False
-        return any(p.fullmatch(rel) for p in self._patterns)
-
-    def _encodable(self, rel: str) -> bool:
-        """Names that are not valid UTF-8 cannot be stored yet (JSON, SQL text): skip them,
-        logged once, instead of failing every emit. TODO(issue 3): deliver them as data."""
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            if rel not in self._denied:
-                self._denied.add(rel)
-                self.stats["undecodable_names"] += 1
-                log.warning("filesystem source %s: skipping %r: its name is not valid UTF-8",
-                            self.name, rel)
-            return False
-        return True
-
-    def _root_of(self, path: str) -> _Root | None:
+    def _root_of(self, path: str) -> Root | None:
         for root in self._roots:
             if root.present and root.rel(path) is not None:
                 return root
@@ -349,9 +219,9 @@ class FilesystemSource:
     async def run(self, ctx: SourceContext) -> None:
         loop = asyncio.get_running_loop()
         bridge = self.bridge = Bridge(loop, self._queue_limit)
-        self._known = await self.files.load(self.name)
-        for path in self._known:
-            self._by_dir.setdefault(os.path.dirname(path), set()).add(path)
+        for path, row in (await self.files.load(self.name)).items():
+            self._known.put(from_stored(path), row.sig)
+        self.stats["files_tracked"] = len(self._known)
         poll = self.options.poll
         # Polling snapshots with lstat, not watchdog's default os.stat: os.stat follows
         # directory symlinks, so a link leading outside the root was watched (its files became
@@ -359,8 +229,8 @@ class FilesystemSource:
         observer: BaseObserver = (PollingObserverVFS(os.lstat, os.scandir,
                                                      polling_interval=poll.total_seconds())
                                   if poll is not False else Observer())
-        handler = _Handler(bridge)
-        overflow_log = _OverflowLog(bridge)
+        handler = Handler(bridge)
+        overflow_log = OverflowLog(bridge)
         watchdog_log = logging.getLogger("watchdog.observers.inotify_c")
         watchdog_log.addHandler(overflow_log)
         observer.start()
@@ -417,13 +287,15 @@ class FilesystemSource:
             ctx.set_health(healthy, error)
 
     async def _check_roots(self, ctx: SourceContext, observer: BaseObserver,
-                           handler: _Handler, *, initial: bool) -> None:
+                           handler: Handler, *, initial: bool) -> None:
         """Watch roots that (re)appeared, drop those that vanished; report missing ones."""
         for root in self._roots:
             exists = await asyncio.to_thread(os.path.isdir, root.path)
             if exists and not root.present:
                 root.real = await asyncio.to_thread(os.path.realpath, root.path)
-                root.watch = await asyncio.to_thread(self._schedule, observer, handler, root)
+                self._watches[root.path] = await asyncio.to_thread(
+                    schedule, observer, handler, root.path, root.real,
+                    poll=self.options.poll is not False, deletes="deleted" in self.options.events)
                 root.present = True
                 if not initial:
                     log.info("filesystem source %s: root %s appeared; scanning it",
@@ -433,10 +305,10 @@ class FilesystemSource:
                 log.warning("filesystem source %s: root %s disappeared; waiting for it",
                             self.name, root.path)
                 root.present = False
-                if root.watch is not None:
+                watch = self._watches.pop(root.path, None)
+                if watch is not None:
                     with contextlib.suppress(KeyError):
-                        await asyncio.to_thread(observer.unschedule, root.watch)
-                    root.watch = None
+                        await asyncio.to_thread(observer.unschedule, watch)
         missing = [r.path for r in self._roots if not r.present]
         self.stats["roots_watched"] = len(self._roots) - len(missing)
         if missing:
@@ -445,38 +317,10 @@ class FilesystemSource:
         else:
             self._set_health(ctx, True, None)
 
-    def _schedule(self, observer: BaseObserver, handler: _Handler, root: _Root) -> ObservedWatch:
-        """Start watching `root` (blocking: adds a watch per directory)."""
-        kinds: list[type[FileSystemEvent]] = [FileMovedEvent, DirCreatedEvent, DirMovedEvent,
-                                              DirDeletedEvent]
-        if "deleted" in self.options.events:
-            kinds.append(FileDeletedEvent)
-        if self.options.poll is False:
-            fs = _fs_type(root.real)
-            if fs is not None and (fs in NETWORK_FS or fs.startswith("fuse")):
-                raise WatchError(
-                    f"root {root.path} is on a {fs} filesystem, where inotify sees no changes "
-                    f"made by other machines; set `poll: 10s` (or another interval)")
-            kinds.append(FileClosedEvent)
-        else:
-            kinds += [FileCreatedEvent, FileModifiedEvent]
-        try:
-            return observer.schedule(handler, root.path, recursive=True, event_filter=kinds)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise WatchError(
-                    f"cannot watch {root.path}: the inotify watch limit is exhausted; raise "
-                    f"the sysctl fs.inotify.max_user_watches (or set `poll`)") from exc
-            if exc.errno == errno.EMFILE:
-                raise WatchError(
-                    f"cannot watch {root.path}: too many inotify instances; raise the sysctl "
-                    f"fs.inotify.max_user_instances") from exc
-            raise
-
     # -- notifications and the settle timer ----------------------------------------------
-    def _take(self, items: dict[str, str]) -> list[tuple[_Root, str]]:
+    def _take(self, items: dict[str, str]) -> list[tuple[Root, str]]:
         """Arm the settle timer for notified files; return directories to reconcile."""
-        subtrees: list[tuple[_Root, str]] = []
+        subtrees: list[tuple[Root, str]] = []
         for path, hint in items.items():
             root = self._root_of(path)
             if root is None:
@@ -489,7 +333,7 @@ class FilesystemSource:
                 self._arm(path, root, hint, self._settle, rearm=True)
         return subtrees
 
-    def _arm(self, path: str, root: _Root, hint: str, delay: float, *, rearm: bool) -> None:
+    def _arm(self, path: str, root: Root, hint: str, delay: float, *, rearm: bool) -> None:
         entry = self._pending.get(path)
         if entry is not None and not rearm:
             return
@@ -516,99 +360,58 @@ class FilesystemSource:
                     due.append((path, entry))
             if not due:
                 return
-            asks = [(p, e.root, e.sig, self._known[p].sig if p in self._known else None)
-                    for p, e in due]
+            asks = [(p, e.root, e.sig, self._known.sig(p)) for p, e in due]
             looks = await asyncio.to_thread(self._look_all, asks)
             await self._conclude(ctx, due, looks)
 
-    def _look_all(self, asks: list[tuple[str, _Root, Sig | None, Sig | None]]) -> list[_Look]:
+    def _look_all(self, asks: list[tuple[str, Root, Sig | None, Sig | None]]) -> list[Look]:
         now_ns = time.time_ns()
-        return [self._look(path, root, prev, known, now_ns) for path, root, prev, known in asks]
-
-    def _look(self, path: str, root: _Root, prev: Sig | None, known: Sig | None,
-              now_ns: int) -> _Look:
-        """Blocking: stat (and hash) one file to see whether it has settled."""
-        real_root = root.real
-        try:
-            # A path through a symlinked directory (watchdog reports files below a directory
-            # link it walked) is not the root's: skipped, as _walk does not follow such links.
-            if _through_link(os.path.dirname(path), root):
-                return _Look("skip")
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                if not _inside(os.path.realpath(path), real_root):
-                    return _Look("skip")  # a symlink leading outside the root
-                st = os.stat(path)
-        except FileNotFoundError:
-            return _Look("gone")
-        except OSError as exc:
-            self._log_denied(path, exc)
-            return _Look("skip")
-        if not stat.S_ISREG(st.st_mode):
-            return _Look("skip")
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if sig == known:
-            return _Look("same", sig)
-        if sig != prev and not (prev is None and now_ns - st.st_mtime_ns >= self._settle * 1e9):
-            return _Look("changing", sig)
-        if self.options.fingerprint == "stat":
-            return _Look("settled", sig, f"{sig[0]}:{sig[1]}:{sig[2]}")
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-            after = os.stat(path)
-        except FileNotFoundError:
-            return _Look("gone")
-        except OSError as exc:
-            self._log_denied(path, exc)
-            return _Look("skip")
-        if (after.st_size, after.st_mtime_ns, after.st_ino) != sig:
-            return _Look("changing", (after.st_size, after.st_mtime_ns, after.st_ino))
-        hexdigest = digest.hexdigest()
-        return _Look("settled", sig, hexdigest, hexdigest)
+        by_content = self.options.fingerprint == "sha256"
+        return [look(path, root, prev, known, now_ns, self._settle, by_content, self._log_denied)
+                for path, root, prev, known in asks]
 
     def _log_denied(self, path: str, exc: OSError) -> None:
+        """Called from worker threads: an unreadable file or directory, logged once."""
         if path not in self._denied:
             self._denied.add(path)
             self.stats["permission_denied"] += 1
             log.warning("filesystem source %s: cannot read %s: %s (logged once; carrying on)",
-                        self.name, path, exc.strerror or exc)
+                        self.name, display(path), exc.strerror or exc)
 
     async def _conclude(self, ctx: SourceContext, due: list[tuple[str, _Pending]],
-                        looks: list[_Look]) -> None:
+                        looks: list[Look]) -> None:
         """Turn looks into events; emit them; only then record the file rows."""
         events: list[Event] = []
-        saves: list[FileRow] = []
+        saves: list[tuple[str, FileRow]] = []
         gone: list[str] = []
         now = ctx.clock.now()
-        for (path, entry), look in zip(due, looks, strict=True):
-            if look.verdict == "changing":
-                entry.sig = look.sig
+        for (path, entry), seen in zip(due, looks, strict=True):
+            if seen.verdict == "changing":
+                entry.sig = seen.sig
                 self._arm(path, entry.root, entry.hint, max(self._settle, 0.01), rearm=True)
                 continue
             del self._pending[path]
             rel = entry.root.rel(path) or ""
-            old = self._known.get(path)
-            if look.verdict == "gone":
+            old = self._known.sig(path)
+            if seen.verdict == "gone":
                 if old is not None:
                     gone.append(path)
                     if "deleted" in self.options.events:
-                        events.append(self._event(ctx, "deleted", path, entry.root, rel,
-                                                  old.size, old.mtime_ns, None,
-                                                  f"{old.fingerprint}:deleted"))
+                        size, mtime_ns, inode = old
+                        events.append(self._event(
+                            ctx, "deleted", path, entry.root, rel, size, mtime_ns, None,
+                            f"{stored(rel)}:{size}:{mtime_ns}:{inode}:deleted"))
                 continue
-            if look.verdict != "settled" or look.sig is None or not self.wanted(rel):
+            if seen.verdict != "settled" or seen.sig is None or not self.wanted(rel):
                 continue
             kind: Kind = ("moved" if entry.hint == "moved"
                           else "created" if old is None else "modified")
-            size, mtime_ns, inode = look.sig
-            fingerprint = f"{rel}:{look.content}"
-            saves.append(FileRow(path, inode, size, mtime_ns, fingerprint, now))
+            size, mtime_ns, inode = seen.sig
+            fingerprint = f"{stored(rel)}:{seen.content}"
+            saves.append((path, FileRow(stored(path), inode, size, mtime_ns, fingerprint, now)))
             if kind in self.options.events:
                 events.append(self._event(ctx, kind, path, entry.root, rel, size, mtime_ns,
-                                          look.sha256, fingerprint))
+                                          seen.sha256, fingerprint))
         if events:
             await ctx.emit(events)
             self.stats["last_event_at"] = now.isoformat()
@@ -616,96 +419,51 @@ class FilesystemSource:
         # clean stop leaves no duplicate to re-emit (a crash here only causes one, counted).
         await _uncancelled(self._record(saves, gone))
 
-    async def _record(self, saves: list[FileRow], gone: list[str]) -> None:
+    async def _record(self, saves: list[tuple[str, FileRow]], gone: list[str]) -> None:
         if saves:
-            await self.files.save(self.name, saves)
-            for row in saves:
-                self._known[row.path] = row
-                self._by_dir.setdefault(os.path.dirname(row.path), set()).add(row.path)
+            await self.files.save(self.name, [row for _path, row in saves])
+            for path, row in saves:
+                self._known.put(path, row.sig)
         if gone:
-            await self.files.delete(self.name, gone)
+            await self.files.delete(self.name, [stored(p) for p in gone])
             for p in gone:
-                self._known.pop(p, None)
-                paths = self._by_dir.get(os.path.dirname(p))
-                if paths is not None:
-                    paths.discard(p)
-                    if not paths:
-                        del self._by_dir[os.path.dirname(p)]
+                self._known.drop(p)
         self.stats["files_tracked"] = len(self._known)
 
-    def _event(self, ctx: SourceContext, kind: str, path: str, root: _Root, rel: str,
+    def _event(self, ctx: SourceContext, kind: str, path: str, root: Root, rel: str,
                size: int, mtime_ns: int, sha256: str | None, fingerprint: str) -> Event:
         directory, _, name = rel.rpartition("/")
-        payload: dict[str, Any] = {"path": path, "relpath": rel, "dir": directory, "name": name,
-                                   "size": size, "mtime": _iso_ns(mtime_ns), "root": root.path}
+        payload: dict[str, Any] = {"path": display(path), "relpath": display(rel),
+                                   "dir": display(directory), "name": display(name),
+                                   "size": size, "mtime": _iso_ns(mtime_ns),
+                                   "root": display(root.path)}
+        if not is_text(path):
+            payload["path_b64"] = raw_b64(path)
         if self.options.fingerprint == "sha256" and sha256 is not None:
             payload["sha256"] = sha256
-        return Event(source=self.name, kind=kind, subject=path, fingerprint=fingerprint,
-                     payload=payload, observed_at=ctx.clock.now())
+        return Event(source=self.name, kind=kind, subject=display(path),
+                     fingerprint=fingerprint, payload=payload, observed_at=ctx.clock.now())
 
     # -- reconcile ------------------------------------------------------------------------
-    async def _reconcile(self, ctx: SourceContext, targets: Sequence[tuple[_Root, str]]) -> None:
+    async def _reconcile(self, ctx: SourceContext, targets: Sequence[tuple[Root, str]]) -> None:
         """Compare the trees under `targets` with the file table; arm what is new, changed or
         gone (looked at at once: a file still being written is left to the settle logic)."""
         started, t0 = ctx.clock.now(), time.monotonic()
         for root, start in targets:
-            found = await asyncio.to_thread(self._walk, root, start)
+            found = await asyncio.to_thread(walk, root, start, self.matcher, self._known,
+                                            self._log_denied)
             if found is None:
                 continue  # the root itself is missing: never take that as "everything deleted"
-            for path, sig in found.items():
-                row = self._known.get(path)
-                if row is None or row.sig != sig:
-                    self._arm(path, root, "created", 0.0, rearm=False)
-            # known files that the walk did not find are gone: look only at the directories
-            # below `start` (a new subdirectory must not cost a pass over every known file)
-            below = start.rstrip("/") + "/"
-            for directory in [d for d in self._by_dir if d == start or d.startswith(below)]:
-                for path in self._by_dir[directory]:
-                    if path not in found and root.rel(path):
-                        self._arm(path, root, "deleted", 0.0, rearm=False)
+            for path in found.changed:
+                self._arm(path, root, "created", 0.0, rearm=False)
+            for path in found.gone:
+                self._arm(path, root, "deleted", 0.0, rearm=False)
+            # known files of directories that the walk did not list (removed, or now ignored)
+            for directory in self._known.dirs_below(start):
+                if directory not in found.listed:
+                    for path in self._known.in_dir(directory):
+                        if root.rel(path):
+                            self._arm(path, root, "deleted", 0.0, rearm=False)
         self.stats["last_scan_at"] = started.isoformat()
         self.stats["last_scan_seconds"] = round(time.monotonic() - t0, 3)
 
-    def _walk(self, root: _Root, start: str) -> dict[str, Sig] | None:
-        """Blocking: every wanted regular file below `start`, with its (size, mtime_ns, inode).
-        None when the root itself is gone. Symlinked directories are not followed; symlinked
-        files count only when they resolve inside the root."""
-        found: dict[str, Sig] = {}
-        # A directory link reported as a directory (watchdog walks links) is not followed:
-        # it may lead outside the root, or back into it and alias every file below.
-        if start != root.path and _through_link(start, root):
-            return found
-        stack = [start]
-        while stack:
-            directory = stack.pop()
-            try:
-                with os.scandir(directory) as it:
-                    entries = list(it)
-            except FileNotFoundError:
-                if directory == root.path:
-                    return None
-                continue
-            except OSError as exc:
-                self._log_denied(directory, exc)
-                continue
-            for entry in entries:
-                if self._ignored_name(entry.name):
-                    continue
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                        continue
-                    if entry.is_symlink():
-                        if not _inside(os.path.realpath(entry.path), root.real):
-                            continue
-                        st = os.stat(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                    else:
-                        continue
-                except OSError:
-                    continue  # vanished meanwhile, or a dangling link
-                rel = root.rel(entry.path)
-                if rel and stat.S_ISREG(st.st_mode) and self.wanted(rel, parents_checked=True):
-                    found[entry.path] = (st.st_size, st.st_mtime_ns, st.st_ino)
-        return found
