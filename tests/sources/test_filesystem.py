@@ -24,6 +24,7 @@ import pytest
 from pydantic import ValidationError
 
 from triggerd.clock import SystemClock
+from triggerd.errors import StoreError
 from triggerd.interfaces import Source
 from triggerd.model import Event
 from triggerd.registry import source_class
@@ -393,3 +394,40 @@ async def test_names_that_are_not_utf8_are_delivered_intact_and_remembered(
     async with running(root, files=StoreFileTable(store)) as (_, ctx2):
         await sentinel(ctx2, root)
     assert [e.payload["name"] for e in ctx2.events] == ["zz-sentinel.dat"]
+
+
+class FailingOnce(FakeContext):
+    """The store is unreachable for the first emit: the source fails (the daemon restarts it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        if self.failures:
+            self.failures -= 1
+            self._changed.set()
+            raise StoreError("connection refused (simulated)")
+        await super().emit(events)
+
+
+async def test_a_failed_emit_loses_nothing_when_the_source_is_run_again(tmp_path: Path) -> None:
+    """A file whose emit failed is looked at again by the next `run` (the supervisor's
+    restart), even without a start-up scan to find it."""
+    source = FilesystemSource(NAME, options(tmp_path, scan_on_start=False), root_check=0.05)
+    ctx = FailingOnce()
+    first = asyncio.create_task(source.run(ctx))
+    await source.started.wait()
+    write(tmp_path / "a.csv", b"a")
+    with pytest.raises(StoreError):
+        async with asyncio.timeout(5):
+            await first
+    assert ctx.events == []
+    source.started.clear()
+    second = asyncio.create_task(source.run(ctx))
+    try:
+        await ctx.wait_until(lambda: bool(ctx.named("a.csv")))
+    finally:
+        second.cancel()
+        await asyncio.wait([second], timeout=6)
+    assert [e.payload["name"] for e in ctx.events] == ["a.csv"]

@@ -219,6 +219,10 @@ class FilesystemSource:
     async def run(self, ctx: SourceContext) -> None:
         loop = asyncio.get_running_loop()
         bridge = self.bridge = Bridge(loop, self._queue_limit)
+        # A restart after a failure (the supervisor calls run again): start from the table,
+        # and look again at whatever was waiting to settle (its event was never stored).
+        leftover = [(path, entry.root, entry.hint) for path, entry in self._pending.items()]
+        self._known, self._pending, self._heap = Known(), {}, []
         for path, row in (await self.files.load(self.name)).items():
             self._known.put(from_stored(path), row.sig)
         self.stats["files_tracked"] = len(self._known)
@@ -236,6 +240,8 @@ class FilesystemSource:
         observer.start()
         try:
             await self._check_roots(ctx, observer, handler, initial=True)
+            for path, root, hint in leftover:
+                self._arm(path, root, hint, 0.0, rearm=False)
             if self.options.scan_on_start:
                 await self._reconcile(ctx, [(r, r.path) for r in self._roots if r.present])
             await self._settle_due(ctx)
@@ -348,21 +354,40 @@ class FilesystemSource:
         heapq.heappush(self._heap, (due, self._seq, path))
 
     async def _settle_due(self, ctx: SourceContext) -> None:
-        """Look at every file whose timer fell due, in batches, and emit what settled."""
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            due: list[tuple[str, _Pending]] = []
-            while self._heap and self._heap[0][0] <= now and len(due) < BATCH:
-                when, _, path = heapq.heappop(self._heap)
-                entry = self._pending.get(path)
-                if entry is not None and entry.due == when:
-                    due.append((path, entry))
-            if not due:
-                return
-            asks = [(p, e.root, e.sig, self._known.sig(p)) for p, e in due]
-            looks = await asyncio.to_thread(self._look_all, asks)
-            await self._conclude(ctx, due, looks)
+        """Look at every file whose timer fell due, in batches, and emit what settled. The
+        next batch is looked at (stat, hash: a worker thread) while this one is stored."""
+        due = self._due_batch()
+        looking = self._look_at(due)
+        while due:
+            looks = await looking
+            after, due = due, self._due_batch()
+            looking = self._look_at(due)
+            try:
+                await self._conclude(ctx, after, looks)
+            except BaseException:
+                # not stored: these files stay pending, to be looked at again by the next run
+                looking.cancel()
+                for path, entry in after:
+                    self._pending.setdefault(path, entry)
+                raise
+
+    def _due_batch(self) -> list[tuple[str, _Pending]]:
+        now = asyncio.get_running_loop().time()
+        due: list[tuple[str, _Pending]] = []
+        while self._heap and self._heap[0][0] <= now and len(due) < BATCH:
+            when, _, path = heapq.heappop(self._heap)
+            entry = self._pending.get(path)
+            if entry is not None and entry.due == when:
+                due.append((path, entry))
+        return due
+
+    def _look_at(self, due: list[tuple[str, _Pending]]) -> asyncio.Future[list[Look]]:
+        if not due:
+            done: asyncio.Future[list[Look]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
+        asks = [(p, e.root, e.sig, self._known.sig(p)) for p, e in due]
+        return asyncio.ensure_future(asyncio.to_thread(self._look_all, asks))
 
     def _look_all(self, asks: list[tuple[str, Root, Sig | None, Sig | None]]) -> list[Look]:
         now_ns = time.time_ns()
