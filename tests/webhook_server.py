@@ -9,6 +9,7 @@ request takes the next action of `script` (then `default`):
     "hang"                  read the request, never answer (until the server stops)
     "reset"                 read the request, then reset the connection (RST, no response)
     "act-then-drop"         perform the side effect, then close without any response
+    "act-then-hang"         perform it, then never answer (a client killed while waiting)
     "201-then-drop"         perform it, send the 201 status line and half the body, close
 """
 
@@ -89,6 +90,10 @@ class Webhook:
                     self.close_connection = True
                     return
                 hook.act(key)
+                if action == "act-then-hang":
+                    hook.stop.wait(60)
+                    self.close_connection = True
+                    return
                 if action == "act-then-drop":
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
