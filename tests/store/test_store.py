@@ -746,6 +746,21 @@ def test_a_job_that_keeps_crashing_its_daemon_fails_when_its_attempts_run_out(
             assert state.attempts == MAX_INTERRUPTED + 1
 
 
+def test_clean_stops_never_use_up_a_jobs_attempts(store: Store) -> None:
+    """Deploys (SIGTERM) during a long job: each restart resumes it, however many."""
+    from triggerd.store.sql import MAX_INTERRUPTED
+
+    job = queued(store, "r", "long", T0, max_attempts=1)
+    now = T0
+    for n in range(MAX_INTERRUPTED + 2):
+        now += M
+        store.register_daemon(f"d{n}", now)
+        assert store.claim_job(job, f"d{n}", 9, now) is not None
+        store.daemon_stopped(f"d{n}", now)
+        assert store.recover_jobs("me", now - 3 * M, now) == [(job, None)]
+    assert {a.outcome for a in attempts(store, job)} == {"stopped"}
+
+
 def test_recover_jobs_exclusive_treats_every_other_daemon_as_gone(store: Store) -> None:
     """On SQLite the daemon lock proves no other daemon lives: a job of a daemon killed a
     moment ago (fresh heartbeat) is recovered at once instead of after the heartbeat ages."""

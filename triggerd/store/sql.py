@@ -531,21 +531,25 @@ class Store:
         `stale_before`, or — with `exclusive` (this daemon holds the SQLite lock, so no other
         can be alive) — whenever it is not `owner`. Running jobs of a gone daemon go back to
         `retrying`: the interrupted attempt is given back (the job's `max_attempts` grows by
-        one), so a crash never fails a job the backend can resume or reattach to, up to
-        `MAX_INTERRUPTED` interruptions; a job interrupted more often (one that takes its
-        daemon down each time) keeps its budget and fails when no attempt is left.
+        one), so a restart never fails a job the backend can resume or reattach to. A clean
+        stop (SIGTERM: a deploy) always gives it back (outcome `stopped`); a crash (outcome
+        `interrupted`) up to `MAX_INTERRUPTED` times: a job whose attempt takes its daemon
+        down each time keeps its budget and fails when no attempt is left.
         Returns (job id, not before) pairs."""
         j = t.jobs.c
         a = t.job_attempts.c
+        d = t.daemons.c
         gone = or_(j.owner.is_(None), _gone(j.owner, owner, stale_before, exclusive))
         with self.write() as c:
-            orphans = c.execute(select(j.id, j.attempts, j.max_attempts).where(and_(
-                j.status == JobStatus.RUNNING, gone))).all()
-            for job_id, attempts, max_attempts in orphans:
+            orphans = c.execute(select(j.id, j.attempts, j.max_attempts, d.stopped_at)
+                                .select_from(t.jobs.outerjoin(t.daemons, d.id == j.owner))
+                                .where(and_(j.status == JobStatus.RUNNING, gone))).all()
+            for job_id, attempts, max_attempts, stopped_at in orphans:
                 detail = "interrupted: the daemon running it stopped"
+                outcome = "stopped" if stopped_at is not None else "interrupted"
                 earlier = c.execute(select(func.count()).select_from(t.job_attempts).where(
                     and_(a.job_id == job_id, a.outcome == "interrupted"))).scalar_one()
-                if earlier < MAX_INTERRUPTED:
+                if outcome == "stopped" or earlier < MAX_INTERRUPTED:
                     max_attempts += 1
                 left = attempts < max_attempts
                 c.execute(update(t.jobs).where(and_(j.id == job_id,
@@ -556,7 +560,7 @@ class Store:
                     finished_at=None if left else now))
                 c.execute(update(t.job_attempts).where(and_(
                     a.job_id == job_id, a.n == attempts, a.finished_at.is_(None)))
-                    .values(finished_at=now, outcome="interrupted", detail=detail))
+                    .values(finished_at=now, outcome=outcome, detail=detail))
             rows = c.execute(select(j.id, j.next_attempt_at).where(
                 j.status.in_([JobStatus.QUEUED, JobStatus.RETRYING]))
                 .order_by(j.created_at)).all()
