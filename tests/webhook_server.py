@@ -21,8 +21,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from loopback import QuietHandler, close, serve, url_of
 
 
 @dataclass
@@ -48,9 +50,7 @@ class Webhook:
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/hook"
+        return url_of(self.server) + "/hook"
 
     def act(self, key: str) -> None:
         """The side effect: once per idempotency key (a request without one always acts)."""
@@ -65,12 +65,7 @@ class Webhook:
     def start(self) -> Webhook:
         hook = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
@@ -116,17 +111,12 @@ class Webhook:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True, name="webhook").start()
+        self.server = serve(Handler, "webhook")
         return self
 
     def close(self) -> None:
         self.stop.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        close(self.server)
 
     def keys(self) -> list[str]:
         return [r.headers.get("Idempotency-Key", "") for r in self.received]

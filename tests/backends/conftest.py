@@ -8,12 +8,13 @@ backend, and returns the job once it is final, with its attempts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_rig import RunJob
 
 from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
@@ -25,23 +26,9 @@ from triggerd.model import Job
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store
 
-RunJob = Callable[..., Awaitable[Job]]
-
 
 async def _call(fn: Callable[[], Any]) -> Any:
     return fn()
-
-
-class FakeHandle:
-    """The dispatcher's side of one attempt, for calling `backend.dispatch` directly."""
-
-    def __init__(self, attempt: int = 1) -> None:
-        self.job_id = "r.1"
-        self.attempt = attempt
-        self.external_ids: list[str] = []
-
-    async def set_external_id(self, external_id: str) -> None:
-        self.external_ids.append(external_id)
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ import hmac
 import json
 import logging
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import FakeHandle, RunJob
+from backend_rig import FakeHandle, RunJob
 from pydantic import ValidationError
 from webhook_server import Webhook
 
@@ -25,15 +24,6 @@ from triggerd.errors import ConfigError, PermanentDispatchError, TransientDispat
 from triggerd.model import JobStatus, TriggerContext
 
 SECRET = "It's a Secret to Everybody"
-
-
-@pytest.fixture
-def hook() -> Iterator[Webhook]:
-    server = Webhook().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def ctx(**params: Any) -> TriggerContext:

@@ -7,13 +7,12 @@ import asyncio
 import copy
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeHandle, RunJob
+from backend_rig import FakeHandle, RunJob
 from hypothesis import given
 from hypothesis import strategies as st
 from kube_server import DNS1123_LABEL, KubeApi
@@ -38,15 +37,6 @@ MANIFEST: dict[str, Any] = {
             "args": ["--model", "{params.model}", "--trigger", "{trigger_id}"],
             "env": [{"name": "TRIGGERD_RULE", "value": "spoofed"}, {"name": "X", "value": "1"}],
         }]}}}}
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApi]:
-    api = KubeApi().start()
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 def ctx(trigger_id: str = "r.1", **params: Any) -> TriggerContext:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunJob
+from backend_rig import RunJob
 
 from triggerd import registry
 from triggerd.config.loader import load_config

@@ -6,34 +6,14 @@ and it ends `succeeded` with one side effect."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from harness import Triggerd, wait_for
 from kube_server import KubeApi
 from webhook_server import Webhook
 
 from triggerd.backends.kubernetes import job_name
 from triggerd.store import queries
-
-
-@pytest.fixture
-def hook() -> Iterator[Webhook]:
-    server = Webhook().start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApi]:
-    api = KubeApi().start()
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 def job_of(td: Triggerd) -> dict[str, Any] | None:
