@@ -1,5 +1,8 @@
 """Shared fixtures: the store on both databases, and the PostgreSQL server of this machine.
 
+`hook` (a scripted webhook receiver) and `kube` (a Job API stand-in) are loopback servers for
+the backend tests and the e2e ones.
+
 Every store test takes the `store` fixture and so runs twice: on a SQLite file and on the
 local PostgreSQL (a database created for this test session, dropped at the end). With
 CI=true, an unreachable PostgreSQL fails the run instead of skipping.
@@ -13,9 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kube_server import KubeApi
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from tests_pg import truncate
+from webhook_server import Webhook
 
 from triggerd.store import Store
 
@@ -86,3 +91,21 @@ def store(store_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Webhook]:
+    server = Webhook().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeApi]:
+    api = KubeApi().start()
+    try:
+        yield api
+    finally:
+        api.close()

@@ -225,3 +225,42 @@ async def test_coalesce_with_groups_wakes_the_other_groups_when_a_job_ends(
     rig.backend.release()
     await until(lambda: len(rig.backend.calls) == 2)
     assert rig.backend.calls[1].group == "b" and len(rig.backend.calls[1].events) == 2
+
+
+def test_retry_delay_doubles_jitters_within_the_cap_and_honours_retry_after() -> None:
+    import random
+
+    from triggerd.config.schema import RetrySpec
+    from triggerd.dispatcher import retry_delay
+
+    policy = RetrySpec(attempts=9, backoff="10s", max_backoff="1m")
+    rng = random.Random(7)  # noqa: S311
+    s = timedelta(seconds=1)
+    for attempt, top in [(1, 10 * s), (2, 20 * s), (3, 40 * s), (4, 60 * s), (8, 60 * s)]:
+        delays = {retry_delay(policy, attempt, rng=rng) for _ in range(50)}
+        assert all(0.75 * top <= d <= top for d in delays), (attempt, delays)
+        assert len(delays) > 40  # jittered: jobs failing together do not retry together
+    assert retry_delay(policy, 1, retry_after=30, rng=rng) == 30 * s  # the server's floor
+    assert retry_delay(policy, 1, retry_after=3600, rng=rng) == 60 * s  # within max_backoff
+    assert 7.5 * s <= retry_delay(policy, 1, retry_after=2, rng=rng) <= 10 * s
+
+
+async def test_a_backend_retry_after_hint_delays_the_next_attempt(rig_factory: Any) -> None:
+    from triggerd.errors import TransientDispatchError
+
+    rig = rig_factory({"retry": {"attempts": 2, "backoff": "10ms"}})
+    attempts: list[datetime] = []
+
+    class Busy:
+        name = "rec"
+
+        async def dispatch(self, ctx: Any, job: Any) -> Any:
+            attempts.append(datetime.now(UTC))
+            if len(attempts) == 1:
+                raise TransientDispatchError("429 Too Many Requests", retry_after=0.5)
+            return await rig.backend.dispatch(ctx, job)
+
+    rig.dispatcher.backends["rec"] = Busy()
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "succeeded"})
+    assert attempts[1] - attempts[0] >= timedelta(seconds=0.5)  # not the 10ms backoff

@@ -7,7 +7,12 @@
 
 Claiming is a compare-and-set on the job's status in the store, so with several replicas each
 attempt is started by exactly one of them; `concurrency` is checked at the same time. Retries
-use capped exponential backoff (`retry.backoff`, doubling, at most `retry.max_backoff`).
+use capped, jittered exponential backoff (`retry.backoff`, doubling, at most
+`retry.max_backoff`, each delay drawn from its upper quarter so replicas and jobs spread out);
+a backend's own hint (`TransientDispatchError.retry_after`, e.g. HTTP `Retry-After`) is a floor
+on that delay, still within `max_backoff`. The attempt budget is the job's own (`max_attempts`,
+the rule's `retry.attempts` when the trigger was written, plus attempts a daemon crash
+interrupted: see `Store.recover_jobs`).
 A backend error is logged with the job and trigger ids and never stops the daemon.
 """
 
@@ -16,13 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from triggerd.config.loader import Config
+from triggerd.config.schema import RetrySpec
 from triggerd.engine.engine import Call, backoff_delay
-from triggerd.errors import DispatchError, PermanentDispatchError, StoreError
+from triggerd.errors import (
+    DispatchError,
+    PermanentDispatchError,
+    StoreError,
+    TransientDispatchError,
+)
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
 from triggerd.store.sql import JobContext, Store
@@ -113,7 +125,7 @@ class Dispatcher:
         self.wanted.pop(job_id, None)
         rule = self.config.rules.get(job.rule)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
-                 rule.dispatch.retry.attempts if rule else "?", job.backend)
+                 _budget(job, rule.dispatch.retry if rule else None), job.backend)
         self.running[job_id] = asyncio.create_task(self._attempt(job, claim.context),
                                                    name=f"job:{job_id}")
 
@@ -124,9 +136,9 @@ class Dispatcher:
             rule = self.config.rules.get(job.rule)
             next_at = None
             if status == JobStatus.FAILED and not isinstance(error, PermanentDispatchError) \
-                    and rule is not None and job.attempts < rule.dispatch.retry.attempts:
-                retry = rule.dispatch.retry
-                next_at = now + backoff_delay(retry.backoff, retry.max_backoff, job.attempts)
+                    and rule is not None and job.attempts < _budget(job, rule.dispatch.retry):
+                hint = error.retry_after if isinstance(error, TransientDispatchError) else None
+                next_at = now + retry_delay(rule.dispatch.retry, job.attempts, hint)
                 status = JobStatus.RETRYING
             detail = result.detail if result else (error.detail if error else None)
             exit_code = result.exit_code if result else (error.exit_code if error else None)
@@ -181,3 +193,24 @@ class Dispatcher:
             return JobStatus.FAILED, None, DispatchError(
                 f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}")
         return JobStatus.SUCCEEDED, result, None
+
+
+def retry_delay(policy: RetrySpec, attempt: int, retry_after: float | None = None,
+                rng: random.Random | None = None) -> timedelta:
+    """The wait before attempt `attempt + 1`: the policy's doubling backoff, capped at
+    `max_backoff`, drawn from its upper quarter (jitter); at least `retry_after` seconds (the
+    outside system's hint), but never beyond `max_backoff`."""
+    base = backoff_delay(policy.backoff, policy.max_backoff, attempt)
+    delay = base * (0.75 + 0.25 * (rng or _jitter).random())
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, timedelta(seconds=retry_after))
+    return min(delay, policy.max_backoff)
+
+
+_jitter = random.Random()  # noqa: S311 - spreading retries, not security
+
+
+def _budget(job: Job, policy: RetrySpec | None) -> int:
+    if job.max_attempts is not None:
+        return job.max_attempts
+    return policy.attempts if policy is not None else 1

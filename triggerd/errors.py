@@ -63,7 +63,15 @@ class DispatchError(TriggerdError):
 
 
 class TransientDispatchError(DispatchError):
-    """The attempt failed for a reason that may pass: retry it under the rule's retry policy."""
+    """The attempt failed for a reason that may pass: retry it under the rule's retry policy.
+
+    `retry_after` (seconds) is the outside system's own hint (HTTP `Retry-After`): the next
+    attempt waits at least that long, within the policy's `max_backoff`."""
+
+    def __init__(self, detail: str, *, exit_code: int | None = None,
+                 external_id: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(detail, exit_code=exit_code, external_id=external_id)
+        self.retry_after = retry_after
 
 
 class PermanentDispatchError(DispatchError):

@@ -131,6 +131,7 @@ class Job:
     exit_code: int | None
     detail: str | None
     next_attempt_at: datetime | None = None
+    max_attempts: int | None = None  # the job's attempt budget (None: the rule's retry policy)
 
     def to_dict(self) -> dict[str, Any]:
         def iso(d: datetime | None) -> str | None:

@@ -22,6 +22,8 @@ SOURCES: dict[str, str] = {
 
 BACKENDS: dict[str, str] = {
     "command": "triggerd.backends.command:CommandBackend",
+    "http": "triggerd.backends.http:HttpBackend",
+    "kubernetes": "triggerd.backends.kubernetes:KubernetesBackend",
 }
 
 

@@ -700,7 +700,7 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     found = store.recover_jobs("me", stale_before, now)
     ids = [job_id for job_id, _ in found]
 
-    assert ids == [q_, retry, orphan, of_stopped]
+    assert ids == [q_, retry, orphan, exhausted, of_stopped]
     assert dict(found)[retry] == now + H  # a retrying job keeps its not-before time
     assert store.recover_jobs("me", stale_before, now) == found   # idempotent
     assert store.job(mine).status == JobStatus.RUNNING  # type: ignore[union-attr]
@@ -710,16 +710,55 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     assert job.detail and "interrupted" in job.detail
     (att,) = attempts(store, orphan)
     assert (att.outcome, att.finished_at) == ("interrupted", now)
-    gone = store.job(exhausted)
-    assert gone is not None
-    assert (gone.status, gone.finished_at) == (JobStatus.FAILED, now)
-    assert gone.detail and "no attempts left" in gone.detail
+    # a crash gives the interrupted attempt back: even a single-attempt job is resumed
+    given_back = store.job(exhausted)
+    assert given_back is not None
+    assert (given_back.status, given_back.attempts, given_back.max_attempts) == \
+        (JobStatus.RETRYING, 1, 2)
     assert store.job(live).status == JobStatus.RUNNING  # type: ignore[union-attr]
     assert store.job(done).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
     # the recovered job can be claimed again by the new daemon
     again = store.claim_job(orphan, "me", 9, now)
     assert again is not None and again.attempts == 2
     assert [a.n for a in attempts(store, orphan)] == [1, 2]
+
+
+def test_a_job_that_keeps_crashing_its_daemon_fails_when_its_attempts_run_out(
+        store: Store) -> None:
+    """Interruptions are given back only MAX_INTERRUPTED times: a job whose attempt takes the
+    daemon down every time must not loop forever."""
+    from triggerd.store.sql import MAX_INTERRUPTED
+
+    job = queued(store, "r", "crashy", T0, max_attempts=1)
+    now = T0
+    for n in range(1, MAX_INTERRUPTED + 2):
+        now += M
+        store.register_daemon(f"d{n}", now)
+        assert store.claim_job(job, f"d{n}", 9, now) is not None
+        found = store.recover_jobs("me", now - 3 * M, now, exclusive=True)
+        state = store.job(job)
+        assert state is not None
+        if n <= MAX_INTERRUPTED:
+            assert found == [(job, None)] and state.status == JobStatus.RETRYING
+        else:
+            assert found == [] and (state.status, state.finished_at) == (JobStatus.FAILED, now)
+            assert state.detail and "no attempts left" in state.detail
+            assert state.attempts == MAX_INTERRUPTED + 1
+
+
+def test_clean_stops_never_use_up_a_jobs_attempts(store: Store) -> None:
+    """Deploys (SIGTERM) during a long job: each restart resumes it, however many."""
+    from triggerd.store.sql import MAX_INTERRUPTED
+
+    job = queued(store, "r", "long", T0, max_attempts=1)
+    now = T0
+    for n in range(MAX_INTERRUPTED + 2):
+        now += M
+        store.register_daemon(f"d{n}", now)
+        assert store.claim_job(job, f"d{n}", 9, now) is not None
+        store.daemon_stopped(f"d{n}", now)
+        assert store.recover_jobs("me", now - 3 * M, now) == [(job, None)]
+    assert {a.outcome for a in attempts(store, job)} == {"stopped"}
 
 
 def test_recover_jobs_exclusive_treats_every_other_daemon_as_gone(store: Store) -> None:

@@ -38,6 +38,7 @@ from triggerd.store import tables as t
 from triggerd.store.connect import READ_ONLY, DaemonLock, make_engine, sqlite_path
 
 Key = tuple[str, str]  # (rule, group)
+MAX_INTERRUPTED = 3  # daemon crashes a job's attempt budget absorbs (see recover_jobs)
 
 
 @dataclass(slots=True)
@@ -556,25 +557,37 @@ class Store:
         died. A daemon is gone when it stopped, when its heartbeat is older than
         `stale_before`, or — with `exclusive` (this daemon holds the SQLite lock, so no other
         can be alive) — whenever it is not `owner`. Running jobs of a gone daemon go back to
-        `retrying` (the interrupted attempt counts), or `failed` when no attempt is left.
+        `retrying`: the interrupted attempt is given back (the job's `max_attempts` grows by
+        one), so a restart never fails a job the backend can resume or reattach to. A clean
+        stop (SIGTERM: a deploy) always gives it back (outcome `stopped`); a crash (outcome
+        `interrupted`) up to `MAX_INTERRUPTED` times: a job whose attempt takes its daemon
+        down each time keeps its budget and fails when no attempt is left.
         Returns (job id, not before) pairs."""
         j = t.jobs.c
+        a = t.job_attempts.c
+        d = t.daemons.c
         gone = or_(j.owner.is_(None), _gone(j.owner, owner, stale_before, exclusive))
         with self.write() as c:
-            orphans = c.execute(select(j.id, j.attempts, j.max_attempts).where(and_(
-                j.status == JobStatus.RUNNING, gone))).all()
-            for job_id, attempts, max_attempts in orphans:
+            orphans = c.execute(select(j.id, j.attempts, j.max_attempts, d.stopped_at)
+                                .select_from(t.jobs.outerjoin(t.daemons, d.id == j.owner))
+                                .where(and_(j.status == JobStatus.RUNNING, gone))).all()
+            for job_id, attempts, max_attempts, stopped_at in orphans:
                 detail = "interrupted: the daemon running it stopped"
+                outcome = "stopped" if stopped_at is not None else "interrupted"
+                earlier = c.execute(select(func.count()).select_from(t.job_attempts).where(
+                    and_(a.job_id == job_id, a.outcome == "interrupted"))).scalar_one()
+                if outcome == "stopped" or earlier < MAX_INTERRUPTED:
+                    max_attempts += 1
                 left = attempts < max_attempts
                 c.execute(update(t.jobs).where(and_(j.id == job_id,
                                                     j.status == JobStatus.RUNNING)).values(
                     status=JobStatus.RETRYING if left else JobStatus.FAILED, owner=None,
+                    max_attempts=max_attempts,
                     detail=detail + ("" if left else "; no attempts left"),
                     finished_at=None if left else now))
-                a = t.job_attempts.c
                 c.execute(update(t.job_attempts).where(and_(
                     a.job_id == job_id, a.n == attempts, a.finished_at.is_(None)))
-                    .values(finished_at=now, outcome="interrupted", detail=detail))
+                    .values(finished_at=now, outcome=outcome, detail=detail))
             rows = c.execute(select(j.id, j.next_attempt_at).where(
                 j.status.in_([JobStatus.QUEUED, JobStatus.RETRYING]))
                 .order_by(j.created_at)).all()
@@ -744,7 +757,8 @@ def _job(r: Any) -> Job:
     return Job(id=r.id, trigger_id=r.trigger_id, rule=r.rule, group=r.grp, backend=r.backend,
                status=JobStatus(r.status), attempts=r.attempts, external_id=r.external_id,
                created_at=r.created_at, started_at=r.started_at, finished_at=r.finished_at,
-               exit_code=r.exit_code, detail=r.detail, next_attempt_at=r.next_attempt_at)
+               exit_code=r.exit_code, detail=r.detail, next_attempt_at=r.next_attempt_at,
+               max_attempts=r.max_attempts)
 
 
 def retention_cutoff(now: datetime, retention: timedelta) -> datetime:

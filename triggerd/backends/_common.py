@@ -1,0 +1,112 @@
+"""What several backends share: secrets from the environment, and data templates.
+
+Secrets
+    A config names the environment variable that holds a secret (`secret_env: HOOK_SECRET`),
+    never the secret. `read_secret` takes it from `$HOOK_SECRET`, or, when that is unset, from
+    the file named by `$HOOK_SECRET_FILE` (container secrets mounted as files); a trailing
+    newline of the file is dropped. A missing secret is a `ConfigError` naming the variable,
+    raised when the backend is built (daemon start), never a failure at dispatch time.
+
+Data templates
+    A YAML value (mapping, list, scalar) whose string leaves are `Template`s. Rendering walks
+    the parsed structure and substitutes each leaf on its own, so a value from an event can
+    never change the structure around it (no JSON or YAML is ever built by pasting text).
+    With `typed=True` a leaf that is exactly one field (`"{params.epochs}"`, `"{events}"`)
+    keeps the type of its value (number, list, mapping); other leaves render to strings.
+    Keys are literal. `allowed` restricts which fields may appear (checked at build time).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from triggerd.engine.templates import Template, lookup
+from triggerd.errors import ConfigError, ExpressionError, PermanentDispatchError
+from triggerd.model import TriggerContext
+
+_SINGLE_FIELD = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")
+
+
+def read_secret(env_name: str, where: str) -> str:
+    """The secret held by `$env_name` (or the file named by `$env_name_FILE`)."""
+    value = os.environ.get(env_name)
+    if value is not None:
+        return value
+    file_var = f"{env_name}_FILE"
+    path = os.environ.get(file_var)
+    if path is None:
+        raise ConfigError([f"{where}: environment variable {env_name} is not set "
+                           f"(nor {file_var} naming a file that holds it)"])
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read the file named by {file_var}: "
+                           f"{exc.strerror or exc}"]) from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def template_values(ctx: TriggerContext, attempt: int) -> dict[str, Any]:
+    """What templates of a backend may refer to: the trigger context plus `attempt`."""
+    return {**ctx.to_dict(), "attempt": attempt}
+
+
+class DataTemplate:
+    """A parsed YAML value whose string leaves are templates; see the module docstring."""
+
+    def __init__(self, value: Any, *, typed: bool,
+                 allowed: Callable[[str], bool] | None = None) -> None:
+        self.typed = typed
+        self._allowed = allowed
+        self._tree = self._compile(value, "")
+
+    def _compile(self, value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            try:
+                template = Template(value)
+            except ExpressionError as exc:
+                raise ValueError(f"{path or 'value'}: {exc} (write a literal brace as {{{{ or "
+                                 "}}}})") from None
+            for name in template.fields:
+                if self._allowed is not None and not self._allowed(name):
+                    raise ValueError(f"{path or 'value'}: field {{{name}}} is not allowed here")
+            return template
+        if isinstance(value, Mapping):
+            return {str(k): self._compile(v, f"{path}.{k}" if path else str(k))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._compile(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def render(self, env: Mapping[str, Any]) -> Any:
+        """The value with every template leaf rendered; a missing field raises
+        ExpressionError."""
+        return self._render(self._tree, env)
+
+    def _render(self, node: Any, env: Mapping[str, Any]) -> Any:
+        if isinstance(node, Template):
+            if self.typed and (m := _SINGLE_FIELD.fullmatch(node.text)):
+                return lookup(env, tuple(m.group(1).split(".")))
+            return node.render(env)
+        if isinstance(node, dict):
+            return {k: self._render(v, env) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._render(v, env) for v in node]
+        return node
+
+
+def render_or_fail(template: DataTemplate, env: Mapping[str, Any], where: str) -> Any:
+    """Render at dispatch time: a field without a value fails the job permanently."""
+    try:
+        return template.render(env)
+    except ExpressionError as exc:
+        raise PermanentDispatchError(f"template {where}: {exc.message}") from exc
+
+
+def first_bytes(data: bytes, limit: int) -> str:
+    """The first `limit` bytes of a response, as text for a job detail."""
+    text = data[:limit].decode("utf-8", "replace")
+    return text + (" [...]" if len(data) > limit else "")
