@@ -22,6 +22,7 @@ SOURCES: dict[str, str] = {
 
 BACKENDS: dict[str, str] = {
     "command": "triggerd.backends.command:CommandBackend",
+    "airflow": "triggerd.backends.airflow:AirflowBackend",
 }
 
 
