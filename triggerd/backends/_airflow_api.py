@@ -3,7 +3,7 @@
 One `AirflowApi` per configured backend keeps what is worth keeping between jobs: the API
 version (`/api/v2` for Airflow 3, `/api/v1` for Airflow 2, probed once when `api: auto`) and,
 for Airflow 3 with a user and a password, the bearer token from `POST /auth/token` (fetched
-again once when Airflow answers 401, e.g. after it expired).
+again once when Airflow answers 401 or 403 to it: expired, or signed with a replaced secret).
 
 Every outcome is mapped at this boundary: connection failures, timeouts, 429 and 5xx raise
 `TransientDispatchError`; authentication failures raise `PermanentDispatchError`. Other
@@ -100,13 +100,15 @@ class AirflowApi:
 
     async def request(self, session: aiohttp.ClientSession, creds: Credentials, method: str,
                       path: str, body: dict[str, Any] | None = None) -> Reply:
-        """`method` on `/api/<version><path>`; authenticated, 401 answered by one new login."""
+        """`method` on `/api/<version><path>`, authenticated; 401/403 never come back."""
         version = await self.detect(session)
         url = f"{self.base_url}/api/{version}{path}"
         reply = await self._send(session, method, url, await self._auth(session, creds, version),
                                  body)
-        if reply.status == 401 and version == "v2" and creds.token is None and creds.username:
-            self._token = None  # expired or revoked: log in again, once
+        if reply.status in (401, 403) and self._token is not None and creds.token is None:
+            # our login token expired (401) or no longer verifies (403, e.g. Airflow's JWT
+            # secret changed): log in again, once; a real permission denial stays a 403
+            self._token = None
             reply = await self._send(session, method, url,
                                      await self._auth(session, creds, version), body)
         if reply.status in (401, 403):

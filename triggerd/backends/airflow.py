@@ -6,8 +6,9 @@ Contract (see `triggerd.interfaces.Backend`):
   the default: the first of `/api/v2/version`, `/api/v1/version` that exists, once per
   backend). Auth: `token_env` names a variable holding a ready bearer token; otherwise
   `username` + `password_env`: Airflow 3 exchanges them for a token at `POST /auth/token`
-  (again once on a 401), Airflow 2 takes them as basic auth. A secret comes from the named
-  variable, or from the file named by `<name>_FILE`; it never appears in a detail or a log.
+  (again once when the token is refused), Airflow 2 takes them as basic auth. A secret comes
+  from the named variable, or from the file named by `<name>_FILE`; it never appears in a
+  detail or a log.
 - Trigger: `POST /dags/{dag_id}/dagRuns` with `dag_run_id` = trigger id and `conf` = the
   trigger context (Airflow 3 also gets `logical_date: null`, which it requires; it rejects
   unknown fields). `dag_id` is a template (`retrain_{params.model}`). The job's external id is
