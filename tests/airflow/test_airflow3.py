@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Airflow
+from airflow_server import Airflow, free_port
 
 from triggerd import registry
 from triggerd.backends.airflow import AirflowBackend, AirflowOptions
@@ -229,7 +229,6 @@ async def test_a_missing_secret_names_the_variable(airflow: Airflow,
 
 
 async def test_an_unreachable_airflow_is_a_transient_error(airflow: Airflow) -> None:
-    from conftest import free_port
 
     backend = make_backend(airflow, url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(TransientDispatchError) as err:
