@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,12 @@ def start(install: Path, home: Path) -> Airflow:
     out.mkdir()
     shutil.copy(HERE / "dags" / "triggerd_test_dags.py", dags)
     shutil.copy(install / "template.db", home / "airflow.db")
+    # SQLite under three busy processes: WAL lets readers work during a write, and a long busy
+    # timeout makes a writer wait instead of failing with "database is locked" (HTTP 500)
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    (home / "config").mkdir()  # on the sys.path of every Airflow process
+    (home / "config" / "triggerd_sqlite.py").write_text("CONNECT_ARGS = {'timeout': 60}\n")
     passwords = {"triggerd": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
     (home / "passwords.json").write_text(json.dumps(passwords))
     port = free_port()
@@ -220,6 +227,7 @@ def start(install: Path, home: Path) -> Airflow:
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{url}/execution/",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="triggerd:admin,viewer:viewer",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS="triggerd_sqlite.CONNECT_ARGS",
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(port),
         AIRFLOW__API__WORKERS="1",
