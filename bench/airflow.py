@@ -19,6 +19,7 @@ which the dispatcher retries; production Airflow runs on PostgreSQL).
 
     .venv/bin/python bench/airflow.py                   # ~2 minutes, plus the first venv build
     .venv/bin/python bench/airflow.py --triggers 60 --calls 200
+    .venv/bin/python bench/airflow.py --dag triggerd_record    # runs that execute a task
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def bench_daemon(airflow: Airflow, work: Path, triggers: int) -> list[float]:
+def bench_daemon(airflow: Airflow, work: Path, triggers: int, dag: str) -> list[float]:
     rule = f"bench{uuid.uuid4().hex[:6]}"
     config = work / "triggerd.yaml"
     config.write_text(textwrap.dedent(f"""
@@ -74,7 +75,7 @@ def bench_daemon(airflow: Airflow, work: Path, triggers: int) -> list[float]:
           airflow:
             type: airflow
             url: {airflow.url}
-            dag_id: triggerd_paused
+            dag_id: {dag}
             username: triggerd
             password_env: BENCH_AIRFLOW_PASSWORD
         rules:
@@ -89,7 +90,7 @@ def bench_daemon(airflow: Airflow, work: Path, triggers: int) -> list[float]:
                                  str(config)], env=env, cwd=work, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + triggers + 60
-        while len(runs := _bench_runs(airflow, rule)) < triggers:
+        while len(runs := _bench_runs(airflow, rule, dag)) < triggers:
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = (work / "daemon.log").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"daemon: only {len(runs)} runs; its log ends:\n{tail}")
@@ -110,8 +111,8 @@ def bench_daemon(airflow: Airflow, work: Path, triggers: int) -> list[float]:
     return out
 
 
-def _bench_runs(airflow: Airflow, rule: str) -> dict[str, str]:
-    found = airflow.api("GET", "/dags/triggerd_paused/dagRuns?limit=1000")["dag_runs"]
+def _bench_runs(airflow: Airflow, rule: str, dag: str) -> dict[str, str]:
+    found = airflow.api("GET", f"/dags/{dag}/dagRuns?limit=1000")["dag_runs"]
     return {r["dag_run_id"]: r["queued_at"] for r in found
             if r["dag_run_id"].startswith(f"{rule}.")}
 
@@ -123,10 +124,10 @@ class _Job:
         return None
 
 
-async def bench_backend(airflow: Airflow, calls: int, errors: list[str]) -> list[float]:
+async def bench_backend(airflow: Airflow, calls: int, errors: list[str], dag: str) -> list[float]:
     os.environ["BENCH_AIRFLOW_PASSWORD"] = airflow.password
     backend = AirflowBackend("bench", AirflowOptions.model_validate({
-        "type": "airflow", "url": airflow.url, "dag_id": "triggerd_paused",
+        "type": "airflow", "url": airflow.url, "dag_id": dag,
         "username": "triggerd", "password_env": "BENCH_AIRFLOW_PASSWORD"}))
     prefix = f"call{uuid.uuid4().hex[:6]}"
     out: list[float] = []
@@ -150,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--triggers", type=int, default=40, help="at most 100")
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--dag", default="triggerd_paused",
+                        help="triggerd_record: runs that execute a task (Airflow busy too)")
     parser.add_argument("--keep", help="copy AIRFLOW_HOME (logs) here at the end")
     args = parser.parse_args()
     t0 = time.monotonic()
@@ -161,9 +164,10 @@ def main() -> None:
         airflow = start(install, home)
         started = time.monotonic() - t0
         try:
-            daemon_ms = bench_daemon(airflow, work, args.triggers)  # first: pages of 100 runs
+            # the daemon first: runs are listed in pages of 100
+            daemon_ms = bench_daemon(airflow, work, args.triggers, args.dag)
             errors: list[str] = []
-            backend_ms = asyncio.run(bench_backend(airflow, args.calls, errors))
+            backend_ms = asyncio.run(bench_backend(airflow, args.calls, errors, args.dag))
         finally:
             airflow.stop()
             if args.keep:
