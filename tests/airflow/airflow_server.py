@@ -209,11 +209,12 @@ def start(install: Path, home: Path) -> Airflow:
     shutil.copy(HERE / "dags" / "triggerd_test_dags.py", dags)
     shutil.copy(install / "template.db", home / "airflow.db")
     # SQLite under three busy processes: WAL lets readers work during a write, and a long busy
-    # timeout makes a writer wait instead of failing with "database is locked" (HTTP 500)
+    # timeout (below the clients' 30 s) makes a writer wait instead of failing at once with
+    # "database is locked" (HTTP 500)
     with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
         db.execute("PRAGMA journal_mode=WAL")
     (home / "config").mkdir()  # on the sys.path of every Airflow process
-    (home / "config" / "triggerd_sqlite.py").write_text("CONNECT_ARGS = {'timeout': 60}\n")
+    (home / "config" / "triggerd_sqlite.py").write_text("CONNECT_ARGS = {'timeout': 20}\n")
     passwords = {"triggerd": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
     (home / "passwords.json").write_text(json.dumps(passwords))
     port = free_port()

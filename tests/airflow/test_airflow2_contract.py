@@ -8,12 +8,12 @@ import base64
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from contract_v1 import ContractV1
+from fake_job import FakeJob
 from pydantic import ValidationError
 
 from triggerd.backends.airflow import AirflowBackend, AirflowOptions
@@ -21,16 +21,6 @@ from triggerd.errors import PermanentDispatchError, TransientDispatchError
 from triggerd.model import TriggerContext
 
 PASSWORD = "s3cret-Pa55word"
-
-
-@dataclass
-class FakeJob:
-    job_id: str = "job-1"
-    attempt: int = 1
-    external_ids: list[str] = field(default_factory=list)
-
-    async def set_external_id(self, external_id: str) -> None:
-        self.external_ids.append(external_id)
 
 
 def make_ctx(**changes: Any) -> TriggerContext:

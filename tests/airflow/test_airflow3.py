@@ -10,13 +10,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow_server import Airflow, free_port
+from fake_job import FakeJob
 
 from triggerd import registry
 from triggerd.backends.airflow import AirflowBackend, AirflowOptions
@@ -26,16 +26,6 @@ from triggerd.model import TriggerContext
 
 pytestmark = pytest.mark.slow
 PASSWORD_ENV = "TEST_AIRFLOW_PASSWORD"
-
-
-@dataclass
-class FakeJob:
-    job_id: str = "job-1"
-    attempt: int = 1
-    external_ids: list[str] = field(default_factory=list)
-
-    async def set_external_id(self, external_id: str) -> None:
-        self.external_ids.append(external_id)
 
 
 def make_ctx(dag: str = "record", **changes: Any) -> TriggerContext:
