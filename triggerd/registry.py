@@ -24,6 +24,7 @@ BACKENDS: dict[str, str] = {
     "command": "triggerd.backends.command:CommandBackend",
     "http": "triggerd.backends.http:HttpBackend",
     "kubernetes": "triggerd.backends.kubernetes:KubernetesBackend",
+    "airflow": "triggerd.backends.airflow:AirflowBackend",
 }
 
 

@@ -11,13 +11,13 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
+from fake_job import FakeJob
 from pydantic import ValidationError
 
 from triggerd import registry
@@ -28,16 +28,6 @@ from triggerd.interfaces import Backend
 from triggerd.model import TriggerContext
 
 PY = sys.executable
-
-
-@dataclass
-class FakeJob:
-    job_id: str = "job-1"
-    attempt: int = 1
-    external_ids: list[str] = field(default_factory=list)
-
-    async def set_external_id(self, external_id: str) -> None:
-        self.external_ids.append(external_id)
 
 
 def make_ctx(**changes: Any) -> TriggerContext:

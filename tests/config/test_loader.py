@@ -526,7 +526,7 @@ rules:
 
 @pytest.mark.parametrize(("section", "type_name", "message"), [
     ("sources", "carrier-pigeon", "unknown source type 'carrier-pigeon' (known: cron, "),
-    ("backends", "fax", "unknown backend type 'fax' (known: command"),
+    ("backends", "fax", "unknown backend type 'fax' (known: airflow, command"),
 ])
 def test_unknown_types_are_reported_at_the_type_line(
         tmp_path: Path, section: str, type_name: str, message: str) -> None:

@@ -299,6 +299,8 @@ def test_duration_defaults_are_written_as_users_write_them(schema: dict[str, Any
         "#/$defs/HttpOptions/properties/timeout": "1m",
         "#/$defs/KubernetesOptions/properties/poll": "5s",
         "#/$defs/KubernetesOptions/properties/request_timeout": "30s",
+        "#/$defs/AirflowOptions/properties/poll_interval": "5s",
+        "#/$defs/AirflowOptions/properties/request_timeout": "30s",
         "#/$defs/FilesystemOptions/properties/settle": "5s",
         "#/$defs/FilesystemOptions/properties/rescan": "10m",
         "#/$defs/FilesystemOptions/properties/poll": False,  # false, or an interval
