@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     setup(settings.log_level, settings.log_format)
     try:
-        return run_daemon(config)
+        return run_daemon(config, http=settings.http)
     except StoreLockedError as exc:
         log.error("%s", exc)
         return EXIT_NOTHING

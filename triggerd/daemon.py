@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,10 @@ from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
 from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
-from triggerd.ops import failpoints
+from triggerd.ops import failpoints, sdnotify
+from triggerd.ops.endpoints import routes
+from triggerd.ops.http import HttpServer
+from triggerd.ops.metrics import Metrics, trigger_kind
 from triggerd.store.files import StoreFileTable
 from triggerd.store.sql import Store
 
@@ -53,10 +57,14 @@ class _SourceContext:
         self.clock = daemon.clock
         self.details: dict[str, Any] | None = None
         self._written: dict[str, Any] | None = None
+        self.healthy = True  # as last reported (for /readyz and metrics)
+        self.error: str | None = None
+        daemon.metrics.source_health(name, source_type, True)
 
     async def emit(self, events: Sequence[Event]) -> None:
         if events:
-            await self.daemon.engine.submit(self.name, events)
+            result = await self.daemon.engine.submit(self.name, events)
+            self.daemon.metrics.ingested(self.name, len(result.new), result.duplicates)
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
         return await self.daemon.call(lambda: self.daemon.store.load_checkpoint(self.name))
@@ -67,6 +75,8 @@ class _SourceContext:
             lambda: self.daemon.store.save_checkpoint(self.name, self.type, data, now))
 
     def set_health(self, healthy: bool, error: str | None = None) -> None:
+        self.healthy, self.error = healthy, None if healthy else error
+        self.daemon.metrics.source_health(self.name, self.type, healthy)
         now = self.clock.now()
         self.daemon.spawn(self.daemon.call(lambda: self.daemon.store.set_source_health(
             self.name, self.type, healthy, error, now)), f"health:{self.name}")
@@ -84,10 +94,14 @@ class _SourceContext:
 
 
 class Daemon:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None,
+                 http: str | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.id = f"{uuid.uuid4().hex[:12]}"
+        self.metrics = Metrics(self.id)  # ops: /metrics, /healthz, /readyz (TRIGGERD_HTTP)
+        self.http = HttpServer(http, routes(self)) if http else None
+        self.ready = False
         self.store = Store(config.store_url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triggerd-store")
         self._stop = asyncio.Event()
@@ -114,6 +128,22 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # -- what the ops endpoints read (triggerd.ops.endpoints.DaemonView) ----------------------
+    def rule_names(self) -> list[str]:
+        return list(self.config.rules)
+
+    def source_health(self) -> dict[str, _SourceContext]:
+        return dict(self._contexts)
+
+    def now(self) -> Any:
+        return self.clock.now()
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop: a hung loop stops the pings and systemd restarts us."""
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     def _reload_requested(self) -> None:
         # Live reload is planned (operations issue); until then SIGHUP must not kill the
@@ -145,6 +175,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         try:
+            if self.http is not None:
+                await self.http.start()
             await self.call(self.store.lock)
             await self.call(self.store.upgrade)
             await self.call(lambda: self.store.register_daemon(self.id, self.clock.now()))
@@ -155,6 +187,8 @@ class Daemon:
                                          self.clock, self.call, self.id, self._job_finished)
             self.engine = Engine(self.config, self.store, self.clock, self.call,
                                  self._triggered)
+            self.dispatcher.metrics = self.metrics
+            self.metrics.config_rules.set(len(self.config.rules))
             await self._recover(starting=True)
             workers = [
                 asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
@@ -165,6 +199,11 @@ class Daemon:
             for name, source in self._build_sources().items():
                 workers.append(asyncio.create_task(self._supervise(name, source),
                                                    name=f"source:{name}"))
+            self.ready = True
+            sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.config.rules)} rule(s)")
+            interval = sdnotify.watchdog_interval()
+            if interval is not None:
+                workers.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *workers], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -172,6 +211,8 @@ class Daemon:
                     log.error("internal task %s failed", task.get_name(),
                               exc_info=task.exception())
             log.info("triggerd stopping")
+            self.ready = False
+            sdnotify.notify("STOPPING=1")
             for task in reversed(workers):  # sources first, the dispatcher last
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -186,6 +227,8 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.http is not None:
+                await self.http.close()
             await self.call(self.store.close)
             self._executor.shutdown(wait=True)
 
@@ -211,6 +254,12 @@ class Daemon:
     def _triggered(self, trig: Trigger) -> None:
         failpoints.hit("after-trigger-write")
         self.dispatcher.submit(trig.id)
+        self.spawn(self._count_trigger(trig), f"metrics:{trig.id}")
+
+    async def _count_trigger(self, trig: Trigger) -> None:
+        kind = "manual" if trig.manual else await self.call(
+            lambda: trigger_kind(self.store, trig.id))
+        self.metrics.triggered(trig.rule, kind)
 
     def _job_finished(self, job: Job) -> None:
         self.spawn(self.engine.evaluate_rule(job.rule), f"after:{job.id}")
@@ -241,6 +290,7 @@ class Daemon:
             try:
                 if now >= next_beat:
                     await self.call(functools.partial(self.store.heartbeat, self.id, now))
+                    self.metrics.heartbeat.set(time.time())
                     next_beat = now + HEARTBEAT
                 if now >= next_recover:
                     await self._recover()
@@ -286,5 +336,5 @@ class Daemon:
         return f"error: unknown request {kind!r}"
 
 
-def run_daemon(config: Config) -> int:
-    return asyncio.run(Daemon(config).run())
+def run_daemon(config: Config, http: str | None = None) -> int:
+    return asyncio.run(Daemon(config, http=http).run())

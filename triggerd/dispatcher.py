@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triggerd.config.loader import Config
 from triggerd.engine.engine import Call, backoff_delay
@@ -26,6 +27,9 @@ from triggerd.errors import DispatchError, PermanentDispatchError, StoreError
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
 from triggerd.store.sql import Store
+
+if TYPE_CHECKING:
+    from triggerd.ops.metrics import Metrics
 
 log = logging.getLogger("triggerd.dispatch")
 SLOT_POLL = 5.0  # seconds: how often parked jobs look for a slot freed elsewhere
@@ -55,6 +59,7 @@ class Dispatcher:
         self.wanted: dict[str, datetime | None] = {}  # job id -> not before
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self.metrics: Metrics | None = None  # set by the daemon (triggerd.ops.metrics)
 
     def submit(self, job_id: str, not_before: datetime | None = None) -> None:
         self.wanted[job_id] = not_before
@@ -108,9 +113,13 @@ class Dispatcher:
         self.wanted.pop(job_id, None)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
                  rule.dispatch.retry.attempts if rule else "?", job.backend)
+        if self.metrics is not None:
+            self.metrics.attempt_started(job.backend, job.attempts,
+                                         (now - job.created_at).total_seconds())
         self.running[job_id] = asyncio.create_task(self._attempt(job), name=f"job:{job_id}")
 
     async def _attempt(self, job: Job) -> None:
+        started = time.monotonic()
         try:
             status, result, error = await self._dispatch(job)
             now = self.clock.now()
@@ -121,6 +130,9 @@ class Dispatcher:
                 retry = rule.dispatch.retry
                 next_at = now + backoff_delay(retry.backoff, retry.max_backoff, job.attempts)
                 status = JobStatus.RETRYING
+            if self.metrics is not None:
+                self.metrics.attempt_finished(job.backend, status.value,
+                                              time.monotonic() - started)
             detail = result.detail if result else (error.detail if error else None)
             exit_code = result.exit_code if result else (error.exit_code if error else None)
             ext = result.external_id if result else (error.external_id if error else None)
