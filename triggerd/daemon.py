@@ -32,7 +32,7 @@ from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
 from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
-from triggerd.ops import failpoints, sdnotify
+from triggerd.ops import failpoints, reload, sdnotify
 from triggerd.ops.endpoints import routes
 from triggerd.ops.http import HttpServer
 from triggerd.ops.metrics import Metrics, trigger_kind
@@ -107,6 +107,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._contexts: dict[str, _SourceContext] = {}
+        self._sources: dict[str, asyncio.Task[None]] = {}  # supervisor task per source
+        self._reloading = asyncio.Lock()
         self.engine: Engine
         self.dispatcher: Dispatcher
 
@@ -146,28 +148,58 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _reload_requested(self) -> None:
-        # Live reload is planned (operations issue); until then SIGHUP must not kill the
-        # daemon (its default action), and the operator is told what to do.
-        log.warning("SIGHUP: live config reload is not supported yet; the running config "
-                    "stays. Restart triggerd to apply config changes.")
+        """SIGHUP: re-read the config and rule files; see triggerd.ops.reload."""
+        if not self.ready:
+            log.warning("SIGHUP during start-up or shutdown ignored; send it again once "
+                        "triggerd has started")
+            return
+        self.spawn(self._reload(), "reload")
+
+    async def _reload(self) -> None:
+        async with self._reloading:  # one reload at a time, in the order asked
+            if self._stop.is_set():
+                return
+            sdnotify.notify("RELOADING=1")
+            try:
+                await reload.reload(self)
+            finally:
+                sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.config.rules)} rule(s)")
 
     def _build_backends(self) -> dict[str, Backend]:
-        out: dict[str, Backend] = {}
-        for name, options in self.config.backends.items():
-            cls = registry.backend_class(str(getattr(options, "type", "")))
-            out[name] = cls(name, options, self.config.state_dir)
-        return out
+        return {name: self.build_backend(name, options)
+                for name, options in self.config.backends.items()}
+
+    def build_backend(self, name: str, options: Any) -> Backend:
+        cls = registry.backend_class(str(getattr(options, "type", "")))
+        backend: Backend = cls(name, options, self.config.state_dir)
+        return backend
 
     def _build_sources(self) -> dict[str, Source]:
-        out: dict[str, Source] = {}
-        for name, options in self.config.sources.items():
-            cls = registry.source_class(str(getattr(options, "type", "")))
-            # a source names the daemon services it wants (`wants = ("files",)`) and gets
-            # them as keyword arguments; see interfaces.Source
-            services = {"files": lambda: StoreFileTable(self.store, self.call)}
-            extra = {want: services[want]() for want in getattr(cls, "wants", ())}
-            out[name] = cls(name, options, **extra)
-        return out
+        return {name: self.build_source(name, options)
+                for name, options in self.config.sources.items()}
+
+    def build_source(self, name: str, options: Any) -> Source:
+        cls = registry.source_class(str(getattr(options, "type", "")))
+        # a source names the daemon services it wants (`wants = ("files",)`) and gets
+        # them as keyword arguments; see interfaces.Source
+        services = {"files": lambda: StoreFileTable(self.store, self.call)}
+        extra = {want: services[want]() for want in getattr(cls, "wants", ())}
+        source: Source = cls(name, options, **extra)
+        return source
+
+    def start_source(self, name: str, source: Source) -> None:
+        self._sources[name] = asyncio.create_task(self._supervise(name, source),
+                                                  name=f"source:{name}")
+
+    def forget_source(self, name: str) -> _SourceContext | None:
+        return self._contexts.pop(name, None)
+
+    async def stop_sources(self, names: Sequence[str]) -> None:
+        """Cancel these sources and wait for them (what they emitted is stored)."""
+        tasks = [self._sources.pop(n) for n in names if n in self._sources]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -197,8 +229,7 @@ class Daemon:
             await self.engine.start()
             workers.append(asyncio.create_task(self.engine.run_timers(), name="timers"))
             for name, source in self._build_sources().items():
-                workers.append(asyncio.create_task(self._supervise(name, source),
-                                                   name=f"source:{name}"))
+                self.start_source(name, source)
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.config.rules)} rule(s)")
             interval = sdnotify.watchdog_interval()
@@ -213,7 +244,8 @@ class Daemon:
             log.info("triggerd stopping")
             self.ready = False
             sdnotify.notify("STOPPING=1")
-            for task in reversed(workers):  # sources first, the dispatcher last
+            await self.stop_sources(list(self._sources))  # sources first
+            for task in reversed(workers):  # the dispatcher last
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             stop.cancel()

@@ -52,6 +52,13 @@ def test_ready_watchdog_and_stopping_on_a_real_notify_socket(
     times = [t for t, m in notify_socket.receive() if m == "WATCHDOG=1"]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) < 0.4 * 2, gaps  # every WATCHDOG_USEC/2 = 0.2 s, with slack for CI
+    proc.send_signal(signal.SIGHUP)  # systemctl reload: RELOADING=1, then READY=1 again
+    wait_for(lambda: "RELOADING=1" in notify_socket.states(), 20, "RELOADING=1")
+
+    def ready_again() -> bool:
+        states = notify_socket.states()
+        return any(m.startswith("READY=1") for m in states[states.index("RELOADING=1"):])
+    wait_for(ready_again, 20, "READY=1 after the reload")
     assert td.stop(proc) == 0
     assert "STOPPING=1" in notify_socket.states()
 

@@ -163,6 +163,35 @@ class Engine:
                     self.slot_due[rule] = nxt
         await self.evaluate(None)
 
+    async def reconfigure(self, config: Config) -> None:
+        """Swap in a reloaded config (SIGHUP): rules added, changed and removed take effect at
+        once; pending events stay in the store (an unchanged or changed rule keeps its own, a
+        removed rule's are ignored). A rule whose schedule changed waits for its next slot."""
+        old = self.config
+        async with self._lock:  # no decision round sees half of each config
+            self.config = config
+            self.rules = RuleSet(config.rules)
+            self.schedules = {r: s for r in config.rules if (s := rule_schedule(config, r))}
+            for key in [k for k in self.due if k[0] not in config.rules]:
+                del self.due[key]
+            now = self.clock.now()
+            for rule in set(self.slot_due) | set(self.schedules):
+                sched = self.schedules.get(rule)
+                spec = config.rules[rule].when.schedule if sched else None
+                before = old.rules[rule].when.schedule if rule in old.rules else None
+                if sched is None:
+                    self.slot_due.pop(rule, None)
+                    self._owned_slots.pop(rule, None)
+                elif rule not in self.slot_due or spec != before or (
+                        spec in config.sources and config.sources[spec] != old.sources.get(spec)):
+                    nxt = sched.next_after(now)
+                    if nxt is not None:
+                        self.slot_due[rule] = nxt
+        ungrouped = [r for r, spec in config.rules.items() if spec.group_by is None]
+        await self.call(lambda: self.store.ensure_rules(config.rules, ungrouped,
+                                                        self.clock.now()))
+        await self.evaluate(None)
+
     async def _unfinished_slot(self, rule: str) -> datetime | None:
         found: datetime | None = await self.call(
             lambda: self.store.unfinished_slot(f"rule:{rule}"))
