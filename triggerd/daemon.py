@@ -278,9 +278,11 @@ class Daemon:
             if job_id in self.dispatcher.wanted or job_id in self.dispatcher.running:
                 continue
             if starting:
-                log.info("job %s: resuming dispatch after restart", job_id)
+                log.info("job %s: resuming dispatch after restart", job_id,
+                         extra={"job_id": job_id})
             else:
-                log.info("job %s: taking over (queued, or its daemon is gone)", job_id)
+                log.info("job %s: taking over (queued, or its daemon is gone)", job_id,
+                         extra={"job_id": job_id})
             self.dispatcher.submit(job_id, not_before)
 
     def _triggered(self, trig: Trigger) -> None:
@@ -303,11 +305,13 @@ class Daemon:
         while True:
             try:
                 await source.run(ctx)
-                log.warning("source %s stopped by itself; restarting in %.0fs", name, delay)
+                log.warning("source %s stopped by itself; restarting in %.0fs", name, delay,
+                            extra={"source": name})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("source %s failed; restarting in %.0fs", name, delay)
+                log.exception("source %s failed; restarting in %.0fs", name, delay,
+                              extra={"source": name})
                 ctx.set_health(False, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)

@@ -26,6 +26,7 @@ from triggerd.engine.engine import Call, backoff_delay
 from triggerd.errors import DispatchError, PermanentDispatchError, StoreError
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
+from triggerd.ops.logging import job_fields
 from triggerd.store.sql import Store
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class Dispatcher:
             return
         self.wanted.pop(job_id, None)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
-                 rule.dispatch.retry.attempts if rule else "?", job.backend)
+                 rule.dispatch.retry.attempts if rule else "?", job.backend,
+                 extra=job_fields(job))
         if self.metrics is not None:
             self.metrics.attempt_started(job.backend, job.attempts,
                                          (now - job.created_at).total_seconds())
@@ -141,12 +143,15 @@ class Dispatcher:
                 external_id=ext, next_attempt_at=next_at), f"job {job.id}: recording outcome")
             if status == JobStatus.RETRYING:
                 log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
-                            job.attempts, next_at.isoformat() if next_at else "?", detail)
+                            job.attempts, next_at.isoformat() if next_at else "?", detail,
+                            extra=job_fields(job))
                 self.submit(job.id, next_at)
             elif status == JobStatus.SUCCEEDED:
-                log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id)
+                log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id,
+                         extra=job_fields(job))
             else:
-                log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail)
+                log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail,
+                          extra=job_fields(job))
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
@@ -184,7 +189,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a backend bug must not kill the daemon
-            log.exception("job %s: backend %s raised unexpectedly", job.id, job.backend)
+            log.exception("job %s: backend %s raised unexpectedly", job.id, job.backend,
+                          extra=job_fields(job))
             return JobStatus.FAILED, None, DispatchError(
                 f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}")
         return JobStatus.SUCCEEDED, result, None

@@ -140,3 +140,16 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self.listener.close()
+
+
+def job_statuses(td: Triggerd) -> set[str]:
+    """The statuses of the jobs in the daemon's store, read directly (faster than the CLI)."""
+    from triggerd.store import queries
+
+    if not (td.root / "state" / "state.db").exists():
+        return set()
+    store = td.store()
+    try:
+        return {str(j.status) for j in queries.list_jobs(store)}
+    finally:
+        store.close()

@@ -113,7 +113,7 @@ class Engine:
 
         result: IngestResult = await self.call(work)
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
-                  result.duplicates)
+                  result.duplicates, extra={"source": source})
         if result.touched:
             try:
                 await self.evaluate(result.touched)
@@ -150,12 +150,12 @@ class Engine:
             unfinished = await self._unfinished_slot(rule)
             if unfinished is not None:
                 log.info("rule %s: redoing the scheduled check of %s interrupted by a crash",
-                         rule, unfinished.isoformat())
+                         rule, unfinished.isoformat(), extra={"rule": rule})
                 self._owned_slots[rule] = unfinished
                 self.slot_due[rule] = unfinished
             elif last is not None and prev is not None and last < prev:
                 log.info("rule %s: running the scheduled check of %s missed while down",
-                         rule, prev.isoformat())
+                         rule, prev.isoformat(), extra={"rule": rule})
                 self.slot_due[rule] = prev
             else:
                 nxt = sched.next_after(now)
@@ -243,7 +243,8 @@ class Engine:
                     busy=a.active_jobs >= spec.dispatch.concurrency))
                 if trig is not None:
                     log.info("rule %s%s: trigger %s fired: %s (%d event(s))", key[0],
-                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events)
+                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events,
+                             extra={"rule": key[0], "trigger_id": trig.id})
                     fired.append(trig)
                 again.add(key)  # decide again: for the next timer, or after losing a race
             if not again:
@@ -283,7 +284,8 @@ class Engine:
         async with self._lock:
             fired: list[Trigger] = await self.call(work)
         for trig in fired:
-            log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason)
+            log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason,
+                     extra={"rule": rule, "trigger_id": trig.id})
             self.on_trigger(trig)
         return fired
 
