@@ -36,6 +36,10 @@ def test_bad_http_setting_is_a_usage_error(td: Triggerd) -> None:
     res = td.cli("run", env={"TRIGGERD_HTTP": "localhost"})
     assert res.returncode == 2
     assert "host:port" in res.stderr
+    res = td.cli("health")
+    assert res.returncode == 2 and "set TRIGGERD_HTTP" in res.stderr
+    res = td.cli("health", env={"TRIGGERD_HTTP": "127.0.0.1:1"})  # nothing listens there
+    assert res.returncode == 1 and "127.0.0.1:1/healthz" in res.stderr
 
 
 def test_metrics_match_what_happened(td: Triggerd) -> None:
@@ -180,6 +184,10 @@ def test_store_down_readyz_503_healthz_200_metrics_still_served(
     assert sample(s, "triggerd_store_up") == 0
     assert sample(s, "triggerd_pending_events", rule="r") is None
     assert proc.poll() is None
+    probe_env = {"TRIGGERD_HTTP": f"127.0.0.1:{port}"}
+    assert td.cli("health", env=probe_env).returncode == 0  # the container HEALTHCHECK
+    not_ready = td.cli("health", "--ready", env=probe_env)
+    assert not_ready.returncode == 1 and "store unreachable" in not_ready.stdout
 
     proxy.up()
     wait_for(lambda: get(port, "/readyz")[0] == 200, 20, "/readyz after the store is back")

@@ -84,3 +84,19 @@ class HttpServer:
             log.exception("http: %s failed", target)
             return 500, "text/plain", b"internal error\n", method == "HEAD"
         return status, ctype, body, method == "HEAD"
+
+
+def probe(address: str, path: str = "/healthz", timeout: float = 3.0) -> tuple[int, str]:
+    """GET `path` from the daemon listening on `address` (`triggerd health`); a wildcard
+    address is asked on loopback."""
+    import http.client
+
+    host, port = parse_address(address)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
