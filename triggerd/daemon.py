@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import time
 import uuid
@@ -208,7 +209,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         try:
             if self.http is not None:
-                await self.http.start()
+                try:
+                    await self.http.start()
+                except OSError as exc:
+                    log.error("TRIGGERD_HTTP: cannot listen on %s:%d: %s", self.http.host,
+                              self.http.port, os.strerror(exc.errno) if exc.errno else exc)
+                    return 1
             await self.call(self.store.lock)
             await self.call(self.store.upgrade)
             await self.call(lambda: self.store.register_daemon(self.id, self.clock.now()))

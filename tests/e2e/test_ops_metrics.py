@@ -3,6 +3,7 @@ happened: files landed, a duplicate, a trigger that succeeded, a manual one that
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -38,8 +39,15 @@ def test_bad_http_setting_is_a_usage_error(td: Triggerd) -> None:
     assert "host:port" in res.stderr
     res = td.cli("health")
     assert res.returncode == 2 and "set TRIGGERD_HTTP" in res.stderr
-    res = td.cli("health", env={"TRIGGERD_HTTP": "127.0.0.1:1"})  # nothing listens there
-    assert res.returncode == 1 and "127.0.0.1:1/healthz" in res.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        res = td.cli("health", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})  # not triggerd
+        assert res.returncode == 1
+        res = td.cli("run", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})
+        assert res.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in res.stderr
+    res = td.cli("health", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})  # nothing listens
+    assert res.returncode == 1 and f"127.0.0.1:{port}/healthz" in res.stderr
 
 
 def test_metrics_match_what_happened(td: Triggerd) -> None:

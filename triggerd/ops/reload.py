@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from triggerd.config.loader import Config, load_config
-from triggerd.errors import ConfigError, TriggerdError
+from triggerd.errors import ConfigError, StoreError
 from triggerd.settings import Settings
 
 if TYPE_CHECKING:
@@ -93,8 +93,8 @@ async def reload(daemon: Daemon) -> bool:
                           for n in backends.added + backends.changed}
         built_sources = {n: daemon.build_source(n, new.sources[n])
                          for n in sources.added + sources.changed}
-    except (TriggerdError, ValueError, OSError) as exc:
-        return _refused(daemon, f"cannot build a plugin: {exc}")
+    except Exception as exc:  # a plugin that cannot be built: nothing was changed yet
+        return _refused(daemon, f"cannot build a plugin: {type(exc).__name__}: {exc}")
 
     await daemon.stop_sources(sources.changed + sources.removed)
     for name in sources.removed:
@@ -106,9 +106,14 @@ async def reload(daemon: Daemon) -> bool:
     for name in backends.removed:
         daemon.dispatcher.backends.pop(name, None)
     daemon.dispatcher.backends.update(built_backends)
-    await daemon.engine.reconfigure(new)
-    for name, source in built_sources.items():
-        daemon.start_source(name, source)
+    try:
+        await daemon.engine.reconfigure(new)
+    except StoreError as exc:  # applied; the decisions it could not make run on new events
+        log.warning("reload: deciding with the new rules failed (%s); they apply from the "
+                    "next event or timer", exc)
+    finally:
+        for name, source in built_sources.items():
+            daemon.start_source(name, source)
     daemon.metrics.reloads.labels("applied").inc()
     daemon.metrics.config_rules.set(len(new.rules))
     summary = "; ".join(d for d in (rules.describe("rules"), sources.describe("sources"),
