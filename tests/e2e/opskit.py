@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import socket
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -15,6 +17,16 @@ from typing import Any
 
 from harness import Triggerd, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+
+
+def tick_config(td: Triggerd) -> None:
+    """A config whose only source is an hourly cron tick: a daemon that starts and idles."""
+    td.write("""
+        state_dir: state
+        sources: {tick: {type: cron, every: 1h}}
+        backends: {b: {type: command, argv: ["true"]}}
+        rules: {r: {on: [tick], dispatch: {backend: b}}}
+    """)
 
 
 def http_port(td: Triggerd, log: str = "daemon.log") -> int:
@@ -143,13 +155,35 @@ class TcpProxy:
 
 
 def job_statuses(td: Triggerd) -> set[str]:
-    """The statuses of the jobs in the daemon's store, read directly (faster than the CLI)."""
-    from triggerd.store import queries
+    return {j["status"] for j in cli_json(td, "jobs")}
 
-    if not (td.root / "state" / "state.db").exists():
-        return set()
-    store = td.store()
+
+def cli(td: Triggerd, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """Run a query command of the CLI in this process (the same code as `triggerd ...`,
+    without a new interpreter: these tests make many calls). Not for `run`."""
+    from triggerd.cli import main
+
+    assert args[0] != "run"
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
     try:
-        return {str(j.status) for j in queries.list_jobs(store)}
+        os.environ.clear()
+        os.environ.update({**td.env, **(env or {})})
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([args[0], "--config", str(td.config), *args[1:]])
     finally:
-        store.close()
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def cli_json(td: Triggerd, *args: str) -> Any:
+    res = cli(td, *args, "--json")
+    assert res.returncode in (0, 1), res.stderr
+    return json.loads(res.stdout)
+
+
+def pending_events(td: Triggerd, rule: str) -> int:
+    return next((r["pending_events"] for r in cli_json(td, "status")["rules"]
+                 if r["name"] == rule), -1)

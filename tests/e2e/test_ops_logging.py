@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from harness import Triggerd, wait_for
-from opskit import get, http_port, job_statuses
+from opskit import cli, get, http_port, job_statuses
 
 CANARY = "canary-5ee2b1d0-do-not-log"
 CANARY_BRACE = "canary-brace-{5ee2b1d0"  # not a valid template: its error must not quote it
@@ -58,18 +58,18 @@ def test_json_logs_carry_ids_and_no_secret_appears_anywhere(td: Triggerd) -> Non
     td.wait_running(proc)
     port = http_port(td)
     (td.root / "landing" / "a.csv").write_text("rows")
-    assert td.cli("fire", "by-hand").returncode == 0
+    assert cli(td, "fire", "by-hand").returncode == 0
     wait_for(lambda: job_statuses(td) == {"succeeded", "failed"}, 30,
              "one job to succeed and one to fail after its retry")
 
     outputs = [get(port, "/metrics")[1], get(port, "/readyz")[1]]
     for args in (["status", "--json"], ["jobs"], ["jobs", "--json"], ["triggers", "--json"],
                  ["events", "--json"], ["explain", "new-data"]):
-        res = td.cli(*args)
+        res = cli(td, *args)
         outputs += [res.stdout, res.stderr]
     # a reload over a broken, secret-bearing value is refused without quoting it
     td.write(CONFIG.format(root=td.root, script=script, extra=', BRACE: "${CANARY_BRACE}"'))
-    res = td.cli("check")
+    res = cli(td, "check")
     assert res.returncode == 2 and "env BRACE: invalid template (value not shown)" in res.stderr
     outputs += [res.stdout, res.stderr]
     proc.send_signal(signal.SIGHUP)

@@ -10,19 +10,14 @@ from typing import Any
 
 import pytest
 from harness import Triggerd, wait_for
-from opskit import TcpProxy, get, get_json, http_port, sample, scrape
+from opskit import TcpProxy, cli, get, get_json, http_port, sample, scrape, tick_config
 from sqlalchemy import create_engine, make_url, text
 
 HTTP = {"TRIGGERD_HTTP": "127.0.0.1:0"}  # port 0: the daemon logs the port it got
 
 
 def test_no_listener_unless_asked(td: Triggerd) -> None:
-    td.write("""
-        state_dir: state
-        sources: {tick: {type: cron, every: 1h}}
-        backends: {b: {type: command, argv: ["true"]}}
-        rules: {r: {on: [tick], dispatch: {backend: b}}}
-    """)
+    tick_config(td)
     proc = td.start()
     td.wait_running(proc)
     assert "http://" not in td.log()
@@ -34,19 +29,19 @@ def test_bad_http_setting_is_a_usage_error(td: Triggerd) -> None:
         state_dir: state
         rules: {}
     """)
-    res = td.cli("run", env={"TRIGGERD_HTTP": "localhost"})
+    res = cli(td, "check", env={"TRIGGERD_HTTP": "localhost"})  # every command checks it
     assert res.returncode == 2
     assert "host:port" in res.stderr
-    res = td.cli("health")
+    res = cli(td, "health")
     assert res.returncode == 2 and "set TRIGGERD_HTTP" in res.stderr
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        res = td.cli("health", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})  # not triggerd
+        res = cli(td, "health", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})  # not triggerd
         assert res.returncode == 1
         res = td.cli("run", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})
         assert res.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in res.stderr
-    res = td.cli("health", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})  # nothing listens
+    res = cli(td, "health", env={"TRIGGERD_HTTP": f"127.0.0.1:{port}"})  # nothing listens
     assert res.returncode == 1 and f"127.0.0.1:{port}/healthz" in res.stderr
 
 
@@ -82,7 +77,7 @@ def test_metrics_match_what_happened(td: Triggerd) -> None:
         (td.root / "landing" / f"{name}.parquet").write_bytes(f"rows {name}".encode())
     wait_for(td.calls_made, 20, "the new-data trigger")
     (td.root / "landing" / "a.parquet").write_bytes(b"rows a")  # same content: a duplicate
-    assert td.cli("fire", "manual-only", "--reason", "operator").returncode == 0
+    assert cli(td, "fire", "manual-only", "--reason", "operator").returncode == 0
 
     def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         s = scrape(port)
@@ -171,12 +166,7 @@ def test_store_down_readyz_503_healthz_200_metrics_still_served(
         td: Triggerd, pg_behind_proxy: tuple[str, TcpProxy]) -> None:
     url, proxy = pg_behind_proxy
     td.env["TRIGGERD_STORE"] = url
-    td.write("""
-        state_dir: state
-        sources: {tick: {type: cron, every: 1h}}
-        backends: {b: {type: command, argv: ["true"]}}
-        rules: {r: {on: [tick], dispatch: {backend: b}}}
-    """)
+    tick_config(td)
     proc = td.start(env=HTTP)
     td.wait_running(proc)
     port = http_port(td)
@@ -193,8 +183,8 @@ def test_store_down_readyz_503_healthz_200_metrics_still_served(
     assert sample(s, "triggerd_pending_events", rule="r") is None
     assert proc.poll() is None
     probe_env = {"TRIGGERD_HTTP": f"127.0.0.1:{port}"}
-    assert td.cli("health", env=probe_env).returncode == 0  # the container HEALTHCHECK
-    not_ready = td.cli("health", "--ready", env=probe_env)
+    assert cli(td, "health", env=probe_env).returncode == 0  # the container HEALTHCHECK
+    not_ready = cli(td, "health", "--ready", env=probe_env)
     assert not_ready.returncode == 1 and "store unreachable" in not_ready.stdout
 
     proxy.up()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 
 from harness import Triggerd, wait_for
+from opskit import pending_events
 
 MAIN = """
     state_dir: state
@@ -18,14 +19,17 @@ MAIN = """
       train: {{type: command, argv: [python3, {rec}]}}
 """
 
-RULES_V1 = """
-    rules:
+STEADY = """
       steady:
         on: [landing]
         match: {subject: "**/steady-*"}
         when: {min_events: 3}
         dispatch: {backend: train}
-      tuned:
+"""
+
+RULES_V1 = """
+    rules:
+""" + STEADY + """      tuned:
         on: [landing]
         match: {subject: "**/tuned-*"}
         when: {min_events: 5}
@@ -38,12 +42,7 @@ RULES_V1 = """
 
 RULES_V2 = """
     rules:
-      steady:
-        on: [landing]
-        match: {subject: "**/steady-*"}
-        when: {min_events: 3}
-        dispatch: {backend: train}
-      tuned:
+""" + STEADY + """      tuned:
         on: [landing]
         match: {subject: "**/tuned-*"}
         when: {min_events: 2}
@@ -79,8 +78,7 @@ def fired(td: Triggerd, rule: str) -> list[list[str]]:
 
 
 def pending(td: Triggerd, rule: str) -> int:
-    return next((r["pending_events"] for r in td.json("status")["rules"] if r["name"] == rule),
-                -1)
+    return pending_events(td, rule)
 
 
 def hup(td: Triggerd, proc: subprocess.Popen[bytes], outcome: str, count: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness import Triggerd, wait_for
-from opskit import NotifySocket
+from opskit import NotifySocket, cli_json, pending_events, tick_config
 
 from triggerd.ops import sdnotify
 
@@ -27,15 +27,6 @@ def notify_socket(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield sock
     finally:
         sock.close()
-
-
-def tick_config(td: Triggerd) -> None:
-    td.write("""
-        state_dir: state
-        sources: {tick: {type: cron, every: 1h}}
-        backends: {b: {type: command, argv: ["true"]}}
-        rules: {r: {on: [tick], dispatch: {backend: b}}}
-    """)
 
 
 def test_ready_watchdog_and_stopping_on_a_real_notify_socket(
@@ -104,7 +95,7 @@ def test_sigterm_with_a_long_job_running_exits_0_quickly_and_keeps_what_it_recei
     proc = td.start()
     td.wait_running(proc)
     (td.root / "landing" / "first.csv").write_text("go")
-    pid = int(wait_for(lambda: next((j["external_id"] for j in td.json("jobs")
+    pid = int(wait_for(lambda: next((j["external_id"] for j in cli_json(td, "jobs")
                                      if j["external_id"]), None), 20, "the long job to start"
                        ).removeprefix("pid:"))
     try:
@@ -116,15 +107,11 @@ def test_sigterm_with_a_long_job_running_exits_0_quickly_and_keeps_what_it_recei
 def stop_during_a_job(td: Triggerd, proc: subprocess.Popen[bytes]) -> None:
     for i in range(5):
         (td.root / "landing" / f"more-{i}.csv").write_text(str(i))
-    wait_for(lambda: next((r["pending_events"] for r in td.json("status")["rules"]
-                           if r["name"] == "later" and r["pending_events"] >= 6), None),
-             20, "the events to be stored")
+    wait_for(lambda: pending_events(td, "later") == 6, 20, "the events to be stored")
     began = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
-    print(f"SIGTERM to exit: {time.monotonic() - began:.2f}s")
     assert time.monotonic() - began < 10
-    later = next(r for r in td.json("status")["rules"] if r["name"] == "later")
-    assert later["pending_events"] == 6  # first.csv and the five others: nothing lost
-    (job,) = td.json("jobs")
+    assert pending_events(td, "later") == 6  # first.csv and the five others: nothing lost
+    (job,) = cli_json(td, "jobs")
     assert job["status"] == "running"  # left to the backend's policy: the command runs on
