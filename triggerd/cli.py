@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     setup(settings.log_level, settings.log_format)
     try:
-        return run_daemon(config)
+        return run_daemon(config, http=settings.http)
     except StoreLockedError as exc:
         log.error("%s", exc)
         return EXIT_NOTHING
@@ -399,6 +399,24 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return cmd_pause(args, pause=False)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 if the running daemon answers /healthz (or /readyz) with 200: for a container
+    HEALTHCHECK or a probe. Needs TRIGGERD_HTTP, the address the daemon listens on."""
+    from triggerd.ops.http import probe
+
+    settings = _settings()
+    if not settings.http:
+        raise UsageError("health asks the daemon's HTTP listener: set TRIGGERD_HTTP=host:port")
+    path = "/readyz" if args.ready else "/healthz"
+    try:
+        status, body = probe(settings.http, path)
+    except OSError as exc:
+        print(f"triggerd: {settings.http}{path}: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    print(body.strip())
+    return EXIT_OK if status == 200 else EXIT_NOTHING
+
+
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -450,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("resume", cmd_resume, "resume a paused rule")
     p.add_argument("rule")
     add("schema", cmd_schema, "print the JSON Schema of the config")
+    p = add("health", cmd_health, "exit 0 if the running daemon's /healthz answers (probes)")
+    p.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
     p = add("db", cmd_db, "store maintenance")
     p.add_argument("action", choices=["upgrade"])
     return parser

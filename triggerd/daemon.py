@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,10 @@ from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
 from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
-from triggerd.ops import failpoints
+from triggerd.ops import failpoints, reload, sdnotify
+from triggerd.ops.endpoints import routes
+from triggerd.ops.http import HttpServer
+from triggerd.ops.metrics import Metrics, trigger_kind
 from triggerd.store.files import StoreFileTable
 from triggerd.store.sql import Store
 
@@ -53,10 +58,14 @@ class _SourceContext:
         self.clock = daemon.clock
         self.details: dict[str, Any] | None = None
         self._written: dict[str, Any] | None = None
+        self.healthy = True  # as last reported (for /readyz and metrics)
+        self.error: str | None = None
+        daemon.metrics.source_health(name, source_type, True)
 
     async def emit(self, events: Sequence[Event]) -> None:
         if events:
-            await self.daemon.engine.submit(self.name, events)
+            result = await self.daemon.engine.submit(self.name, events)
+            self.daemon.metrics.ingested(self.name, len(result.new), result.duplicates)
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
         return await self.daemon.call(lambda: self.daemon.store.load_checkpoint(self.name))
@@ -67,6 +76,8 @@ class _SourceContext:
             lambda: self.daemon.store.save_checkpoint(self.name, self.type, data, now))
 
     def set_health(self, healthy: bool, error: str | None = None) -> None:
+        self.healthy, self.error = healthy, None if healthy else error
+        self.daemon.metrics.source_health(self.name, self.type, healthy)
         now = self.clock.now()
         self.daemon.spawn(self.daemon.call(lambda: self.daemon.store.set_source_health(
             self.name, self.type, healthy, error, now)), f"health:{self.name}")
@@ -84,15 +95,21 @@ class _SourceContext:
 
 
 class Daemon:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None,
+                 http: str | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.id = f"{uuid.uuid4().hex[:12]}"
+        self.metrics = Metrics(self.id)  # ops: /metrics, /healthz, /readyz (TRIGGERD_HTTP)
+        self.http = HttpServer(http, routes(self)) if http else None
+        self.ready = False
         self.store = Store(config.store_url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triggerd-store")
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._contexts: dict[str, _SourceContext] = {}
+        self._sources: dict[str, asyncio.Task[None]] = {}  # supervisor task per source
+        self._reloading = asyncio.Lock()
         self.engine: Engine
         self.dispatcher: Dispatcher
 
@@ -115,29 +132,75 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    # -- what the ops endpoints read (triggerd.ops.endpoints.DaemonView) ----------------------
+    def rule_names(self) -> list[str]:
+        return list(self.config.rules)
+
+    def source_health(self) -> dict[str, _SourceContext]:
+        return dict(self._contexts)
+
+    def now(self) -> Any:
+        return self.clock.now()
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop: a hung loop stops the pings and systemd restarts us."""
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     def _reload_requested(self) -> None:
-        # Live reload is planned (operations issue); until then SIGHUP must not kill the
-        # daemon (its default action), and the operator is told what to do.
-        log.warning("SIGHUP: live config reload is not supported yet; the running config "
-                    "stays. Restart triggerd to apply config changes.")
+        """SIGHUP: re-read the config and rule files; see triggerd.ops.reload."""
+        if not self.ready:
+            log.warning("SIGHUP during start-up or shutdown ignored; send it again once "
+                        "triggerd has started")
+            return
+        self.spawn(self._reload(), "reload")
+
+    async def _reload(self) -> None:
+        async with self._reloading:  # one reload at a time, in the order asked
+            if self._stop.is_set():
+                return
+            sdnotify.notify("RELOADING=1")
+            try:
+                await reload.reload(self)
+            finally:
+                sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.config.rules)} rule(s)")
 
     def _build_backends(self) -> dict[str, Backend]:
-        out: dict[str, Backend] = {}
-        for name, options in self.config.backends.items():
-            cls = registry.backend_class(str(getattr(options, "type", "")))
-            out[name] = cls(name, options, self.config.state_dir)
-        return out
+        return {name: self.build_backend(name, options)
+                for name, options in self.config.backends.items()}
+
+    def build_backend(self, name: str, options: Any) -> Backend:
+        cls = registry.backend_class(str(getattr(options, "type", "")))
+        backend: Backend = cls(name, options, self.config.state_dir)
+        return backend
 
     def _build_sources(self) -> dict[str, Source]:
-        out: dict[str, Source] = {}
-        for name, options in self.config.sources.items():
-            cls = registry.source_class(str(getattr(options, "type", "")))
-            # a source names the daemon services it wants (`wants = ("files",)`) and gets
-            # them as keyword arguments; see interfaces.Source
-            services = {"files": lambda: StoreFileTable(self.store, self.call)}
-            extra = {want: services[want]() for want in getattr(cls, "wants", ())}
-            out[name] = cls(name, options, **extra)
-        return out
+        return {name: self.build_source(name, options)
+                for name, options in self.config.sources.items()}
+
+    def build_source(self, name: str, options: Any) -> Source:
+        cls = registry.source_class(str(getattr(options, "type", "")))
+        # a source names the daemon services it wants (`wants = ("files",)`) and gets
+        # them as keyword arguments; see interfaces.Source
+        services = {"files": lambda: StoreFileTable(self.store, self.call)}
+        extra = {want: services[want]() for want in getattr(cls, "wants", ())}
+        source: Source = cls(name, options, **extra)
+        return source
+
+    def start_source(self, name: str, source: Source) -> None:
+        self._sources[name] = asyncio.create_task(self._supervise(name, source),
+                                                  name=f"source:{name}")
+
+    def forget_source(self, name: str) -> _SourceContext | None:
+        return self._contexts.pop(name, None)
+
+    async def stop_sources(self, names: Sequence[str]) -> None:
+        """Cancel these sources and wait for them (what they emitted is stored)."""
+        tasks = [self._sources.pop(n) for n in names if n in self._sources]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -145,6 +208,13 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         try:
+            if self.http is not None:
+                try:
+                    await self.http.start()
+                except OSError as exc:
+                    log.error("TRIGGERD_HTTP: cannot listen on %s:%d: %s", self.http.host,
+                              self.http.port, os.strerror(exc.errno) if exc.errno else exc)
+                    return 1
             await self.call(self.store.lock)
             await self.call(self.store.upgrade)
             await self.call(lambda: self.store.register_daemon(self.id, self.clock.now()))
@@ -155,6 +225,8 @@ class Daemon:
                                          self.clock, self.call, self.id, self._job_finished)
             self.engine = Engine(self.config, self.store, self.clock, self.call,
                                  self._triggered)
+            self.dispatcher.metrics = self.metrics
+            self.metrics.config_rules.set(len(self.config.rules))
             await self._recover(starting=True)
             workers = [
                 asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
@@ -163,8 +235,12 @@ class Daemon:
             await self.engine.start()
             workers.append(asyncio.create_task(self.engine.run_timers(), name="timers"))
             for name, source in self._build_sources().items():
-                workers.append(asyncio.create_task(self._supervise(name, source),
-                                                   name=f"source:{name}"))
+                self.start_source(name, source)
+            self.ready = True
+            sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.config.rules)} rule(s)")
+            interval = sdnotify.watchdog_interval()
+            if interval is not None:
+                workers.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *workers], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -172,7 +248,10 @@ class Daemon:
                     log.error("internal task %s failed", task.get_name(),
                               exc_info=task.exception())
             log.info("triggerd stopping")
-            for task in reversed(workers):  # sources first, the dispatcher last
+            self.ready = False
+            sdnotify.notify("STOPPING=1")
+            await self.stop_sources(list(self._sources))  # sources first
+            for task in reversed(workers):  # the dispatcher last
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             stop.cancel()
@@ -186,6 +265,8 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.http is not None:
+                await self.http.close()
             await self.call(self.store.close)
             self._executor.shutdown(wait=True)
 
@@ -203,14 +284,22 @@ class Daemon:
             if job_id in self.dispatcher.wanted or job_id in self.dispatcher.running:
                 continue
             if starting:
-                log.info("job %s: resuming dispatch after restart", job_id)
+                log.info("job %s: resuming dispatch after restart", job_id,
+                         extra={"job_id": job_id})
             else:
-                log.info("job %s: taking over (queued, or its daemon is gone)", job_id)
+                log.info("job %s: taking over (queued, or its daemon is gone)", job_id,
+                         extra={"job_id": job_id})
             self.dispatcher.submit(job_id, not_before)
 
     def _triggered(self, trig: Trigger) -> None:
         failpoints.hit("after-trigger-write")
         self.dispatcher.submit(trig.id)
+        self.spawn(self._count_trigger(trig), f"metrics:{trig.id}")
+
+    async def _count_trigger(self, trig: Trigger) -> None:
+        kind = "manual" if trig.manual else await self.call(
+            lambda: trigger_kind(self.store, trig.id))
+        self.metrics.triggered(trig.rule, kind)
 
     def _job_finished(self, job: Job) -> None:
         self.spawn(self.engine.evaluate_rule(job.rule), f"after:{job.id}")
@@ -222,11 +311,13 @@ class Daemon:
         while True:
             try:
                 await source.run(ctx)
-                log.warning("source %s stopped by itself; restarting in %.0fs", name, delay)
+                log.warning("source %s stopped by itself; restarting in %.0fs", name, delay,
+                            extra={"source": name})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("source %s failed; restarting in %.0fs", name, delay)
+                log.exception("source %s failed; restarting in %.0fs", name, delay,
+                              extra={"source": name})
                 ctx.set_health(False, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
@@ -241,6 +332,7 @@ class Daemon:
             try:
                 if now >= next_beat:
                     await self.call(functools.partial(self.store.heartbeat, self.id, now))
+                    self.metrics.heartbeat.set(time.time())
                     next_beat = now + HEARTBEAT
                 if now >= next_recover:
                     await self._recover()
@@ -286,5 +378,5 @@ class Daemon:
         return f"error: unknown request {kind!r}"
 
 
-def run_daemon(config: Config) -> int:
-    return asyncio.run(Daemon(config).run())
+def run_daemon(config: Config, http: str | None = None) -> int:
+    return asyncio.run(Daemon(config, http=http).run())

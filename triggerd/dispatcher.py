@@ -22,9 +22,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triggerd.config.loader import Config
 from triggerd.config.schema import RetrySpec
@@ -37,7 +38,11 @@ from triggerd.errors import (
 )
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
+from triggerd.ops.logging import job_fields
 from triggerd.store.sql import JobContext, Store
+
+if TYPE_CHECKING:
+    from triggerd.ops.metrics import Metrics
 
 log = logging.getLogger("triggerd.dispatch")
 SLOT_POLL = 5.0  # seconds: how often parked jobs look for a slot freed elsewhere
@@ -67,6 +72,7 @@ class Dispatcher:
         self.wanted: dict[str, datetime | None] = {}  # job id -> not before
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self.metrics: Metrics | None = None  # set by the daemon (triggerd.ops.metrics)
 
     def submit(self, job_id: str, not_before: datetime | None = None) -> None:
         self.wanted[job_id] = not_before
@@ -125,11 +131,16 @@ class Dispatcher:
         self.wanted.pop(job_id, None)
         rule = self.config.rules.get(job.rule)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
-                 _budget(job, rule.dispatch.retry if rule else None), job.backend)
+                 _budget(job, rule.dispatch.retry if rule else None), job.backend,
+                 extra=job_fields(job))
+        if self.metrics is not None:
+            self.metrics.attempt_started(job.backend, job.attempts,
+                                         (now - job.created_at).total_seconds())
         self.running[job_id] = asyncio.create_task(self._attempt(job, claim.context),
                                                    name=f"job:{job_id}")
 
     async def _attempt(self, job: Job, context: JobContext | None) -> None:
+        started = time.monotonic()
         try:
             status, result, error = await self._dispatch(job, context)
             now = self.clock.now()
@@ -140,6 +151,9 @@ class Dispatcher:
                 hint = error.retry_after if isinstance(error, TransientDispatchError) else None
                 next_at = now + retry_delay(rule.dispatch.retry, job.attempts, hint)
                 status = JobStatus.RETRYING
+            if self.metrics is not None:
+                self.metrics.attempt_finished(job.backend, status.value,
+                                              time.monotonic() - started)
             detail = result.detail if result else (error.detail if error else None)
             exit_code = result.exit_code if result else (error.exit_code if error else None)
             ext = result.external_id if result else (error.external_id if error else None)
@@ -148,12 +162,15 @@ class Dispatcher:
                 external_id=ext, next_attempt_at=next_at), f"job {job.id}: recording outcome")
             if status == JobStatus.RETRYING:
                 log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
-                            job.attempts, next_at.isoformat() if next_at else "?", detail)
+                            job.attempts, next_at.isoformat() if next_at else "?", detail,
+                            extra=job_fields(job))
                 self.submit(job.id, next_at)
             elif status == JobStatus.SUCCEEDED:
-                log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id)
+                log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id,
+                         extra=job_fields(job))
             else:
-                log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail)
+                log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail,
+                          extra=job_fields(job))
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
@@ -189,7 +206,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a backend bug must not kill the daemon
-            log.exception("job %s: backend %s raised unexpectedly", job.id, job.backend)
+            log.exception("job %s: backend %s raised unexpectedly", job.id, job.backend,
+                          extra=job_fields(job))
             return JobStatus.FAILED, None, DispatchError(
                 f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}")
         return JobStatus.SUCCEEDED, result, None

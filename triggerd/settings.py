@@ -33,3 +33,12 @@ class Settings(BaseSettings):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("TRIGGERD_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         return value
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        from triggerd.ops.http import parse_address
+
+        if value:
+            parse_address(value)  # raises ValueError with the expected form
+        return value or None

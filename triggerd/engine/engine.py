@@ -124,7 +124,7 @@ class Engine:
         async with self._lock:  # one decision round at a time within this daemon
             result, decided = await self.call(work)
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
-                  result.duplicates)
+                  result.duplicates, extra={"source": source})
         if isinstance(decided, StoreError):
             # the source may acknowledge the events: they are stored; decide shortly
             log.warning("deciding after ingest failed (%s); retrying in 1s", decided)
@@ -160,17 +160,46 @@ class Engine:
             unfinished = await self._unfinished_slot(rule)
             if unfinished is not None:
                 log.info("rule %s: redoing the scheduled check of %s interrupted by a crash",
-                         rule, unfinished.isoformat())
+                         rule, unfinished.isoformat(), extra={"rule": rule})
                 self._owned_slots[rule] = unfinished
                 self.slot_due[rule] = unfinished
             elif last is not None and prev is not None and last < prev:
                 log.info("rule %s: running the scheduled check of %s missed while down",
-                         rule, prev.isoformat())
+                         rule, prev.isoformat(), extra={"rule": rule})
                 self.slot_due[rule] = prev
             else:
                 nxt = sched.next_after(now)
                 if nxt is not None:
                     self.slot_due[rule] = nxt
+        await self.evaluate(None)
+
+    async def reconfigure(self, config: Config) -> None:
+        """Swap in a reloaded config (SIGHUP): rules added, changed and removed take effect at
+        once; pending events stay in the store (an unchanged or changed rule keeps its own, a
+        removed rule's are ignored). A rule whose schedule changed waits for its next slot."""
+        old = self.config
+        async with self._lock:  # no decision round sees half of each config
+            self.config = config
+            self.rules = RuleSet(config.rules)
+            self.schedules = {r: s for r in config.rules if (s := rule_schedule(config, r))}
+            for key in [k for k in self.due if k[0] not in config.rules]:
+                del self.due[key]
+            now = self.clock.now()
+            for rule in set(self.slot_due) | set(self.schedules):
+                sched = self.schedules.get(rule)
+                spec = config.rules[rule].when.schedule if sched else None
+                before = old.rules[rule].when.schedule if rule in old.rules else None
+                if sched is None:
+                    self.slot_due.pop(rule, None)
+                    self._owned_slots.pop(rule, None)
+                elif rule not in self.slot_due or spec != before or (
+                        spec in config.sources and config.sources[spec] != old.sources.get(spec)):
+                    nxt = sched.next_after(now)
+                    if nxt is not None:
+                        self.slot_due[rule] = nxt
+        ungrouped = [r for r, spec in config.rules.items() if spec.group_by is None]
+        await self.call(lambda: self.store.ensure_rules(config.rules, ungrouped,
+                                                        self.clock.now()))
         await self.evaluate(None)
 
     async def _unfinished_slot(self, rule: str) -> datetime | None:
@@ -228,7 +257,8 @@ class Engine:
                     busy=a.active_jobs >= spec.dispatch.concurrency))
                 if trig is not None:
                     log.info("rule %s%s: trigger %s fired: %s (%d event(s))", key[0],
-                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events)
+                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events,
+                             extra={"rule": key[0], "trigger_id": trig.id})
                     fired.append(trig)
                 again.add(key)  # decide again: for the next timer, or after losing a race
             if not again:
@@ -268,7 +298,8 @@ class Engine:
         async with self._lock:
             fired: list[Trigger] = await self.call(work)
         for trig in fired:
-            log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason)
+            log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason,
+                     extra={"rule": rule, "trigger_id": trig.id})
             self.on_trigger(trig)
         return fired
 

@@ -2,6 +2,10 @@
 
 Secrets never reach a log line: configs hold only the *names* of variables with secrets, and
 no component logs environment values or request headers.
+
+JSON lines carry `ts`, `level`, `logger`, `message` and the ids passed with `extra=`: `rule`,
+`source`, `trigger_id`, `job_id`, `backend` (see `job_fields`), so a log pipeline can filter
+on them without parsing messages.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from triggerd.model import Job
 
 _STD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -40,3 +46,9 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for noisy in ("sqlalchemy", "alembic", "apscheduler", "aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def job_fields(job: Job) -> dict[str, str]:
+    """The `extra=` fields of a log line about a job (JSON logs carry them as keys)."""
+    return {"rule": job.rule, "job_id": job.id, "trigger_id": job.trigger_id,
+            "backend": job.backend}

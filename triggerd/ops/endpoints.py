@@ -1,0 +1,95 @@
+"""What /metrics, /healthz and /readyz answer, from a running daemon.
+
+- /healthz (liveness): 200 while the event loop answers; it needs nothing else, so a slow or
+  unreachable store never gets a live daemon killed.
+- /readyz (readiness): 200 when start-up is done, the store answers a trivial query within
+  `STORE_TIMEOUT` and every source reports itself healthy; else 503. The JSON body says which.
+- /metrics: the daemon's Prometheus registry; store-derived gauges are read at scrape time on
+  the store thread (never on the loop), and omitted with `triggerd_store_up 0` when the store
+  does not answer in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from triggerd.errors import StoreError
+from triggerd.ops.http import Handler, Response
+from triggerd.ops.metrics import Metrics, ping, read_snapshot
+from triggerd.store.sql import Store
+
+T = TypeVar("T")
+STORE_TIMEOUT = 2.0  # seconds
+SCRAPE_TIMEOUT = 5.0
+
+
+class Health(Protocol):
+    healthy: bool
+    error: str | None
+
+
+class DaemonView(Protocol):
+    """The parts of the daemon the endpoints read."""
+
+    store: Store
+    metrics: Metrics
+    ready: bool
+
+    def call(self, fn: Callable[[], T]) -> Awaitable[T]: ...
+
+    def rule_names(self) -> list[str]: ...
+
+    def source_health(self) -> Mapping[str, Health]: ...
+
+    def now(self) -> Any: ...
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return status, "application/json", (json.dumps(body, sort_keys=True) + "\n").encode()
+
+
+async def _store_problem(daemon: DaemonView) -> str | None:
+    try:
+        await asyncio.wait_for(daemon.call(lambda: ping(daemon.store)), STORE_TIMEOUT)
+    except TimeoutError:
+        return f"store did not answer within {STORE_TIMEOUT:g}s"
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
+def routes(daemon: DaemonView) -> dict[str, Handler]:
+    async def healthz() -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz() -> Response:
+        problems: list[str] = []
+        if not daemon.ready:
+            problems.append("starting up")
+        store = await _store_problem(daemon)
+        if store is not None:
+            problems.append(f"store unreachable: {store}")
+        sources = {name: {"healthy": h.healthy, "error": h.error}
+                   for name, h in sorted(daemon.source_health().items())}
+        problems += [f"source {name} unhealthy: {s['error'] or 'no detail'}"
+                     for name, s in sources.items() if not s["healthy"]]
+        body = {"ready": not problems, "store": "ok" if store is None else "unreachable",
+                "sources": sources, "problems": problems}
+        return _json(200 if not problems else 503, body)
+
+    async def metrics() -> Response:
+        rules = daemon.rule_names()
+        now = daemon.now()
+        try:
+            snap = await asyncio.wait_for(
+                daemon.call(lambda: read_snapshot(daemon.store, rules, now)), SCRAPE_TIMEOUT)
+        except (TimeoutError, StoreError):
+            snap = None
+        return 200, CONTENT_TYPE_LATEST, daemon.metrics.render(snap, rules)
+
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}

@@ -1,0 +1,201 @@
+"""Prometheus metrics of one daemon (`TRIGGERD_HTTP` serves them at /metrics).
+
+Two kinds, in one private `CollectorRegistry` per daemon (several may run in one process):
+
+- counters and histograms fed by hooks as things happen in this process: events and
+  duplicates by source, triggers by rule and reason kind, job attempts by backend and outcome,
+  dispatch latency and attempt duration by backend, config reloads, source health, heartbeat;
+- gauges read from the store at scrape time (`StoreCollector`), through the daemon's store
+  thread: pending events and the age of the oldest one per rule, seconds since the last
+  successful job per rule, jobs kept in the store by backend and status.
+
+Names (all prefixed `triggerd_`) are part of the operator contract once released: add, never
+rename. Labels never carry event data or secrets, only configured names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from sqlalchemy import func, select
+
+from triggerd import __version__
+from triggerd.store import tables as t
+from triggerd.store.sql import Store
+
+# seconds: from a trigger firing to its job starting; from a job attempt starting to its end
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600)
+
+
+@dataclass
+class StoreSnapshot:
+    """What the store says at scrape time (read on the store thread)."""
+
+    at: datetime
+    pending: dict[str, tuple[int, int, datetime | None]] = field(default_factory=dict)
+    last_success: dict[str, datetime | None] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSnapshot:
+    """Per rule pending events (count, bytes, oldest), last success; jobs by backend/status."""
+    names = list(rules)
+    snap = StoreSnapshot(at=now)
+    for (rule, _grp), p in store.pending(names).items():
+        count, size, oldest = snap.pending.get(rule, (0, 0, None))
+        if p.first_at is not None:
+            oldest = p.first_at if oldest is None else min(oldest, p.first_at)
+        snap.pending[rule] = (count + p.count, size + p.bytes, oldest)
+    g, j = t.rule_groups.c, t.jobs.c
+    with store.read() as c:
+        for rule, last in c.execute(select(g.rule, func.max(g.last_success_at))
+                                    .where(g.rule.in_(names)).group_by(g.rule)):
+            snap.last_success[rule] = t.UTCDateTime().process_result_value(
+                last, store.engine.dialect)
+        for backend, status, n in c.execute(select(j.backend, j.status, func.count())
+                                            .group_by(j.backend, j.status)):
+            snap.jobs[(backend, status)] = int(n)
+    return snap
+
+
+def ping(store: Store) -> None:
+    """A cheap round trip to the store (raises StoreError when it cannot be reached)."""
+    with store.read() as c:
+        c.execute(select(1)).scalar()
+
+
+class StoreCollector:
+    """Yields the store-derived gauges from the snapshot taken for the current scrape."""
+
+    def __init__(self) -> None:
+        self.snapshot: StoreSnapshot | None = None
+        self.rules: list[str] = []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("triggerd_store_up",
+                               "1 if the store answered this scrape's queries, else 0")
+        up.add_metric([], 1.0 if self.snapshot is not None else 0.0)
+        yield up
+        snap = self.snapshot
+        if snap is None:
+            return
+        now = snap.at
+        pending = GaugeMetricFamily("triggerd_pending_events",
+                                    "Events waiting for the rule's next trigger", labels=["rule"])
+        pbytes = GaugeMetricFamily("triggerd_pending_bytes",
+                                   "Bytes of the rule's pending events", labels=["rule"])
+        age = GaugeMetricFamily("triggerd_oldest_pending_event_age_seconds",
+                                "Age of the rule's oldest pending event (0 when none)",
+                                labels=["rule"])
+        since = GaugeMetricFamily("triggerd_seconds_since_last_success",
+                                  "Seconds since the rule's last successful job (absent if "
+                                  "it never succeeded)", labels=["rule"])
+        for rule in self.rules:
+            count, size, oldest = snap.pending.get(rule, (0, 0, None))
+            pending.add_metric([rule], count)
+            pbytes.add_metric([rule], size)
+            age.add_metric([rule], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+            last = snap.last_success.get(rule)
+            if last is not None:
+                since.add_metric([rule], max(0.0, (now - last).total_seconds()))
+        jobs = GaugeMetricFamily("triggerd_jobs",
+                                 "Jobs kept in the store (retention), by backend and status",
+                                 labels=["backend", "status"])
+        for (backend, status), n in sorted(snap.jobs.items()):
+            jobs.add_metric([backend, status], n)
+        yield from (pending, pbytes, age, since, jobs)
+
+
+class Metrics:
+    """The metrics of one daemon; hooks are plain method calls, cheap enough for the loop."""
+
+    def __init__(self, daemon_id: str = "") -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("triggerd_events", "New events stored, by source", ["source"],
+                              registry=r)
+        self.duplicates = Counter("triggerd_duplicate_events",
+                                  "Events dropped as duplicates, by source", ["source"],
+                                  registry=r)
+        self.triggers = Counter("triggerd_triggers",
+                                "Triggers fired, by rule and reason kind (events, floor, "
+                                "schedule, manual)", ["rule", "kind"], registry=r)
+        self.job_attempts = Counter("triggerd_job_attempts",
+                                    "Job attempts finished, by backend and outcome "
+                                    "(succeeded, failed, retrying)", ["backend", "outcome"],
+                                    registry=r)
+        self.dispatch_latency = Histogram(
+            "triggerd_dispatch_latency_seconds",
+            "From a trigger firing to the first attempt of its job starting, by backend",
+            ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.attempt_duration = Histogram(
+            "triggerd_job_attempt_duration_seconds",
+            "Duration of one job attempt on its backend", ["backend"],
+            buckets=DURATION_BUCKETS, registry=r)
+        self.source_up = Gauge("triggerd_source_healthy",
+                               "1 if the source reports itself healthy, else 0",
+                               ["source", "type"], registry=r)
+        self.source_last_event = Gauge("triggerd_source_last_event_timestamp_seconds",
+                                       "When the source last delivered a new event (unix time)",
+                                       ["source"], registry=r)
+        self.heartbeat = Gauge("triggerd_heartbeat_timestamp_seconds",
+                               "When this daemon last wrote its heartbeat to the store",
+                               registry=r)
+        self.reloads = Counter("triggerd_config_reloads",
+                               "SIGHUP reloads, by result (applied, refused)", ["result"],
+                               registry=r)
+        self.config_rules = Gauge("triggerd_rules", "Rules in the running config", registry=r)
+        info = Gauge("triggerd_info", "Always 1; labels describe this daemon",
+                     ["version", "daemon"], registry=r)
+        info.labels(__version__, daemon_id).set(1)
+        self.store = StoreCollector()
+        r.register(self.store)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def ingested(self, source: str, new: int, duplicates: int) -> None:
+        self.events.labels(source).inc(new)
+        self.duplicates.labels(source).inc(duplicates)
+        if new:
+            self.source_last_event.labels(source).set(time.time())
+
+    def source_health(self, source: str, source_type: str, healthy: bool) -> None:
+        self.source_up.labels(source, source_type).set(1.0 if healthy else 0.0)
+
+    def forget_source(self, source: str, source_type: str) -> None:
+        for gauge, labels in ((self.source_up, (source, source_type)),
+                              (self.source_last_event, (source,))):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
+    def triggered(self, rule: str, kind: str) -> None:
+        self.triggers.labels(rule, kind).inc()
+
+    def attempt_started(self, backend: str, attempt: int, latency: float) -> None:
+        if attempt == 1:
+            self.dispatch_latency.labels(backend).observe(max(0.0, latency))
+
+    def attempt_finished(self, backend: str, outcome: str, seconds: float) -> None:
+        self.job_attempts.labels(backend, outcome).inc()
+        self.attempt_duration.labels(backend).observe(max(0.0, seconds))
+
+    def render(self, snapshot: StoreSnapshot | None, rules: Iterable[str]) -> bytes:
+        """The exposition text, with the store gauges of `snapshot` (None: store down)."""
+        self.store.snapshot, self.store.rules = snapshot, sorted(rules)
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self.store.snapshot = None
+
+
+def trigger_kind(store: Store, trigger_id: str) -> str:
+    """Why a trigger fired: events, floor, schedule or manual ("unknown" if pruned)."""
+    with store.read() as c:
+        kind = c.execute(select(t.triggers.c.kind).where(t.triggers.c.id == trigger_id)).scalar()
+    return str(kind) if kind else "unknown"
