@@ -145,13 +145,14 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         try:
+            backends = self._build_backends()  # a missing secret stops us before anything
             await self.call(self.store.lock)
             await self.call(self.store.upgrade)
             await self.call(lambda: self.store.register_daemon(self.id, self.clock.now()))
             log.info("triggerd started: daemon %s, store %s, %d rule(s), %d source(s)",
                      self.id, self.store.safe_url, len(self.config.rules),
                      len(self.config.sources))
-            self.dispatcher = Dispatcher(self.config, self.store, self._build_backends(),
+            self.dispatcher = Dispatcher(self.config, self.store, backends,
                                          self.clock, self.call, self.id, self._job_finished)
             self.engine = Engine(self.config, self.store, self.clock, self.call,
                                  self._triggered)
