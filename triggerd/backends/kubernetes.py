@@ -191,9 +191,8 @@ class KubernetesBackend:
         else:
             k8s_config.load_kube_config(config_file=o.kubeconfig, context=o.context,
                                         client_configuration=configuration)
-            _, current = k8s_config.list_kube_config_contexts(config_file=o.kubeconfig)
+            contexts, current = k8s_config.list_kube_config_contexts(config_file=o.kubeconfig)
             if o.context is not None:
-                contexts, _ = k8s_config.list_kube_config_contexts(config_file=o.kubeconfig)
                 current = next((c for c in contexts if c.get("name") == o.context), current)
             namespace = (current or {}).get("context", {}).get("namespace") or "default"
         return k8s.BatchV1Api(k8s.ApiClient(configuration)), namespace
