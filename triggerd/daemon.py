@@ -208,6 +208,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
         try:
+            backends = self._build_backends()  # a missing secret stops us before anything
             if self.http is not None:
                 try:
                     await self.http.start()
@@ -221,7 +222,7 @@ class Daemon:
             log.info("triggerd started: daemon %s, store %s, %d rule(s), %d source(s)",
                      self.id, self.store.safe_url, len(self.config.rules),
                      len(self.config.sources))
-            self.dispatcher = Dispatcher(self.config, self.store, self._build_backends(),
+            self.dispatcher = Dispatcher(self.config, self.store, backends,
                                          self.clock, self.call, self.id, self._job_finished)
             self.engine = Engine(self.config, self.store, self.clock, self.call,
                                  self._triggered)

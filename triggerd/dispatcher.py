@@ -11,8 +11,8 @@ use capped, jittered exponential backoff (`retry.backoff`, doubling, at most
 `retry.max_backoff`, each delay drawn from its upper quarter so replicas and jobs spread out);
 a backend's own hint (`TransientDispatchError.retry_after`, e.g. HTTP `Retry-After`) is a floor
 on that delay, still within `max_backoff`. The attempt budget is the job's own (`max_attempts`,
-the rule's `retry.attempts` when the trigger was written, plus attempts a daemon crash
-interrupted: see `Store.recover_jobs`).
+the rule's `retry.attempts` when the trigger was written, plus the attempts a daemon stop or
+crash interrupted and gave back: see `Store.recover_jobs`).
 A backend error is logged with the job and trigger ids and never stops the daemon.
 """
 
@@ -213,6 +213,9 @@ class Dispatcher:
         return JobStatus.SUCCEEDED, result, None
 
 
+_jitter = random.Random()  # noqa: S311 - spreading retries, not security
+
+
 def retry_delay(policy: RetrySpec, attempt: int, retry_after: float | None = None,
                 rng: random.Random | None = None) -> timedelta:
     """The wait before attempt `attempt + 1`: the policy's doubling backoff, capped at
@@ -223,9 +226,6 @@ def retry_delay(policy: RetrySpec, attempt: int, retry_after: float | None = Non
     if retry_after is not None and retry_after > 0:
         delay = max(delay, timedelta(seconds=retry_after))
     return min(delay, policy.max_backoff)
-
-
-_jitter = random.Random()  # noqa: S311 - spreading retries, not security
 
 
 def _budget(job: Job, policy: RetrySpec | None) -> int:

@@ -102,6 +102,8 @@ def test_secrets_come_from_the_environment_or_a_file_it_names(
         backend("http://127.0.0.1:1/", secret_env="HOOK_SECRET")
     with pytest.raises(ConfigError, match=r"headers\.Authorization: environment variable T"):
         backend("http://127.0.0.1:1/", headers={"Authorization": {"env": "T"}})
+    with pytest.raises(ConfigError, match=r"ca_file: cannot load .*missing\.pem"):
+        backend("https://127.0.0.1:1/", ca_file=str(tmp_path / "missing.pem"))
     (tmp_path / "secret").write_text("from-file\n")
     monkeypatch.setenv("HOOK_SECRET_FILE", str(tmp_path / "secret"))
     b = backend("http://127.0.0.1:1/", secret_env="HOOK_SECRET")

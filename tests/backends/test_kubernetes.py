@@ -198,3 +198,15 @@ def test_distinct_triggers_get_distinct_job_names(rule: str, a: str, b: str) -> 
         assert job_name(rule, a) != job_name(rule, b)
         assert job_name(rule, "x" * 80 + a) != job_name(rule, "x" * 80 + b)  # cut stems
         assert job_name(rule, a.upper()) != job_name(rule, a.lower()) or a.upper() == a.lower()
+
+
+def test_without_the_kubernetes_extra_the_type_is_a_config_error_naming_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from triggerd import registry
+
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "triggerd.backends.kubernetes")
+    with pytest.raises(ConfigError, match=r"not installed \(kubernetes\).*extra"):
+        registry.backend_class("kubernetes")

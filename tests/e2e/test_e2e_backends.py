@@ -107,3 +107,20 @@ def test_kubernetes_job_running_at_kill_9_is_reattached(td: Triggerd, kube: Kube
     assert kube.creates[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "train:v2"
     assert job["external_id"] == f"ml/{name}" and job["attempts"] == 2
     assert "reattached" in job["detail"]
+
+
+def test_a_missing_secret_stops_the_start_with_a_config_error(td: Triggerd) -> None:
+    td.write("""
+        state_dir: state
+        sources:
+          tick: {type: cron, every: 1h}
+        backends:
+          ci: {type: http, url: "http://127.0.0.1:9/hook", secret_env: TRIGGERD_TEST_NO_SECRET}
+        rules:
+          r: {on: [tick], dispatch: {backend: ci}}
+    """)
+    res = td.cli("run", timeout=60)
+    assert res.returncode == 2
+    assert "backends.ci.secret_env: environment variable TRIGGERD_TEST_NO_SECRET is not set" \
+        in res.stderr
+    assert "triggerd started" not in res.stderr

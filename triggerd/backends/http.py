@@ -54,7 +54,7 @@ from triggerd.backends._common import (
     template_values,
 )
 from triggerd.config.types import Duration, Strict, format_duration
-from triggerd.errors import PermanentDispatchError, TransientDispatchError
+from triggerd.errors import ConfigError, PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import JobHandle
 from triggerd.model import DispatchResult, TriggerContext
 
@@ -131,7 +131,11 @@ class HttpBackend:
                         if options.secret_env else None)
         self._ssl: ssl.SSLContext | bool = options.verify_tls
         if options.ca_file:
-            self._ssl = ssl.create_default_context(cafile=options.ca_file)
+            try:
+                self._ssl = ssl.create_default_context(cafile=options.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError([f"{where}.ca_file: cannot load {options.ca_file}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}"]) from None
         self._timeout = aiohttp.ClientTimeout(
             total=options.timeout.total_seconds(),
             sock_connect=options.connect_timeout.total_seconds(),

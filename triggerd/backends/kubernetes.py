@@ -45,13 +45,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-import urllib3
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as _k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from pydantic import Field, model_validator
+from urllib3.exceptions import HTTPError as Urllib3Error  # after kubernetes: its dependency
 
 from triggerd.backends._common import DataTemplate, render_or_fail
 from triggerd.config.types import Duration, Size, Strict
@@ -191,9 +191,8 @@ class KubernetesBackend:
         else:
             k8s_config.load_kube_config(config_file=o.kubeconfig, context=o.context,
                                         client_configuration=configuration)
-            _, current = k8s_config.list_kube_config_contexts(config_file=o.kubeconfig)
+            contexts, current = k8s_config.list_kube_config_contexts(config_file=o.kubeconfig)
             if o.context is not None:
-                contexts, _ = k8s_config.list_kube_config_contexts(config_file=o.kubeconfig)
                 current = next((c for c in contexts if c.get("name") == o.context), current)
             namespace = (current or {}).get("context", {}).get("namespace") or "default"
         return k8s.BatchV1Api(k8s.ApiClient(configuration)), namespace
@@ -214,7 +213,7 @@ class KubernetesBackend:
             if exc.status != 409:
                 raise self._api_error(exc, f"creating Job {external_id}") from exc
             created = False
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (Urllib3Error, OSError) as exc:
             raise _connection_error(exc, f"creating Job {external_id}") from exc
         await job.set_external_id(external_id)
         if not created:
@@ -287,7 +286,7 @@ class KubernetesBackend:
             if exc.status == 404:
                 return None
             raise self._api_error(exc, f"reading Job {namespace}/{name}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (Urllib3Error, OSError) as exc:
             raise _connection_error(exc, f"reading Job {namespace}/{name}") from exc
         found: dict[str, Any] = json.loads(cast(Any, resp).data)  # the raw urllib3 response
         return found
