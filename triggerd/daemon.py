@@ -36,7 +36,7 @@ from triggerd.model import Event, Job, Trigger
 from triggerd.ops import failpoints, reload, sdnotify
 from triggerd.ops.endpoints import routes
 from triggerd.ops.http import HttpServer
-from triggerd.ops.metrics import Metrics, trigger_kind
+from triggerd.ops.metrics import Metrics
 from triggerd.store.files import StoreFileTable
 from triggerd.store.sql import Store
 
@@ -295,12 +295,7 @@ class Daemon:
     def _triggered(self, trig: Trigger) -> None:
         failpoints.hit("after-trigger-write")
         self.dispatcher.submit(trig.id)
-        self.spawn(self._count_trigger(trig), f"metrics:{trig.id}")
-
-    async def _count_trigger(self, trig: Trigger) -> None:
-        kind = "manual" if trig.manual else await self.call(
-            lambda: trigger_kind(self.store, trig.id))
-        self.metrics.triggered(trig.rule, kind)
+        self.metrics.triggered(trig.rule, trig.kind or ("manual" if trig.manual else "unknown"))
 
     def _job_finished(self, job: Job) -> None:
         self.spawn(self.engine.evaluate_rule(job.rule), f"after:{job.id}")

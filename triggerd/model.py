@@ -102,6 +102,7 @@ class Trigger:
     reason: str
     manual: bool
     events: int
+    kind: str = ""  # events | floor | schedule | manual ("" where not read)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -192,10 +192,3 @@ class Metrics:
             return generate_latest(self.registry)
         finally:
             self.store.snapshot = None
-
-
-def trigger_kind(store: Store, trigger_id: str) -> str:
-    """Why a trigger fired: events, floor, schedule or manual ("unknown" if pruned)."""
-    with store.read() as c:
-        kind = c.execute(select(t.triggers.c.kind).where(t.triggers.c.id == trigger_id)).scalar()
-    return str(kind) if kind else "unknown"

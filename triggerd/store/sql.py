@@ -469,7 +469,8 @@ class Store:
             return None
         self._known_groups.add((nt.rule, nt.group))
         return Trigger(id=tid, rule=nt.rule, group=nt.group, seq=seq, fired_at=nt.fired_at,
-                       reason=nt.reason, manual=nt.kind == "manual", events=consumed)
+                       reason=nt.reason, manual=nt.kind == "manual", events=consumed,
+                       kind=nt.kind)
 
     def claim_job(self, job_id: str, owner: str, concurrency: int, now: datetime) -> Job | None:
         """Start an attempt of a queued/retrying job if its rule has a free slot; CAS on status."""
