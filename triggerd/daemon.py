@@ -4,7 +4,9 @@ Start-up order: open the store (migrate, lock), register with a heartbeat, build
 the dispatcher, re-queue jobs left unfinished by a previous run (a trigger written before a
 crash is dispatched now, once), decide for every rule, then start the sources under a
 supervisor that restarts a failing source with backoff. SIGTERM/SIGINT stop the sources
-first, let the store thread finish what it holds, and exit 0.
+first, let the store thread finish what it holds, and exit 0. SIGHUP reloads the config
+(`triggerd.ops.reload`). Operations hooks (`triggerd.ops`): metrics, the TRIGGERD_HTTP
+endpoints, and systemd notification (READY, WATCHDOG, RELOADING, STOPPING).
 
 All SQL runs on one dedicated thread (`call`), so the event loop never blocks on the store
 and this daemon never contends with itself for SQLite's write lock.

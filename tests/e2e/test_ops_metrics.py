@@ -189,5 +189,6 @@ def test_store_down_readyz_503_healthz_200_metrics_still_served(
 
     proxy.up()
     wait_for(lambda: get(port, "/readyz")[0] == 200, 20, "/readyz after the store is back")
-    assert sample(scrape(port), "triggerd_store_up") == 1
+    wait_for(lambda: sample(scrape(port), "triggerd_store_up") == 1, 10, "store_up 1")
+    assert sample(scrape(port), "triggerd_pending_events", rule="r") == 0
     assert td.stop(proc) == 0

@@ -1,1 +1,1 @@
-"""Operations: logging, and (later) metrics, health and systemd notification."""
+"""Operations: logging, metrics, the HTTP endpoints, systemd notification, config reload."""

@@ -20,12 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from triggerd.errors import StoreError
 from triggerd.ops.http import Handler, Response
-from triggerd.ops.metrics import Metrics, ping, read_snapshot
+from triggerd.ops.metrics import Metrics, StoreSnapshot, ping, read_snapshot
 from triggerd.store.sql import Store
 
 T = TypeVar("T")
 STORE_TIMEOUT = 2.0  # seconds
 SCRAPE_TIMEOUT = 5.0
+SNAPSHOT_REUSE = 1.0  # seconds
 
 
 class Health(Protocol):
@@ -63,6 +64,37 @@ async def _store_problem(daemon: DaemonView) -> str | None:
     return None
 
 
+class _Snapshots:
+    """Store reads for scrapes, single-flight: concurrent scrapes (two Prometheus servers)
+    share one read, and a read younger than `SNAPSHOT_REUSE` serves again; so scrapers never
+    queue work on the store thread (bench/metrics.py: the read is O(pending events))."""
+
+    def __init__(self, daemon: DaemonView) -> None:
+        self.daemon = daemon
+        self._running: asyncio.Future[StoreSnapshot | None] | None = None
+        self._last: tuple[float, list[str], StoreSnapshot | None] | None = None
+
+    async def get(self, rules: list[str]) -> StoreSnapshot | None:
+        loop = asyncio.get_running_loop()
+        if self._last is not None and self._last[1] == rules and \
+                loop.time() - self._last[0] < SNAPSHOT_REUSE:
+            return self._last[2]
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._read(rules))
+        return await asyncio.shield(self._running)
+
+    async def _read(self, rules: list[str]) -> StoreSnapshot | None:
+        now = self.daemon.now()
+        try:
+            snap: StoreSnapshot | None = await asyncio.wait_for(
+                self.daemon.call(lambda: read_snapshot(self.daemon.store, rules, now)),
+                SCRAPE_TIMEOUT)
+        except (TimeoutError, StoreError):
+            snap = None
+        self._last = (asyncio.get_running_loop().time(), rules, snap)
+        return snap
+
+
 def routes(daemon: DaemonView) -> dict[str, Handler]:
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
@@ -82,14 +114,12 @@ def routes(daemon: DaemonView) -> dict[str, Handler]:
                 "sources": sources, "problems": problems}
         return _json(200 if not problems else 503, body)
 
+    snapshots = _Snapshots(daemon)
+
     async def metrics() -> Response:
         rules = daemon.rule_names()
-        now = daemon.now()
-        try:
-            snap = await asyncio.wait_for(
-                daemon.call(lambda: read_snapshot(daemon.store, rules, now)), SCRAPE_TIMEOUT)
-        except (TimeoutError, StoreError):
-            snap = None
-        return 200, CONTENT_TYPE_LATEST, daemon.metrics.render(snap, rules)
+        snap = await snapshots.get(rules)
+        return 200, CONTENT_TYPE_LATEST, await asyncio.to_thread(daemon.metrics.render, snap,
+                                                                 rules)
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}

@@ -48,17 +48,18 @@ def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSna
     """Per rule pending events (count, bytes, oldest), last success; jobs by backend/status."""
     names = list(rules)
     snap = StoreSnapshot(at=now)
-    for (rule, _grp), p in store.pending(names).items():
-        count, size, oldest = snap.pending.get(rule, (0, 0, None))
-        if p.first_at is not None:
-            oldest = p.first_at if oldest is None else min(oldest, p.first_at)
-        snap.pending[rule] = (count + p.count, size + p.bytes, oldest)
-    g, j = t.rule_groups.c, t.jobs.c
+    g, j, re_ = t.rule_groups.c, t.jobs.c, t.rule_events.c
+    conv = t.UTCDateTime().process_result_value
     with store.read() as c:
+        # one pass over the pending rows, per rule (not per group): the scrape's main cost
+        for rule, count, size, oldest in c.execute(
+                select(re_.rule, func.count(), func.coalesce(func.sum(re_.size), 0),
+                       func.min(re_.observed_at))
+                .where(re_.trigger_id.is_(None), re_.rule.in_(names)).group_by(re_.rule)):
+            snap.pending[rule] = (int(count), int(size), conv(oldest, store.engine.dialect))
         for rule, last in c.execute(select(g.rule, func.max(g.last_success_at))
                                     .where(g.rule.in_(names)).group_by(g.rule)):
-            snap.last_success[rule] = t.UTCDateTime().process_result_value(
-                last, store.engine.dialect)
+            snap.last_success[rule] = conv(last, store.engine.dialect)
         for backend, status, n in c.execute(select(j.backend, j.status, func.count())
                                             .group_by(j.backend, j.status)):
             snap.jobs[(backend, status)] = int(n)
@@ -74,9 +75,9 @@ def ping(store: Store) -> None:
 class StoreCollector:
     """Yields the store-derived gauges from the snapshot taken for the current scrape."""
 
-    def __init__(self) -> None:
-        self.snapshot: StoreSnapshot | None = None
-        self.rules: list[str] = []
+    def __init__(self, snapshot: StoreSnapshot | None, rules: Iterable[str]) -> None:
+        self.snapshot = snapshot
+        self.rules = sorted(rules)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("triggerd_store_up",
@@ -155,8 +156,6 @@ class Metrics:
         info = Gauge("triggerd_info", "Always 1; labels describe this daemon",
                      ["version", "daemon"], registry=r)
         info.labels(__version__, daemon_id).set(1)
-        self.store = StoreCollector()
-        r.register(self.store)
 
     # -- hooks --------------------------------------------------------------------------------
     def ingested(self, source: str, new: int, duplicates: int) -> None:
@@ -186,9 +185,10 @@ class Metrics:
         self.attempt_duration.labels(backend).observe(max(0.0, seconds))
 
     def render(self, snapshot: StoreSnapshot | None, rules: Iterable[str]) -> bytes:
-        """The exposition text, with the store gauges of `snapshot` (None: store down)."""
-        self.store.snapshot, self.store.rules = snapshot, sorted(rules)
-        try:
-            return generate_latest(self.registry)
-        finally:
-            self.store.snapshot = None
+        """The exposition text, with the store gauges of `snapshot` (None: store down).
+        Thread-safe (the endpoint renders off the loop): the store gauges get a registry of
+        their own per call."""
+        store = CollectorRegistry()
+        store.register(StoreCollector(snapshot, rules))
+        return generate_latest(self.registry) + generate_latest(store)
+
