@@ -5,6 +5,7 @@ Each test uses its own trigger ids, so the tests share one Airflow (see conftest
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from triggerd import registry
 from triggerd.backends.airflow import AirflowBackend, AirflowOptions
 from triggerd.errors import PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import Backend
-from triggerd.model import TriggerContext
+from triggerd.model import DispatchResult, TriggerContext
 
 pytestmark = pytest.mark.slow
 PASSWORD_ENV = "TEST_AIRFLOW_PASSWORD"
@@ -57,6 +58,20 @@ def _password(airflow: Airflow, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSWORD_ENV, airflow.password)
 
 
+async def dispatch(backend: AirflowBackend, ctx: TriggerContext, job: FakeJob) -> DispatchResult:
+    """`backend.dispatch`, retried on a transient error as the dispatcher would: Airflow on
+    SQLite answers a few requests with HTTP 500 "database is locked" while its scheduler
+    writes (a read-then-write transaction cannot wait for the lock)."""
+    for attempt in range(1, 6):
+        try:
+            return await backend.dispatch(ctx, job)
+        except TransientDispatchError as exc:
+            if attempt == 5 or "HTTP 500" not in exc.detail:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -74,7 +89,7 @@ def test_registered_and_satisfies_the_backend_protocol(airflow: Airflow) -> None
 async def test_trigger_creates_one_run_named_by_the_trigger_with_the_context_as_conf(
         airflow: Airflow) -> None:
     backend, ctx, job = make_backend(airflow), make_ctx(), FakeJob()
-    result = await backend.dispatch(ctx, job)
+    result = await dispatch(backend, ctx, job)
     assert result.external_id == ctx.trigger_id
     assert job.external_ids == [ctx.trigger_id]
     assert result.detail is not None
@@ -90,8 +105,8 @@ async def test_trigger_creates_one_run_named_by_the_trigger_with_the_context_as_
 async def test_second_dispatch_of_a_trigger_is_a_409_success_without_a_second_run(
         airflow: Airflow) -> None:
     backend, ctx = make_backend(airflow), make_ctx()
-    await backend.dispatch(ctx, FakeJob())
-    again = await make_backend(airflow).dispatch(ctx, FakeJob(attempt=2))  # e.g. a new daemon
+    await dispatch(backend, ctx, FakeJob())
+    again = await dispatch(make_backend(airflow), ctx, FakeJob(attempt=2))  # e.g. a new daemon
     assert again.external_id == ctx.trigger_id
     assert again.detail is not None and "already existed" in again.detail
     assert list(airflow.runs("triggerd_record")).count(ctx.trigger_id) == 1
@@ -99,7 +114,7 @@ async def test_second_dispatch_of_a_trigger_is_a_409_success_without_a_second_ru
 
 async def test_wait_follows_the_run_to_success(airflow: Airflow) -> None:
     backend, ctx = make_backend(airflow, wait=True), make_ctx()
-    result = await backend.dispatch(ctx, FakeJob())
+    result = await dispatch(backend, ctx, FakeJob())
     assert result.detail == f"DAG run {ctx.trigger_id} of triggerd_record succeeded"
     assert airflow.run_state("triggerd_record", ctx.trigger_id) == "success"
     assert airflow.recorded_conf("triggerd_record", ctx.trigger_id)["trigger_id"] == \
@@ -110,7 +125,7 @@ async def test_wait_on_a_failing_dag_fails_the_job_naming_the_failed_task(
         airflow: Airflow) -> None:
     backend, ctx, job = make_backend(airflow, wait=True), make_ctx("fail"), FakeJob()
     with pytest.raises(PermanentDispatchError) as err:
-        await backend.dispatch(ctx, job)
+        await dispatch(backend, ctx, job)
     assert err.value.detail == (f"DAG run {ctx.trigger_id} of triggerd_fail ended in state "
                                 "failed; failed tasks: record_then_fail")
     assert err.value.external_id == ctx.trigger_id == job.external_ids[0]
@@ -119,14 +134,14 @@ async def test_wait_on_a_failing_dag_fails_the_job_naming_the_failed_task(
 async def test_a_run_of_a_paused_dag_is_queued_and_the_detail_says_why(
         airflow: Airflow) -> None:
     ctx = make_ctx("paused")
-    result = await make_backend(airflow).dispatch(ctx, FakeJob())
+    result = await dispatch(make_backend(airflow), ctx, FakeJob())
     assert result.detail == (f"DAG run {ctx.trigger_id} of triggerd_paused created; state "
                              "queued; DAG triggerd_paused is paused: the run stays queued "
                              "until the DAG is unpaused")
     # waiting on it ends at the timeout, with the same explanation; the run is left alone
     waiting = make_backend(airflow, wait=True, timeout="1s")
     with pytest.raises(PermanentDispatchError) as err:
-        await waiting.dispatch(ctx, FakeJob(attempt=2))
+        await dispatch(waiting, ctx, FakeJob(attempt=2))
     assert err.value.detail.startswith(
         f"gave up waiting after 1s: DAG run {ctx.trigger_id} of triggerd_paused is still queued")
     assert "DAG triggerd_paused is paused" in err.value.detail
@@ -139,7 +154,7 @@ async def test_a_ready_token_from_token_env(airflow: Airflow,
     backend = make_backend(airflow, username=None, password_env=None,
                            token_env="TEST_AIRFLOW_TOKEN", api="v2")
     ctx = make_ctx()
-    assert (await backend.dispatch(ctx, FakeJob())).external_id == ctx.trigger_id
+    assert (await dispatch(backend, ctx, FakeJob())).external_id == ctx.trigger_id
     assert ctx.trigger_id in airflow.runs("triggerd_record")
 
 
@@ -150,15 +165,15 @@ async def test_a_password_from_the_file_named_by_env_FILE(
     monkeypatch.delenv(PASSWORD_ENV)
     monkeypatch.setenv(f"{PASSWORD_ENV}_FILE", str(secret))
     ctx = make_ctx()
-    assert (await make_backend(airflow).dispatch(ctx, FakeJob())).external_id == ctx.trigger_id
+    assert (await dispatch(make_backend(airflow), ctx, FakeJob())).external_id == ctx.trigger_id
 
 
 async def test_a_refused_login_token_is_replaced_by_one_new_login(airflow: Airflow) -> None:
     backend = make_backend(airflow)
-    await backend.dispatch(make_ctx(), FakeJob())
+    await dispatch(backend, make_ctx(), FakeJob())
     backend.api._token = "signed.with-an.old-secret"  # Airflow answers 403 (expired: 401)
     ctx = make_ctx()
-    assert (await backend.dispatch(ctx, FakeJob())).external_id == ctx.trigger_id
+    assert (await dispatch(backend, ctx, FakeJob())).external_id == ctx.trigger_id
 
 
 async def test_a_wrong_password_fails_permanently_without_showing_it(
@@ -167,7 +182,7 @@ async def test_a_wrong_password_fails_permanently_without_showing_it(
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(PASSWORD_ENV, "wrong-Secret-123")
     with pytest.raises(PermanentDispatchError) as err:
-        await make_backend(airflow).dispatch(make_ctx(), FakeJob())
+        await dispatch(make_backend(airflow), make_ctx(), FakeJob())
     assert err.value.detail.startswith("Airflow refused the login of user 'triggerd' at "
                                        "POST /auth/token (HTTP 401)")
     assert "wrong-Secret-123" not in err.value.detail + caplog.text
@@ -178,14 +193,14 @@ async def test_a_user_without_the_right_to_trigger_gets_a_permission_error(
     monkeypatch.setenv(PASSWORD_ENV, airflow.passwords["viewer"])
     ctx = make_ctx()
     with pytest.raises(PermanentDispatchError) as err:
-        await make_backend(airflow, username="viewer").dispatch(ctx, FakeJob())
+        await dispatch(make_backend(airflow, username="viewer"), ctx, FakeJob())
     assert err.value.detail == "Airflow permission denied (HTTP 403) for user 'viewer'"
     assert ctx.trigger_id not in airflow.runs("triggerd_record")
 
 
 async def test_an_unknown_dag_fails_permanently_naming_it(airflow: Airflow) -> None:
     with pytest.raises(PermanentDispatchError) as err:
-        await make_backend(airflow).dispatch(make_ctx("nope"), FakeJob())
+        await dispatch(make_backend(airflow), make_ctx("nope"), FakeJob())
     assert err.value.detail.startswith(
         f"DAG 'triggerd_nope' not found in Airflow at {airflow.url} (HTTP 404")
     assert "check backends.airflow-test.dag_id" in err.value.detail
@@ -195,7 +210,7 @@ async def test_a_refused_request_fails_permanently_with_airflows_reason(
         airflow: Airflow) -> None:
     ctx = make_ctx(trigger_id="not a valid run id")  # Airflow's run id pattern refuses spaces
     with pytest.raises(PermanentDispatchError) as err:
-        await make_backend(airflow).dispatch(ctx, FakeJob())
+        await dispatch(make_backend(airflow), ctx, FakeJob())
     assert err.value.detail.startswith("Airflow refused to create DAG run not a valid run id "
                                        "of triggerd_record: HTTP 400: ")
     assert "not a valid run id" in err.value.detail.split("HTTP 400: ", 1)[1]
@@ -204,7 +219,7 @@ async def test_a_refused_request_fails_permanently_with_airflows_reason(
 async def test_a_dag_id_rendering_to_an_invalid_id_is_refused_before_any_request(
         airflow: Airflow) -> None:
     with pytest.raises(PermanentDispatchError) as err:
-        await make_backend(airflow).dispatch(make_ctx("x/../y"), FakeJob())
+        await dispatch(make_backend(airflow), make_ctx("x/../y"), FakeJob())
     assert "dag_id renders to 'triggerd_x/../y', not a valid Airflow DAG id" in err.value.detail
 
 
@@ -212,7 +227,7 @@ async def test_a_missing_secret_names_the_variable(airflow: Airflow,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PASSWORD_ENV)
     with pytest.raises(PermanentDispatchError) as err:
-        await make_backend(airflow).dispatch(make_ctx(), FakeJob())
+        await dispatch(make_backend(airflow), make_ctx(), FakeJob())
     assert err.value.detail == (
         f"environment variable {PASSWORD_ENV} (or {PASSWORD_ENV}_FILE naming a file) is not "
         "set; it holds the secret named by backends.airflow-test.password_env")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -79,15 +80,17 @@ def test_kill_9_while_following_a_run_reattaches_to_the_same_run_after_restart(
 
     second = td.start(log="second.log")
     td.wait_running(second)
-    # attempt 2 (the interrupted attempt is given back: 2/4)
-    wait_for(lambda: f"job {run_id}: attempt 2/4 started" in td.log("second.log"), 20,
+    # attempt 2 (or 3 if Airflow-on-SQLite answered one POST with a 500 that was retried) of
+    # 4: the attempt the kill interrupted is given back
+    wait_for(lambda: re.search(rf"job {re.escape(run_id)}: attempt [23]/4 started",
+                               td.log("second.log")), 20,
              "the restarted daemon to take the job up again")
     job = the_job(td, rule)
     assert job is not None and job["status"] == "running"  # following the run, not done
     airflow.release(run_id)  # let the DAG run finish
     done = wait_for(lambda: (j := the_job(td, rule)) and j["status"] == "succeeded" and j,
                     60, "the job to follow the run to success")
-    assert done["external_id"] == run_id and done["attempts"] == 2
+    assert done["external_id"] == run_id and done["attempts"] in (2, 3)
     assert done["detail"] == (f"DAG run {run_id} of triggerd_gate succeeded (followed the "
                               "run created by an earlier attempt)")
     assert td.stop(second) == 0
