@@ -21,7 +21,7 @@ from fake_job import FakeJob
 
 from triggerd import registry
 from triggerd.backends.airflow import AirflowBackend, AirflowOptions
-from triggerd.errors import PermanentDispatchError, TransientDispatchError
+from triggerd.errors import ConfigError, PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import Backend
 from triggerd.model import DispatchResult, TriggerContext
 
@@ -223,14 +223,16 @@ async def test_a_dag_id_rendering_to_an_invalid_id_is_refused_before_any_request
     assert "dag_id renders to 'triggerd_x/../y', not a valid Airflow DAG id" in err.value.detail
 
 
-async def test_a_missing_secret_names_the_variable(airflow: Airflow,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_missing_secret_names_the_variable_at_start(
+        airflow: Airflow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like every backend: a secret is read when the backend is built (the daemon exits 2
+    before it starts), not discovered by the first job."""
     monkeypatch.delenv(PASSWORD_ENV)
-    with pytest.raises(PermanentDispatchError) as err:
-        await dispatch(make_backend(airflow), make_ctx(), FakeJob())
-    assert err.value.detail == (
-        f"environment variable {PASSWORD_ENV} (or {PASSWORD_ENV}_FILE naming a file) is not "
-        "set; it holds the secret named by backends.airflow-test.password_env")
+    with pytest.raises(ConfigError) as err:
+        make_backend(airflow)
+    assert err.value.problems == [
+        f"backends.airflow-test.password_env: environment variable {PASSWORD_ENV} is not set "
+        f"(nor {PASSWORD_ENV}_FILE naming a file that holds it)"]
 
 
 async def test_an_unreachable_airflow_is_a_transient_error(airflow: Airflow) -> None:

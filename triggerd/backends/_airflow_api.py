@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -28,27 +27,6 @@ from triggerd.errors import PermanentDispatchError, TransientDispatchError
 
 ApiVersion = Literal["v1", "v2"]
 _BODY_SNIPPET = 300  # bytes of an error body kept in a job detail
-
-
-def read_secret(env_name: str, where: str) -> str:
-    """The secret in environment variable `env_name`, or in the file named by `<env_name>_FILE`
-    (the Docker/Kubernetes secrets convention; one trailing newline is dropped)."""
-    value = os.environ.get(env_name)
-    if value is not None:
-        return value
-    file_name = os.environ.get(f"{env_name}_FILE")
-    if file_name is None:
-        raise PermanentDispatchError(
-            f"environment variable {env_name} (or {env_name}_FILE naming a file) is not set; "
-            f"it holds the secret named by {where}")
-    try:
-        with open(file_name, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise PermanentDispatchError(
-            f"cannot read the secret file named by {env_name}_FILE ({where}): "
-            f"{exc.strerror or type(exc).__name__}") from None
-    return text.removesuffix("\n")
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from triggerd.backends._airflow_api import AirflowApi, Credentials, Reply, path_part, read_secret
+from triggerd.backends._airflow_api import AirflowApi, Credentials, Reply, path_part
+from triggerd.backends._common import read_secret
 from triggerd.config.types import Duration, Strict, format_duration
 from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
@@ -116,10 +117,11 @@ class AirflowBackend:
         self.options = options
         self._dag_id = Template(options.dag_id)
         self.api = AirflowApi(name, options.url, options.api)
+        self._creds = self._credentials()  # at start: a missing secret is a config error
 
     async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
         dag_id = self._render_dag_id(ctx, job.attempt)
-        creds = self._credentials()
+        creds = self._creds
         run_id = ctx.trigger_id
         conf = json.loads(json.dumps(ctx.to_dict(), default=str))  # JSON, whatever a payload held
         async with self._session() as session:
