@@ -42,7 +42,7 @@ def list_triggers(store: Store, *, rule: str | None = None, since: datetime | No
     q = q.order_by(desc(tr.fired_at), desc(tr.seq)).limit(limit)
     with store.read() as c:
         return [Trigger(id=r.id, rule=r.rule, group=r.grp, seq=r.seq, fired_at=r.fired_at,
-                        reason=r.reason, manual=r.manual, events=r.events)
+                        reason=r.reason, manual=r.manual, events=r.events, kind=r.kind)
                 for r in c.execute(q)]
 
 

@@ -747,7 +747,7 @@ def _trigger_context(c: Connection, job_id: str) -> JobContext | None:
         .order_by(t.events.c.observed_at, t.events.c.id)).all()
     trig = Trigger(id=row.id, rule=row.rule, group=row.grp, seq=row.seq,
                    fired_at=row.fired_at, reason=row.reason, manual=row.manual,
-                   events=row.events)
+                   events=row.events, kind=row.kind)
     return JobContext(trig, [{"id": e.id, "source": e.source, "kind": e.kind,
                               "subject": e.subject, "fingerprint": e.fingerprint,
                               "observed_at": e.observed_at.isoformat(), "payload": e.payload}
