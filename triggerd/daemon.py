@@ -33,6 +33,7 @@ from triggerd.interfaces import Backend, Clock, Source
 from triggerd.model import Event, Job, Trigger
 from triggerd.ops import failpoints
 from triggerd.store.files import StoreFileTable
+from triggerd.store.rejects import StoreRejectLog
 from triggerd.store.sql import Store
 
 log = logging.getLogger("triggerd.daemon")
@@ -134,7 +135,9 @@ class Daemon:
             cls = registry.source_class(str(getattr(options, "type", "")))
             # a source names the daemon services it wants (`wants = ("files",)`) and gets
             # them as keyword arguments; see interfaces.Source
-            services = {"files": lambda: StoreFileTable(self.store, self.call)}
+            services: dict[str, Callable[[], object]] = {
+                "files": lambda: StoreFileTable(self.store, self.call),
+                "rejects": lambda: StoreRejectLog(self.store, self.call)}
             extra = {want: services[want]() for want in getattr(cls, "wants", ())}
             out[name] = cls(name, options, **extra)
         return out

@@ -1,0 +1,105 @@
+"""The faust app behind one `kafka` source, run inside triggerd's own event loop.
+
+One faust `App` per source: its own consumer group, brokers and credentials, its own health,
+and a failure (or a restart by the supervisor) that touches no other source. The app is built
+inside `run` (never at import: a faust App binds the running loop) and started with
+`await app.start()` — no `faust worker`, no signal handlers of faust's own, no web server, no
+producer, no tables or changelog topics, no leader topic, no topic creation.
+
+At least once, then deduplicated
+    The agent reads with `stream.noack_take`: nothing is acknowledged by faust itself. A batch
+    is decoded, its rejects recorded, its events stored (`ctx.emit` returns when they are
+    durable), and only then is each message acknowledged; faust commits acknowledged offsets
+    every `commit_interval`, on rebalance and on stop. A crash between store and commit
+    re-reads the uncommitted tail, whose fingerprints the store already holds: duplicates,
+    counted, never a second trigger. The agent runs with concurrency 1 (faust-streaming issue
+    #606: with concurrency > 1 it commits past in-flight messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from triggerd.sources._kafka.decode import Record
+from triggerd.sources._kafka.options import KafkaOptions
+
+__all__ = ["BatchHandler", "build_app", "client_connected", "record_of"]
+
+log = logging.getLogger("triggerd.sources.kafka")
+
+BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
+"""Called with each batch of faust events; acknowledges them itself once stored."""
+
+
+def build_app(name: str, options: KafkaOptions, handle: BatchHandler) -> Any:
+    import faust
+    from faust.app import BootStrategy
+
+    class _Boot(BootStrategy):
+        enable_web = False
+        enable_kafka_producer = False  # the source only reads
+        enable_sensors = False  # faust's Monitor costs CPU per message and serves nothing
+
+    class _App(faust.App):
+        BootStrategy = _Boot
+
+        def _create_directories(self) -> None:
+            """No tables, so no data directory (faust would create `<group>-data` here)."""
+
+    app = _App(
+        options.group,
+        broker=[f"kafka://{b}" for b in options.brokers],
+        broker_credentials=options.security.credentials(),
+        broker_client_id=f"triggerd-{name}",
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        **options.faust_settings(),
+    )
+    topic = app.topic(*options.topics, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    batch, within = options.batch, options.batch_wait.total_seconds()
+
+    async def agent(stream: Any) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await handle(events)
+
+    app.agent(topic, name=f"triggerd-kafka-{name}", concurrency=1)(agent)
+    return app
+
+
+def record_of(event: Any) -> Record:
+    m = event.message
+    headers = m.headers or ()
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return Record(topic=m.topic, partition=m.partition, offset=m.offset,
+                  timestamp=m.timestamp, key=m.key, value=m.value,
+                  headers=[(str(k), v) for k, v in headers])
+
+
+def client_connected(app: Any) -> bool:
+    """Whether the consumer holds at least one live broker connection (read without
+    touching the consumer thread's loop: a snapshot of plain attributes)."""
+    try:
+        consumer = app.consumer._thread._consumer
+        conns = consumer._client._conns
+        return any(conn.connected() for conn in list(conns.values()))
+    except AttributeError:  # not started yet
+        return False
+
+
+STOP_TIMEOUT = 10.0
+
+
+async def stop_app(app: Any) -> None:
+    """Stop the app (leave the group, commit what was acknowledged), bounded in time."""
+    try:
+        await asyncio.wait_for(app.stop(), STOP_TIMEOUT)
+    except TimeoutError:
+        log.warning("faust app %s did not stop within %.0fs", app.conf.id, STOP_TIMEOUT)

@@ -1,0 +1,174 @@
+"""The `kafka` source: messages on Kafka topics become `message` events (SPEC 3, `metrics`).
+
+Built on faust-streaming (aiokafka underneath); see `_kafka/app.py` for how faust runs inside
+the daemon's loop and why an offset is committed only after its event is stored, and
+`_kafka/decode.py` for the event shape and the kinds of bad message.
+
+Bad messages never stop the stream: each is recorded in the store's `rejects` table (before
+its offset is committed), counted by kind in the source's status details, logged once per
+kind with topic/partition/offset, and the stream moves on.
+
+Health: unhealthy until the consumer holds a broker connection, and again whenever it has
+held none for `session_timeout / 2` (broker down); aiokafka reconnects with backoff and
+nothing is committed meanwhile, so nothing is lost when the broker returns. A store that
+cannot take a batch is retried with backoff (the stream waits; nothing is acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from triggerd.errors import StoreError
+from triggerd.interfaces import SourceContext
+from triggerd.model import Event
+from triggerd.ops import failpoints
+from triggerd.sources._kafka.app import (
+    build_app,
+    client_connected,
+    record_of,
+    stop_app,
+)
+from triggerd.sources._kafka.decode import Decoder
+from triggerd.sources._kafka.options import KafkaOptions, KafkaSecurity, SecretMissing
+from triggerd.store.rejects import Reject, RejectLog
+
+__all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
+
+log = logging.getLogger("triggerd.sources.kafka")
+
+HEALTH_EVERY = 0.5  # seconds between health checks and status reports
+
+
+class KafkaSource:
+    """Consumes `topic` in consumer group `group`; see the module docstring."""
+
+    Options = KafkaOptions
+    wants = ("rejects",)
+
+    def __init__(self, name: str, options: KafkaOptions, *,
+                 rejects: RejectLog | None = None) -> None:
+        self.name = name
+        self.options = options
+        self.rejects = rejects
+        self.decoder = Decoder(name, options)
+        self.messages = 0
+        self.bad: Counter[str] = Counter()
+        self._logged: set[str] = set()
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to store, per partition
+
+    async def run(self, ctx: SourceContext) -> None:
+        try:
+            app = build_app(self.name, self.options, lambda events: self._handle(ctx, events))
+        except SecretMissing as exc:
+            ctx.set_health(False, str(exc))
+            raise
+        ctx.set_health(False, f"connecting to {', '.join(self.options.brokers)}")
+        try:
+            await app.start()
+            await self._watch(ctx, app)
+        finally:
+            await asyncio.shield(stop_app(app))
+
+    async def _watch(self, ctx: SourceContext, app: Any) -> None:
+        """Report health and figures until cancelled (or until faust crashes)."""
+        healthy: bool | None = None
+        assigned: list[str] = []
+        last_seen = time.monotonic()
+        grace = self.options.session_timeout.total_seconds() / 2
+        while True:
+            if app.should_stop and app.crash_reason is not None:
+                raise RuntimeError(f"faust app crashed: {app.crash_reason!r}")
+            now = time.monotonic()
+            if client_connected(app):
+                last_seen = now
+                if healthy is not True:
+                    healthy = True
+                    ctx.set_health(True)
+                    log.info("kafka source %s: connected to %s", self.name,
+                             ", ".join(self.options.brokers))
+            elif healthy is not False and ((healthy is None and now - last_seen > grace)
+                                           or (healthy and now - last_seen > grace)):
+                healthy = False
+                error = f"broker unreachable: {', '.join(self.options.brokers)}"
+                ctx.set_health(False, error)
+                log.warning("kafka source %s: %s; reconnecting", self.name, error)
+            details = self._details(app)
+            if details["partitions"] != assigned:
+                assigned = details["partitions"]
+                log.info("kafka source %s: partitions assigned: %s", self.name,
+                         ", ".join(assigned) or "none")
+            ctx.report(details)
+            await asyncio.sleep(HEALTH_EVERY)
+
+    def _details(self, app: Any) -> dict[str, Any]:
+        try:
+            assigned = sorted(app.consumer.assignment())
+        except (AttributeError, RuntimeError):
+            assigned = []
+        lag = 0
+        for tp in assigned:
+            with_hw = _highwater(app, tp)
+            pos = self._positions.get((tp.topic, tp.partition))
+            if with_hw is not None and pos is not None:
+                lag += max(0, with_hw - pos)
+        return {"topics": self.options.topics, "group": self.options.group,
+                "partitions": [f"{tp.topic}/{tp.partition}" for tp in assigned],
+                "messages": self.messages, "bad_messages": sum(self.bad.values()),
+                "bad": dict(self.bad), "lag": lag}
+
+    async def _handle(self, ctx: SourceContext, batch: Sequence[Any]) -> None:
+        """Decode, record rejects, store events, then acknowledge: see `_kafka/app.py`."""
+        now = ctx.clock.now()
+        events: list[Event] = []
+        rejects: list[Reject] = []
+        for fe in batch:
+            found = self.decoder.decode(record_of(fe), now)
+            if isinstance(found, Event):
+                events.append(found)
+            else:
+                rejects.append(found)
+        await self._durably(ctx, rejects, events)
+        failpoints.hit("kafka-after-store")
+        for fe in batch:
+            fe.ack()
+            m = fe.message
+            self._positions[(m.topic, m.partition)] = m.offset + 1
+        self.messages += len(batch)
+        for r in rejects:
+            self.bad[r.kind] += 1
+            if r.kind not in self._logged:  # once per kind; the rest are counted and stored
+                self._logged.add(r.kind)
+                log.warning("kafka source %s: bad message at %s (%s): %s; recorded in "
+                            "rejects, further ones of this kind are counted only",
+                            self.name, r.ref, r.kind, r.error)
+
+    async def _durably(self, ctx: SourceContext, rejects: list[Reject],
+                       events: list[Event]) -> None:
+        """Store rejects and events, retrying with backoff while the store is unavailable."""
+        delay = 0.5
+        while True:
+            try:
+                if rejects and self.rejects is not None:
+                    await self.rejects.add(rejects)
+                    rejects = []
+                await ctx.emit(events)
+                return
+            except StoreError as exc:
+                log.warning("kafka source %s: store unavailable (%s); retrying in %.1fs",
+                            self.name, exc, delay)
+                ctx.set_health(False, f"store unavailable: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def _highwater(app: Any, tp: Any) -> int | None:
+    try:
+        hw = app.consumer.highwater(tp)
+    except (AttributeError, KeyError, RuntimeError, AssertionError):
+        return None
+    return hw if isinstance(hw, int) else None
