@@ -184,12 +184,12 @@ def test_kill_9_after_store_before_commit_gives_no_duplicate_trigger(
     assert [t["id"] for t in td.json("triggers")] == ["every.2", "every.1"]
 
 
-def test_broker_going_away_marks_the_source_unhealthy_and_nothing_is_lost(
+def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
         td: Triggerd, kafka_broker: Tansu, tmp_path: Path) -> None:
     binary = tansu_binary()
     assert binary is not None
+    # the daemon reaches the broker only through a proxy the test stops and starts
     proxy = TansuProxy(binary, free_port(), kafka_broker.port, tmp_path / "proxy.log")
-    proxy.start()
     try:
         topic = new_topic(kafka_broker.bootstrap)
         kafka_config(td, f"127.0.0.1:{proxy.port}", topic, """
@@ -197,12 +197,15 @@ def test_broker_going_away_marks_the_source_unhealthy_and_nothing_is_lost(
             on: [metrics]
             dispatch: {backend: train}
         """)
-        proc = td.start()
-        td.wait_running(proc)
         produce(kafka_broker.bootstrap, topic, [psi(0.1), psi(0.2)])
-        wait_for(lambda: source_status(td)["events"] == 2, 30, "2 events before the outage")
+        proc = td.start()  # no broker reachable yet
+        td.wait_running(proc)
+        wait_for(lambda: "broker unreachable" in (source_status(td)["error"] or ""), 20,
+                 "unhealthy at start")
+        proxy.start()
+        wait_for(lambda: source_status(td)["events"] == 2, 30, "2 events once reachable")
         assert source_status(td)["healthy"] is True
-        proxy.stop()
+        proxy.stop()  # mid-run
         wait_for(lambda: not source_status(td)["healthy"], 20, "unhealthy while away")
         assert "broker unreachable" in source_status(td)["error"]
         # messages arrive at the broker while this daemon cannot reach it

@@ -28,8 +28,11 @@ from triggerd.interfaces import SourceContext
 from triggerd.model import Event
 from triggerd.ops import failpoints
 from triggerd.sources._kafka.app import (
+    BrokerUnreachable,
     build_app,
     client_connected,
+    probe,
+    quiet_repeats,
     record_of,
     stop_app,
 )
@@ -42,6 +45,22 @@ __all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
 log = logging.getLogger("triggerd.sources.kafka")
 
 HEALTH_EVERY = 0.5  # seconds between health checks and status reports
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff between apps that could not reach the brokers
+
+
+async def _start(app: Any) -> None:
+    try:
+        await app.start()
+    except Exception as exc:
+        if _is_connection_error(exc):
+            raise BrokerUnreachable(str(exc)) from exc
+        raise
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from aiokafka.errors import KafkaConnectionError
+
+    return isinstance(exc, KafkaConnectionError | ConnectionError | OSError)
 
 
 class KafkaSource:
@@ -60,39 +79,60 @@ class KafkaSource:
         self.bad: Counter[str] = Counter()
         self._logged: set[str] = set()
         self._positions: dict[tuple[str, int], int] = {}  # next offset to store, per partition
+        self._connected_once = False
 
     async def run(self, ctx: SourceContext) -> None:
-        try:
-            app = build_app(self.name, self.options, lambda events: self._handle(ctx, events))
-        except SecretMissing as exc:
-            ctx.set_health(False, str(exc))
-            raise
+        """Run faust apps until cancelled; an app that cannot reach the brokers (at start, or
+        crashed by a lost connection) is replaced after a backoff of 1s doubling to 30s."""
+        delay = RETRY_FIRST
+        quiet_repeats()
         ctx.set_health(False, f"connecting to {', '.join(self.options.brokers)}")
-        try:
-            await app.start()
-            await self._watch(ctx, app)
-        finally:
-            await asyncio.shield(stop_app(app))
+        while True:
+            try:
+                credentials = self.options.security.credentials()
+            except SecretMissing as exc:
+                ctx.set_health(False, str(exc))
+                raise
+            app = None
+            try:
+                await probe(self.name, self.options, credentials)
+                app = build_app(self.name, self.options, credentials,
+                                lambda events: self._handle(ctx, events))
+                await _start(app)
+                await self._watch(ctx, app)
+            except BrokerUnreachable as exc:
+                error = f"broker unreachable: {exc}"
+                ctx.set_health(False, error)
+                log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
+            finally:
+                if app is not None:
+                    await asyncio.shield(stop_app(app))
+            delay = RETRY_FIRST if self._connected_once else min(delay * 2, RETRY_MAX)
+            self._connected_once = False
+            await asyncio.sleep(delay)
 
     async def _watch(self, ctx: SourceContext, app: Any) -> None:
-        """Report health and figures until cancelled (or until faust crashes)."""
+        """Report health and figures until cancelled, or until faust crashes."""
         healthy: bool | None = None
         assigned: list[str] = []
         last_seen = time.monotonic()
         grace = self.options.session_timeout.total_seconds() / 2
         while True:
-            if app.should_stop and app.crash_reason is not None:
-                raise RuntimeError(f"faust app crashed: {app.crash_reason!r}")
+            if app.crash_reason is not None:
+                reason = app.crash_reason
+                if _is_connection_error(reason):
+                    raise BrokerUnreachable(str(reason)) from reason
+                raise RuntimeError(f"faust: {type(reason).__name__}: {reason}") from reason
             now = time.monotonic()
             if client_connected(app):
                 last_seen = now
+                self._connected_once = True
                 if healthy is not True:
                     healthy = True
                     ctx.set_health(True)
                     log.info("kafka source %s: connected to %s", self.name,
                              ", ".join(self.options.brokers))
-            elif healthy is not False and ((healthy is None and now - last_seen > grace)
-                                           or (healthy and now - last_seen > grace)):
+            elif healthy is not False and now - last_seen > grace:
                 healthy = False
                 error = f"broker unreachable: {', '.join(self.options.brokers)}"
                 ctx.set_health(False, error)

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from triggerd.errors import TriggerdError
 from triggerd.sources._kafka.decode import Record
 from triggerd.sources._kafka.options import KafkaOptions
 
-__all__ = ["BatchHandler", "build_app", "client_connected", "record_of"]
+__all__ = ["BatchHandler", "BrokerUnreachable", "RepeatFilter", "build_app",
+           "client_connected", "probe", "quiet_repeats", "record_of", "stop_app"]
 
 log = logging.getLogger("triggerd.sources.kafka")
 
@@ -34,7 +37,31 @@ BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 """Called with each batch of faust events; acknowledges them itself once stored."""
 
 
-def build_app(name: str, options: KafkaOptions, handle: BatchHandler) -> Any:
+class BrokerUnreachable(TriggerdError):
+    """No broker answered (at start, or the consumer gave up on a lost connection)."""
+
+
+async def probe(name: str, options: KafkaOptions, credentials: Any) -> None:
+    """Bootstrap a plain aiokafka client once, so that unreachable brokers (or refused
+    credentials) are one clear error here rather than a crashed faust consumer thread."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaConnectionError
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    client = AIOKafkaClient(
+        bootstrap_servers=options.brokers, client_id=f"triggerd-{name}-probe",
+        request_timeout_ms=int(options.request_timeout.total_seconds() * 1000),
+        **credentials_to_aiokafka_auth(credentials))
+    try:
+        await client.bootstrap()
+    except KafkaConnectionError as exc:
+        raise BrokerUnreachable(f"cannot bootstrap from {', '.join(options.brokers)}") from exc
+    finally:
+        await client.close()
+
+
+def build_app(name: str, options: KafkaOptions, credentials: Any,
+              handle: BatchHandler) -> Any:
     import faust
     from faust.app import BootStrategy
 
@@ -52,7 +79,7 @@ def build_app(name: str, options: KafkaOptions, handle: BatchHandler) -> Any:
     app = _App(
         options.group,
         broker=[f"kafka://{b}" for b in options.brokers],
-        broker_credentials=options.security.credentials(),
+        broker_credentials=credentials,
         broker_client_id=f"triggerd-{name}",
         web_enabled=False,
         autodiscover=False,
@@ -71,6 +98,42 @@ def build_app(name: str, options: KafkaOptions, handle: BatchHandler) -> Any:
 
     app.agent(topic, name=f"triggerd-kafka-{name}", concurrency=1)(agent)
     return app
+
+
+class RepeatFilter(logging.Filter):
+    """Let each distinct message template of a logger through at most once per `every`
+    seconds: while a broker is away aiokafka logs the same connection error ~10 times a
+    second, which would bury everything else."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+_NOISY = ("aiokafka", "aiokafka.conn", "aiokafka.client", "aiokafka.consumer.fetcher",
+          "aiokafka.consumer.group_coordinator", "aiokafka.consumer.consumer",
+          "faust.transport.drivers.aiokafka")
+_repeat_filter = RepeatFilter()
+
+
+def quiet_repeats() -> None:
+    """Install the repeat filter on the loggers that flood while a broker is away (once)."""
+    for name in _NOISY:
+        logger = logging.getLogger(name)
+        if _repeat_filter not in logger.filters:
+            logger.addFilter(_repeat_filter)
 
 
 def record_of(event: Any) -> Record:
