@@ -265,3 +265,45 @@ def test_two_daemons_share_a_four_partition_topic_every_message_in_one_trigger(
     # both daemons held partitions at some point (the group spread them)
     for name in ("a.log", "b.log"):
         assert f"partitions assigned: {topic}/" in td.log(name)
+
+
+def test_several_kafka_sources_in_one_daemon_each_with_its_own_format(
+        td: Triggerd, kafka_broker: Tansu) -> None:
+    notices = new_topic(kafka_broker.bootstrap, prefix="notices")
+    blobs = new_topic(kafka_broker.bootstrap, prefix="blobs")
+    rec = td.recorder()
+    b = kafka_broker.bootstrap
+    td.write(f"""
+        state_dir: state
+        sources:
+          notices:
+            {{type: kafka, brokers: ["{b}"], topic: {notices}, group: g-{notices},
+              format: text, start: earliest, {TIMERS}}}
+          blobs:
+            {{type: kafka, brokers: ["{b}"], topic: [{blobs}], group: g-{blobs},
+              format: bytes, start: earliest, {TIMERS}}}
+        backends:
+          train: {{type: command, argv: [python3, {rec}]}}
+        rules:
+          arrived:
+            on: [notices]
+            match: {{where: "value.endswith('.parquet')"}}
+            dispatch: {{backend: train}}
+          raw:
+            on: [blobs]
+            when: {{min_events: 2}}
+            dispatch: {{backend: train}}
+    """)
+    proc = td.start()
+    td.wait_running(proc)
+    produce(b, notices, ["s3://lake/clicks/part-0.parquet", "s3://lake/clicks/_SUCCESS"])
+    produce(b, blobs, [b"\x00\x01", b"\xff"])
+    wait_for(lambda: len(td.calls_made()) == 2, 30, "one trigger per rule")
+    assert td.stop(proc) == 0
+    by_rule = {c["rule"]: c["events"] for c in td.calls_made()}
+    assert by_rule["arrived"] == [f"{notices}/0/0"]
+    assert sorted(by_rule["raw"]) == [f"{blobs}/0/0", f"{blobs}/0/1"]
+    values = {e["payload"]["value"] for e in td.json("events", "--source", "blobs")}
+    assert values == {"AAE=", "/w=="}
+    assert {s["name"]: s["healthy"] for s in td.json("status")["sources"]} == {
+        "notices": False, "blobs": False}  # the daemon has stopped
