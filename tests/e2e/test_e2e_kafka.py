@@ -20,7 +20,7 @@ from kafka_support import Tansu, TansuProxy, free_port, new_topic, produce, tans
 from triggerd.store import queries
 
 # short group timers: tansu answers a join after half the session timeout
-TIMERS = "session_timeout: 4s, heartbeat_interval: 1s, commit_interval: 500ms"
+TIMERS = "session_timeout: 3s, heartbeat_interval: 1s, commit_interval: 500ms"
 
 
 def kafka_config(td: Triggerd, bootstrap: str, topic: str, rules: str,

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from triggerd.errors import StoreError
@@ -35,6 +36,7 @@ from triggerd.sources._kafka.app import (
     quiet_repeats,
     record_of,
     stop_app,
+    tune_fetch_wait,
 )
 from triggerd.sources._kafka.decode import Decoder
 from triggerd.sources._kafka.options import KafkaOptions, KafkaSecurity, SecretMissing
@@ -63,6 +65,13 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, KafkaConnectionError | ConnectionError | OSError)
 
 
+@dataclass(slots=True)
+class _Batch:
+    messages: list[Any]  # faust events, acknowledged once `events` and `rejects` are stored
+    events: list[Event]
+    rejects: list[Reject]
+
+
 class KafkaSource:
     """Consumes `topic` in consumer group `group`; see the module docstring."""
 
@@ -80,6 +89,7 @@ class KafkaSource:
         self._logged: set[str] = set()
         self._positions: dict[tuple[str, int], int] = {}  # next offset to store, per partition
         self._connected_once = False
+        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
 
     async def run(self, ctx: SourceContext) -> None:
         """Run faust apps until cancelled; an app that cannot reach the brokers (at start, or
@@ -94,25 +104,29 @@ class KafkaSource:
                 ctx.set_health(False, str(exc))
                 raise
             app = None
+            self._queue = asyncio.Queue(maxsize=1)
+            writer = asyncio.create_task(self._write(ctx), name=f"kafka-writer:{self.name}")
             try:
                 await probe(self.name, self.options, credentials)
                 app = build_app(self.name, self.options, credentials,
-                                lambda events: self._handle(ctx, events))
+                                lambda batch: self._take(ctx, batch))
                 await _start(app)
-                await self._watch(ctx, app)
+                await self._watch(ctx, app, writer)
             except BrokerUnreachable as exc:
                 error = f"broker unreachable: {exc}"
                 ctx.set_health(False, error)
                 log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
             finally:
+                writer.cancel()  # a batch not yet stored is not acknowledged: read again
+                await asyncio.gather(writer, return_exceptions=True)
                 if app is not None:
                     await asyncio.shield(stop_app(app))
             delay = RETRY_FIRST if self._connected_once else min(delay * 2, RETRY_MAX)
             self._connected_once = False
             await asyncio.sleep(delay)
 
-    async def _watch(self, ctx: SourceContext, app: Any) -> None:
-        """Report health and figures until cancelled, or until faust crashes."""
+    async def _watch(self, ctx: SourceContext, app: Any, writer: asyncio.Task[None]) -> None:
+        """Report health and figures until cancelled, or until faust or the writer fails."""
         healthy: bool | None = None
         assigned: list[str] = []
         last_seen = time.monotonic()
@@ -123,6 +137,10 @@ class KafkaSource:
                 if _is_connection_error(reason):
                     raise BrokerUnreachable(str(reason)) from reason
                 raise RuntimeError(f"faust: {type(reason).__name__}: {reason}") from reason
+            if writer.done():
+                writer.result()  # raises what stopped it
+                raise RuntimeError("the batch writer stopped")
+            tune_fetch_wait(app, self.options.fetch_wait.total_seconds())
             now = time.monotonic()
             if client_connected(app):
                 last_seen = now
@@ -161,8 +179,9 @@ class KafkaSource:
                 "messages": self.messages, "bad_messages": sum(self.bad.values()),
                 "bad": dict(self.bad), "lag": lag}
 
-    async def _handle(self, ctx: SourceContext, batch: Sequence[Any]) -> None:
-        """Decode, record rejects, store events, then acknowledge: see `_kafka/app.py`."""
+    async def _take(self, ctx: SourceContext, batch: Sequence[Any]) -> None:
+        """In the faust agent: decode a batch and queue it for the writer. The queue holds
+        one batch, so faust fetches and decodes the next batch while this one is stored."""
         now = ctx.clock.now()
         events: list[Event] = []
         rejects: list[Reject] = []
@@ -172,20 +191,27 @@ class KafkaSource:
                 events.append(found)
             else:
                 rejects.append(found)
-        await self._durably(ctx, rejects, events)
-        failpoints.hit("kafka-after-store")
-        for fe in batch:
-            fe.ack()
-            m = fe.message
-            self._positions[(m.topic, m.partition)] = m.offset + 1
-        self.messages += len(batch)
-        for r in rejects:
-            self.bad[r.kind] += 1
-            if r.kind not in self._logged:  # once per kind; the rest are counted and stored
-                self._logged.add(r.kind)
-                log.warning("kafka source %s: bad message at %s (%s): %s; recorded in "
-                            "rejects, further ones of this kind are counted only",
-                            self.name, r.ref, r.kind, r.error)
+        await self._queue.put(_Batch(list(batch), events, rejects))
+
+    async def _write(self, ctx: SourceContext) -> None:
+        """The writer: store each batch (rejects, then events), then acknowledge its messages
+        in order; faust commits acknowledged offsets only. See `_kafka/app.py`."""
+        while True:
+            item = await self._queue.get()
+            await self._durably(ctx, item.rejects, item.events)
+            failpoints.hit("kafka-after-store")
+            for fe in item.messages:
+                fe.ack()
+                m = fe.message
+                self._positions[(m.topic, m.partition)] = m.offset + 1
+            self.messages += len(item.messages)
+            for r in item.rejects:
+                self.bad[r.kind] += 1
+                if r.kind not in self._logged:  # once per kind; the rest counted and stored
+                    self._logged.add(r.kind)
+                    log.warning("kafka source %s: bad message at %s (%s): %s; recorded in "
+                                "rejects, further ones of this kind are counted only",
+                                self.name, r.ref, r.kind, r.error)
 
     async def _durably(self, ctx: SourceContext, rejects: list[Reject],
                        events: list[Event]) -> None:

@@ -29,7 +29,8 @@ from triggerd.sources._kafka.decode import Record
 from triggerd.sources._kafka.options import KafkaOptions
 
 __all__ = ["BatchHandler", "BrokerUnreachable", "RepeatFilter", "build_app",
-           "client_connected", "probe", "quiet_repeats", "record_of", "stop_app"]
+           "client_connected", "probe", "quiet_repeats", "record_of", "stop_app",
+           "tune_fetch_wait"]
 
 log = logging.getLogger("triggerd.sources.kafka")
 
@@ -73,8 +74,17 @@ def build_app(name: str, options: KafkaOptions, credentials: Any,
     class _App(faust.App):
         BootStrategy = _Boot
 
+        stopping = False
+
         def _create_directories(self) -> None:
             """No tables, so no data directory (faust would create `<group>-data` here)."""
+
+        async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+            # On a rebalance, wait for the batches in flight to be stored and acknowledged
+            # (faust's default). On stop, do not: the writer is already cancelled and what it
+            # held is deliberately left unacknowledged, to be read again after a restart.
+            if not self.stopping:
+                await super()._consumer_wait_empty(consumer, logger)
 
     app = _App(
         options.group,
@@ -146,6 +156,20 @@ def record_of(event: Any) -> Record:
                   headers=[(str(k), v) for k, v in headers])
 
 
+def tune_fetch_wait(app: Any, seconds: float) -> None:
+    """Set how long the broker may hold an empty fetch. faust hard-codes 1.5 s
+    (`fetch_max_wait_ms=1500` in its aiokafka driver), and brokers that hold a fetch for the
+    whole wait even when a message arrives (tansu) then add up to that much latency to every
+    message on an idle topic. aiokafka reads the value per request, so setting it on the
+    running fetcher is enough."""
+    try:
+        fetcher = app.consumer._thread._consumer._fetcher
+    except AttributeError:  # not started yet
+        return
+    if fetcher is not None:
+        fetcher._fetch_max_wait_ms = int(seconds * 1000)
+
+
 def client_connected(app: Any) -> bool:
     """Whether the consumer holds at least one live broker connection (read without
     touching the consumer thread's loop: a snapshot of plain attributes)."""
@@ -161,8 +185,13 @@ STOP_TIMEOUT = 10.0
 
 
 async def stop_app(app: Any) -> None:
-    """Stop the app (leave the group, commit what was acknowledged), bounded in time."""
-    try:
-        await asyncio.wait_for(app.stop(), STOP_TIMEOUT)
-    except TimeoutError:
-        log.warning("faust app %s did not stop within %.0fs", app.conf.id, STOP_TIMEOUT)
+    """Stop the app (commit what was acknowledged, leave the group), bounded in time."""
+    app.stopping = True
+    task = asyncio.ensure_future(app.stop())
+    done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+    if not done:
+        task.cancel()
+        log.warning("faust app %s did not stop within %.0fs; abandoned", app.conf.id,
+                    STOP_TIMEOUT)
+    elif task.exception() is not None:
+        log.warning("faust app %s: error while stopping: %s", app.conf.id, task.exception())

@@ -61,6 +61,9 @@ def _no_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
 
 
+_JSON = json.JSONDecoder(parse_constant=_no_constant)  # one decoder, not one per message
+
+
 class _Bad(Exception):
     def __init__(self, kind: str, error: str) -> None:
         super().__init__(error)
@@ -117,7 +120,7 @@ class Decoder:
         if self.format == "text":
             return text
         try:
-            return json.loads(text, parse_constant=_no_constant)
+            return _JSON.decode(text)
         except json.JSONDecodeError as exc:
             raise _Bad("json", f"invalid JSON: {exc.msg} at line {exc.lineno} "
                                f"column {exc.colno}") from None

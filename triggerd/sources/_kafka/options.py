@@ -131,11 +131,16 @@ class KafkaOptions(Strict):
     """At most this many messages are stored in one transaction."""
     batch_wait: Duration = timedelta(milliseconds=50)
     """How long a partial batch waits for more messages before it is stored."""
-    session_timeout: Duration = timedelta(seconds=10)
+    fetch_wait: Duration = timedelta(milliseconds=100)
+    """How long the broker may hold a fetch while no message is there (faust fixes 1.5s;
+    some brokers hold it that long even when a message arrives: idle latency)."""
+    session_timeout: Duration = timedelta(seconds=6)
     """Group session timeout: a daemon that stops heartbeating loses its partitions after
-    this long. Some brokers (tansu) answer a join only after half of it, so it also bounds how
-    fast a new daemon starts consuming (faust's default, 60s, made that ~31s)."""
-    heartbeat_interval: Duration = timedelta(seconds=3)
+    this long (heartbeats run on faust's consumer thread, so a busy event loop does not
+    delay them). Some brokers (tansu) answer a join only after half of it, so it also bounds
+    how fast a daemon starts consuming: faust's default, 60s, made that ~31s. 6s is the
+    smallest value Kafka brokers accept by default (`group.min.session.timeout.ms`)."""
+    heartbeat_interval: Duration = timedelta(seconds=2)
     rebalance_timeout: Duration = timedelta(seconds=20)
     """How long the group waits for members to rejoin during a rebalance."""
     request_timeout: Duration = timedelta(seconds=30)
@@ -181,8 +186,8 @@ class KafkaOptions(Strict):
                              "(a third of it is usual)")
         if self.request_timeout < self.session_timeout:
             raise ValueError("`request_timeout` must be at least `session_timeout`")
-        if self.commit_interval <= timedelta(0) or self.batch_wait <= timedelta(0):
-            raise ValueError("`commit_interval` and `batch_wait` must be positive")
+        if min(self.commit_interval, self.batch_wait, self.fetch_wait) <= timedelta(0):
+            raise ValueError("`commit_interval`, `batch_wait` and `fetch_wait` must be positive")
         return self
 
     @property
