@@ -47,6 +47,7 @@ __all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
 log = logging.getLogger("triggerd.sources.kafka")
 
 HEALTH_EVERY = 0.5  # seconds between health checks and status reports
+MAX_PENDING_BATCHES = 20  # decoded batches waiting for the writer before the agent waits
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff between apps that could not reach the brokers
 
 
@@ -89,7 +90,9 @@ class KafkaSource:
         self._logged: set[str] = set()
         self._positions: dict[tuple[str, int], int] = {}  # next offset to store, per partition
         self._connected_once = False
-        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        self._pending: list[_Batch] = []  # decoded, not yet stored (see `_take`)
+        self._ready = asyncio.Event()  # _pending has something
+        self._room = asyncio.Event()  # _pending has room again
 
     async def run(self, ctx: SourceContext) -> None:
         """Run faust apps until cancelled; an app that cannot reach the brokers (at start, or
@@ -104,7 +107,7 @@ class KafkaSource:
                 ctx.set_health(False, str(exc))
                 raise
             app = None
-            self._queue = asyncio.Queue(maxsize=1)
+            self._pending, self._ready, self._room = [], asyncio.Event(), asyncio.Event()
             writer = asyncio.create_task(self._write(ctx), name=f"kafka-writer:{self.name}")
             try:
                 await probe(self.name, self.options, credentials)
@@ -180,32 +183,45 @@ class KafkaSource:
                 "bad": dict(self.bad), "lag": lag}
 
     async def _take(self, ctx: SourceContext, batch: Sequence[Any]) -> None:
-        """In the faust agent: decode a batch and queue it for the writer. The queue holds
-        one batch, so faust fetches and decodes the next batch while this one is stored."""
+        """In the faust agent: decode a batch and hand it to the writer. Batches that arrive
+        while the writer is storing are merged into its next transaction (group commit), so
+        faust keeps reading and a slow store means bigger transactions, not a stalled
+        stream; only past `MAX_PENDING_BATCHES` batches does the agent wait."""
         now = ctx.clock.now()
-        events: list[Event] = []
-        rejects: list[Reject] = []
+        item = _Batch(list(batch), [], [])
         for fe in batch:
             found = self.decoder.decode(record_of(fe), now)
             if isinstance(found, Event):
-                events.append(found)
+                item.events.append(found)
             else:
-                rejects.append(found)
-        await self._queue.put(_Batch(list(batch), events, rejects))
+                item.rejects.append(found)
+        while len(self._pending) >= MAX_PENDING_BATCHES:
+            self._room.clear()
+            await self._room.wait()
+        self._pending.append(item)
+        self._ready.set()
 
     async def _write(self, ctx: SourceContext) -> None:
-        """The writer: store each batch (rejects, then events), then acknowledge its messages
-        in order; faust commits acknowledged offsets only. See `_kafka/app.py`."""
+        """The writer: store everything handed over so far in one go (rejects, then events),
+        then acknowledge those messages in order; faust commits acknowledged offsets only.
+        See `_kafka/app.py`."""
         while True:
-            item = await self._queue.get()
-            await self._durably(ctx, item.rejects, item.events)
+            await self._ready.wait()
+            self._ready.clear()
+            items, self._pending = self._pending, []
+            self._room.set()
+            if not items:
+                continue
+            rejects = [r for item in items for r in item.rejects]
+            await self._durably(ctx, rejects, [e for item in items for e in item.events])
             failpoints.hit("kafka-after-store")
-            for fe in item.messages:
-                fe.ack()
-                m = fe.message
-                self._positions[(m.topic, m.partition)] = m.offset + 1
-            self.messages += len(item.messages)
-            for r in item.rejects:
+            for item in items:
+                for fe in item.messages:
+                    fe.ack()
+                    m = fe.message
+                    self._positions[(m.topic, m.partition)] = m.offset + 1
+                self.messages += len(item.messages)
+            for r in rejects:
                 self.bad[r.kind] += 1
                 if r.kind not in self._logged:  # once per kind; the rest counted and stored
                     self._logged.add(r.kind)
