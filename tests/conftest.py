@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka_support import kafka_broker  # noqa: F401  (session fixture: one tansu broker)
 from kube_server import KubeApi
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url

@@ -136,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from triggerd.engine.engine import assess
     from triggerd.store import queries
+    from triggerd.store.rejects import count_rejects
 
     config = _load(args)
     store = _open_store(config)
@@ -147,6 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         jobs = store.job_counts()
         last = queries.last_trigger_times(store)
         srcs = queries.sources(store)
+        rejected = count_rejects(store)
     finally:
         store.close()
     running = bool(daemon and daemon["stopped_at"] is None
@@ -191,7 +193,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "last_event_at": _iso(info.get("last_event_at")),
                         "error": info.get("error") if running else
                         (info.get("error") or "the daemon is not running"),
-                        "details": info.get("details") or {}})
+                        "details": info.get("details") or {},
+                        "rejected": rejected.get(name, {})})
     out: dict[str, Any] = {"daemon": {"running": running, "pid": daemon["pid"] if daemon else None,
                       "version": daemon["version"] if daemon else __version__,
                       "heartbeat_at": _iso(daemon["heartbeat_at"]) if daemon else None,
@@ -258,11 +261,24 @@ def _history(args: argparse.Namespace, query: Callable[[Any], list[Any]],
 def cmd_events(args: argparse.Namespace) -> int:
     from triggerd.store import queries
 
+    if args.rejected:
+        return _rejected(args)
     return _history(
         args, lambda store: queries.list_events(store, rule=args.rule, source=args.source,
                                                 since=_since(args.since), limit=args.limit),
         dict, ["observed at", "source", "kind", "subject", "id"],
         lambda r: [r["observed_at"], r["source"], r["kind"], r["subject"], r["id"]])
+
+
+def _rejected(args: argparse.Namespace) -> int:
+    """`events --rejected`: input a source could not turn into an event, newest first."""
+    from triggerd.store.rejects import list_rejects
+
+    return _history(
+        args, lambda store: list_rejects(store, source=args.source, since=_since(args.since),
+                                         limit=args.limit),
+        lambda r: r.to_dict(), ["at", "source", "ref", "kind", "error", "head"],
+        lambda r: [_iso(r.at), r.source, r.ref, r.kind, r.error[:80], (r.head or "")[:40]])
 
 
 def cmd_triggers(args: argparse.Namespace) -> int:
@@ -445,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source")
     p.add_argument("--since", help="a duration (2h) or an ISO time")
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--rejected", action="store_true",
+                   help="list input sources rejected (bad Kafka messages, failed `where`)")
     p = add("triggers", cmd_triggers, "trigger history with reasons", as_json)
     p.add_argument("--rule")
     p.add_argument("--since", help="a duration (2h) or an ISO time")

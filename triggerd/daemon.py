@@ -40,6 +40,7 @@ from triggerd.ops.endpoints import routes
 from triggerd.ops.http import HttpServer
 from triggerd.ops.metrics import Metrics
 from triggerd.store.files import StoreFileTable
+from triggerd.store.rejects import StoreRejectLog
 from triggerd.store.sql import Store
 
 log = logging.getLogger("triggerd.daemon")
@@ -185,7 +186,9 @@ class Daemon:
         cls = registry.source_class(str(getattr(options, "type", "")))
         # a source names the daemon services it wants (`wants = ("files",)`) and gets
         # them as keyword arguments; see interfaces.Source
-        services = {"files": lambda: StoreFileTable(self.store, self.call)}
+        services: dict[str, Callable[[], object]] = {
+            "files": lambda: StoreFileTable(self.store, self.call),
+            "rejects": lambda: StoreRejectLog(self.store, self.call)}
         extra = {want: services[want]() for want in getattr(cls, "wants", ())}
         source: Source = cls(name, options, **extra)
         return source

@@ -27,6 +27,15 @@ def event_id(source: str, fingerprint: str) -> str:
     return f"e{digest}"
 
 
+def event_ref(event: Event) -> str:
+    """Where an event came from, for logs and rejects: `topic/partition/offset` for a Kafka
+    message, else the event id."""
+    p = event.payload
+    if "topic" in p and "partition" in p and "offset" in p:
+        return f"{p['topic']}/{p['partition']}/{p['offset']}"
+    return event.id
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One observation from a source.

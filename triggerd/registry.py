@@ -18,6 +18,7 @@ from triggerd.errors import ConfigError
 SOURCES: dict[str, str] = {
     "cron": "triggerd.sources.cron:CronSource",
     "filesystem": "triggerd.sources.filesystem:FilesystemSource",
+    "kafka": "triggerd.sources.kafka:KafkaSource",
 }
 
 BACKENDS: dict[str, str] = {

@@ -304,6 +304,13 @@ def test_duration_defaults_are_written_as_users_write_them(schema: dict[str, Any
         "#/$defs/FilesystemOptions/properties/settle": "5s",
         "#/$defs/FilesystemOptions/properties/rescan": "10m",
         "#/$defs/FilesystemOptions/properties/poll": False,  # false, or an interval
+        "#/$defs/KafkaOptions/properties/batch_wait": "50ms",
+        "#/$defs/KafkaOptions/properties/fetch_wait": "100ms",
+        "#/$defs/KafkaOptions/properties/session_timeout": "6s",
+        "#/$defs/KafkaOptions/properties/heartbeat_interval": "2s",
+        "#/$defs/KafkaOptions/properties/rebalance_timeout": "20s",
+        "#/$defs/KafkaOptions/properties/request_timeout": "30s",
+        "#/$defs/KafkaOptions/properties/commit_interval": "1s",
     }
     for value in defaults.values():
         assert value is False or re.search(DURATION_PATTERN, value)

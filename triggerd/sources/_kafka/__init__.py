@@ -1,0 +1,1 @@
+"""Private parts of the `kafka` source: options, message decoding, the faust app."""

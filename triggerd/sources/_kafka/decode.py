@@ -1,0 +1,135 @@
+"""Turning one Kafka record into an `Event`, or into a `Reject` saying why it cannot be one.
+
+Events: kind `message`; payload `value` (decoded per `format`: parsed JSON, text, or base64
+for bytes), `key` (text), `topic`, `partition`, `offset`, `timestamp` (ISO 8601 UTC or null)
+and `headers` ({name: text}); subject from the `subject` template (default the key, or
+`topic/partition` when there is none); fingerprint from the `fingerprint` template (default
+`topic/partition/offset`, so a redelivery is a duplicate).
+
+Rejects (kind): `tombstone` (null value), `too_large` (over `max_bytes`), `utf8` (json/text
+that is not UTF-8), `json` (not valid JSON), `template` (a subject or fingerprint template
+names a field the message lacks).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from triggerd.engine.templates import Template
+from triggerd.errors import ExpressionError
+from triggerd.model import Event
+from triggerd.sources._kafka.options import KafkaOptions
+from triggerd.store.rejects import HEAD_CHARS, Reject
+
+__all__ = ["Decoder", "Record", "head_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The parts of a Kafka record the source uses (from a faust `Message`)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None  # seconds since the epoch
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def head_of(data: bytes | None) -> str | None:
+    """The first bytes of a value, as escaped text (never more than HEAD_CHARS)."""
+    if data is None:
+        return None
+    return data[:HEAD_CHARS].decode("utf-8", "backslashreplace")[:HEAD_CHARS]
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "backslashreplace")
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant)  # one decoder, not one per message
+
+
+class _Bad(Exception):
+    def __init__(self, kind: str, error: str) -> None:
+        super().__init__(error)
+        self.kind = kind
+        self.error = error
+
+
+class Decoder:
+    """Decodes records of one source; see the module docstring."""
+
+    def __init__(self, source: str, options: KafkaOptions) -> None:
+        self.source = source
+        self.format = options.format
+        self.max_bytes = options.max_bytes
+        self.subject = Template(options.subject) if options.subject else None
+        self.fingerprint = Template(options.fingerprint) if options.fingerprint else None
+
+    def decode(self, record: Record, now: datetime) -> Event | Reject:
+        try:
+            value = self._value(record.value)
+            key = _text(record.key)
+            payload: dict[str, Any] = {
+                "value": value, "key": key, "topic": record.topic,
+                "partition": record.partition, "offset": record.offset,
+                "timestamp": (datetime.fromtimestamp(record.timestamp, UTC).isoformat()
+                              if record.timestamp is not None else None),
+                "headers": {name: _text(data) for name, data in record.headers},
+            }
+            env = {"kind": "message", "source": self.source, "payload": payload,
+                   "value": value, "key": key, "topic": record.topic,
+                   "partition": record.partition, "offset": record.offset}
+            subject = self._render(self.subject, env, "subject") if self.subject else (
+                key if key is not None else f"{record.topic}/{record.partition}")
+            fingerprint = (self._render(self.fingerprint, env, "fingerprint")
+                           if self.fingerprint else record.ref)
+        except _Bad as bad:
+            return Reject(self.source, record.ref, bad.kind, bad.error, head_of(record.value),
+                          now)
+        return Event(source=self.source, kind="message", subject=subject,
+                     fingerprint=fingerprint, payload=payload, observed_at=now)
+
+    def _value(self, data: bytes | None) -> Any:
+        if data is None:
+            raise _Bad("tombstone", "null value (tombstone)")
+        if len(data) > self.max_bytes:
+            raise _Bad("too_large", f"value of {len(data)} bytes is over max_bytes "
+                                    f"({self.max_bytes})")
+        if self.format == "bytes":
+            return base64.b64encode(data).decode("ascii")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Bad("utf8", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+        if self.format == "text":
+            return text
+        try:
+            return _JSON.decode(text)
+        except json.JSONDecodeError as exc:
+            raise _Bad("json", f"invalid JSON: {exc.msg} at line {exc.lineno} "
+                               f"column {exc.colno}") from None
+        except RecursionError:
+            raise _Bad("json", "invalid JSON: nested too deeply") from None
+
+    @staticmethod
+    def _render(template: Template, env: dict[str, Any], what: str) -> str:
+        try:
+            return template.render(env)
+        except ExpressionError as exc:
+            raise _Bad("template", f"{what} template {template.text!r}: {exc}") from None

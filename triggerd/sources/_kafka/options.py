@@ -1,0 +1,206 @@
+"""Options of a `type: kafka` source, and the TLS/SASL settings they turn into.
+
+Secrets come only from environment variables named in the config (`password_env`,
+`key_password_env`); they are read when the source starts, never echoed in errors or logs.
+SASL PLAIN sends the password in clear text, so PLAIN without TLS (`SASL_PLAINTEXT` with
+`mechanism: PLAIN`) is refused by `triggerd check`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from triggerd.config.types import Duration, Size, Strict
+from triggerd.engine.templates import Template
+from triggerd.errors import ExpressionError, TriggerdError
+
+__all__ = ["KafkaOptions", "KafkaSecurity", "SecretMissing"]
+
+_BROKER = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
+
+
+class SecretMissing(TriggerdError):
+    """An environment variable named by `*_env` is not set at start."""
+
+
+class KafkaSecurity(Strict):
+    """How to reach the brokers: `PLAINTEXT`, `SSL` (TLS, optionally with a client
+    certificate), `SASL_SSL` (PLAIN or SCRAM over TLS) or `SASL_PLAINTEXT` (SCRAM only)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    password_env: str | None = None
+    """The environment variable holding the SASL password."""
+    cafile: str | None = None
+    """CA bundle to verify the brokers (default: the system's)."""
+    certfile: str | None = None
+    """TLS client certificate (PEM), for brokers that authenticate clients by certificate."""
+    keyfile: str | None = None
+    key_password_env: str | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        sasl = self.protocol.startswith("SASL_")
+        tls = self.protocol in ("SSL", "SASL_SSL")
+        if sasl:
+            if self.mechanism is None:
+                raise ValueError(f"protocol {self.protocol} needs a `mechanism` "
+                                 "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+            if not self.username or not self.password_env:
+                raise ValueError(f"protocol {self.protocol} needs `username` and "
+                                 "`password_env` (the variable holding the password)")
+            if self.mechanism == "PLAIN" and not tls:
+                raise ValueError("SASL PLAIN without TLS sends the password in clear text: "
+                                 "use protocol SASL_SSL, or a SCRAM mechanism")
+        elif self.mechanism or self.username or self.password_env:
+            raise ValueError(f"`mechanism`, `username` and `password_env` need a SASL protocol "
+                             f"(SASL_SSL), not {self.protocol}")
+        if not tls and (self.cafile or self.certfile or self.keyfile):
+            raise ValueError(f"`cafile`, `certfile` and `keyfile` need TLS (protocol SSL or "
+                             f"SASL_SSL), not {self.protocol}")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("a TLS client certificate needs both `certfile` and `keyfile`")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.cafile)
+        context.check_hostname = self.check_hostname
+        if self.certfile and self.keyfile:
+            context.load_cert_chain(self.certfile, self.keyfile,
+                                    password=_secret(self.key_password_env))
+        return context
+
+    def credentials(self) -> Any:
+        """The faust credentials object (None for PLAINTEXT). Reads the secrets now."""
+        import faust
+
+        context = self.ssl_context()
+        if self.protocol.startswith("SASL_"):
+            creds = faust.SASLCredentials(username=self.username,
+                                          password=_secret(self.password_env),
+                                          ssl_context=context, mechanism=self.mechanism)
+            return creds
+        if context is not None:
+            return faust.SSLCredentials(context)
+        return None
+
+
+def _secret(env: str | None) -> str | None:
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise SecretMissing(f"environment variable {env} is not set")
+    return value
+
+
+def _seconds(td: timedelta) -> float:
+    return td.total_seconds()
+
+
+class KafkaOptions(Strict):
+    """Options of a `type: kafka` source (SPEC 3, source `metrics`)."""
+
+    type: Literal["kafka"]
+    brokers: list[str] = Field(min_length=1)
+    """Bootstrap brokers as host:port."""
+    topic: str | list[str]
+    group: str = "triggerd"
+    """Consumer group: daemons in one group share the partitions."""
+    format: Literal["json", "text", "bytes"] = "json"
+    subject: str | None = None
+    """Template for the event subject; default the message key."""
+    fingerprint: str | None = None
+    """Template for the dedup key; default `topic/partition/offset`."""
+    start: Literal["earliest", "latest"] = "latest"
+    """Where a new group starts reading (a known group resumes from its committed offset)."""
+    max_bytes: Size = 1 << 20
+    """Messages larger than this are rejected (counted and recorded, not decoded)."""
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    batch: int = Field(500, ge=1, le=100_000)
+    """At most this many messages are stored in one transaction."""
+    batch_wait: Duration = timedelta(milliseconds=50)
+    """How long a partial batch waits for more messages before it is stored."""
+    fetch_wait: Duration = timedelta(milliseconds=100)
+    """How long the broker may hold a fetch while no message is there (faust fixes 1.5s;
+    some brokers hold it that long even when a message arrives: idle latency)."""
+    session_timeout: Duration = timedelta(seconds=6)
+    """Group session timeout: a daemon that stops heartbeating loses its partitions after
+    this long (heartbeats run on faust's consumer thread, so a busy event loop does not
+    delay them). Some brokers (tansu) answer a join only after half of it, so it also bounds
+    how fast a daemon starts consuming: faust's default, 60s, made that ~31s. 6s is the
+    smallest value Kafka brokers accept by default (`group.min.session.timeout.ms`)."""
+    heartbeat_interval: Duration = timedelta(seconds=2)
+    rebalance_timeout: Duration = timedelta(seconds=20)
+    """How long the group waits for members to rejoin during a rebalance."""
+    request_timeout: Duration = timedelta(seconds=30)
+    commit_interval: Duration = timedelta(seconds=1)
+    """How often stored offsets are committed: a crash re-reads at most this much (as
+    duplicates, which the store drops)."""
+
+    @field_validator("brokers")
+    @classmethod
+    def _valid_brokers(cls, value: list[str]) -> list[str]:
+        for broker in value:
+            if not _BROKER.match(broker):
+                raise ValueError(f"broker {broker!r}: write it as host:port")
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_topic(cls, value: str | list[str]) -> str | list[str]:
+        topics = [value] if isinstance(value, str) else value
+        if not topics:
+            raise ValueError("name at least one topic")
+        for topic in topics:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+                raise ValueError(f"invalid topic name {topic!r}")
+        return value
+
+    @field_validator("subject", "fingerprint")
+    @classmethod
+    def _valid_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Template(value)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _valid_timers(self) -> KafkaOptions:
+        if self.session_timeout < timedelta(seconds=1):
+            raise ValueError("`session_timeout` must be at least 1s")
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ValueError("`heartbeat_interval` must be shorter than `session_timeout` "
+                             "(a third of it is usual)")
+        if self.request_timeout < self.session_timeout:
+            raise ValueError("`request_timeout` must be at least `session_timeout`")
+        if min(self.commit_interval, self.batch_wait, self.fetch_wait) <= timedelta(0):
+            raise ValueError("`commit_interval`, `batch_wait` and `fetch_wait` must be positive")
+        return self
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic] if isinstance(self.topic, str) else list(self.topic)
+
+    def faust_settings(self) -> dict[str, Any]:
+        """The faust App settings these options give (timers, start position)."""
+        return {
+            "consumer_auto_offset_reset": self.start,
+            "broker_session_timeout": _seconds(self.session_timeout),
+            "broker_heartbeat_interval": _seconds(self.heartbeat_interval),
+            "broker_rebalance_timeout": _seconds(self.rebalance_timeout),
+            "broker_request_timeout": _seconds(self.request_timeout),
+            "broker_commit_interval": _seconds(self.commit_interval),
+        }
