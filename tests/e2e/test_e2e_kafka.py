@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from harness import Triggerd, wait_for
 from kafka_support import Tansu, TansuProxy, free_port, new_topic, produce, tansu_binary
+from opskit import http_port, sample, scrape
 
 from triggerd.store import queries
 
@@ -127,7 +128,7 @@ def test_bad_messages_are_counted_recorded_and_the_stream_goes_on(
         b'{"a": NaN}',                  # 6 not JSON either
         psi(0.9),                       # 7 good
     ])
-    proc = td.start()
+    proc = td.start(env={"TRIGGERD_HTTP": "127.0.0.1:0"})
     td.wait_running(proc)
     wait_for(lambda: len(td.calls_made()) >= 1
              and source_status(td)["details"].get("messages") == 8, 30,
@@ -135,8 +136,11 @@ def test_bad_messages_are_counted_recorded_and_the_stream_goes_on(
     src = source_status(td)
     assert src["events"] == 3  # 0, 5 and 7 are events; 5 matched no rule
     assert src["details"]["bad"] == {"json": 2, "utf8": 1, "tombstone": 1, "too_large": 1}
-    assert src["rejected"] == {"json": 2, "utf8": 1, "tombstone": 1, "too_large": 1,
-                               "where": 1}
+    expected = {"json": 2, "utf8": 1, "tombstone": 1, "too_large": 1, "where": 1}
+    assert src["rejected"] == expected
+    samples = scrape(http_port(td))  # the same counts in /metrics
+    assert {kind: sample(samples, "triggerd_rejected_messages", source="metrics", kind=kind)
+            for kind in expected} == expected
     assert td.stop(proc) == 0
     assert sorted(e for c in td.calls_made() for e in c["events"]) == \
         [f"{topic}/0/0", f"{topic}/0/7"]

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 
 from triggerd import __version__
 from triggerd.store import tables as t
+from triggerd.store.rejects import count_rejects
 from triggerd.store.sql import Store
 
 # seconds: from a trigger firing to its job starting; from a job attempt starting to its end
@@ -42,6 +43,7 @@ class StoreSnapshot:
     pending: dict[str, tuple[int, int, datetime | None]] = field(default_factory=dict)
     last_success: dict[str, datetime | None] = field(default_factory=dict)
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejects: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> kind -> n
 
 
 def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSnapshot:
@@ -63,6 +65,7 @@ def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSna
         for backend, status, n in c.execute(select(j.backend, j.status, func.count())
                                             .group_by(j.backend, j.status)):
             snap.jobs[(backend, status)] = int(n)
+    snap.rejects = count_rejects(store)
     return snap
 
 
@@ -111,7 +114,15 @@ class StoreCollector:
                                  labels=["backend", "status"])
         for (backend, status), n in sorted(snap.jobs.items()):
             jobs.add_metric([backend, status], n)
-        yield from (pending, pbytes, age, since, jobs)
+        rejected = GaugeMetricFamily(
+            "triggerd_rejected_messages",
+            "Messages a source could not turn into events (bad JSON, not UTF-8, tombstone, too "
+            "big, a failing where...), kept in the store for inspection (retention), by source "
+            "and kind", labels=["source", "kind"])
+        for source, kinds in sorted(snap.rejects.items()):
+            for kind, n in sorted(kinds.items()):
+                rejected.add_metric([source, kind], n)
+        yield from (pending, pbytes, age, since, jobs, rejected)
 
 
 class Metrics:
