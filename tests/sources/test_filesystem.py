@@ -427,7 +427,10 @@ async def test_a_failed_emit_loses_nothing_when_the_source_is_run_again(tmp_path
     second = asyncio.create_task(source.run(ctx))
     try:
         await ctx.wait_until(lambda: bool(ctx.named("a.csv")))
+        await source.started.wait()
+        write(tmp_path / "b.csv", b"b")  # and the restarted source watches again
+        await ctx.wait_until(lambda: bool(ctx.named("b.csv")))
     finally:
         second.cancel()
         await asyncio.wait([second], timeout=6)
-    assert [e.payload["name"] for e in ctx.events] == ["a.csv"]
+    assert [e.payload["name"] for e in ctx.events] == ["a.csv", "b.csv"]

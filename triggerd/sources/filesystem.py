@@ -223,6 +223,9 @@ class FilesystemSource:
         # and look again at whatever was waiting to settle (its event was never stored).
         leftover = [(path, entry.root, entry.hint) for path, entry in self._pending.items()]
         self._known, self._pending, self._heap = Known(), {}, []
+        for root in self._roots:  # the old observer is gone with its watches: watch anew
+            root.present = False
+        self._watches.clear()
         for path, row in (await self.files.load(self.name)).items():
             self._known.put(from_stored(path), row.sig)
         self.stats["files_tracked"] = len(self._known)
