@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from pydantic import ValidationError
 from triggerd.model import Event
 from triggerd.sources._kafka.decode import Decoder, Record
 from triggerd.sources.kafka import KafkaOptions
+from triggerd.store import Store
 from triggerd.store.rejects import Reject
+from triggerd.store.sql import Ingest
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
@@ -152,3 +155,28 @@ def test_check_refuses_sasl_plain_without_tls(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "triggerd.yaml:3:" in result.stderr or "triggerd.yaml:" in result.stderr
     assert "SASL PLAIN without TLS" in result.stderr
+
+
+def test_messages_no_store_could_keep_become_storable_events_or_rejects(
+        store: Store) -> None:
+    """Found in review: a NUL in a key (PostgreSQL text refuses it), a lone surrogate from a
+    JSON escape (not UTF-8), a producer timestamp past year 9999 and a 5,000-digit number
+    used to kill the stream. Each is now an event the store accepts, or a reject."""
+    d = Decoder("metrics", options(fingerprint="{value.id}"))
+    nul_key = d.decode(record(b'{"id": "a"}', key=b"\x00\x00\x01\x02"), NOW)
+    surrogate = d.decode(record(b'{"id": "\\ud800"}'), NOW)
+    far = Record(topic="m", partition=2, offset=9, timestamp=1e15, key=b"k",
+                 value=b'{"id": "far"}')
+    future = d.decode(far, NOW)
+    huge = d.decode(record(b'{"id": "h", "n": ' + b"9" * 5000 + b"}"), NOW)
+    assert isinstance(nul_key, Event) and nul_key.subject == "\\x00\\x00\x01\x02"
+    assert isinstance(surrogate, Event) and surrogate.fingerprint == "\\ud800"
+    assert isinstance(future, Event) and future.payload["timestamp"] is None
+    assert isinstance(huge, Reject) and huge.kind == "decode"
+    assert "4300" in huge.error or "digits" in huge.error
+    events = [nul_key, surrogate, future]
+    def classify(evs: Sequence[Event]) -> list[Ingest]:
+        return [Ingest(e) for e in evs]
+
+    assert len(store.ingest("metrics", "kafka", events, NOW, classify).new) == 3  # stored
+    assert store.ingest("metrics", "kafka", events, NOW, classify).duplicates == 3

@@ -239,6 +239,8 @@ class KafkaSource:
                     await self.rejects.add(rejects)
                     rejects = []
                 await ctx.emit(events)
+                if delay > 0.5:  # it was down: say it is back (the broker side is separate)
+                    ctx.set_health(True)
                 return
             except StoreError as exc:
                 log.warning("kafka source %s: store unavailable (%s); retrying in %.1fs",

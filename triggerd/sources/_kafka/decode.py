@@ -46,15 +46,35 @@ class Record:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
+def storable(text: str) -> str:
+    """`text` as every store keeps it: a NUL (PostgreSQL text refuses it) as `\\x00`, a lone
+    surrogate (from a JSON `\\ud800`; not encodable as UTF-8) as `\\ud800`."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def head_of(data: bytes | None) -> str | None:
     """The first bytes of a value, as escaped text (never more than HEAD_CHARS)."""
     if data is None:
         return None
-    return data[:HEAD_CHARS].decode("utf-8", "backslashreplace")[:HEAD_CHARS]
+    return storable(data[:HEAD_CHARS].decode("utf-8", "backslashreplace"))[:HEAD_CHARS]
 
 
 def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", "backslashreplace")
+    return None if data is None else storable(data.decode("utf-8", "backslashreplace"))
+
+
+def _timestamp(ms: float | None) -> str | None:
+    """The record's timestamp (producer-set: may be anything) as ISO 8601, or None."""
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _no_constant(name: str) -> Any:
@@ -88,8 +108,7 @@ class Decoder:
             payload: dict[str, Any] = {
                 "value": value, "key": key, "topic": record.topic,
                 "partition": record.partition, "offset": record.offset,
-                "timestamp": (datetime.fromtimestamp(record.timestamp, UTC).isoformat()
-                              if record.timestamp is not None else None),
+                "timestamp": _timestamp(record.timestamp),
                 "headers": {name: _text(data) for name, data in record.headers},
             }
             env = {"kind": "message", "source": self.source, "payload": payload,
@@ -99,11 +118,17 @@ class Decoder:
                 key if key is not None else f"{record.topic}/{record.partition}")
             fingerprint = (self._render(self.fingerprint, env, "fingerprint")
                            if self.fingerprint else record.ref)
+            event = Event(source=self.source, kind="message", subject=storable(subject),
+                          fingerprint=storable(fingerprint), payload=payload,
+                          observed_at=now)
         except _Bad as bad:
-            return Reject(self.source, record.ref, bad.kind, bad.error, head_of(record.value),
-                          now)
-        return Event(source=self.source, kind="message", subject=subject,
-                     fingerprint=fingerprint, payload=payload, observed_at=now)
+            return Reject(self.source, record.ref, bad.kind, storable(bad.error),
+                          head_of(record.value), now)
+        except Exception as exc:  # any other surprise in a message: rejected, never fatal
+            return Reject(self.source, record.ref, "decode",
+                          storable(f"{type(exc).__name__}: {exc}")[:500],
+                          head_of(record.value), now)
+        return event
 
     def _value(self, data: bytes | None) -> Any:
         if data is None:
