@@ -242,6 +242,9 @@ def test_retry_delay_doubles_jitters_within_the_cap_and_honours_retry_after() ->
         assert len(delays) > 40  # jittered: jobs failing together do not retry together
     assert retry_delay(policy, 1, retry_after=30, rng=rng) == 30 * s  # the server's floor
     assert retry_delay(policy, 1, retry_after=3600, rng=rng) == 60 * s  # within max_backoff
+    # a server may send any number (found in review: this overflowed timedelta and left the
+    # job `running` for good)
+    assert retry_delay(policy, 1, retry_after=99999999999999, rng=rng) == 60 * s
     assert 7.5 * s <= retry_delay(policy, 1, retry_after=2, rng=rng) <= 10 * s
 
 

@@ -256,7 +256,8 @@ class Daemon:
             log.info("triggerd stopping")
             self.ready = False
             sdnotify.notify("STOPPING=1")
-            await self.stop_sources(list(self._sources))  # sources first
+            async with self._reloading:  # a reload under way finishes first, then sees _stop
+                await self.stop_sources(list(self._sources))  # sources first
             for task in reversed(workers):  # the dispatcher last
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

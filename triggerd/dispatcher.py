@@ -55,7 +55,11 @@ class _Handle:
         self.attempt = job.attempts
 
     async def set_external_id(self, external_id: str) -> None:
-        await self._d.call(lambda: self._d.store.set_external_id(self.job_id, external_id))
+        try:
+            await self._d.call(lambda: self._d.store.set_external_id(self.job_id, external_id))
+        except StoreError as exc:  # the side effect happened: never fail the attempt for this
+            log.warning("job %s: could not record external id %s yet (%s); the outcome "
+                        "records it", self.job_id, external_id, exc)
 
 
 class Dispatcher:
@@ -223,8 +227,9 @@ def retry_delay(policy: RetrySpec, attempt: int, retry_after: float | None = Non
     outside system's hint), but never beyond `max_backoff`."""
     base = backoff_delay(policy.backoff, policy.max_backoff, attempt)
     delay = base * (0.75 + 0.25 * (rng or _jitter).random())
-    if retry_after is not None and retry_after > 0:
-        delay = max(delay, timedelta(seconds=retry_after))
+    if retry_after is not None and retry_after > 0:  # clamped first: it may be any number
+        delay = max(delay, timedelta(seconds=min(retry_after,
+                                                 policy.max_backoff.total_seconds())))
     return min(delay, policy.max_backoff)
 
 

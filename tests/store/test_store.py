@@ -1093,3 +1093,15 @@ def test_requests_of_a_dead_daemon_are_given_back(store: Store) -> None:
     assert [x[0] for x in store.take_requests("alive", now)] == [r2]
     assert store.requeue_requests("me", now - 3 * M) == 0  # alive's request is left alone
     assert store.requeue_requests("me", now - 3 * M, exclusive=True) == 1
+
+
+def test_a_nul_in_a_detail_or_external_id_is_stored_escaped(store: Store) -> None:
+    """A command may print NUL, a server may answer with one; PostgreSQL text refuses it (found
+    in review: the outcome could not be recorded and the job stayed `running`)."""
+    jid = queued(store)
+    store.claim_job(jid, "d1", 1, T0)
+    store.set_external_id(jid, "run\x00id")
+    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, detail="out\x00put")
+    job = store.job(jid)
+    assert job is not None and job.status == JobStatus.SUCCEEDED
+    assert (job.detail, job.external_id) == ("out\\x00put", "run\\x00id")

@@ -103,8 +103,6 @@ async def reload(daemon: Daemon) -> bool:
             daemon.metrics.forget_source(name, ctx.type)
     daemon.config = new
     daemon.dispatcher.config = new
-    for name in backends.removed:
-        daemon.dispatcher.backends.pop(name, None)
     daemon.dispatcher.backends.update(built_backends)
     try:
         await daemon.engine.reconfigure(new)
@@ -112,6 +110,10 @@ async def reload(daemon: Daemon) -> bool:
         log.warning("reload: deciding with the new rules failed (%s); they apply from the "
                     "next event or timer", exc)
     finally:
+        # removed backends go only now: a decision round still on the old rules may have
+        # queued a job for one of them
+        for name in backends.removed:
+            daemon.dispatcher.backends.pop(name, None)
         for name, source in built_sources.items():
             daemon.start_source(name, source)
     daemon.metrics.reloads.labels("applied").inc()

@@ -532,7 +532,7 @@ class Store:
     def set_external_id(self, job_id: str, external_id: str) -> None:
         with self.write() as c:
             c.execute(update(t.jobs).where(t.jobs.c.id == job_id)
-                      .values(external_id=external_id))
+                      .values(external_id=_no_nul(external_id)))
 
     def finish_attempt(self, job_id: str, owner: str, status: JobStatus, now: datetime, *,
                        exit_code: int | None = None, detail: str | None = None,
@@ -540,10 +540,11 @@ class Store:
                        next_attempt_at: datetime | None = None) -> bool:
         """Record the outcome of the running attempt (CAS on owner); False if not ours."""
         j = t.jobs.c
+        detail = _no_nul(detail) if detail is not None else None  # output, answers: anything
         values: dict[str, Any] = {"status": status, "exit_code": exit_code, "detail": detail,
                                   "next_attempt_at": next_attempt_at}
         if external_id is not None:
-            values["external_id"] = external_id
+            values["external_id"] = _no_nul(external_id)
         if status.final:
             values["finished_at"] = now
         with self.write() as c:
@@ -770,6 +771,11 @@ def _trigger_context(c: Connection, job_id: str) -> JobContext | None:
                               "subject": e.subject, "fingerprint": e.fingerprint,
                               "observed_at": e.observed_at.isoformat(), "payload": e.payload}
                              for e in evs], dict(row.params or {}))
+
+
+def _no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: a command's output or a server's answer may."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 def _job(r: Any) -> Job:
