@@ -173,19 +173,28 @@ def test_kill_9_after_store_before_commit_gives_no_duplicate_trigger(
         stored = {e["fingerprint"] for e in queries.list_events(store, source="metrics")}
     finally:
         store.close()
-    assert stored == {f"{topic}/0/{o}" for o in range(5)}
+    # the first stored batch: all five messages, or the first few if faust handed them over
+    # before the others arrived
+    k = len(stored)
+    assert k >= 1 and stored == {f"{topic}/0/{o}" for o in range(k)}
 
     proc = td.start()
     td.wait_running(proc)
-    wait_for(lambda: source_status(td)["duplicates"] == 5, 40, "the redelivered batch")
+    wait_for(lambda: source_status(td)["duplicates"] == k and source_status(td)["events"] == 5,
+             40, "the redelivered batch (duplicates) and the rest (new)")
     produce(kafka_broker.bootstrap, topic, [psi(0.9)])
     wait_for(lambda: source_status(td)["events"] == 6, 20, "a new message after restart")
-    wait_for(lambda: len(td.calls_made()) == 2, 20, "its trigger dispatched")
+
+    def dispatched() -> collections.Counter[str]:
+        return collections.Counter(e for c in td.calls_made() for e in c["events"])
+    wait_for(lambda: len(dispatched()) == 6, 20, "every message dispatched")
     assert td.stop(proc) == 0
-    per_event = collections.Counter(e for c in td.calls_made() for e in c["events"])
+    per_event = dispatched()
     assert set(per_event) == {f"{topic}/0/{o}" for o in range(6)}
     assert max(per_event.values()) == 1  # no message in two triggers
-    assert [t["id"] for t in td.json("triggers")] == ["every.2", "every.1"]
+    triggers = td.json("triggers")
+    assert len(triggers) == len(td.calls_made())  # each trigger dispatched once
+    assert triggers[-1]["id"] == "every.1"  # written before the crash, dispatched after it
 
 
 def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
