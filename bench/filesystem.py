@@ -197,6 +197,11 @@ NOOP_BACKEND = "noop: {type: command, argv: [/bin/true]}"
 
 
 # -- 1. latency -----------------------------------------------------------------------------------
+def fs_source(ws: Workspace, fingerprint: str) -> str:
+    """The benchmarked source: the tmpfs root, no settle delay."""
+    return f"type: filesystem\npaths: [{ws.landing}]\nsettle: 0s\nfingerprint: {fingerprint}\n"
+
+
 DATE = shutil.which("date") or "/bin/date"  # a compiled program: prints its start time
 
 
@@ -216,12 +221,7 @@ def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
         # The backend is `date +%s.%N` (argv, no shell): the time it prints, kept by the
         # command backend in jobs/<trigger id>/output.log, is the moment the backend ran.
         ws.write_config(
-            source=f"""
-type: filesystem
-paths: [{ws.landing}]
-settle: 0s
-fingerprint: {args.fingerprint}
-""",
+            source=fs_source(ws, args.fingerprint),
             backend=f"rec: {{type: command, argv: [{DATE}, '+%s.%N']}}",
             rule=f"""
 per-file:
@@ -283,12 +283,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     ws = Workspace(args.state_base)
     try:
         ws.write_config(
-            source=f"""
-type: filesystem
-paths: [{ws.landing}]
-settle: 0s
-fingerprint: {args.fingerprint}
-""", backend=NOOP_BACKEND, rule=HOLD_RULE)
+            source=fs_source(ws, args.fingerprint), backend=NOOP_BACKEND, rule=HOLD_RULE)
         n = int(args.burst_files)
         d = Daemon(ws, "throughput.log")
         try:
@@ -338,12 +333,7 @@ def bench_reconcile(args: argparse.Namespace) -> dict[str, Any]:
     ws = Workspace(args.state_base)
     try:
         ws.write_config(
-            source=f"""
-type: filesystem
-paths: [{ws.landing}]
-settle: 0s
-fingerprint: stat
-""", backend=NOOP_BACKEND, rule=HOLD_RULE)
+            source=fs_source(ws, "stat"), backend=NOOP_BACKEND, rule=HOLD_RULE)
         n = int(args.tree_dirs * args.tree_files)
         t0 = time.time()
         files = []

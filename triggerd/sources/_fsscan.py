@@ -203,20 +203,25 @@ def look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: int
     (size, mtime_ns, inode) equal `prev`, the previous look's, or, on a first look, its mtime
     is already `settle` old."""
     try:
-        # A path through a symlinked directory (watchdog reports files below a directory
-        # link it walked) is not the root's: skipped, as `walk` does not follow such links.
-        if through_link(os.path.dirname(path), root):
-            return Look("skip")
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            if not inside(os.path.realpath(path), root.real):
-                return Look("skip")  # a symlink leading outside the root
-            st = os.stat(path)
+        return _look(path, root, prev, known, now_ns, settle, by_content)
     except FileNotFoundError:
         return Look("gone")
     except OSError as exc:
         on_denied(path, exc)
         return Look("skip")
+
+
+def _look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: int,
+          settle: float, by_content: bool) -> Look:
+    # A path through a symlinked directory (watchdog reports files below a directory link it
+    # walked) is not the root's: skipped, as `walk` does not follow such links.
+    if through_link(os.path.dirname(path), root):
+        return Look("skip")
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if not inside(os.path.realpath(path), root.real):
+            return Look("skip")  # a symlink leading outside the root
+        st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         return Look("skip")
     sig = (st.st_size, st.st_mtime_ns, st.st_ino)
@@ -227,16 +232,10 @@ def look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: int
     if not by_content:
         return Look("settled", sig, f"{sig[0]}:{sig[1]}:{sig[2]}")
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        after = os.stat(path)
-    except FileNotFoundError:
-        return Look("gone")
-    except OSError as exc:
-        on_denied(path, exc)
-        return Look("skip")
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    after = os.stat(path)
     if (after.st_size, after.st_mtime_ns, after.st_ino) != sig:
         return Look("changing", (after.st_size, after.st_mtime_ns, after.st_ino))
     hexdigest = digest.hexdigest()

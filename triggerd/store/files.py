@@ -12,8 +12,7 @@ daemon's store thread (`Daemon.call`) or, by default, `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -22,6 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from triggerd.store import tables as t
+from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store, sqlite_value
 
 __all__ = ["FileRow", "FileTable", "StoreFileTable", "delete_files", "load_files", "save_files"]
@@ -115,22 +115,12 @@ def delete_files(store: Store, source: str, paths: Iterable[str]) -> None:
                                             f.path.in_(wanted[i:i + _CHUNK])))
 
 
-class Runner(Protocol):
-    """Runs a blocking store call off the event loop (`Daemon.call`, or `asyncio.to_thread`)."""
-
-    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
-
-
-def _to_thread(fn: Callable[[], T]) -> Awaitable[T]:
-    return asyncio.to_thread(fn)
-
-
 class StoreFileTable:
     """A `FileTable` bound to a `Store`; the daemon passes `runner=self.call` (its store thread)."""
 
     def __init__(self, store: Store, runner: Runner | None = None) -> None:
         self.store = store
-        self._run: Runner = runner if runner is not None else _to_thread
+        self._run: Runner = runner if runner is not None else to_thread
 
     async def load(self, source: str) -> dict[str, FileRow]:
         return await self._run(lambda: load_files(self.store, source))

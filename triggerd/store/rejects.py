@@ -11,8 +11,7 @@ nothing.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import desc, func, select
 
 from triggerd.store import tables as t
+from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store
 
 __all__ = ["HEAD_CHARS", "Reject", "RejectLog", "StoreRejectLog", "count_rejects",
@@ -86,16 +86,12 @@ def list_rejects(store: Store, source: str | None = None, since: datetime | None
 class StoreRejectLog:
     """`RejectLog` on a store, through the daemon's store thread (or `asyncio.to_thread`)."""
 
-    def __init__(self, store: Store,
-                 call: Callable[[Callable[[], None]], Awaitable[None]] | None = None) -> None:
+    def __init__(self, store: Store, runner: Runner | None = None) -> None:
         self.store = store
-        self._call = call
+        self._run: Runner = runner if runner is not None else to_thread
 
     async def add(self, rejects: Sequence[Reject]) -> None:
         if not rejects:
             return
         rows = list(rejects)
-        if self._call is not None:
-            await self._call(lambda: save_rejects(self.store, rows))
-        else:
-            await asyncio.to_thread(save_rejects, self.store, rows)
+        await self._run(lambda: save_rejects(self.store, rows))
