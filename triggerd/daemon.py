@@ -33,9 +33,9 @@ from triggerd.config.loader import Config
 from triggerd.dispatcher import Dispatcher
 from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
-from triggerd.interfaces import Backend, Clock, Source
+from triggerd.interfaces import Backend, Clock, Source, StoreWork
 from triggerd.model import Event, Job, Trigger
-from triggerd.ops import failpoints, reload, sdnotify
+from triggerd.ops import reload, sdnotify
 from triggerd.ops.endpoints import routes
 from triggerd.ops.http import HttpServer
 from triggerd.ops.metrics import Metrics
@@ -65,9 +65,9 @@ class _SourceContext:
         self.error: str | None = None
         daemon.metrics.source_health(name, source_type, True)
 
-    async def emit(self, events: Sequence[Event]) -> None:
+    async def emit(self, events: Sequence[Event], also: StoreWork | None = None) -> None:
         if events:
-            result = await self.daemon.engine.submit(self.name, events)
+            result = await self.daemon.engine.submit(self.name, events, also)
             self.daemon.metrics.ingested(self.name, len(result.new), result.duplicates)
 
     async def load_checkpoint(self) -> dict[str, Any] | None:
@@ -230,7 +230,7 @@ class Daemon:
             self.dispatcher = Dispatcher(self.config, self.store, backends,
                                          self.clock, self.call, self.id, self._job_finished)
             self.engine = Engine(self.config, self.store, self.clock, self.call,
-                                 self._triggered)
+                                 self._triggered, claimer=self.dispatcher)
             self.dispatcher.metrics = self.metrics
             self.metrics.config_rules.set(len(self.config.rules))
             await self._recover(starting=True)
@@ -299,7 +299,6 @@ class Daemon:
             self.dispatcher.submit(job_id, not_before)
 
     def _triggered(self, trig: Trigger) -> None:
-        failpoints.hit("after-trigger-write")
         self.dispatcher.submit(trig.id)
         self.metrics.triggered(trig.rule, trig.kind or ("manual" if trig.manual else "unknown"))
 

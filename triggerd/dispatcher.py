@@ -38,8 +38,9 @@ from triggerd.errors import (
 )
 from triggerd.interfaces import Backend, Clock
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
+from triggerd.ops import failpoints
 from triggerd.ops.logging import job_fields
-from triggerd.store.sql import JobContext, Store
+from triggerd.store.sql import Claim, JobContext, Store
 
 if TYPE_CHECKING:
     from triggerd.ops.metrics import Metrics
@@ -76,11 +77,28 @@ class Dispatcher:
         self.wanted: dict[str, datetime | None] = {}  # job id -> not before
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._stopped = False  # run() has ended: start nothing more
         self.metrics: Metrics | None = None  # set by the daemon (triggerd.ops.metrics)
 
     def submit(self, job_id: str, not_before: datetime | None = None) -> None:
+        if job_id in self.running:  # started already (claimed with its trigger)
+            return
         self.wanted[job_id] = not_before
         self._wake.set()
+
+    # -- the engine's Claimer: a job claimed in the trip that wrote its trigger -----------------
+    def claim(self, job_id: str) -> Claim:
+        """Claim a job on the store thread (called by the engine right after its trigger)."""
+        if self._stopped:  # shutting down: the job stays queued for the next start
+            return Claim(None, None, None)
+        return self.store.claim(job_id, self.owner, self._concurrency, self.clock.now())
+
+    def claimed(self, claim: Claim) -> None:
+        """Start what `claim` claimed; a job it could not claim goes the usual way."""
+        if claim.job is not None and not self._stopped:
+            self._start(claim.job, claim.context)
+        elif claim.found is not None:
+            self.submit(claim.found.id)
 
     async def run(self) -> None:
         store_down = 0.0  # seconds to wait before retrying after a store error
@@ -108,6 +126,7 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
         finally:
+            self._stopped = True  # a claim that raced the stop is given back at the next start
             for task in self.running.values():
                 task.cancel()
             if self.running:
@@ -132,19 +151,25 @@ class Dispatcher:
             due = current.next_attempt_at
             self.wanted[job_id] = due if due is not None and due > now else None
             return
-        self.wanted.pop(job_id, None)
+        self._start(job, claim.context)
+
+    def _start(self, job: Job, context: JobContext | None) -> None:
+        failpoints.hit("after-claim")  # crash tests: claimed, the backend not yet called
+        self.wanted.pop(job.id, None)
         rule = self.config.rules.get(job.rule)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
                  _budget(job, rule.dispatch.retry if rule else None), job.backend,
                  extra=job_fields(job))
         if self.metrics is not None:
+            claimed_at = job.started_at or self.clock.now()  # the first claim's time
             self.metrics.attempt_started(job.backend, job.attempts,
-                                         (now - job.created_at).total_seconds())
-        self.running[job_id] = asyncio.create_task(self._attempt(job, claim.context),
-                                                   name=f"job:{job_id}")
+                                         (claimed_at - job.created_at).total_seconds())
+        self.running[job.id] = asyncio.create_task(self._attempt(job, context),
+                                                   name=f"job:{job.id}")
 
     async def _attempt(self, job: Job, context: JobContext | None) -> None:
         started = time.monotonic()
+        retry_at: datetime | None = None
         try:
             status, result, error = await self._dispatch(job, context)
             now = self.clock.now()
@@ -168,7 +193,7 @@ class Dispatcher:
                 log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
                             job.attempts, next_at.isoformat() if next_at else "?", detail,
                             extra=job_fields(job))
-                self.submit(job.id, next_at)
+                retry_at = next_at
             elif status == JobStatus.SUCCEEDED:
                 log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id,
                          extra=job_fields(job))
@@ -178,6 +203,8 @@ class Dispatcher:
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
+        if retry_at is not None:  # after leaving `running`, which submit skips
+            self.submit(job.id, retry_at)
         if self.on_finished is not None:
             self.on_finished(job)
 

@@ -29,11 +29,13 @@ Clock
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from triggerd.model import DispatchResult, Event, TriggerContext
+
+StoreWork = Callable[[Any], None]  # store work given the open transaction's connection
 
 
 class Clock(Protocol):
@@ -48,8 +50,11 @@ class SourceContext(Protocol):
     name: str
     clock: Clock
 
-    async def emit(self, events: Sequence[Event]) -> None:
-        """Store `events` (dedup, pending membership) and return once they are durable."""
+    async def emit(self, events: Sequence[Event], also: StoreWork | None = None) -> None:
+        """Store `events` (dedup, pending membership) and return once they are durable.
+        `also` (from a daemon service such as `FileTable.with_events`) runs in the same store
+        transaction: what the source records about the events is stored with them, or not
+        at all."""
         ...
 
     async def load_checkpoint(self) -> dict[str, Any] | None:

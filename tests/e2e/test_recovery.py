@@ -6,6 +6,7 @@ import collections
 import signal
 from pathlib import Path
 
+import pytest
 from harness import Triggerd, wait_for
 
 from triggerd.store import queries
@@ -26,15 +27,19 @@ def periodic_config(td: Triggerd, every: str = "1s") -> None:
     """)
 
 
-def test_kill_9_between_trigger_and_dispatch_dispatches_once_after_restart(td: Triggerd
-                                                                          ) -> None:
+@pytest.mark.parametrize(("failpoint", "status"), [
+    ("after-trigger-write", "queued"),  # the trigger and its job written, not yet claimed
+    ("after-claim", "running"),  # claimed with its trigger, the backend not yet called
+])
+def test_kill_9_between_trigger_and_dispatch_dispatches_once_after_restart(
+        td: Triggerd, failpoint: str, status: str) -> None:
     periodic_config(td)
-    crashed = td.start(env={"TRIGGERD_FAILPOINT": "after-trigger-write"}, log="crash.log")
+    crashed = td.start(env={"TRIGGERD_FAILPOINT": failpoint}, log="crash.log")
     assert crashed.wait(timeout=30) == -signal.SIGKILL  # died right after writing a trigger
     store = td.store()
     try:
         jobs = queries.list_jobs(store)
-        assert [(j.id, str(j.status)) for j in jobs] == [("periodic.1", "queued")]
+        assert [(j.id, str(j.status)) for j in jobs] == [("periodic.1", status)]
     finally:
         store.close()
     assert td.calls_made() == []

@@ -305,7 +305,7 @@ async def test_a_store_error_after_ingest_retries_the_decision(
     still decide for them once the store answers."""
     h = Harness(store, {"r": {"on": ["landing"], "when": {"min_events": 2}}})
     await h.start()
-    fail_first(monkeypatch, store, "group_states")
+    fail_first(monkeypatch, store, "snapshot")
     await h.submit(h.event(), h.event())
     assert h.fired == []
     await h.advance(timedelta(seconds=2))
@@ -317,7 +317,7 @@ async def test_a_scheduled_check_hit_by_a_store_error_is_retried_not_skipped(
     h = Harness(store, {"r": {"on": ["landing"], "when": {"schedule": "0 2 * * *"}}})
     await h.start()
     await h.submit(h.event())
-    fail_first(monkeypatch, store, "pending")
+    fail_first(monkeypatch, store, "snapshot")
     with pytest.raises(StoreError):
         await h.advance(timedelta(hours=15))  # the 02:00 check claims its slot, then fails
     assert h.fired == []

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from triggerd.clock import SystemClock
 from triggerd.errors import StoreError
-from triggerd.interfaces import Source
+from triggerd.interfaces import Source, StoreWork
 from triggerd.model import Event
 from triggerd.registry import source_class
 from triggerd.sources.filesystem import FilesystemOptions, FilesystemSource
@@ -43,6 +43,7 @@ class FakeContext:
         self.clock = SystemClock()
         self.batches: list[list[Event]] = []
         self.health: list[tuple[bool, str | None]] = []
+        self.store: Store | None = None  # where `emit` runs `also` (a StoreFileTable's store)
         self._changed = asyncio.Event()
 
     @property
@@ -52,7 +53,11 @@ class FakeContext:
     def named(self, name: str) -> list[Event]:
         return [e for e in self.events if e.payload["name"] == name]
 
-    async def emit(self, events: Sequence[Event]) -> None:
+    async def emit(self, events: Sequence[Event], also: StoreWork | None = None) -> None:
+        if also is not None:  # the file rows, in the events' transaction (as the daemon does)
+            assert self.store is not None, "a store-backed file table needs ctx.store"
+            with self.store.write() as c:
+                also(c)
         self.batches.append(list(events))
         self._changed.set()
 
@@ -85,6 +90,8 @@ async def running(root: Path, *, files: FileTable | None = None, ctx: FakeContex
                   **overrides: Any) -> AsyncIterator[tuple[FilesystemSource, FakeContext]]:
     source = FilesystemSource(NAME, options(root, **overrides), files=files, root_check=0.05)
     ctx = ctx or FakeContext()
+    if isinstance(files, StoreFileTable):
+        ctx.store = files.store
     task = asyncio.create_task(source.run(ctx))
     try:
         started = asyncio.create_task(source.started.wait())
@@ -403,12 +410,12 @@ class FailingOnce(FakeContext):
         super().__init__()
         self.failures = 1
 
-    async def emit(self, events: Sequence[Event]) -> None:
+    async def emit(self, events: Sequence[Event], also: StoreWork | None = None) -> None:
         if self.failures:
             self.failures -= 1
             self._changed.set()
             raise StoreError("connection refused (simulated)")
-        await super().emit(events)
+        await super().emit(events, also)
 
 
 async def test_a_failed_emit_loses_nothing_when_the_source_is_run_again(tmp_path: Path) -> None:

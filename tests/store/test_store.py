@@ -22,6 +22,7 @@ from triggerd.model import Event, JobStatus, Trigger, trigger_id
 from triggerd.store import Store
 from triggerd.store import queries as q
 from triggerd.store import tables as t
+from triggerd.store.files import FileRow, load_files, write_files
 from triggerd.store.sql import Ingest, IngestResult, NewTrigger
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -239,6 +240,27 @@ def test_a_batch_that_failed_half_way_can_be_retried(store: Store,
     trig = store.create_trigger(new_trigger("r", "new", 0, T0 + M))
     assert trig is not None and trig.events == 1
 
+
+
+def test_work_given_to_ingest_is_stored_with_the_events_or_not_at_all(store: Store) -> None:
+    """The filesystem source's file rows ride in the transaction of the events they cover: a
+    failure in either leaves neither (a crash can no longer store one without the other)."""
+    row = FileRow("/data/a.csv", inode=7, size=3, mtime_ns=1, fingerprint="a.csv:3:1:7")
+
+    def broken(c: Any) -> None:
+        write_files(store, c, "src", [row], ())
+        raise OperationalError("INSERT files", {}, Exception("disk I/O error"))
+    with pytest.raises(StoreError, match="disk I/O error"):
+        store.ingest("src", "filesystem", [ev("a")], T0, also=broken)
+    assert count(store, t.events) == 0 and load_files(store, "src") == {}
+
+    store.ingest("src", "filesystem", [ev("a")], T0,
+                 also=lambda c: write_files(store, c, "src", [row], ()))
+    assert count(store, t.events) == 1
+    assert load_files(store, "src")["/data/a.csv"].sig == (3, 1, 7)
+    store.ingest("src", "filesystem", [ev("b")], T0,
+                 also=lambda c: write_files(store, c, "src", [], ["/data/a.csv"]))
+    assert count(store, t.events) == 2 and load_files(store, "src") == {}
 
 PAYLOAD: dict[str, Any] = {
     "path": "/data/größe/日本語 file ✓.parquet",

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
 
 from triggerd.config.loader import Config
 from triggerd.engine.matching import RuleSet
@@ -22,12 +24,25 @@ from triggerd.engine.policy import Decision, Situation, decide
 from triggerd.errors import StoreError
 from triggerd.interfaces import Clock
 from triggerd.model import Event, GroupState, Pending, RuleFlags, Trigger
+from triggerd.ops import failpoints
 from triggerd.schedules import Schedule
-from triggerd.store.sql import IngestResult, Key, NewTrigger, Store
+from triggerd.store.sql import Claim, IngestResult, Key, NewTrigger, Store
 
 log = logging.getLogger("triggerd.engine")
 Call = Callable[[Callable[[], Any]], Awaitable[Any]]
-Decided = tuple[list[Trigger], dict[Key, Decision]]  # what one decision round fired and decided
+# what one decision round fired, decided, and claimed for dispatch (job id -> claim)
+Decided = tuple[list[Trigger], dict[Key, Decision], dict[str, Claim]]
+
+
+class Claimer(Protocol):
+    """The dispatcher, seen from the engine: a trigger's job can be claimed in the same trip
+    to the store thread that wrote the trigger (the latency from an event to its backend)."""
+
+    def claim(self, job_id: str) -> Claim:
+        """Claim the job if its rule has a free slot (runs on the store thread)."""
+
+    def claimed(self, claim: Claim) -> None:
+        """Start the attempt of a job claimed by `claim` (on the event loop)."""
 
 
 def rule_schedule(config: Config, rule: str) -> Schedule | None:
@@ -61,10 +76,8 @@ def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | No
     rules &= set(config.rules)
     if not rules:
         return {}
-    states = store.group_states(rules)
-    pending = store.pending(rules)
-    flags = store.rule_flags()
-    active = store.active_jobs_by_rule(rules)
+    snap = store.snapshot(rules)
+    states, pending, flags, active = snap.states, snap.pending, snap.flags, snap.active
     candidates = wanted if wanted is not None else set(states) | set(pending)
     schedules = {r: rule_schedule(config, r) for r in rules}
     out: dict[Key, Assessment] = {}
@@ -89,13 +102,14 @@ def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | No
 
 class Engine:
     def __init__(self, config: Config, store: Store, clock: Clock, call: Call,
-                 on_trigger: Callable[[Trigger], None]) -> None:
+                 on_trigger: Callable[[Trigger], None], claimer: Claimer | None = None) -> None:
         self.config = config
         self.rules = RuleSet(config.rules)
         self.store = store
         self.clock = clock
         self.call = call
         self.on_trigger = on_trigger
+        self.claimer = claimer
         self.due: dict[Key, datetime] = {}
         self.slot_due: dict[str, datetime] = {}
         self.schedules = {r: s for r in config.rules if (s := rule_schedule(config, r))}
@@ -104,14 +118,16 @@ class Engine:
         self._owned_slots: dict[str, datetime] = {}  # claimed by us, check not yet done
 
     # -- input ----------------------------------------------------------------------------------
-    async def submit(self, source: str, events: Sequence[Event]) -> IngestResult:
-        """Store a batch from a source and decide for the rule groups it touched, in one trip
-        to the store thread (the latency from an event to its trigger)."""
+    async def submit(self, source: str, events: Sequence[Event],
+                     also: Callable[[Connection], None] | None = None) -> IngestResult:
+        """Store a batch from a source (and `also`, in the same transaction) and decide for
+        the rule groups it touched, in one trip to the store thread (the latency from an event
+        to its trigger)."""
         source_type = self.config.source_type(source)
 
         def work() -> tuple[IngestResult, Decided | StoreError | None]:
             result = self.store.ingest(source, source_type, events, self.clock.now(),
-                                       self.rules.classify)
+                                       self.rules.classify, also)
             if not result.touched:
                 return result, None
             try:
@@ -136,18 +152,18 @@ class Engine:
             self._decided(*decided)
         return result
 
-    async def evaluate_rule(self, rule: str) -> list[Trigger]:
+    async def evaluate_rule(self, rule: str, at_slot: dict[str, datetime] | None = None
+                            ) -> list[Trigger]:
         """Decide for every group of a rule (e.g. after one of its jobs ended: `concurrency`
         and `on_busy` are per rule, so every group may be free to fire now)."""
         if rule not in self.config.rules:
             return []
-        return await self.evaluate(await self._rule_keys(rule))
-
-    async def _rule_keys(self, rule: str) -> set[Key]:
-        """Every group of a rule: those with state, those with pending events, or ''."""
-        keys: set[Key] = set(await self.call(lambda: self.store.group_states([rule])))
-        keys |= set(await self.call(lambda: self.store.pending([rule])))
-        return keys or {(rule, "")}
+        async with self._lock:  # one decision round at a time within this daemon
+            # every group of the rule (with state or pending events, or ''), in the same trip
+            decided: Decided = await self.call(lambda: self._evaluate_sync(
+                self.store.rule_keys(rule) or {(rule, "")}, at_slot))
+        self._decided(*decided)
+        return decided[0]
 
     async def start(self) -> None:
         """At start-up: decide for every known group, and catch up a missed scheduled check."""
@@ -216,14 +232,14 @@ class Engine:
                        at_slot: dict[str, datetime] | None = None) -> list[Trigger]:
         keys = set(keys) if keys is not None else None
         async with self._lock:  # one decision round at a time within this daemon
-            fired: list[Trigger]
-            decisions: dict[Key, Decision]
-            fired, decisions = await self.call(lambda: self._evaluate_sync(keys, at_slot))
-        self._decided(fired, decisions)
-        return fired
+            decided: Decided = await self.call(lambda: self._evaluate_sync(keys, at_slot))
+        self._decided(*decided)
+        return decided[0]
 
-    def _decided(self, fired: list[Trigger], decisions: dict[Key, Decision]) -> None:
-        """Arm the groups' timers from their decisions and hand the triggers on."""
+    def _decided(self, fired: list[Trigger], decisions: dict[Key, Decision],
+                 claims: dict[str, Claim]) -> None:
+        """Arm the groups' timers from their decisions and hand the triggers on (with the jobs
+        claimed for them in the same trip: those start at once)."""
         now = self.clock.now()
         for key, decision in decisions.items():
             if decision.next_check_at is not None:
@@ -233,12 +249,16 @@ class Engine:
                 self.due.pop(key, None)
         self._wake.set()
         for trig in fired:
+            claim = claims.get(trig.id)
+            if claim is not None and self.claimer is not None:
+                self.claimer.claimed(claim)
             self.on_trigger(trig)
 
     def _evaluate_sync(self, keys: set[Key] | None, at_slot: dict[str, datetime] | None
                        ) -> Decided:
         fired: list[Trigger] = []
         decisions: dict[Key, Decision] = {}
+        claims: dict[str, Claim] = {}
         todo = keys
         for _round in range(4):
             now = self.clock.now()
@@ -260,11 +280,20 @@ class Engine:
                              f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events,
                              extra={"rule": key[0], "trigger_id": trig.id})
                     fired.append(trig)
-                again.add(key)  # decide again: for the next timer, or after losing a race
+                    failpoints.hit("after-trigger-write")  # crash tests (store thread)
+                    busy = a.active_jobs >= spec.dispatch.concurrency
+                    if self.claimer is not None and not busy:
+                        with contextlib.suppress(StoreError):  # the dispatcher claims it later
+                            claims[trig.id] = self.claimer.claim(trig.id)
+                    # decide again for the group's next timer shortly, by the timer task:
+                    # not here, where it would delay the trigger's job (the latency)
+                    decisions[key] = replace(a.decision, next_check_at=now)
+                else:
+                    again.add(key)  # lost a race (another replica fired): decide again now
             if not again:
                 break
             todo, at_slot = again, None
-        return fired, decisions
+        return fired, decisions, claims
 
     async def fire(self, rule: str, reason: str, request_id: int | None = None
                    ) -> list[Trigger]:
@@ -313,7 +342,7 @@ class Engine:
             lambda: self.store.claim_slot(key, slot, self.clock.now()))
         if claimed:
             self._owned_slots[rule] = slot
-            await self.evaluate(await self._rule_keys(rule), at_slot={rule: slot})
+            await self.evaluate_rule(rule, at_slot={rule: slot})
             await self.call(lambda: self.store.finish_slot(key, slot, self.clock.now()))
             self._owned_slots.pop(rule, None)
         nxt = sched.next_after(max(slot, self.clock.now()))

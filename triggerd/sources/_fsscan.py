@@ -198,12 +198,15 @@ class Look:
 
 
 def look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: int,
-         settle: float, by_content: bool, on_denied: OnDenied) -> Look:
+         settle: float, by_content: bool, on_denied: OnDenied,
+         linked: dict[str, bool] | None = None) -> Look:
     """Blocking: stat (and, `by_content`, hash) one file to see whether it has settled: its
     (size, mtime_ns, inode) equal `prev`, the previous look's, or, on a first look, its mtime
-    is already `settle` old."""
+    is already `settle` old. `linked` remembers `through_link` per directory across one batch
+    of looks (a realpath per file was a fifth of a look)."""
     try:
-        return _look(path, root, prev, known, now_ns, settle, by_content)
+        return _look(path, root, prev, known, now_ns, settle, by_content,
+                     {} if linked is None else linked)
     except FileNotFoundError:
         return Look("gone")
     except OSError as exc:
@@ -212,10 +215,14 @@ def look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: int
 
 
 def _look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: int,
-          settle: float, by_content: bool) -> Look:
+          settle: float, by_content: bool, linked: dict[str, bool]) -> Look:
     # A path through a symlinked directory (watchdog reports files below a directory link it
     # walked) is not the root's: skipped, as `walk` does not follow such links.
-    if through_link(os.path.dirname(path), root):
+    directory = os.path.dirname(path)
+    through = linked.get(directory)
+    if through is None:
+        through = linked[directory] = through_link(directory, root)
+    if through:
         return Look("skip")
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):

@@ -145,6 +145,10 @@ class MemoryFileTable:
         for p in paths:
             table.pop(p, None)
 
+    def with_events(self, source: str, rows: Sequence[FileRow], gone: Sequence[str]
+                    ) -> None:
+        return None  # no store transaction to join: saved after the events, by `save`
+
 
 @dataclass(eq=False)
 class _Pending:
@@ -395,8 +399,9 @@ class FilesystemSource:
     def _look_all(self, asks: list[tuple[str, Root, Sig | None, Sig | None]]) -> list[Look]:
         now_ns = time.time_ns()
         by_content = self.options.fingerprint == "sha256"
-        return [look(path, root, prev, known, now_ns, self._settle, by_content, self._log_denied)
-                for path, root, prev, known in asks]
+        linked: dict[str, bool] = {}
+        return [look(path, root, prev, known, now_ns, self._settle, by_content, self._log_denied,
+                     linked) for path, root, prev, known in asks]
 
     def _log_denied(self, path: str, exc: OSError) -> None:
         """Called from worker threads: an unreadable file or directory, logged once."""
@@ -427,7 +432,7 @@ class FilesystemSource:
                     if "deleted" in self.options.events:
                         size, mtime_ns, inode = old
                         events.append(self._event(
-                            ctx, "deleted", path, entry.root, rel, size, mtime_ns, None,
+                            now, "deleted", path, entry.root, rel, size, mtime_ns, None,
                             f"{stored(rel)}:{size}:{mtime_ns}:{inode}:deleted"))
                 continue
             if seen.verdict != "settled" or seen.sig is None or not self.wanted(rel):
@@ -438,27 +443,35 @@ class FilesystemSource:
             fingerprint = f"{stored(rel)}:{seen.content}"
             saves.append((path, FileRow(stored(path), inode, size, mtime_ns, fingerprint, now)))
             if kind in self.options.events:
-                events.append(self._event(ctx, kind, path, entry.root, rel, size, mtime_ns,
+                events.append(self._event(now, kind, path, entry.root, rel, size, mtime_ns,
                                           seen.sha256, fingerprint))
+        joined = None
         if events:
-            await ctx.emit(events)
+            # the rows go into the events' own transaction where the table can join it: both
+            # are stored or neither (one commit per batch, nothing left to save afterwards)
+            joined = self.files.with_events(self.name, [row for _path, row in saves],
+                                            [stored(p) for p in gone])
+            await ctx.emit(events, also=joined)
             self.stats["last_event_at"] = now.isoformat()
         # The events are stored: record the rows even if shutdown cancels us meanwhile, so a
         # clean stop leaves no duplicate to re-emit (a crash here only causes one, counted).
-        await _uncancelled(self._record(saves, gone))
+        await _uncancelled(self._record(saves, gone, stored_already=joined is not None))
 
-    async def _record(self, saves: list[tuple[str, FileRow]], gone: list[str]) -> None:
+    async def _record(self, saves: list[tuple[str, FileRow]], gone: list[str], *,
+                      stored_already: bool = False) -> None:
         if saves:
-            await self.files.save(self.name, [row for _path, row in saves])
+            if not stored_already:
+                await self.files.save(self.name, [row for _path, row in saves])
             for path, row in saves:
                 self._known.put(path, row.sig)
         if gone:
-            await self.files.delete(self.name, [stored(p) for p in gone])
+            if not stored_already:
+                await self.files.delete(self.name, [stored(p) for p in gone])
             for p in gone:
                 self._known.drop(p)
         self.stats["files_tracked"] = len(self._known)
 
-    def _event(self, ctx: SourceContext, kind: str, path: str, root: Root, rel: str,
+    def _event(self, now: datetime, kind: str, path: str, root: Root, rel: str,
                size: int, mtime_ns: int, sha256: str | None, fingerprint: str) -> Event:
         directory, _, name = rel.rpartition("/")
         payload: dict[str, Any] = {"path": display(path), "relpath": display(rel),
@@ -470,7 +483,7 @@ class FilesystemSource:
         if self.options.fingerprint == "sha256" and sha256 is not None:
             payload["sha256"] = sha256
         return Event(source=self.name, kind=kind, subject=display(path),
-                     fingerprint=fingerprint, payload=payload, observed_at=ctx.clock.now())
+                     fingerprint=fingerprint, payload=payload, observed_at=now)
 
     # -- reconcile ------------------------------------------------------------------------
     async def _reconcile(self, ctx: SourceContext, targets: Sequence[tuple[Root, str]]) -> None:

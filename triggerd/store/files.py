@@ -12,12 +12,12 @@ daemon's store thread (`Daemon.call`) or, by default, `asyncio.to_thread`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from triggerd.store import tables as t
@@ -56,6 +56,11 @@ class FileTable(Protocol):
 
     async def delete(self, source: str, paths: Sequence[str]) -> None: ...
 
+    def with_events(self, source: str, rows: Sequence[FileRow], gone: Sequence[str]
+                    ) -> Callable[[Connection], None] | None:
+        """`save` and `delete` as work for the transaction that stores the events the rows
+        cover (`SourceContext.emit(events, also=...)`); None when the table cannot join it."""
+
 
 def load_files(store: Store, source: str) -> dict[str, FileRow]:
     """Every row of `source`, keyed by path (plain columns only: 100k rows load in ~0.3 s)."""
@@ -68,24 +73,33 @@ def load_files(store: Store, source: str) -> dict[str, FileRow]:
 
 def save_files(store: Store, source: str, rows: Iterable[FileRow]) -> None:
     """Insert or update rows of `source` (one transaction)."""
+    rows = list(rows)
+    if rows:
+        with store.write() as c:
+            write_files(store, c, source, rows, ())
+
+
+def write_files(store: Store, c: Connection, source: str, rows: Sequence[FileRow],
+                gone: Sequence[str]) -> None:
+    """Upsert `rows` and delete the rows of `gone` paths within the transaction of `c`."""
     now = datetime.now(UTC)
     values = [{"source": source, "path": r.path, "inode": r.inode, "size": r.size,
                "mtime_ns": r.mtime_ns, "fingerprint": r.fingerprint,
                "seen_at": r.seen_at or now} for r in rows]
-    if not values:
-        return
-    if store.dialect == "sqlite":
-        _sqlite_upsert(store, values)
-        return
-    mod = postgresql if store.dialect == "postgresql" else sqlite
-    stmt = mod.insert(t.files)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[t.files.c.source, t.files.c.path],
-        set_={k: stmt.excluded[k] for k in ("inode", "size", "mtime_ns", "fingerprint",
-                                             "seen_at")})
-    with store.write() as c:
+    if values and store.dialect == "sqlite":
+        _sqlite_upsert(c, values)
+    elif values:
+        mod = postgresql if store.dialect == "postgresql" else sqlite
+        stmt = mod.insert(t.files)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.files.c.source, t.files.c.path],
+            set_={k: stmt.excluded[k] for k in ("inode", "size", "mtime_ns", "fingerprint",
+                                                 "seen_at")})
         for i in range(0, len(values), _CHUNK):
             c.execute(stmt, values[i:i + _CHUNK])
+    f = t.files.c
+    for i in range(0, len(gone), _CHUNK):
+        c.execute(delete(t.files).where(f.source == source, f.path.in_(gone[i:i + _CHUNK])))
 
 
 _UPSERT = ("INSERT INTO files (source, path, inode, size, mtime_ns, fingerprint, seen_at) "
@@ -94,25 +108,20 @@ _UPSERT = ("INSERT INTO files (source, path, inode, size, mtime_ns, fingerprint,
            "fingerprint = excluded.fingerprint, seen_at = excluded.seen_at")
 
 
-def _sqlite_upsert(store: Store, values: list[dict[str, Any]]) -> None:
+def _sqlite_upsert(c: Connection, values: list[dict[str, Any]]) -> None:
     """SQLite: straight to sqlite3's executemany, as Store.ingest does (values converted as
     SQLAlchemy's UTCDateTime would store them)."""
-    with store.write() as c:
-        c.exec_driver_sql(_UPSERT, [
-            (v["source"], v["path"], v["inode"], v["size"], v["mtime_ns"], v["fingerprint"],
-             sqlite_value(v["seen_at"])) for v in values])
+    c.exec_driver_sql(_UPSERT, [
+        (v["source"], v["path"], v["inode"], v["size"], v["mtime_ns"], v["fingerprint"],
+         sqlite_value(v["seen_at"])) for v in values])
 
 
 def delete_files(store: Store, source: str, paths: Iterable[str]) -> None:
     """Forget rows of `source` (files that are gone)."""
     wanted = list(paths)
-    if not wanted:
-        return
-    f = t.files.c
-    with store.write() as c:
-        for i in range(0, len(wanted), _CHUNK):
-            c.execute(delete(t.files).where(f.source == source,
-                                            f.path.in_(wanted[i:i + _CHUNK])))
+    if wanted:
+        with store.write() as c:
+            write_files(store, c, source, (), wanted)
 
 
 class StoreFileTable:
@@ -132,3 +141,8 @@ class StoreFileTable:
     async def delete(self, source: str, paths: Sequence[str]) -> None:
         paths = list(paths)
         await self._run(lambda: delete_files(self.store, source, paths))
+
+    def with_events(self, source: str, rows: Sequence[FileRow], gone: Sequence[str]
+                    ) -> Callable[[Connection], None]:
+        rows, gone = list(rows), list(gone)
+        return lambda c: write_files(self.store, c, source, rows, gone)

@@ -17,7 +17,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Executable,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -40,6 +55,7 @@ from triggerd.store.connect import READ_ONLY, DaemonLock, make_engine, sqlite_pa
 
 Key = tuple[str, str]  # (rule, group)
 MAX_INTERRUPTED = 3  # daemon crashes a job's attempt budget absorbs (see recover_jobs)
+_TS = t.UTCDateTime()  # the type of a bound timestamp that no column gives its type to
 
 
 @dataclass(slots=True)
@@ -93,6 +109,15 @@ class Claim:
     context: JobContext | None  # with a claimed job (None if its trigger is gone)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The state a decision reads for some rules (`Store.snapshot`)."""
+    states: dict[Key, GroupState]
+    pending: dict[Key, Pending]
+    flags: dict[str, RuleFlags]
+    active: dict[str, int]  # queued, running and retrying jobs per rule
+
+
 class Store:
     def __init__(self, url: str, *, create_dir: bool = True) -> None:
         self.url = url
@@ -100,6 +125,8 @@ class Store:
         self.dialect = self.engine.dialect.name
         self._lock: DaemonLock | None = None
         self._known_groups: set[Key] = set()
+        self._known_sources: set[str] = set()  # rows known to exist (saves a statement)
+        self._stmts: dict[str, Any] = {}  # hot-path statements, built once (see _q)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def upgrade(self) -> None:
@@ -143,6 +170,7 @@ class Store:
         except BaseException as exc:
             # the rollback also undid any group rows this transaction inserted: forget them
             self._known_groups.clear()
+            self._known_sources.clear()
             if isinstance(exc, OperationalError):
                 raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
             raise
@@ -155,6 +183,15 @@ class Store:
                 yield conn
         except OperationalError as exc:
             raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
+
+    def _q(self, name: str, build: Callable[[], Executable]) -> Any:
+        """The statement `name`, built on first use. Building a SQLAlchemy statement costs
+        ~5x executing a built one (measured: 358 vs 70 us here), and the hot path from an event
+        to its backend runs ~15 of them, so those are built once, with bound parameters."""
+        stmt = self._stmts.get(name)
+        if stmt is None:
+            stmt = self._stmts[name] = build()
+        return stmt
 
     def _insert(self, table: Table) -> Any:
         mod = postgresql if self.dialect == "postgresql" else sqlite
@@ -190,9 +227,10 @@ class Store:
         missing = [k for k in set(keys) if k not in self._known_groups]
         if not missing:
             return
-        c.execute(self._insert(t.rule_groups).values([
-            {"rule": r, "grp": g, "seq": 0, "created_at": now, "sustained_count": 0}
-            for r, g in missing]).on_conflict_do_nothing())
+        c.execute(self._q("groups.ensure", lambda: self._insert(t.rule_groups)
+                          .on_conflict_do_nothing()),
+                  [{"rule": r, "grp": g, "seq": 0, "created_at": now, "sustained_count": 0}
+                   for r, g in missing])
         self._known_groups.update(missing)
 
     def rule_flags(self) -> dict[str, RuleFlags]:
@@ -217,17 +255,56 @@ class Store:
             return {(r.rule, r.grp): _group(r) for r in c.execute(q)}
 
     def pending(self, rules: Iterable[str] | None = None) -> dict[Key, Pending]:
-        re_ = t.rule_events.c
-        q = (select(re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
-                    func.min(re_.observed_at), func.max(re_.observed_at))
-             .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp))
-        if rules is not None:
-            q = q.where(re_.rule.in_(list(rules)))
         with self.read() as c:
-            rows = c.execute(q).all()
+            return self._pending(c, rules)
+
+    def _pending(self, c: Connection, rules: Iterable[str] | None) -> dict[Key, Pending]:
+        re_ = t.rule_events.c
+
+        def build(some: bool) -> Executable:
+            q = (select(re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
+                        func.min(re_.observed_at), func.max(re_.observed_at))
+                 .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp))
+            return q.where(re_.rule.in_(bindparam("rules", expanding=True))) if some else q
+        if rules is None:
+            rows = c.execute(self._q("pending.all", lambda: build(False))).all()
+        else:
+            rows = c.execute(self._q("pending.rules", lambda: build(True)),
+                             {"rules": list(rules)}).all()
         conv = t.UTCDateTime().process_result_value
         return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), conv(r[4], self.engine.dialect),
                                       conv(r[5], self.engine.dialect)) for r in rows}
+
+    def snapshot(self, rules: Iterable[str]) -> Snapshot:
+        """What a decision about `rules` reads (group states, pending events, pause flags,
+        active jobs), in one read transaction: one trip instead of four on the hot path."""
+        p = {"rules": list(rules)}
+        g, j = t.rule_groups.c, t.jobs.c
+        with self.read() as c:
+            states = {(r.rule, r.grp): _group(r) for r in c.execute(self._q(
+                "snapshot.groups", lambda: select(t.rule_groups).where(
+                    g.rule.in_(bindparam("rules", expanding=True)))), p)}
+            pending = self._pending(c, p["rules"])
+            flags = {r.name: RuleFlags(bool(r.paused), r.paused_until, r.paused_reason)
+                     for r in c.execute(self._q("snapshot.flags", lambda: select(t.rules).where(
+                         t.rules.c.name.in_(bindparam("rules", expanding=True)))), p)}
+            active = {r: int(n) for r, n in c.execute(self._q(
+                "snapshot.active", lambda: select(j.rule, func.count())
+                .where(j.status.in_(list(ACTIVE_JOB_STATUSES)))
+                .where(j.rule.in_(bindparam("rules", expanding=True))).group_by(j.rule)), p)}
+        return Snapshot(states, pending, flags, active)
+
+    def rule_keys(self, rule: str) -> set[Key]:
+        """Every group of a rule that has state or pending events."""
+        g, re_ = t.rule_groups.c, t.rule_events.c
+        p = {"rule": rule}
+        with self.read() as c:
+            keys = {(r, k) for r, k in c.execute(self._q("keys.groups", lambda: select(
+                g.rule, g.grp).where(g.rule == bindparam("rule"))), p)}
+            keys.update((r, k) for r, k in c.execute(self._q("keys.pending", lambda: select(
+                re_.rule, re_.grp).where(and_(re_.rule == bindparam("rule"),
+                                              re_.trigger_id.is_(None))).distinct()), p))
+        return keys
 
     def active_jobs_by_rule(self, rules: Iterable[str] | None = None) -> dict[str, int]:
         """Queued, running and retrying jobs per rule (what `concurrency` is measured by)."""
@@ -286,13 +363,14 @@ class Store:
     # -- events ---------------------------------------------------------------------------------
     def ingest(self, source: str, source_type: str, events: Sequence[Event],
                now: datetime,
-               classify: Callable[[Sequence[Event]], list[Ingest]] | None = None
-               ) -> IngestResult:
+               classify: Callable[[Sequence[Event]], list[Ingest]] | None = None,
+               also: Callable[[Connection], None] | None = None) -> IngestResult:
         """Store a batch of events from one source in one transaction (the throughput path).
 
         Events already stored (same source and fingerprint) are duplicates: counted, nothing
         else. The new ones are handed to `classify` (the rule engine's matching), and get the
-        pending memberships and streak updates it returns.
+        pending memberships and streak updates it returns. `also` runs last, in the same
+        transaction (e.g. the filesystem source's file rows for these events).
         """
         result = IngestResult()
         if not events:
@@ -306,9 +384,10 @@ class Store:
             # races between replicas.
             ids = list(unique)
             seen: set[str] = set()
+            known = self._q("ingest.known", lambda: select(t.events.c.id).where(
+                t.events.c.id.in_(bindparam("ids", expanding=True))))
             for i in range(0, len(ids), 1000):
-                seen.update(c.execute(select(t.events.c.id).where(
-                    t.events.c.id.in_(ids[i:i + 1000]))).scalars())
+                seen.update(c.execute(known, {"ids": ids[i:i + 1000]}).scalars())
             fresh = [ev for eid, ev in unique.items() if eid not in seen]
             items = classify(fresh) if classify is not None else [Ingest(ev) for ev in fresh]
             by_id = {item.event.id: item for item in items}
@@ -358,6 +437,8 @@ class Store:
                 for eid, item in by_id.items() if eid in new_ids
                 for rule, message in item.errors])
             self._count_source(c, source, source_type, len(new_ids), result.duplicates, now)
+            if also is not None:
+                also(c)
         return result
 
     def write_rejects(self, c: Connection, rows: list[dict[str, Any]]) -> None:
@@ -395,16 +476,22 @@ class Store:
                       now: datetime) -> None:
         s = t.sources.c
         self._ensure_source(c, source, source_type)
-        values: dict[str, Any] = {"events": s.events + new, "duplicates": s.duplicates + dups,
-                                  "updated_at": now}
-        if new:
-            values["last_event_at"] = now
-        c.execute(update(t.sources).where(s.name == source).values(**values))
+        # last_event_at moves only when something new came
+        def build() -> Executable:
+            n, at = bindparam("b_new", type_=Integer()), bindparam("b_now", type_=_TS)
+            return update(t.sources).where(s.name == bindparam("b_name")).values(
+                events=s.events + n, duplicates=s.duplicates + bindparam("b_dups"),
+                updated_at=at, last_event_at=case((n > 0, at), else_=s.last_event_at))
+        c.execute(self._q("sources.count", build),
+                  {"b_name": source, "b_new": new, "b_dups": dups, "b_now": now})
 
     def _ensure_source(self, c: Connection, source: str, source_type: str) -> None:
+        if source in self._known_sources:
+            return
         c.execute(self._insert(t.sources).values(
             name=source, type=source_type, healthy=True, events=0, duplicates=0, errors=0)
             .on_conflict_do_nothing())
+        self._known_sources.add(source)
 
     # -- sources --------------------------------------------------------------------------------
     def load_checkpoint(self, source: str) -> dict[str, Any] | None:
@@ -444,25 +531,33 @@ class Store:
         the caller re-reads and decides again. The trigger id is deterministic in (rule, group,
         sequence), so the primary key settles any race.
         """
-        g = t.rule_groups.c
+        g, re_, j = t.rule_groups.c, t.rule_events.c, t.jobs.c
         seq = nt.expected_seq + 1
         tid = trigger_id(nt.rule, nt.group, seq)
-        values: dict[str, Any] = {"seq": seq, "last_trigger_at": nt.fired_at,
-                                  "sustained_count": 0, "sustained_since": None}
-        if nt.kind == "floor":
-            values["last_floor_at"] = nt.fired_at
+        key = {"b_rule": nt.rule, "b_grp": nt.group}
         try:
             with self.write() as c:
                 self._ensure_groups(c, [(nt.rule, nt.group)], nt.fired_at)
-                res = c.execute(update(t.rule_groups).where(and_(
-                    g.rule == nt.rule, g.grp == nt.group, g.seq == nt.expected_seq))
-                    .values(**values))
+                res = c.execute(self._q("trigger.seq", lambda: update(t.rule_groups).where(and_(
+                    g.rule == bindparam("b_rule"), g.grp == bindparam("b_grp"),
+                    g.seq == bindparam("b_expected"))).values(
+                        seq=bindparam("b_seq"), last_trigger_at=bindparam("b_at", type_=_TS),
+                        sustained_count=0, sustained_since=None,
+                        # a periodic floor's trigger also restarts the floor
+                        last_floor_at=case((bindparam("b_floor", type_=Integer()) == 1,
+                                            bindparam("b_at", type_=_TS)),
+                                           else_=g.last_floor_at))),
+                    {**key, "b_expected": nt.expected_seq, "b_seq": seq, "b_at": nt.fired_at,
+                     "b_floor": int(nt.kind == "floor")})
                 if res.rowcount != 1:
                     return None
-                consumed = c.execute(update(t.rule_events).where(and_(
-                    t.rule_events.c.rule == nt.rule, t.rule_events.c.grp == nt.group,
-                    t.rule_events.c.trigger_id.is_(None))).values(trigger_id=tid)).rowcount
-                c.execute(insert(t.triggers).values(
+                consumed = c.execute(self._q("trigger.consume", lambda: update(t.rule_events)
+                                             .where(and_(re_.rule == bindparam("b_rule"),
+                                                         re_.grp == bindparam("b_grp"),
+                                                         re_.trigger_id.is_(None)))
+                                             .values(trigger_id=bindparam("b_tid"))),
+                                     {**key, "b_tid": tid}).rowcount
+                c.execute(self._q("trigger.insert", lambda: insert(t.triggers)), dict(
                     id=tid, rule=nt.rule, grp=nt.group, seq=seq, fired_at=nt.fired_at,
                     reason=nt.reason, kind=nt.kind, manual=nt.kind == "manual",
                     events=consumed, params=nt.params, request_id=nt.request_id))
@@ -472,12 +567,14 @@ class Store:
                     status = JobStatus.CANCELLED
                     detail = "skipped: the rule was busy (on_busy: skip)"
                 elif nt.on_busy == "coalesce":
-                    c.execute(update(t.jobs).where(and_(
-                        t.jobs.c.rule == nt.rule, t.jobs.c.grp == nt.group,
-                        t.jobs.c.status == JobStatus.QUEUED)).values(
-                        status=JobStatus.CANCELLED, finished_at=nt.fired_at,
-                        detail=f"superseded by trigger {tid} (on_busy: coalesce)"))
-                c.execute(insert(t.jobs).values(
+                    c.execute(self._q("trigger.coalesce", lambda: update(t.jobs).where(and_(
+                        j.rule == bindparam("b_rule"), j.grp == bindparam("b_grp"),
+                        j.status == JobStatus.QUEUED)).values(
+                        status=JobStatus.CANCELLED, finished_at=bindparam("b_at"),
+                        detail=bindparam("b_detail"))),
+                        {**key, "b_at": nt.fired_at,
+                         "b_detail": f"superseded by trigger {tid} (on_busy: coalesce)"})
+                c.execute(self._q("trigger.job", lambda: insert(t.jobs)), dict(
                     id=tid, trigger_id=tid, rule=nt.rule, grp=nt.group, backend=nt.backend,
                     status=status, attempts=0, max_attempts=nt.max_attempts,
                     created_at=nt.fired_at, detail=detail,
@@ -499,8 +596,9 @@ class Store:
         its backend needs, or (when not claimed) the job as found, so the caller can tell "not
         due yet / no free slot" from "gone"."""
         j = t.jobs.c
+        by_id = self._q("job.by_id", lambda: select(t.jobs).where(j.id == bindparam("b_id")))
         with self.write() as c:
-            row = c.execute(select(t.jobs).where(j.id == job_id)).first()
+            row = c.execute(by_id, {"b_id": job_id}).first()
             if row is None:
                 return Claim(None, None, None)
             found = _job(row)
@@ -513,20 +611,26 @@ class Store:
                 # two replicas would otherwise both count no running job and both start one.
                 c.execute(select(func.pg_advisory_xact_lock(
                     func.hashtext(f"triggerd.claim:{row.rule}"))))
-            busy = c.execute(select(func.count()).select_from(t.jobs).where(and_(
-                j.rule == row.rule, j.status == JobStatus.RUNNING))).scalar_one()
+            busy = c.execute(self._q("claim.running", lambda: select(func.count())
+                                     .select_from(t.jobs).where(and_(
+                                         j.rule == bindparam("b_rule"),
+                                         j.status == JobStatus.RUNNING))),
+                             {"b_rule": row.rule}).scalar_one()
             if busy >= concurrency(row.rule):
                 return Claim(None, found, None)
-            res = c.execute(update(t.jobs).where(and_(j.id == job_id, j.status == row.status))
-                            .values(status=JobStatus.RUNNING, owner=owner,
-                                    attempts=j.attempts + 1, next_attempt_at=None,
-                                    started_at=func.coalesce(j.started_at, now)))
+            res = c.execute(self._q("claim.update", lambda: update(t.jobs).where(and_(
+                j.id == bindparam("b_id"), j.status == bindparam("b_status"))).values(
+                    status=JobStatus.RUNNING, owner=bindparam("b_owner"),
+                    attempts=j.attempts + 1, next_attempt_at=None,
+                    started_at=func.coalesce(j.started_at, bindparam(
+                        "b_now", type_=_TS)))),
+                {"b_id": job_id, "b_status": row.status, "b_owner": owner, "b_now": now})
             if res.rowcount != 1:
                 return Claim(None, found, None)
-            c.execute(insert(t.job_attempts).values(job_id=job_id, n=row.attempts + 1,
-                                                    owner=owner, started_at=now))
-            fresh = c.execute(select(t.jobs).where(j.id == job_id)).one()
-            context = _trigger_context(c, job_id)
+            c.execute(self._q("claim.attempt", lambda: insert(t.job_attempts)),
+                      dict(job_id=job_id, n=row.attempts + 1, owner=owner, started_at=now))
+            fresh = c.execute(by_id, {"b_id": job_id}).one()
+            context = self._trigger_context(c, job_id)
         return Claim(_job(fresh), None, context)
 
     def set_external_id(self, job_id: str, external_id: str) -> None:
@@ -548,25 +652,33 @@ class Store:
         if status.final:
             values["finished_at"] = now
         with self.write() as c:
-            row = c.execute(select(j.rule, j.grp, j.attempts, j.created_at)
-                            .where(j.id == job_id)).first()
+            row = c.execute(self._q("job.by_id", lambda: select(t.jobs).where(
+                j.id == bindparam("b_id"))), {"b_id": job_id}).first()
             res = c.execute(update(t.jobs).where(and_(
                 j.id == job_id, j.status == JobStatus.RUNNING, j.owner == owner)).values(**values))
             if res.rowcount != 1 or row is None:
                 return False
             a = t.job_attempts.c
-            c.execute(update(t.job_attempts).where(and_(a.job_id == job_id, a.n == row.attempts))
-                      .values(finished_at=now, outcome=status, exit_code=exit_code,
-                              detail=detail))
+            c.execute(self._q("finish.attempt", lambda: update(t.job_attempts).where(and_(
+                a.job_id == bindparam("b_id"), a.n == bindparam("b_n"))).values(
+                    finished_at=bindparam("b_now"), outcome=bindparam("b_outcome"),
+                    exit_code=bindparam("b_code"), detail=bindparam("b_detail"))),
+                {"b_id": job_id, "b_n": row.attempts, "b_now": now, "b_outcome": status,
+                 "b_code": exit_code, "b_detail": detail})
             if status == JobStatus.SUCCEEDED:
                 # the periodic floor counts from the trigger whose job succeeded (its fired_at,
                 # which is the job's created_at), never moving backwards
                 g = t.rule_groups.c
-                fired = row.created_at
-                c.execute(update(t.rule_groups).where(and_(g.rule == row.rule, g.grp == row.grp))
-                          .values(last_success_at=case(
-                              (or_(g.last_success_at.is_(None), g.last_success_at < fired),
-                               fired), else_=g.last_success_at)))
+
+                def success() -> Executable:
+                    fired = bindparam("b_fired", type_=_TS)
+                    return update(t.rule_groups).where(and_(
+                        g.rule == bindparam("b_rule"), g.grp == bindparam("b_grp"))).values(
+                        last_success_at=case((or_(g.last_success_at.is_(None),
+                                                  g.last_success_at < fired), fired),
+                                             else_=g.last_success_at))
+                c.execute(self._q("finish.success", success),
+                          {"b_rule": row.rule, "b_grp": row.grp, "b_fired": row.created_at})
         return True
 
     def recover_jobs(self, owner: str, stale_before: datetime, now: datetime, *,
@@ -627,8 +739,18 @@ class Store:
     def trigger_context(self, job_id: str) -> tuple[Trigger, list[dict[str, Any]]] | None:
         """The trigger behind a job and the events it consumed (for the backend's context)."""
         with self.read() as c:
-            found = _trigger_context(c, job_id)
+            found = self._trigger_context(c, job_id)
         return None if found is None else (found.trigger, found.events)
+
+    def _trigger_context(self, c: Connection, job_id: str) -> JobContext | None:
+        tr, ev, re_ = t.triggers.c, t.events.c, t.rule_events.c
+        return _context(
+            c, job_id,
+            self._q("context.trigger", lambda: select(t.triggers).join(
+                t.jobs, t.jobs.c.trigger_id == tr.id).where(t.jobs.c.id == bindparam("b_id"))),
+            self._q("context.events", lambda: select(t.events).join(
+                t.rule_events, re_.event_id == ev.id).where(re_.trigger_id == bindparam("b_tid"))
+                .order_by(ev.observed_at, ev.id)))
 
     def trigger_params(self, tid: str) -> dict[str, Any]:
         with self.read() as c:
@@ -742,10 +864,25 @@ def _sqlite_executemany(c: Connection, table: Table, rows: list[dict[str, Any]])
     SQLAlchemy's per-row parameter processing was a quarter of ingest time (bench/); the
     values are converted exactly as its JSON and UTCDateTime types would store them, and
     test_store.py reads them back through SQLAlchemy on every run."""
-    cols = [table.c[k].name for k in rows[0]]  # names from tables.py; values stay bound
+    keys = list(rows[0])
+    cols = [table.c[k].name for k in keys]  # names from tables.py; values stay bound
     sql = (f"INSERT OR IGNORE INTO {table.name} ({', '.join(cols)}) "  # noqa: S608
            f"VALUES ({', '.join('?' * len(cols))})")
-    c.exec_driver_sql(sql, [tuple(sqlite_value(r[k]) for k in cols) for r in rows])
+    stamps: dict[datetime, str] = {}  # the timestamps of a batch repeat: each converted once
+
+    def stamp(value: Any) -> Any:
+        text = stamps.get(value)
+        if text is None:
+            text = stamps[value] = sqlite_value(value)
+        return text
+
+    def convert(k: str) -> Callable[[Any], Any] | None:
+        kind = table.c[k].type
+        return stamp if isinstance(kind, t.UTCDateTime) else \
+            sqlite_value if isinstance(kind, JSON) else None
+    conv = [(k, convert(k)) for k in keys]
+    c.exec_driver_sql(sql, [tuple(r[k] if f is None or r[k] is None else f(r[k])
+                                  for k, f in conv) for r in rows])
 
 
 def _group(r: Any) -> GroupState:
@@ -755,15 +892,11 @@ def _group(r: Any) -> GroupState:
                       sustained_since=r.sustained_since, last_check_at=r.last_check_at)
 
 
-def _trigger_context(c: Connection, job_id: str) -> JobContext | None:
-    row = c.execute(select(t.triggers).join(t.jobs, t.jobs.c.trigger_id == t.triggers.c.id)
-                    .where(t.jobs.c.id == job_id)).first()
+def _context(c: Connection, job_id: str, q_trigger: Any, q_events: Any) -> JobContext | None:
+    row = c.execute(q_trigger, {"b_id": job_id}).first()
     if row is None:
         return None
-    evs = c.execute(select(t.events).join(
-        t.rule_events, t.rule_events.c.event_id == t.events.c.id)
-        .where(t.rule_events.c.trigger_id == row.id)
-        .order_by(t.events.c.observed_at, t.events.c.id)).all()
+    evs = c.execute(q_events, {"b_tid": row.id}).all()
     trig = Trigger(id=row.id, rule=row.rule, group=row.grp, seq=row.seq,
                    fired_at=row.fired_at, reason=row.reason, manual=row.manual,
                    events=row.events, kind=row.kind)
