@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triggerd.engine.globs import compile_glob, glob_match
+from triggerd.engine.globs import compile_any, compile_glob, glob_match
 from triggerd.errors import ExpressionError
 
 
@@ -110,3 +110,17 @@ def test_a_literal_pattern_matches_exactly_itself(text: str) -> None:
 @given(st.text(alphabet="ab.-", max_size=8), st.text(alphabet="ab.-*?", max_size=6))
 def test_without_slashes_it_agrees_with_fnmatch(text: str, pattern: str) -> None:
     assert glob_match(text, pattern) == fnmatch.fnmatchcase(text, pattern)
+
+
+GLOBS = ["*.tmp", ".*", "**/*.csv", "a/**/b", "[!x]?", "data/*/part-[0-9]*", "**", "*~"]
+
+
+@given(st.lists(st.sampled_from(GLOBS), min_size=1, max_size=4),
+       st.text(alphabet="ab./x~-0123csvtmp*\n", max_size=14))
+def test_one_regex_for_many_globs_matches_what_any_of_them_matches(globs: list[str],
+                                                                   text: str) -> None:
+    """The filesystem source checks a path against a list of globs with one regex."""
+    combined = compile_any(globs)
+    assert combined is not None
+    assert (combined.fullmatch(text) is not None) == any(glob_match(text, g) for g in globs)
+    assert compile_any([]) is None

@@ -137,6 +137,9 @@ class MemoryFileTable:
     async def load(self, source: str) -> dict[str, FileRow]:
         return dict(self.rows.get(source, {}))
 
+    async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
+        return [(r.path, r.size, r.mtime_ns, r.inode) for r in self.rows.get(source, {}).values()]
+
     async def save(self, source: str, rows: Sequence[FileRow]) -> None:
         self.rows.setdefault(source, {}).update((r.path, r) for r in rows)
 
@@ -230,8 +233,7 @@ class FilesystemSource:
         for root in self._roots:  # the old observer is gone with its watches: watch anew
             root.present = False
         self._watches.clear()
-        for path, row in (await self.files.load(self.name)).items():
-            self._known.put(from_stored(path), row.sig)
+        self._known.fill(await self.files.load_sigs(self.name), from_stored)
         self.stats["files_tracked"] = len(self._known)
         poll = self.options.poll
         # Polling snapshots with lstat, not watchdog's default os.stat: os.stat follows

@@ -24,7 +24,8 @@ from triggerd.store import tables as t
 from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store, sqlite_value
 
-__all__ = ["FileRow", "FileTable", "StoreFileTable", "delete_files", "load_files", "save_files"]
+__all__ = ["FileRow", "FileTable", "StoreFileTable", "delete_files", "load_files", "load_sigs",
+           "save_files", "write_files"]
 
 T = TypeVar("T")
 _CHUNK = 500
@@ -52,6 +53,9 @@ class FileTable(Protocol):
 
     async def load(self, source: str) -> dict[str, FileRow]: ...
 
+    async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
+        """(path, size, mtime_ns, inode) of every row: what a start-up needs, fast."""
+
     async def save(self, source: str, rows: Sequence[FileRow]) -> None: ...
 
     async def delete(self, source: str, paths: Sequence[str]) -> None: ...
@@ -69,6 +73,19 @@ def load_files(store: Store, source: str) -> dict[str, FileRow]:
         result = c.execute(select(f.path, f.inode, f.size, f.mtime_ns, f.fingerprint)
                            .where(f.source == source))
         return {r[0]: FileRow(*r) for r in result}
+
+
+def load_sigs(store: Store, source: str) -> list[tuple[str, int, int, int]]:
+    """(path, size, mtime_ns, inode) of every row of `source` as plain tuples (100k rows in
+    ~0.3 s: what the source's start-up waits for before its first scan)."""
+    f = t.files.c
+    with store.read() as c:
+        if store.dialect == "sqlite":  # straight from sqlite3: no per-row result processing
+            return c.exec_driver_sql(  # type: ignore[return-value]
+                "SELECT path, size, mtime_ns, inode FROM files WHERE source = ?",
+                (source,)).fetchall()
+        return [tuple(r) for r in c.execute(
+            select(f.path, f.size, f.mtime_ns, f.inode).where(f.source == source))]
 
 
 def save_files(store: Store, source: str, rows: Iterable[FileRow]) -> None:
@@ -133,6 +150,9 @@ class StoreFileTable:
 
     async def load(self, source: str) -> dict[str, FileRow]:
         return await self._run(lambda: load_files(self.store, source))
+
+    async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
+        return await self._run(lambda: load_sigs(self.store, source))
 
     async def save(self, source: str, rows: Sequence[FileRow]) -> None:
         rows = list(rows)
