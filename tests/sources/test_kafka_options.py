@@ -254,3 +254,21 @@ def test_unusable_tls_files_name_the_option_to_fix(pki: Pki, files: dict[str, st
     security = {k: v.format(**names) for k, v in files.items()}
     with pytest.raises(SecurityConfigError, match=re.escape(message.format(**names))):
         tls(**security).security.ssl_context()
+
+
+def test_credentials_a_kafka_broker_refuses_are_reported_without_the_password() -> None:
+    """Apache Kafka answers a wrong SCRAM password with SaslAuthenticationFailed (tansu, the
+    test broker, answers differently: see tests/e2e/test_e2e_kafka_security.py)."""
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    from triggerd.sources._kafka.app import BrokerRefused, diagnose
+
+    o = options(security={"protocol": "SASL_SSL", "mechanism": "SCRAM-SHA-512",
+                          "username": "svc", "password_env": "KAFKA_PASSWORD"})
+    found = diagnose("kafka-1:9093", "sasl", o.security, SaslAuthenticationFailed(
+        "Authentication failed during authentication due to invalid credentials with SASL "
+        "mechanism SCRAM-SHA-512"), 30.0)
+    assert isinstance(found, BrokerRefused)
+    assert str(found) == ("SASL: kafka-1:9093 refused SCRAM-SHA-512 authentication as 'svc': "
+                          "check `username` and the password in environment variable "
+                          "KAFKA_PASSWORD")

@@ -12,6 +12,9 @@ Health: unhealthy until the consumer holds a broker connection, and again whenev
 held none for `session_timeout / 2` (broker down); aiokafka reconnects with backoff and
 nothing is committed meanwhile, so nothing is lost when the broker returns. A store that
 cannot take a batch is retried with backoff (the stream waits; nothing is acknowledged).
+A TLS file that cannot be used, or a broker that refuses the TLS handshake or the SASL login,
+makes the source unhealthy with what to fix (`_kafka/options.py`, `_kafka/app.py: diagnose`),
+and it retries with backoff: the daemon and its other sources go on.
 """
 
 from __future__ import annotations

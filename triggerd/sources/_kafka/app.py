@@ -162,8 +162,8 @@ def diagnose(where: str, stage: str, security: KafkaSecurity, exc: BaseException
             if security.protocol in ("SSL", "SASL_SSL"):
                 return BrokerRefused(f"TLS: {where} closed the connection after the TLS "
                                      "handshake: " + _client_cert_hint(security))
-            return BrokerRefused(f"{where} closed the connection on the first request: does "
-                                 "it expect TLS or SASL (`security.protocol`)?")
+            return BrokerRefused(f"{where} closed the connection on the first request (if "
+                                 "it expects TLS or SASL, set `security.protocol`)")
         os_error = next((e for e in chain if isinstance(e, OSError)), None)
         if os_error is not None:
             return BrokerUnreachable(f"{where}: {os_error.strerror or type(os_error).__name__}")
