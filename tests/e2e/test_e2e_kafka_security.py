@@ -14,6 +14,9 @@ only in that process's memory (with memory or S3 storage alike). So what is test
 the refusal: a real SCRAM exchange with a broker that rejects it, and a PLAIN attempt the
 broker does not enable. A successful SASL login is not tested here.
 
+The start-up probe also connects to a broker the bootstrap broker advertises: a certificate
+that is right for the bootstrap address but not for the advertised one is reported at start.
+
 Every test checks that the daemon stays up, that the failing source is unhealthy with a
 message naming what to fix, and that no secret (the key passphrase, the SASL password, both
 canaries) appears in the daemon's log (at DEBUG) or in `status`.
@@ -46,6 +49,7 @@ class Brokers:
     elsewhere: str  # TLS with a certificate for kafka.example.invalid (same broker as `tls`)
     sasl: str  # TLS in front of tansu --authentication
     sasl_plaintext: str  # tansu --authentication itself
+    advertises_elsewhere: str  # a good certificate, but the broker advertises `elsewhere`'s
     mtls_proxy: TlsProxy
 
 
@@ -58,28 +62,34 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
         pytest.skip("the openssl command is needed to make the test certificates")
     root = tmp_path_factory.mktemp("kafka-tls")
     pki = make_pki(root / "pki")
-    ports = {name: free_port() for name in ("tls", "mtls", "elsewhere", "sasl")}
+    ports = {name: free_port() for name in ("tls", "mtls", "elsewhere", "sasl", "adv-boot",
+                                            "adv-elsewhere")}
     plain = Tansu(binary, root / "tansu-tls.log", advertised_port=ports["tls"])
     plain_m = Tansu(binary, root / "tansu-mtls.log", advertised_port=ports["mtls"])
     auth = Tansu(binary, root / "tansu-auth.log", advertised_port=ports["sasl"],
                  extra=["--authentication"])
+    adv = Tansu(binary, root / "tansu-adv.log", advertised_port=ports["adv-elsewhere"])
     proxies = [
         TlsProxy(ports["tls"], plain.port, pki.server_cert, pki.server_key),
         TlsProxy(ports["mtls"], plain_m.port, pki.server_cert, pki.server_key,
                  client_ca=pki.ca),
         TlsProxy(ports["elsewhere"], plain.port, pki.elsewhere_cert, pki.elsewhere_key),
         TlsProxy(ports["sasl"], auth.port, pki.server_cert, pki.server_key),
+        TlsProxy(ports["adv-boot"], adv.port, pki.server_cert, pki.server_key),
+        TlsProxy(ports["adv-elsewhere"], adv.port, pki.elsewhere_cert, pki.elsewhere_key),
     ]
     started: list[Any] = []
     try:
-        for part in (plain, plain_m, auth, *proxies):
+        for part in (plain, plain_m, auth, adv, *proxies):
             part.start()
             started.append(part)
         yield Brokers(pki=pki, tls=f"127.0.0.1:{ports['tls']}",
                       mtls=f"127.0.0.1:{ports['mtls']}",
                       elsewhere=f"127.0.0.1:{ports['elsewhere']}",
                       sasl=f"127.0.0.1:{ports['sasl']}",
-                      sasl_plaintext=f"127.0.0.1:{auth.port}", mtls_proxy=proxies[1])
+                      sasl_plaintext=f"127.0.0.1:{auth.port}",
+                      advertises_elsewhere=f"127.0.0.1:{ports['adv-boot']}",
+                      mtls_proxy=proxies[1])
     finally:
         for part in reversed(started):
             part.stop()
@@ -165,6 +175,7 @@ def test_tls_failures_leave_the_daemon_up_and_each_source_unhealthy_with_what_to
                   "key_password_env": "KAFKA_TEST_WRONG_KEY_PASSWORD"})
               + source("untrusted-client-cert", brokers.mtls, topic, {
                   **ca, "certfile": str(pki.stranger_cert), "keyfile": str(pki.stranger_key)})
+              + source("advertised-wrong-host", brokers.advertises_elsewhere, topic, ca)
               + source("no-host-check", brokers.elsewhere, topic,
                        {**ca, "check_hostname": False}))
     produce(brokers.tls, topic, ['{"n": 1}'], **tls_client(brokers))
@@ -181,6 +192,9 @@ def test_tls_failures_leave_the_daemon_up_and_each_source_unhealthy_with_what_to
                                "KAFKA_TEST_WRONG_KEY_PASSWORD", "wrong passphrase"],
         "untrusted-client-cert": ["may not accept the client certificate",
                                   str(pki.stranger_cert)],
+        # the bootstrap broker's certificate is right; the one it advertises is not
+        "advertised-wrong-host": ["is not for this host", "IP address mismatch",
+                                  f"(a broker {brokers.advertises_elsewhere} advertises)"],
     }
 
     def reported() -> bool:

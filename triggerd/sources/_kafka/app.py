@@ -48,13 +48,11 @@ class BrokerRefused(TriggerdError):
 
 
 async def probe(name: str, options: KafkaOptions, credentials: Any) -> None:
-    """Connect to each broker in turn, as the consumer will (TCP, TLS, SASL, a metadata
-    request), until one answers; so that an unreachable broker, an untrusted certificate or
-    refused credentials are one clear error here rather than a crashed faust consumer thread
-    or aiokafka's "Unable to bootstrap", which keeps the reason to its log.
-
-    With SASL the connection is made twice, first without it: a broker that closes the
-    connection during authentication is then known to have accepted the TLS side."""
+    """Connect to each bootstrap broker in turn, as the consumer will (TCP, TLS, SASL, a
+    metadata request, then a broker it advertises), until one answers; so that an unreachable
+    broker, an untrusted certificate or refused credentials are one clear error here rather
+    than a crashed faust consumer thread, or aiokafka's "Unable to bootstrap", which keeps
+    the reason to its log."""
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     auth = dict(credentials_to_aiokafka_auth(credentials))
@@ -76,12 +74,39 @@ async def probe(name: str, options: KafkaOptions, credentials: Any) -> None:
 
 async def _reach(name: str, host: str, port: int, options: KafkaOptions,
                  auth: dict[str, Any]) -> None:
-    from aiokafka.conn import create_conn
+    """Connect to one bootstrap broker and ask for metadata; then connect the same way to a
+    broker it advertises, if that is another address (the consumer reads from those: their
+    certificates must be trusted and name them too)."""
     from aiokafka.errors import KafkaError
     from aiokafka.protocol.metadata import MetadataRequest
 
-    security = options.security
     where = f"{host}:{port}"
+    conn = await _connect(name, host, port, where, options, auth)
+    try:
+        metadata = await conn.send(MetadataRequest([]))
+    except (KafkaError, TimeoutError) as exc:
+        hint = "" if options.security.protocol.startswith("SASL_") else (
+            ": does it require authentication (`protocol: SASL_SSL`)?")
+        raise BrokerRefused(f"{where} did not answer a metadata request "
+                            f"({type(exc).__name__}){hint}") from exc
+    finally:
+        conn.close()
+    advertised = [(b[1], b[2]) for b in metadata.brokers]
+    if advertised and (host, port) not in advertised:
+        other_host, other_port = advertised[0]
+        other = await _connect(name, other_host, other_port,
+                               f"{other_host}:{other_port} (a broker {where} advertises)",
+                               options, auth)
+        other.close()
+
+
+async def _connect(name: str, host: str, port: int, where: str, options: KafkaOptions,
+                   auth: dict[str, Any]) -> Any:
+    """An aiokafka connection as the consumer makes it (TCP, TLS, a first request, SASL); with
+    SASL made twice, first without it, to tell a TLS failure from a SASL one."""
+    from aiokafka.conn import create_conn
+
+    security = options.security
     timeout_ms = int(options.request_timeout.total_seconds() * 1000)
     tls = security.protocol in ("SSL", "SASL_SSL")
     stages = [("transport", {"security_protocol": "SSL" if tls else "PLAINTEXT",
@@ -97,15 +122,7 @@ async def _reach(name: str, host: str, port: int, options: KafkaOptions,
                                      request_timeout_ms=timeout_ms, **settings)
         except Exception as exc:
             raise diagnose(where, stage, security, exc, timeout_ms / 1000) from exc
-    try:
-        await conn.send(MetadataRequest([]))
-    except (KafkaError, TimeoutError) as exc:
-        hint = "" if security.protocol.startswith("SASL_") else (
-            ": does it require authentication (`protocol: SASL_SSL`)?")
-        raise BrokerRefused(f"{where} did not answer a metadata request "
-                            f"({type(exc).__name__}){hint}") from exc
-    finally:
-        conn.close()
+    return conn
 
 
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
