@@ -59,11 +59,13 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
 class Tansu:
     """One `tansu broker` process (memory storage) advertising `advertised_port`."""
 
-    def __init__(self, binary: Path, log: Path, advertised_port: int | None = None) -> None:
+    def __init__(self, binary: Path, log: Path, advertised_port: int | None = None,
+                 extra: Sequence[str] = ()) -> None:
         self.binary = binary
         self.port = free_port()
         self.advertised_port = advertised_port or self.port
         self.log = log
+        self.extra = list(extra)  # e.g. ["--authentication"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +77,7 @@ class Tansu:
             self.proc = subprocess.Popen(
                 [str(self.binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
                  "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
-                 "--storage-engine", "memory://tansu/"], stdout=out, stderr=out)
+                 "--storage-engine", "memory://tansu/", *self.extra], stdout=out, stderr=out)
         _wait_port(self.port, self.proc)
 
     def stop(self) -> None:
@@ -144,14 +146,15 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
-def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:
-    """Create a uniquely named topic and return its name."""
+def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t", **client: Any) -> str:
+    """Create a uniquely named topic and return its name (`client`: extra aiokafka client
+    arguments, e.g. `security_protocol="SSL", ssl_context=...`)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
         await admin.start()
         try:
             await admin.create_topics([NewTopic(name, partitions, 1)])
@@ -170,12 +173,13 @@ def _b(value: bytes | str | None) -> bytes | None:
 
 
 def produce(bootstrap: str, topic: str, messages: Sequence[Message],
-            partition: int | None = None) -> None:
+            partition: int | None = None, **client: Any) -> None:
     """Send messages (a value, or a (key, value) pair; None is a tombstone), acknowledged."""
     from aiokafka import AIOKafkaProducer
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 << 20)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 << 20,
+                                    **client)
         await producer.start()
         try:
             futures = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from tls_support import KEY_PASSWORD, Pki, make_pki, openssl
 
 from triggerd.model import Event
 from triggerd.sources._kafka.decode import Decoder, Record
+from triggerd.sources._kafka.options import SecretMissing, SecurityConfigError
 from triggerd.sources.kafka import KafkaOptions
 from triggerd.store import Store
 from triggerd.store.rejects import Reject
@@ -55,6 +59,7 @@ def test_defaults_keep_faust_timers_short_enough_to_consume_within_seconds() -> 
     ({"protocol": "PLAINTEXT", "username": "u"}, "need a SASL protocol"),
     ({"protocol": "PLAINTEXT", "cafile": "/ca.pem"}, "need TLS"),
     ({"protocol": "SSL", "certfile": "/c.pem"}, "both `certfile` and `keyfile`"),
+    ({"protocol": "SSL", "key_password_env": "K"}, "passphrase of `keyfile`"),
     ({"protocol": "SSL", "password": "x"}, "Extra inputs are not permitted"),
 ])
 def test_insecure_or_incomplete_security_is_refused(security: dict[str, str],
@@ -180,3 +185,90 @@ def test_messages_no_store_could_keep_become_storable_events_or_rejects(
 
     assert len(store.ingest("metrics", "kafka", events, NOW, classify).new) == 3  # stored
     assert store.ingest("metrics", "kafka", events, NOW, classify).duplicates == 3
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    if openssl() is None:
+        pytest.skip("the openssl command is needed to make the test certificates")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls(**security: object) -> KafkaOptions:
+    return options(security={"protocol": "SSL", **security})
+
+
+def test_the_tls_context_trusts_only_the_cafile_and_checks_host_names_unless_told(
+        pki: Pki) -> None:
+    context = tls(cafile=str(pki.ca)).security.ssl_context()
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName",
+                                                                  "triggerd test ca"),),)]
+    relaxed = tls(cafile=str(pki.ca), check_hostname=False).security.ssl_context()
+    assert relaxed is not None
+    assert relaxed.verify_mode == ssl.CERT_REQUIRED and not relaxed.check_hostname
+    assert options().security.ssl_context() is None
+
+
+def test_an_encrypted_client_key_is_opened_with_the_passphrase_from_its_variable(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    o = tls(cafile=str(pki.ca), certfile=str(pki.client_cert), keyfile=str(pki.client_key),
+            key_password_env="KEY_PASS")
+    monkeypatch.delenv("KEY_PASS", raising=False)
+    with pytest.raises(SecretMissing, match="KEY_PASS is not set"):
+        o.security.ssl_context()
+    monkeypatch.setenv("KEY_PASS", KEY_PASSWORD)
+    assert o.security.ssl_context() is not None
+    monkeypatch.setenv("KEY_PASS", "wrong-passphrase")
+    with pytest.raises(SecurityConfigError) as caught:
+        o.security.ssl_context()
+    assert str(caught.value) == (f"cannot decrypt `keyfile` {pki.client_key} with the "
+                                 "passphrase in KEY_PASS (wrong passphrase?)")
+
+
+def test_an_encrypted_key_without_key_password_env_is_an_error_not_a_terminal_prompt(
+        pki: Pki) -> None:
+    """OpenSSL asks on the terminal for the passphrase of an encrypted key given none: a
+    daemon started from a shell hung there, and the event loop with it."""
+    o = tls(cafile=str(pki.ca), certfile=str(pki.client_cert), keyfile=str(pki.client_key))
+    with pytest.raises(SecurityConfigError, match="is encrypted: name the environment "
+                       "variable holding its passphrase in `key_password_env`"):
+        o.security.ssl_context()
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"cafile": "{d}/missing.pem"}, "cannot read `cafile` {d}/missing.pem: No such file"),
+    ({"cafile": "{stranger_key}"}, "`cafile` {stranger_key} holds no PEM certificate"),
+    ({"certfile": "{client_cert}", "keyfile": "{stranger_key}"},
+     "`keyfile` {stranger_key} is not the private key of `certfile` {client_cert}"),
+    ({"certfile": "{stranger_key}", "keyfile": "{stranger_key}"},
+     "must be a PEM certificate and its PEM private key"),
+    ({"certfile": "{d}/nope.pem", "keyfile": "{stranger_key}"},
+     "cannot read `certfile` {d}/nope.pem or `keyfile`"),
+])
+def test_unusable_tls_files_name_the_option_to_fix(pki: Pki, files: dict[str, str],
+                                                   message: str) -> None:
+    names = {"d": str(pki.ca.parent), "stranger_key": str(pki.stranger_key),
+             "client_cert": str(pki.client_cert)}
+    security = {k: v.format(**names) for k, v in files.items()}
+    with pytest.raises(SecurityConfigError, match=re.escape(message.format(**names))):
+        tls(**security).security.ssl_context()
+
+
+def test_credentials_a_kafka_broker_refuses_are_reported_without_the_password() -> None:
+    """Apache Kafka answers a wrong SCRAM password with SaslAuthenticationFailed (tansu, the
+    test broker, answers differently: see tests/e2e/test_e2e_kafka_security.py)."""
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    from triggerd.sources._kafka.app import BrokerRefused, diagnose
+
+    o = options(security={"protocol": "SASL_SSL", "mechanism": "SCRAM-SHA-512",
+                          "username": "svc", "password_env": "KAFKA_PASSWORD"})
+    found = diagnose("kafka-1:9093", "sasl", o.security, SaslAuthenticationFailed(
+        "Authentication failed during authentication due to invalid credentials with SASL "
+        "mechanism SCRAM-SHA-512"), 30.0)
+    assert isinstance(found, BrokerRefused)
+    assert str(found) == ("SASL: kafka-1:9093 refused SCRAM-SHA-512 authentication as 'svc': "
+                          "check `username` and the password in environment variable "
+                          "KAFKA_PASSWORD")

@@ -12,6 +12,9 @@ Health: unhealthy until the consumer holds a broker connection, and again whenev
 held none for `session_timeout / 2` (broker down); aiokafka reconnects with backoff and
 nothing is committed meanwhile, so nothing is lost when the broker returns. A store that
 cannot take a batch is retried with backoff (the stream waits; nothing is acknowledged).
+A TLS file that cannot be used, or a broker that refuses the TLS handshake or the SASL login,
+makes the source unhealthy with what to fix (`_kafka/options.py`, `_kafka/app.py: diagnose`),
+and it retries with backoff: the daemon and its other sources go on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from triggerd.interfaces import SourceContext
 from triggerd.model import Event
 from triggerd.ops import failpoints
 from triggerd.sources._kafka.app import (
+    BrokerRefused,
     BrokerUnreachable,
     build_app,
     client_connected,
@@ -39,7 +43,12 @@ from triggerd.sources._kafka.app import (
     tune_fetch_wait,
 )
 from triggerd.sources._kafka.decode import Decoder
-from triggerd.sources._kafka.options import KafkaOptions, KafkaSecurity, SecretMissing
+from triggerd.sources._kafka.options import (
+    KafkaOptions,
+    KafkaSecurity,
+    SecretMissing,
+    SecurityConfigError,
+)
 from triggerd.store.rejects import Reject, RejectLog
 
 __all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
@@ -101,11 +110,16 @@ class KafkaSource:
         quiet_repeats()
         ctx.set_health(False, f"connecting to {', '.join(self.options.brokers)}")
         while True:
-            try:
-                credentials = self.options.security.credentials()
-            except SecretMissing as exc:
-                ctx.set_health(False, str(exc))
-                raise
+            try:  # the TLS files are read off the loop
+                context = await asyncio.to_thread(self.options.security.ssl_context)
+                credentials = self.options.security.credentials(context)
+            except (SecretMissing, SecurityConfigError) as exc:
+                error = f"security: {exc}"
+                ctx.set_health(False, error)
+                log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
             app = None
             self._pending, self._ready, self._room = [], asyncio.Event(), asyncio.Event()
             writer = asyncio.create_task(self._write(ctx), name=f"kafka-writer:{self.name}")
@@ -115,8 +129,9 @@ class KafkaSource:
                                 lambda batch: self._take(ctx, batch))
                 await _start(app)
                 await self._watch(ctx, app, writer)
-            except BrokerUnreachable as exc:
-                error = f"broker unreachable: {exc}"
+            except (BrokerUnreachable, BrokerRefused) as exc:
+                error = (f"broker unreachable: {exc}" if isinstance(exc, BrokerUnreachable)
+                         else str(exc))
                 ctx.set_health(False, error)
                 log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
             finally:

@@ -26,10 +26,10 @@ from typing import Any
 
 from triggerd.errors import TriggerdError
 from triggerd.sources._kafka.decode import Record
-from triggerd.sources._kafka.options import KafkaOptions
+from triggerd.sources._kafka.options import KafkaOptions, KafkaSecurity
 
-__all__ = ["BatchHandler", "BrokerUnreachable", "RepeatFilter", "build_app",
-           "client_connected", "probe", "quiet_repeats", "record_of", "stop_app",
+__all__ = ["BatchHandler", "BrokerRefused", "BrokerUnreachable", "RepeatFilter", "build_app",
+           "client_connected", "diagnose", "probe", "quiet_repeats", "record_of", "stop_app",
            "tune_fetch_wait"]
 
 log = logging.getLogger("triggerd.sources.kafka")
@@ -42,23 +42,188 @@ class BrokerUnreachable(TriggerdError):
     """No broker answered (at start, or the consumer gave up on a lost connection)."""
 
 
+class BrokerRefused(TriggerdError):
+    """A broker answered, but the connection could not be secured or authenticated (TLS or
+    SASL); the message says what to check, and never holds a secret."""
+
+
 async def probe(name: str, options: KafkaOptions, credentials: Any) -> None:
-    """Bootstrap a plain aiokafka client once, so that unreachable brokers (or refused
-    credentials) are one clear error here rather than a crashed faust consumer thread."""
-    from aiokafka.client import AIOKafkaClient
-    from aiokafka.errors import KafkaConnectionError
+    """Connect to each bootstrap broker in turn, as the consumer will (TCP, TLS, SASL, a
+    metadata request, then a broker it advertises), until one answers; so that an unreachable
+    broker, an untrusted certificate or refused credentials are one clear error here rather
+    than a crashed faust consumer thread, or aiokafka's "Unable to bootstrap", which keeps
+    the reason to its log."""
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    client = AIOKafkaClient(
-        bootstrap_servers=options.brokers, client_id=f"triggerd-{name}-probe",
-        request_timeout_ms=int(options.request_timeout.total_seconds() * 1000),
-        **credentials_to_aiokafka_auth(credentials))
+    auth = dict(credentials_to_aiokafka_auth(credentials))
+    unreachable: list[str] = []
+    refused: list[str] = []
+    for broker in options.brokers:
+        host, _, port = broker.rpartition(":")
+        try:
+            await _reach(name, host.strip("[]"), int(port), options, auth)
+            return
+        except BrokerUnreachable as exc:
+            unreachable.append(str(exc))
+        except BrokerRefused as exc:
+            refused.append(str(exc))
+    if refused:  # the actionable reason first
+        raise BrokerRefused("; ".join(refused + [f"{u} (unreachable)" for u in unreachable]))
+    raise BrokerUnreachable("; ".join(unreachable))
+
+
+async def _reach(name: str, host: str, port: int, options: KafkaOptions,
+                 auth: dict[str, Any]) -> None:
+    """Connect to one bootstrap broker and ask for metadata; then connect the same way to a
+    broker it advertises, if that is another address (the consumer reads from those: their
+    certificates must be trusted and name them too)."""
+    from aiokafka.errors import KafkaError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    where = f"{host}:{port}"
+    conn = await _connect(name, host, port, where, options, auth)
     try:
-        await client.bootstrap()
-    except KafkaConnectionError as exc:
-        raise BrokerUnreachable(f"cannot bootstrap from {', '.join(options.brokers)}") from exc
+        metadata = await conn.send(MetadataRequest([]))
+    except (KafkaError, TimeoutError) as exc:
+        hint = "" if options.security.protocol.startswith("SASL_") else (
+            ": does it require authentication (`protocol: SASL_SSL`)?")
+        raise BrokerRefused(f"{where} did not answer a metadata request "
+                            f"({type(exc).__name__}){hint}") from exc
     finally:
-        await client.close()
+        conn.close()
+    advertised = [(b[1], b[2]) for b in metadata.brokers]
+    if advertised and (host, port) not in advertised:
+        other_host, other_port = advertised[0]
+        other = await _connect(name, other_host, other_port,
+                               f"{other_host}:{other_port} (a broker {where} advertises)",
+                               options, auth)
+        other.close()
+
+
+async def _connect(name: str, host: str, port: int, where: str, options: KafkaOptions,
+                   auth: dict[str, Any]) -> Any:
+    """An aiokafka connection as the consumer makes it (TCP, TLS, a first request, SASL); with
+    SASL made twice, first without it, to tell a TLS failure from a SASL one."""
+    from aiokafka.conn import create_conn
+
+    security = options.security
+    timeout_ms = int(options.request_timeout.total_seconds() * 1000)
+    tls = security.protocol in ("SSL", "SASL_SSL")
+    stages = [("transport", {"security_protocol": "SSL" if tls else "PLAINTEXT",
+                             "ssl_context": auth.get("ssl_context")})]
+    if security.protocol.startswith("SASL_"):
+        stages.append(("sasl", auth))
+    conn: Any = None
+    for stage, settings in stages:
+        if conn is not None:
+            conn.close()
+        try:
+            conn = await create_conn(host, port, client_id=f"triggerd-{name}-probe",
+                                     request_timeout_ms=timeout_ms, **settings)
+        except Exception as exc:
+            raise diagnose(where, stage, security, exc, timeout_ms / 1000) from exc
+    return conn
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = (62, 64)
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+            "UNKNOWN_PROTOCOL", "HTTP_REQUEST")
+_CLIENT_CERT = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                "CERTIFICATE_UNKNOWN", "HANDSHAKE_FAILURE", "ACCESS_DENIED")
+
+
+def diagnose(where: str, stage: str, security: KafkaSecurity, exc: BaseException,
+             timeout: float) -> BrokerUnreachable | BrokerRefused:
+    """What a failed connection to `where` means for the user, from the exception chain.
+    Only fixed text, the broker address, TLS library reasons and the config's own names go
+    into the message: never an exception's text from the SASL exchange."""
+    import ssl
+
+    from aiokafka.errors import (
+        AuthenticationFailedError,
+        KafkaConnectionError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
+    )
+
+    chain = _causes(exc)
+    verify = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
+    if verify is not None:
+        detail = (verify.verify_message or str(verify)).rstrip(".")
+        if verify.verify_code in _NAME_MISMATCH:
+            return BrokerRefused(
+                f"TLS: the certificate of {where} is not for this host ({detail}): list the "
+                "broker under a name its certificate holds, or set `check_hostname: false`")
+        ca = (f"the CA in `cafile` {security.cafile}" if security.cafile
+              else "a CA of this system (no `cafile` set)")
+        return BrokerRefused(f"TLS: the certificate of {where} is not signed by {ca} "
+                             f"({detail}): set `cafile` to the CA that signs the brokers")
+    tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls_error is not None:
+        reason = tls_error.reason or type(tls_error).__name__
+        if any(r in reason for r in _NOT_TLS):
+            return BrokerRefused(f"TLS: {where} does not answer with TLS ({reason}): is it "
+                                 "a plaintext listener (`protocol: PLAINTEXT`)?")
+        if any(r in reason for r in _CLIENT_CERT):
+            return BrokerRefused(f"TLS: {where} refused the handshake ({reason}): "
+                                 + _client_cert_hint(security))
+        return BrokerRefused(f"TLS: handshake with {where} failed ({reason})")
+    if stage == "transport":
+        if any(isinstance(e, TimeoutError) for e in chain):
+            hint = (": a listener that does not speak TLS never answers a TLS handshake"
+                    if security.protocol in ("SSL", "SASL_SSL") else "")
+            return BrokerUnreachable(f"{where}: no answer within {timeout:.0f}s{hint}")
+        closed = next((e for e in chain if isinstance(e, KafkaConnectionError)), None)
+        if closed is not None:  # connected (and handshaked), then closed on the first request
+            if security.protocol in ("SSL", "SASL_SSL"):
+                return BrokerRefused(f"TLS: {where} closed the connection after the TLS "
+                                     "handshake: " + _client_cert_hint(security))
+            return BrokerRefused(f"{where} closed the connection on the first request (if "
+                                 "it expects TLS or SASL, set `security.protocol`)")
+        os_error = next((e for e in chain if isinstance(e, OSError)), None)
+        if os_error is not None:
+            return BrokerUnreachable(f"{where}: {os_error.strerror or type(os_error).__name__}")
+        return BrokerUnreachable(f"{where}: {type(exc).__name__}")
+    # stage "sasl": TLS (if any) and a first request worked without SASL
+    mechanism, user = security.mechanism, security.username
+    check = f"check `username` and the password in environment variable {security.password_env}"
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return BrokerRefused(f"SASL: {where} does not accept mechanism {mechanism}: set "
+                             "`mechanism` to one the broker enables (or it has no SASL)")
+    if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError):
+        return BrokerRefused(f"SASL: {where} refused {mechanism} authentication as "
+                             f"{user!r}: {check}")
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return BrokerUnreachable(f"{where}: no answer within {timeout:.0f}s during SASL "
+                                 "authentication")
+    if isinstance(exc, KafkaConnectionError):
+        return BrokerRefused(f"SASL: {where} closed the connection during {mechanism} "
+                             f"authentication as {user!r}: the broker may not enable "
+                             f"{mechanism}, or refused the credentials ({check})")
+    if isinstance(exc, KeyError) and str(mechanism).startswith("SCRAM-"):
+        # the broker's last SCRAM message holds an error ("e=invalid-proof",
+        # "e=unknown-user") instead of its signature, and aiokafka trips on the missing "v"
+        return BrokerRefused(f"SASL: {where} refused {mechanism} authentication as {user!r} "
+                             f"(unknown user or wrong password): {check}")
+    return BrokerRefused(f"SASL: {mechanism} authentication as {user!r} with {where} failed "
+                         f"({type(exc).__name__}): {check}")
+
+
+def _client_cert_hint(security: KafkaSecurity) -> str:
+    if security.certfile is None:
+        return ("the broker may require a client certificate (set `certfile` and `keyfile`)")
+    return (f"the broker may not accept the client certificate `certfile` {security.certfile} "
+            "(is it signed by a CA the broker trusts, and still valid?)")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
 def build_app(name: str, options: KafkaOptions, credentials: Any,

@@ -4,6 +4,12 @@ Secrets come only from environment variables named in the config (`password_env`
 `key_password_env`); they are read when the source starts, never echoed in errors or logs.
 SASL PLAIN sends the password in clear text, so PLAIN without TLS (`SASL_PLAINTEXT` with
 `mechanism: PLAIN`) is refused by `triggerd check`.
+
+A TLS file that cannot be used (missing, not PEM, an encrypted key without its passphrase or
+with a wrong one, a key that is not the certificate's) is a `SecurityConfigError` whose
+message names the option to fix. OpenSSL is never left to ask for a key passphrase on the
+terminal (it would block the daemon): the passphrase comes from `key_password_env` or not at
+all.
 """
 
 from __future__ import annotations
@@ -20,13 +26,22 @@ from triggerd.config.types import Duration, Size, Strict
 from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError, TriggerdError
 
-__all__ = ["KafkaOptions", "KafkaSecurity", "SecretMissing"]
+__all__ = ["KafkaOptions", "KafkaSecurity", "SecretMissing", "SecurityConfigError"]
 
 _BROKER = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
 
 
 class SecretMissing(TriggerdError):
     """An environment variable named by `*_env` is not set at start."""
+
+
+class SecurityConfigError(TriggerdError):
+    """A TLS file named in `security` cannot be used; the message says which and why (and
+    never holds a secret)."""
+
+
+class _KeyEncrypted(Exception):
+    """OpenSSL asked for the passphrase of a key that has no `key_password_env`."""
 
 
 class KafkaSecurity(Strict):
@@ -68,31 +83,77 @@ class KafkaSecurity(Strict):
                              f"SASL_SSL), not {self.protocol}")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("a TLS client certificate needs both `certfile` and `keyfile`")
+        if self.key_password_env and not self.keyfile:
+            raise ValueError("`key_password_env` is the passphrase of `keyfile`: set `keyfile`")
         return self
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (None without TLS): verifies the brokers against `cafile`
+        (or the system's CAs), checks their host name unless `check_hostname: false`, and
+        presents `certfile` when set. Reads the files (and the key passphrase) now."""
         if self.protocol not in ("SSL", "SASL_SSL"):
             return None
-        context = ssl.create_default_context(cafile=self.cafile)
+        try:
+            context = ssl.create_default_context(cafile=self.cafile)
+        except ssl.SSLError as exc:
+            raise SecurityConfigError(f"`cafile` {self.cafile} holds no PEM certificate "
+                                      f"({exc.reason or exc})") from None
+        except OSError as exc:
+            raise SecurityConfigError(f"cannot read `cafile` {self.cafile}: "
+                                      f"{exc.strerror or exc}") from None
         context.check_hostname = self.check_hostname
         if self.certfile and self.keyfile:
-            context.load_cert_chain(self.certfile, self.keyfile,
-                                    password=_secret(self.key_password_env))
+            _load_client_certificate(context, self.certfile, self.keyfile,
+                                     self.key_password_env)
         return context
 
-    def credentials(self) -> Any:
-        """The faust credentials object (None for PLAINTEXT). Reads the secrets now."""
-        import faust
+    def credentials(self, context: ssl.SSLContext | None = None) -> Any:
+        """The faust credentials object (None for PLAINTEXT). Reads the secrets now.
+        `context` is the one `ssl_context()` made (made here if not given)."""
+        # from faust.auth, not `faust.X`: faust's lazy top-level names are not thread-safe
+        from faust.auth import SASLCredentials, SSLCredentials
 
-        context = self.ssl_context()
+        if context is None:
+            context = self.ssl_context()
         if self.protocol.startswith("SASL_"):
-            creds = faust.SASLCredentials(username=self.username,
-                                          password=_secret(self.password_env),
-                                          ssl_context=context, mechanism=self.mechanism)
-            return creds
+            return SASLCredentials(username=self.username, password=_secret(self.password_env),
+                                   ssl_context=context, mechanism=self.mechanism)
         if context is not None:
-            return faust.SSLCredentials(context)
+            return SSLCredentials(context)
         return None
+
+
+def _load_client_certificate(context: ssl.SSLContext, certfile: str, keyfile: str,
+                             password_env: str | None) -> None:
+    asked = False
+
+    def passphrase() -> str:
+        nonlocal asked
+        asked = True
+        if password_env is None:
+            raise _KeyEncrypted
+        return _secret(password_env) or ""
+
+    try:
+        context.load_cert_chain(certfile, keyfile, password=passphrase)
+    except _KeyEncrypted:
+        raise SecurityConfigError(
+            f"`keyfile` {keyfile} is encrypted: name the environment variable holding its "
+            "passphrase in `key_password_env`") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise SecurityConfigError(f"`keyfile` {keyfile} is not the private key of "
+                                      f"`certfile` {certfile}") from None
+        if asked:
+            raise SecurityConfigError(
+                f"cannot decrypt `keyfile` {keyfile} with the passphrase in {password_env} "
+                "(wrong passphrase?)") from None
+        raise SecurityConfigError(
+            f"`certfile` {certfile} and `keyfile` {keyfile} must be a PEM certificate and its "
+            f"PEM private key ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise SecurityConfigError(f"cannot read `certfile` {certfile} or `keyfile` {keyfile}: "
+                                  f"{exc.strerror or exc}") from None
 
 
 def _secret(env: str | None) -> str | None:
