@@ -25,8 +25,9 @@ from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
 from triggerd.model import Event, JobStatus, Trigger
 from triggerd.sources.cron import CronOptions
-from triggerd.store import Store
+from triggerd.store import Store, queries
 from triggerd.store import tables as t
+from triggerd.store.sql import Claim, NewTrigger
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -350,3 +351,47 @@ async def test_a_retried_manual_fire_request_fires_once(store: Store) -> None:
     assert [t.id for t in first] == ["r.1"] and again == []
     assert store.triggers_of_request(7) == ["r.1"]
     assert [t.id for t in await h.engine.fire("r", "manual: other", request_id=8)] == ["r.2"]
+
+
+class RecordingClaimer:
+    """The dispatcher's side of claiming with the trigger: claims for real, records starts."""
+
+    def __init__(self, store: Store, clock: ManualClock) -> None:
+        self.store, self.clock = store, clock
+        self.started: list[str] = []
+
+    def claim(self, job_id: str) -> Claim:
+        return self.store.claim(job_id, "test", lambda _rule: 10, self.clock.now())
+
+    def claimed(self, claim: Claim) -> None:
+        if claim.job is not None:
+            self.started.append(claim.job.id)
+
+
+async def test_a_job_claimed_before_a_store_error_in_the_same_round_still_starts(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two groups fire in one round; the store fails writing the second trigger. The first
+    trigger's job was claimed (running, owned by this daemon) in that round: it must be
+    started, or it would stay `running` with nothing running it until the daemon stops."""
+    h = Harness(store, {"r": {"on": ["landing"], "group_by": "{payload.dir}",
+                              "dispatch": {"backend": "b", "concurrency": 10}}})
+    claimer = RecordingClaimer(store, h.clock)
+    h.engine.claimer = claimer
+    await h.start()
+    real = store.create_trigger
+    calls = {"n": 0}
+
+    def second_fails(nt: NewTrigger) -> Trigger | None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreError("connection refused (simulated)")
+        return real(nt)
+    monkeypatch.setattr(store, "create_trigger", second_fails)
+    await h.engine.submit("landing", [h.event(subject="/d/a/1", dir="a"),
+                                      h.event(subject="/d/b/1", dir="b")])
+    assert [t.id for t in h.fired] and claimer.started == [h.fired[0].id]
+    running = {j.id for j in queries.list_jobs(store) if str(j.status) == "running"}
+    assert running == set(claimer.started)  # no claimed job left without an attempt
+    monkeypatch.setattr(store, "create_trigger", real)
+    await h.advance(timedelta(seconds=2))  # the failed group is decided again
+    assert len(h.fired) == 2

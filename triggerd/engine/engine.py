@@ -45,6 +45,16 @@ class Claimer(Protocol):
         """Start the attempt of a job claimed by `claim` (on the event loop)."""
 
 
+class PartlyDecided(StoreError):
+    """The store failed in a decision round after some triggers were written (and their jobs
+    perhaps claimed): `decided` holds those, to be handed on before the error is handled (a
+    claimed job left unstarted would stay `running` until this daemon stops)."""
+
+    def __init__(self, message: str, decided: Decided) -> None:
+        super().__init__(message)
+        self.decided = decided
+
+
 def rule_schedule(config: Config, rule: str) -> Schedule | None:
     spec = config.rules[rule].when.schedule
     if spec is None:
@@ -141,6 +151,8 @@ class Engine:
             result, decided = await self.call(work)
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
                   result.duplicates, extra={"source": source})
+        if isinstance(decided, PartlyDecided):
+            self._decided(*decided.decided)
         if isinstance(decided, StoreError):
             # the source may acknowledge the events: they are stored; decide shortly
             log.warning("deciding after ingest failed (%s); retrying in 1s", decided)
@@ -158,10 +170,18 @@ class Engine:
         and `on_busy` are per rule, so every group may be free to fire now)."""
         if rule not in self.config.rules:
             return []
+        # every group of the rule (with state or pending events, or ''), in the same trip
+        return await self._decide(lambda: self._evaluate_sync(
+            self.store.rule_keys(rule) or {(rule, "")}, at_slot))
+
+    async def _decide(self, work: Callable[[], Decided]) -> list[Trigger]:
+        """Run a decision round on the store thread and hand on what it fired."""
         async with self._lock:  # one decision round at a time within this daemon
-            # every group of the rule (with state or pending events, or ''), in the same trip
-            decided: Decided = await self.call(lambda: self._evaluate_sync(
-                self.store.rule_keys(rule) or {(rule, "")}, at_slot))
+            try:
+                decided: Decided = await self.call(work)
+            except PartlyDecided as exc:
+                self._decided(*exc.decided)
+                raise
         self._decided(*decided)
         return decided[0]
 
@@ -231,10 +251,7 @@ class Engine:
     async def evaluate(self, keys: Iterable[Key] | None,
                        at_slot: dict[str, datetime] | None = None) -> list[Trigger]:
         keys = set(keys) if keys is not None else None
-        async with self._lock:  # one decision round at a time within this daemon
-            decided: Decided = await self.call(lambda: self._evaluate_sync(keys, at_slot))
-        self._decided(*decided)
-        return decided[0]
+        return await self._decide(lambda: self._evaluate_sync(keys, at_slot))
 
     def _decided(self, fired: list[Trigger], decisions: dict[Key, Decision],
                  claims: dict[str, Claim]) -> None:
@@ -259,6 +276,17 @@ class Engine:
         fired: list[Trigger] = []
         decisions: dict[Key, Decision] = {}
         claims: dict[str, Claim] = {}
+        try:
+            self._rounds(keys, at_slot, fired, decisions, claims)
+        except StoreError as exc:
+            if fired:  # written before the failure: they must still be dispatched
+                raise PartlyDecided(str(exc), (fired, decisions, claims)) from exc
+            raise
+        return fired, decisions, claims
+
+    def _rounds(self, keys: set[Key] | None, at_slot: dict[str, datetime] | None,
+                fired: list[Trigger], decisions: dict[Key, Decision],
+                claims: dict[str, Claim]) -> None:
         todo = keys
         for _round in range(4):
             now = self.clock.now()
@@ -293,7 +321,6 @@ class Engine:
             if not again:
                 break
             todo, at_slot = again, None
-        return fired, decisions, claims
 
     async def fire(self, rule: str, reason: str, request_id: int | None = None
                    ) -> list[Trigger]:
