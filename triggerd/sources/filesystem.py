@@ -24,8 +24,10 @@ Events
     A name that is not valid UTF-8 arrives readable (`\\xNN` for each bad byte) in subject and
     path fields, with its exact bytes in `payload.path_b64` (see `_names.py`). A deleted file's
     fingerprint is `relpath:size:mtime_ns:inode:deleted` of the row it had.
-    Events are emitted in batches of at most 500; the file rows they cover are saved only after
-    `ctx.emit` returned, so a crash re-emits (a counted duplicate) rather than loses.
+    Events are emitted in batches of at most 1,000; the file rows they cover are written in
+    the same store transaction (`ctx.emit(events, also=...)`): both are stored or neither, so
+    a crash re-emits the batch rather than loses it. (Rows without events, and a file table
+    that cannot join the transaction, are saved after `ctx.emit` returned.)
 
 File table
     `FilesystemSource(name, options, files=...)`: the daemon passes a `StoreFileTable` bound to
@@ -455,8 +457,8 @@ class FilesystemSource:
                                             [stored(p) for p in gone])
             await ctx.emit(events, also=joined)
             self.stats["last_event_at"] = now.isoformat()
-        # The events are stored: record the rows even if shutdown cancels us meanwhile, so a
-        # clean stop leaves no duplicate to re-emit (a crash here only causes one, counted).
+        # The events are stored (with their rows, if joined): record the rest even if shutdown
+        # cancels us meanwhile, so a clean stop leaves no duplicate to re-emit.
         await _uncancelled(self._record(saves, gone, stored_already=joined is not None))
 
     async def _record(self, saves: list[tuple[str, FileRow]], gone: list[str], *,

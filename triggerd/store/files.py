@@ -1,9 +1,9 @@
 """The `files` table: what the filesystem source has seen, the basis of "nothing lost".
 
 The filesystem source compares every file it finds against its row here: no row, or a
-different (size, mtime_ns, inode), means the file is new or changed. Rows are written only
-after the events they cover were stored (`ctx.emit` returned), so a crash re-emits (a
-duplicate the store counts) rather than loses.
+different (size, mtime_ns, inode), means the file is new or changed. Rows are written in the
+transaction that stores the events they cover (`with_events`), or after it: never before, so
+a crash re-emits (a duplicate the store counts) rather than loses.
 
 The functions are synchronous, like the rest of the store, and take a `Store`; `StoreFileTable`
 adapts them to the async `FileTable` protocol the source uses, running them through the

@@ -214,7 +214,7 @@ Index("ix_requests_open", requests.c.handled_at)
 
 # The filesystem source's record of the files it has seen (its "never lost" basis): a file
 # whose (size, mtime_ns, inode) differs from its row, or that has no row, is new or changed.
-# Rows are written only after the events they cover were stored.
+# Rows are written with the events they cover (same transaction) or after them, never before.
 files = Table(
     "files", metadata,
     Column("source", String(NAME), primary_key=True),
