@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +280,70 @@ def test_two_daemons_share_a_four_partition_topic_every_message_in_one_trigger(
     # both daemons held partitions at some point (the group spread them)
     for name in ("a.log", "b.log"):
         assert f"partitions assigned: {topic}/" in td.log(name)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_rebalances_while_thousands_of_fetched_messages_are_in_flight_lose_none(
+        td: Triggerd, kafka_broker: Tansu, _pg_migrated: str) -> None:
+    """The fetch loop hands faust a whole fetch at a time (`_kafka/fetch.py`): a daemon
+    joining and one leaving while a backlog streams in loses no message and puts none in two
+    triggers; what was fetched but not stored when a rebalance began is read again."""
+    from tests_pg import truncate
+
+    truncate(_pg_migrated)
+    td.env["TRIGGERD_STORE"] = td.store_url = _pg_migrated
+    topic = new_topic(kafka_broker.bootstrap, partitions=4)
+    kafka_config(td, kafka_broker.bootstrap, topic, """
+          arrival:
+            on: [metrics]
+            when: {min_events: 500}
+            dispatch: {backend: train}
+    """)
+    backlog, chunks, chunk = 10_000, 40, 500
+    total = backlog + chunks * chunk
+    keyed = [(f"k{i}", psi(i / total)) for i in range(total)]
+    produce(kafka_broker.bootstrap, topic, keyed[:backlog])
+    first = td.start(log="a.log")
+    td.wait_running(first)
+    wait_for(lambda: source_status(td)["events"] >= 500, 60, "the first daemon consuming")
+
+    def keep_producing() -> None:  # the stream goes on while the group rebalances
+        for c in range(chunks):
+            start = backlog + c * chunk
+            produce(kafka_broker.bootstrap, topic, keyed[start:start + chunk])
+            time.sleep(0.25)
+    producer = threading.Thread(target=keep_producing)
+    producer.start()
+    try:
+        second = td.start(log="b.log")  # joins: a rebalance mid-stream
+        td.wait_running(second)
+        wait_for(lambda: partitions_held(td, "a.log") and partitions_held(td, "b.log"), 40,
+                 "partitions spread over both daemons")
+        assert source_status(td)["events"] < total  # the rebalance happened mid-stream
+        assert td.stop(first) == 0  # leaves: a second rebalance, the other takes over
+    finally:
+        producer.join()
+    wait_for(lambda: source_status(td)["events"] == total, 90, "every message stored")
+    wait_for(lambda: td.json("status")["rules"][0]["pending_events"] < 500, 30,
+             "every full batch of 500 triggered")
+    pending = td.json("status")["rules"][0]["pending_events"]
+    wait_for(lambda: sum(len(c["events"]) for c in td.calls_made()) == total - pending, 60,
+             "every trigger dispatched")
+    assert td.stop(second) == 0
+    status = source_status(td)
+    assert status["events"] == total  # none lost; a re-read one is a duplicate, not an event
+    per_event = collections.Counter(e for c in td.calls_made() for e in c["events"])
+    assert max(per_event.values()) == 1  # no message in two triggers
+    assert len(per_event) == total - pending
+    assert set(per_event) <= {f"{topic}/{p}/{o}" for p in range(4) for o in range(total)}
+
+
+def partitions_held(td: Triggerd, log: str) -> list[str]:
+    """The partitions a daemon last logged as assigned to it."""
+    lines = [ln for ln in td.log(log).splitlines() if "partitions assigned:" in ln]
+    last = lines[-1].split("partitions assigned: ", 1)[1] if lines else "none"
+    return [] if last == "none" else last.split(", ")
 
 
 def test_several_kafka_sources_in_one_daemon_each_with_its_own_format(

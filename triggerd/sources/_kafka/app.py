@@ -241,6 +241,12 @@ def build_app(name: str, options: KafkaOptions, credentials: Any,
 
         stopping = False
 
+        def _new_transport(self) -> Any:
+            """faust's transport, making faust's consumer with the batch fetch loop."""
+            from triggerd.sources._kafka.fetch import BatchTransport
+
+            return BatchTransport(self.conf.broker_consumer, self)
+
         def _create_directories(self) -> None:
             """No tables, so no data directory (faust would create `<group>-data` here)."""
 
