@@ -53,6 +53,24 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread of this process, by thread name (Linux /proc)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), "other")
+        name = name.split("_")[0] if name.startswith("triggerd-store") else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def measured(label: str, n: int, run: Any) -> float:
     """Run a consumer; print its rate and its CPU per message (robust on a shared machine,
     where the rate also depends on what else runs)."""
@@ -176,6 +194,7 @@ async def through_source(bootstrap: str, topic: str, n: int, workdir: Path,
     daemon = Daemon(load_config(config_path, {}))
     task = asyncio.create_task(daemon.run())
     first = 0.0
+    before: dict[str, float] = {}
     prof = cProfile.Profile() if profile else None
     try:
         while True:
@@ -183,6 +202,7 @@ async def through_source(bootstrap: str, topic: str, n: int, workdir: Path,
             done = (ctx.details or {}).get("messages", 0) if ctx else 0
             if done and not first:
                 first = time.perf_counter()
+                before = thread_cpu()
                 if prof:
                     prof.enable()
             if done >= n:
@@ -191,6 +211,11 @@ async def through_source(bootstrap: str, topic: str, n: int, workdir: Path,
                 raise RuntimeError(f"daemon ended: {task.result()}")
             await asyncio.sleep(0.01)
         rate = n / (time.perf_counter() - first)
+        after = thread_cpu()
+        print("  CPU per message by thread while it ran: " + ", ".join(
+            f"{name} {(after[name] - before.get(name, 0.0)) / n * 1e6:.0f} us"
+            for name in sorted(after, key=lambda k: before.get(k, 0.0) - after[k])
+            if after[name] - before.get(name, 0.0) > 0.01))
     finally:
         if prof:
             prof.disable()

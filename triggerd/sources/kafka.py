@@ -56,7 +56,8 @@ __all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
 log = logging.getLogger("triggerd.sources.kafka")
 
 HEALTH_EVERY = 0.5  # seconds between health checks and status reports
-MAX_PENDING_BATCHES = 20  # decoded batches waiting for the writer before the agent waits
+MAX_PENDING_BATCHES = 20  # decoded messages waiting for the writer, in `batch`es, before
+# the agent waits
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff between apps that could not reach the brokers
 
 
@@ -100,6 +101,7 @@ class KafkaSource:
         self._positions: dict[tuple[str, int], int] = {}  # next offset to store, per partition
         self._connected_once = False
         self._pending: list[_Batch] = []  # decoded, not yet stored (see `_take`)
+        self._pending_messages = 0
         self._ready = asyncio.Event()  # _pending has something
         self._room = asyncio.Event()  # _pending has room again
 
@@ -122,6 +124,7 @@ class KafkaSource:
                 continue
             app = None
             self._pending, self._ready, self._room = [], asyncio.Event(), asyncio.Event()
+            self._pending_messages = 0
             writer = asyncio.create_task(self._write(ctx), name=f"kafka-writer:{self.name}")
             try:
                 await probe(self.name, self.options, credentials)
@@ -201,7 +204,8 @@ class KafkaSource:
         """In the faust agent: decode a batch and hand it to the writer. Batches that arrive
         while the writer is storing are merged into its next transaction (group commit), so
         faust keeps reading and a slow store means bigger transactions, not a stalled
-        stream; only past `MAX_PENDING_BATCHES` batches does the agent wait."""
+        stream; only past `MAX_PENDING_BATCHES` full batches of messages does the agent
+        wait."""
         now = ctx.clock.now()
         item = _Batch(list(batch), [], [])
         for fe in batch:
@@ -210,10 +214,11 @@ class KafkaSource:
                 item.events.append(found)
             else:
                 item.rejects.append(found)
-        while len(self._pending) >= MAX_PENDING_BATCHES:
+        while self._pending_messages >= MAX_PENDING_BATCHES * self.options.batch:
             self._room.clear()
             await self._room.wait()
         self._pending.append(item)
+        self._pending_messages += len(item.messages)
         self._ready.set()
 
     async def _write(self, ctx: SourceContext) -> None:
@@ -223,7 +228,7 @@ class KafkaSource:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            items, self._pending = self._pending, []
+            items, self._pending, self._pending_messages = self._pending, [], 0
             self._room.set()
             if not items:
                 continue

@@ -7,10 +7,12 @@ inside `run` (never at import: a faust App binds the running loop) and started w
 producer, no tables or changelog topics, no leader topic, no topic creation.
 
 At least once, then deduplicated
-    The agent reads with `stream.noack_take`: nothing is acknowledged by faust itself. A batch
-    is decoded, its rejects recorded, its events stored (`ctx.emit` returns when they are
-    durable), and only then is each message acknowledged; faust commits acknowledged offsets
-    every `commit_interval`, on rebalance and on stop. A crash between store and commit
+    The agent takes batches off its channel (`_kafka/intake.py`, in place of faust's
+    `stream.noack_take`): nothing is acknowledged by faust itself. A batch is decoded, its
+    rejects recorded, its events stored (`ctx.emit` returns when they are durable), and only
+    then is each message acknowledged; faust commits acknowledged offsets every
+    `commit_interval`, on rebalance and on stop. faust's fetch loop hands a fetched batch to
+    the conductor at a time (`_kafka/fetch.py`). A crash between store and commit
     re-reads the uncommitted tail, whose fingerprints the store already holds: duplicates,
     counted, never a second trigger. The agent runs with concurrency 1 (faust-streaming issue
     #606: with concurrency > 1 it commits past in-flight messages).
@@ -21,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from triggerd.errors import TriggerdError
 from triggerd.sources._kafka.decode import Record
+from triggerd.sources._kafka.intake import BatchHandler, take_batches
 from triggerd.sources._kafka.options import KafkaOptions, KafkaSecurity
 
 __all__ = ["BatchHandler", "BrokerRefused", "BrokerUnreachable", "RepeatFilter", "build_app",
@@ -33,10 +35,6 @@ __all__ = ["BatchHandler", "BrokerRefused", "BrokerUnreachable", "RepeatFilter",
            "tune_fetch_wait"]
 
 log = logging.getLogger("triggerd.sources.kafka")
-
-BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
-"""Called with each batch of faust events; acknowledges them itself once stored."""
-
 
 class BrokerUnreachable(TriggerdError):
     """No broker answered (at start, or the consumer gave up on a lost connection)."""
@@ -274,8 +272,8 @@ def build_app(name: str, options: KafkaOptions, credentials: Any,
     batch, within = options.batch, options.batch_wait.total_seconds()
 
     async def agent(stream: Any) -> None:
-        async for events in stream.noack_take(batch, within=within):
-            await handle(events)
+        # not `async for ... in stream.noack_take(...)`: see _kafka/intake.py
+        await take_batches(app, aiter(stream.channel), batch, within, handle)
 
     app.agent(topic, name=f"triggerd-kafka-{name}", concurrency=1)(agent)
     return app
