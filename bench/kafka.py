@@ -6,6 +6,8 @@
    - a bare faust agent (`async for value in stream`, raw serializer, acks as faust does):
      what faust itself costs per message;
    - a bare faust agent with `stream.take(500, 0.05)`: faust's batching ceiling;
+   - the bare agent again on the source's fetch loop (`_kafka/fetch.py`): what is left of
+     faust's own cost once the per-message wait in its fetch loop is gone;
    - the `kafka` source inside an in-process `Daemon` with a SQLite store and a drift rule
      whose `where` is evaluated on every message (0.4 % match; it never fires): every message
      is decoded, matched and stored. broker -> store.
@@ -128,8 +130,11 @@ async def raw_aiokafka(bootstrap: str, topic: str, n: int) -> float:
         await consumer.stop()
 
 
-async def bare_faust(bootstrap: str, topic: str, n: int, take: bool) -> float:
+async def bare_faust(bootstrap: str, topic: str, n: int, take: bool,
+                     batch_fetch: bool = False) -> float:
     import faust
+
+    from triggerd.sources._kafka.fetch import BatchTransport
 
     app = faust.App(f"bare-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}",
                     web_enabled=False, autodiscover=False, store="memory://",
@@ -137,6 +142,9 @@ async def bare_faust(bootstrap: str, topic: str, n: int, take: bool) -> float:
                     consumer_auto_offset_reset="earliest", broker_session_timeout=6.0,
                     broker_heartbeat_interval=1.0)
     app._create_directories = lambda: None  # type: ignore[method-assign]
+    if batch_fetch:  # the source's fetch loop (one wait_first per fetch, not per message)
+        app._new_transport = (  # type: ignore[method-assign]
+            lambda: BatchTransport(app.conf.broker_consumer, app))
     channel = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                         value_serializer="raw")
     done = asyncio.Event()
@@ -370,9 +378,12 @@ def main() -> int:
                 measured("raw aiokafka consumer:", n, raw_aiokafka(b, topic, n))
                 bare = measured("bare faust agent:", n, bare_faust(b, topic, n, take=False))
                 measured("bare faust agent, take(500):", n, bare_faust(b, topic, n, take=True))
+                fetch = measured("bare agent, batch fetch loop:", n,
+                                 bare_faust(b, topic, n, take=False, batch_fetch=True))
                 src = measured("kafka source -> SQLite store:", n,
                                through_source(b, topic, n, workdir, args.profile))
-                print(f"source / bare faust agent: {src / bare:.0%}")
+                print(f"source / bare faust agent: {src / bare:.0%}   (source / bare agent on "
+                      f"the source's batch fetch loop: {src / fetch:.0%})")
             if args.only in (None, "start"):
                 took = time_to_consume(b, workdir)
                 print(f"triggerd run -> first message stored: {took:.2f} s")

@@ -10,8 +10,9 @@ queue, stream) costs ~70 us.
 `BatchConsumer._drain_messages` is faust-streaming 0.15.3's loop with one change: the
 messages of one fetch are delivered by one coroutine under one `wait_first` against the same
 events (flow suspended, consumer stopped or crashed). Everything else is faust's: per message
-the same read-offset check (drop what was already delivered), gap tracking, commit every
-`broker_commit_every` acks, a yield to the loop every 100 messages; delivery stops at the
+the same read-offset check (drop what was already delivered), gap tracking, a commit every
+`broker_commit_every` acks (outside the wait, as in faust, so a rebalance never cancels a
+commit half-way), a yield to the loop every 100 messages; delivery stops at the
 first message after the flow was suspended or the consumer generation changed (a rebalance),
 exactly where faust's `getmany` stops yielding, and the messages not delivered are read again
 from the committed offsets once the rebalance is over (faust seeks there, as it does for the
@@ -56,9 +57,15 @@ class BatchConsumer(Consumer):
                     # and the generation read here is the one getmany checked them against
                     batch = [item async for item in records]
                     generation = self.app.consumer_generation_id
-                    if batch:
-                        await self.wait_first(self._deliver(batch, generation),
-                                              self.suspend_flow.wait())
+                    while batch:
+                        deliver = self._deliver(batch, generation)
+                        ended = await self.wait_first(deliver, self.suspend_flow.wait())
+                        if deliver not in ended.done:
+                            break  # suspended for a rebalance, or stopping
+                        batch = ended.results[ended.done.index(deliver)]
+                        if batch:  # a commit is due before the next message (as faust does:
+                            self._n_acked = 0  # outside the wait, so it is never cancelled)
+                            await self.commit()
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -76,21 +83,23 @@ class BatchConsumer(Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _deliver(self, batch: Sequence[tuple[Any, Any]], generation: int) -> None:
-        """Hand the messages to the conductor in order, as faust's loop does one by one."""
+    async def _deliver(self, batch: Sequence[tuple[Any, Any]],
+                       generation: int) -> Sequence[tuple[Any, Any]]:
+        """Hand the messages to the conductor in order, as faust's loop does one by one.
+        Returns the messages not delivered because a commit is due first (else nothing)."""
         app = self.app
         callback = self.callback
         read_offset = self._read_offset
         commit_every = self._commit_every
         acks_enabled_for = app.topics.acks_enabled_for
         since_yield = 0
-        for tp, message in batch:
+        for i, (tp, message) in enumerate(batch):
             since_yield += 1
             if since_yield > YIELD_EVERY:
                 await asyncio.sleep(0)
                 since_yield = 0
             if not self.flow_active or app.consumer_generation_id != generation:
-                return  # a rebalance began: the rest is read again from the committed offsets
+                return ()  # a rebalance began: the rest is read again from committed offsets
             offset = message.offset
             r_offset = read_offset[tp]
             if r_offset is not None and offset < r_offset:
@@ -98,10 +107,10 @@ class BatchConsumer(Consumer):
             if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
                 await self._add_gap(tp, r_offset + 1, offset)
             if commit_every is not None and self._n_acked >= commit_every:
-                self._n_acked = 0
-                await self.commit()
+                return batch[i:]
             await callback(message)
             read_offset[tp] = offset
+        return ()
 
 
 class BatchTransport(Transport):
