@@ -191,7 +191,8 @@ class KafkaOptions(Strict):
     batch: int = Field(500, ge=1, le=100_000)
     """At most this many messages are stored in one transaction."""
     batch_wait: Duration = timedelta(milliseconds=50)
-    """How long a partial batch waits for more messages before it is stored."""
+    """How long a partial batch waits for more messages before it is stored, counted from
+    the previous batch (a message after a quiet spell is stored at once)."""
     fetch_wait: Duration = timedelta(milliseconds=100)
     """How long the broker may hold a fetch while no message is there (faust fixes 1.5s;
     some brokers hold it that long even when a message arrives: idle latency)."""
