@@ -67,3 +67,4 @@ async def take_batches(app: Any, channel: Any, batch: int, within: float,
         if taken:
             await handle(taken)
         deadline = time.monotonic() + within
+        await asyncio.sleep(0)  # a full queue never blocks get(): let the loop run between
