@@ -236,6 +236,7 @@ class Daemon:
             await self._recover(starting=True)
             workers = [
                 asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+                asyncio.create_task(self._heartbeat(), name="heartbeat"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
             ]
             await self.engine.start()
@@ -323,18 +324,37 @@ class Daemon:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
 
+    async def _heartbeat(self) -> None:
+        """Say "alive" every HEARTBEAT. On PostgreSQL, replicas take over the running jobs of
+        a daemon silent for 3 heartbeats, so the beat has its own thread and connection: a
+        long store-thread call (a prune, a big batch, a /metrics scrape) must not make this
+        daemon look dead while its jobs run. (SQLite: one daemon per file, nobody takes over;
+        the beat shares the store thread, which holds the one write lock anyway.)"""
+        own = self.store.dialect == "postgresql"
+        beats = ThreadPoolExecutor(1, thread_name_prefix="triggerd-heartbeat") if own else None
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stop.is_set():
+                beat = functools.partial(self.store.heartbeat, self.id, self.clock.now())
+                try:
+                    await (loop.run_in_executor(beats, beat) if beats else self.call(beat))
+                    self.metrics.heartbeat.set(time.time())
+                except StoreError as exc:
+                    log.warning("heartbeat: store unavailable (%s)", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), HEARTBEAT.total_seconds())
+        finally:
+            if beats is not None:
+                beats.shutdown(wait=False)
+
     async def _housekeeping(self) -> None:
-        """Heartbeat, CLI requests (fire, pause, resume) and retention pruning."""
-        next_beat = next_prune = self.clock.now()
-        next_recover = next_beat + RECOVER_EVERY
-        next_details = next_beat
+        """CLI requests (fire, pause, resume), job recovery, source details and retention
+        pruning (the heartbeat is its own task: `_heartbeat`)."""
+        next_prune = next_details = self.clock.now()
+        next_recover = next_prune + RECOVER_EVERY
         while not self._stop.is_set():
             now = self.clock.now()
             try:
-                if now >= next_beat:
-                    await self.call(functools.partial(self.store.heartbeat, self.id, now))
-                    self.metrics.heartbeat.set(time.time())
-                    next_beat = now + HEARTBEAT
                 if now >= next_recover:
                     await self._recover()
                     next_recover = now + RECOVER_EVERY
