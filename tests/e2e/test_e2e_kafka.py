@@ -259,14 +259,10 @@ def test_two_daemons_share_a_four_partition_topic_every_message_in_one_trigger(
     td.wait_running(second)
     produce(kafka_broker.bootstrap, topic, keyed[150:300])
 
-    def assigned(log: str) -> list[str]:
-        lines = [ln for ln in td.log(log).splitlines() if "partitions assigned:" in ln]
-        last = lines[-1].split("partitions assigned: ", 1)[1] if lines else "none"
-        return [] if last == "none" else last.split(", ")
-
     # the group spreads the 4 partitions over both daemons
-    wait_for(lambda: assigned("a.log") and assigned("b.log")
-             and len(assigned("a.log")) + len(assigned("b.log")) == 4, 30, "partitions spread")
+    wait_for(lambda: partitions_held(td, "a.log") and partitions_held(td, "b.log")
+             and len(partitions_held(td, "a.log")) + len(partitions_held(td, "b.log")) == 4,
+             30, "partitions spread")
     wait_for(lambda: source_status(td)["events"] + source_status(td)["duplicates"] >= 300,
              40, "300 messages consumed by the two daemons")
     assert td.stop(first) == 0  # leaves: the second takes over its partitions
