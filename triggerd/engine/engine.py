@@ -297,19 +297,19 @@ class Engine:
                 if not a.decision.fire:
                     continue
                 spec = self.config.rules[key[0]]
+                busy = a.active_jobs >= spec.dispatch.concurrency
                 trig = self.store.create_trigger(NewTrigger(
                     rule=key[0], group=key[1], expected_seq=a.state.seq, fired_at=now,
                     reason=a.decision.reason, kind=a.decision.kind,
                     backend=spec.dispatch.backend, params=dict(spec.dispatch.params),
                     max_attempts=spec.dispatch.retry.attempts, on_busy=spec.dispatch.on_busy,
-                    busy=a.active_jobs >= spec.dispatch.concurrency))
+                    busy=busy))
                 if trig is not None:
                     log.info("rule %s%s: trigger %s fired: %s (%d event(s))", key[0],
                              f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events,
                              extra={"rule": key[0], "trigger_id": trig.id})
                     fired.append(trig)
                     failpoints.hit("after-trigger-write")  # crash tests (store thread)
-                    busy = a.active_jobs >= spec.dispatch.concurrency
                     if self.claimer is not None and not busy:
                         with contextlib.suppress(StoreError):  # the dispatcher claims it later
                             claims[trig.id] = self.claimer.claim(trig.id)

@@ -116,9 +116,7 @@ class KafkaSource:
                 context = await asyncio.to_thread(self.options.security.ssl_context)
                 credentials = self.options.security.credentials(context)
             except (SecretMissing, SecurityConfigError) as exc:
-                error = f"security: {exc}"
-                ctx.set_health(False, error)
-                log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
+                self._failed(ctx, f"security: {exc}", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -133,10 +131,8 @@ class KafkaSource:
                 await _start(app)
                 await self._watch(ctx, app, writer)
             except (BrokerUnreachable, BrokerRefused) as exc:
-                error = (f"broker unreachable: {exc}" if isinstance(exc, BrokerUnreachable)
-                         else str(exc))
-                ctx.set_health(False, error)
-                log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
+                self._failed(ctx, f"broker unreachable: {exc}"
+                             if isinstance(exc, BrokerUnreachable) else str(exc), delay)
             finally:
                 writer.cancel()  # a batch not yet stored is not acknowledged: read again
                 await asyncio.gather(writer, return_exceptions=True)
@@ -145,6 +141,11 @@ class KafkaSource:
             delay = RETRY_FIRST if self._connected_once else min(delay * 2, RETRY_MAX)
             self._connected_once = False
             await asyncio.sleep(delay)
+
+    def _failed(self, ctx: SourceContext, error: str, delay: float) -> None:
+        """An app could not be started: unhealthy with `error`, retried after `delay`."""
+        ctx.set_health(False, error)
+        log.warning("kafka source %s: %s; retrying in %.0fs", self.name, error, delay)
 
     async def _watch(self, ctx: SourceContext, app: Any, writer: asyncio.Task[None]) -> None:
         """Report health and figures until cancelled, or until faust or the writer fails."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,7 +27,6 @@ from triggerd.store.sql import Store, sqlite_value
 __all__ = ["FileRow", "FileTable", "StoreFileTable", "delete_files", "load_files", "load_sigs",
            "save_files", "write_files"]
 
-T = TypeVar("T")
 _CHUNK = 500
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Executable,
     Integer,
+    Select,
     Table,
     and_,
     bindparam,
@@ -235,8 +236,7 @@ class Store:
 
     def rule_flags(self) -> dict[str, RuleFlags]:
         with self.read() as c:
-            return {r.name: RuleFlags(bool(r.paused), r.paused_until, r.paused_reason)
-                    for r in c.execute(select(t.rules))}
+            return self._flags(c, None)
 
     def set_paused(self, rule: str, paused: bool, until: datetime | None, reason: str | None,
                    now: datetime) -> None:
@@ -248,51 +248,52 @@ class Store:
                 paused_reason=reason if paused else None))
 
     def group_states(self, rules: Iterable[str] | None = None) -> dict[Key, GroupState]:
-        q = select(t.rule_groups)
-        if rules is not None:
-            q = q.where(t.rule_groups.c.rule.in_(list(rules)))
         with self.read() as c:
-            return {(r.rule, r.grp): _group(r) for r in c.execute(q)}
+            return self._states(c, rules)
 
     def pending(self, rules: Iterable[str] | None = None) -> dict[Key, Pending]:
         with self.read() as c:
             return self._pending(c, rules)
 
-    def _pending(self, c: Connection, rules: Iterable[str] | None) -> dict[Key, Pending]:
-        re_ = t.rule_events.c
-
-        def build(some: bool) -> Executable:
-            q = (select(re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
-                        func.min(re_.observed_at), func.max(re_.observed_at))
-                 .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp))
-            return q.where(re_.rule.in_(bindparam("rules", expanding=True))) if some else q
-        if rules is None:
-            rows = c.execute(self._q("pending.all", lambda: build(False))).all()
-        else:
-            rows = c.execute(self._q("pending.rules", lambda: build(True)),
-                             {"rules": list(rules)}).all()
-        conv = t.UTCDateTime().process_result_value
-        return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), conv(r[4], self.engine.dialect),
-                                      conv(r[5], self.engine.dialect)) for r in rows}
-
     def snapshot(self, rules: Iterable[str]) -> Snapshot:
         """What a decision about `rules` reads (group states, pending events, pause flags,
         active jobs), in one read transaction: one trip instead of four on the hot path."""
-        p = {"rules": list(rules)}
-        g, j = t.rule_groups.c, t.jobs.c
+        rules = list(rules)
         with self.read() as c:
-            states = {(r.rule, r.grp): _group(r) for r in c.execute(self._q(
-                "snapshot.groups", lambda: select(t.rule_groups).where(
-                    g.rule.in_(bindparam("rules", expanding=True)))), p)}
-            pending = self._pending(c, p["rules"])
-            flags = {r.name: RuleFlags(bool(r.paused), r.paused_until, r.paused_reason)
-                     for r in c.execute(self._q("snapshot.flags", lambda: select(t.rules).where(
-                         t.rules.c.name.in_(bindparam("rules", expanding=True)))), p)}
-            active = {r: int(n) for r, n in c.execute(self._q(
-                "snapshot.active", lambda: select(j.rule, func.count())
-                .where(j.status.in_(list(ACTIVE_JOB_STATUSES)))
-                .where(j.rule.in_(bindparam("rules", expanding=True))).group_by(j.rule)), p)}
-        return Snapshot(states, pending, flags, active)
+            return Snapshot(self._states(c, rules), self._pending(c, rules),
+                            self._flags(c, rules), self._active(c, rules))
+
+    def _rows(self, c: Connection, name: str, build: Callable[[], Select[Any]],
+              rule_column: Any, rules: Iterable[str] | None) -> Any:
+        """Run the built-once query `name` for every rule, or only for `rules`."""
+        if rules is None:
+            return c.execute(self._q(f"{name}.all", build))
+        return c.execute(self._q(f"{name}.rules", lambda: build().where(
+            rule_column.in_(bindparam("rules", expanding=True)))), {"rules": list(rules)})
+
+    def _states(self, c: Connection, rules: Iterable[str] | None) -> dict[Key, GroupState]:
+        return {(r.rule, r.grp): _group(r) for r in self._rows(
+            c, "states", lambda: select(t.rule_groups), t.rule_groups.c.rule, rules)}
+
+    def _flags(self, c: Connection, rules: Iterable[str] | None) -> dict[str, RuleFlags]:
+        return {r.name: RuleFlags(bool(r.paused), r.paused_until, r.paused_reason)
+                for r in self._rows(c, "flags", lambda: select(t.rules), t.rules.c.name, rules)}
+
+    def _active(self, c: Connection, rules: Iterable[str] | None) -> dict[str, int]:
+        j = t.jobs.c
+        return {r: int(n) for r, n in self._rows(
+            c, "active", lambda: select(j.rule, func.count())
+            .where(j.status.in_(list(ACTIVE_JOB_STATUSES))).group_by(j.rule), j.rule, rules)}
+
+    def _pending(self, c: Connection, rules: Iterable[str] | None) -> dict[Key, Pending]:
+        re_ = t.rule_events.c
+        rows = self._rows(c, "pending", lambda: select(
+            re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
+            func.min(re_.observed_at), func.max(re_.observed_at))
+            .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp), re_.rule, rules)
+        conv = t.UTCDateTime().process_result_value
+        return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), conv(r[4], self.engine.dialect),
+                                      conv(r[5], self.engine.dialect)) for r in rows}
 
     def rule_keys(self, rule: str) -> set[Key]:
         """Every group of a rule that has state or pending events."""
@@ -309,7 +310,7 @@ class Store:
     def active_jobs_by_rule(self, rules: Iterable[str] | None = None) -> dict[str, int]:
         """Queued, running and retrying jobs per rule (what `concurrency` is measured by)."""
         with self.read() as c:
-            return _active_counts(c, rules)
+            return self._active(c, rules)
 
     def job_counts(self, rules: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """Active jobs per rule and status (queued, running, retrying)."""
@@ -921,12 +922,3 @@ def _job(r: Any) -> Job:
 
 def retention_cutoff(now: datetime, retention: timedelta) -> datetime:
     return now - retention
-
-
-def _active_counts(c: Connection, rules: Iterable[str] | None) -> dict[str, int]:
-    j = t.jobs.c
-    q = (select(j.rule, func.count()).where(j.status.in_(list(ACTIVE_JOB_STATUSES)))
-         .group_by(j.rule))
-    if rules is not None:
-        q = q.where(j.rule.in_(list(rules)))
-    return {r: int(n) for r, n in c.execute(q)}
