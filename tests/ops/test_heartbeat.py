@@ -4,7 +4,7 @@ old: a long call on the store thread must not stop the beat (it has its own thre
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -41,21 +41,30 @@ async def test_a_busy_store_thread_does_not_stop_the_heartbeat(
                       "backends: {b: {type: command, argv: ['true']}}\n"
                       "rules: {r: {on: [tick], dispatch: {backend: b}}}\n")
     daemon = Daemon(load_config(config))
+    entered, release = threading.Event(), threading.Event()
     run = asyncio.create_task(daemon.run())
     try:
         async with asyncio.timeout(30):
             while not daemon.ready or await asyncio.to_thread(beats, _pg_migrated,
                                                               daemon.id) is None:
                 await asyncio.sleep(0.05)
-        blocked = asyncio.ensure_future(daemon.call(lambda: time.sleep(2.0)))  # a long call
-        await asyncio.sleep(0.3)  # the store thread is in it now
+
+        def long_call() -> None:  # a prune or a scrape holding the store thread
+            entered.set()
+            release.wait(20)
+        blocked = asyncio.ensure_future(daemon.call(long_call))
+        assert await asyncio.to_thread(entered.wait, 10)
         first = await asyncio.to_thread(beats, _pg_migrated, daemon.id)
-        await asyncio.sleep(1.2)  # six beats' worth, all while the store thread is busy
-        assert not blocked.done()
-        later = await asyncio.to_thread(beats, _pg_migrated, daemon.id)
+        assert first is not None
+        later = first
+        async with asyncio.timeout(10):  # three beats' worth while the store thread is held
+            while later is None or later - first < timedelta(seconds=0.6):
+                await asyncio.sleep(0.05)
+                later = await asyncio.to_thread(beats, _pg_migrated, daemon.id)
+        assert not blocked.done()  # still held: the beats came from elsewhere
+        release.set()
         await blocked
     finally:
+        release.set()
         daemon.stop()
         assert await asyncio.wait_for(run, 20) == 0
-    assert first is not None and later is not None
-    assert later - first >= timedelta(seconds=0.6)  # it kept beating
