@@ -40,12 +40,14 @@ import logging
 import os
 import re
 import signal
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
 
 from pydantic import Field, model_validator
 
+from triggerd.backends._child import Child, spawn
 from triggerd.config.types import Duration, Size, Strict, format_duration
 from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
@@ -108,36 +110,29 @@ class CommandBackend:
         workdir = self._render(self._workdir, values, "workdir") if self._workdir else None
         env = dict(os.environ) if self.options.inherit_env else {}
         env.update({k: self._render(t, values, f"env.{k}") for k, t in self._env.items()})
-        job_dir = self._jobs_dir / _safe_name(ctx.trigger_id)
-        # one trip to a worker thread for all the file work before the spawn (latency)
-        prepared = await asyncio.to_thread(_prepare, job_dir, ctx.to_dict(), workdir)
-        if prepared is None:
+        job_dir = (self._jobs_dir / _safe_name(ctx.trigger_id)).absolute()
+        env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
+                   TRIGGERD_TRIGGER_FILE=str(job_dir / "trigger.json"),
+                   TRIGGERD_ATTEMPT=str(job.attempt))
+        # one trip to a worker thread for the file work and the spawn (latency); shielded,
+        # so a child started as the daemon stops is still followed (its output captured)
+        work = asyncio.ensure_future(asyncio.to_thread(_prepare, job_dir, ctx.to_dict(),
+                                                       workdir, argv, env))
+        try:
+            started = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(self._adopt)
+            raise
+        except _SpawnFailed as exc:
+            raise self._spawn_error(exc.error, argv[0], workdir) from exc.error
+        if started is None:
             raise PermanentDispatchError(
                 f"workdir does not exist: {workdir!r}; check backends.{self.name}.workdir")
-        trigger_file, output = prepared
-        env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
-                   TRIGGERD_TRIGGER_FILE=str(trigger_file), TRIGGERD_ATTEMPT=str(job.attempt))
-
-        # Our own pipe rather than stdout=PIPE: on 3.11 `proc.wait()` also waits for the
-        # transport's pipes, which a background grandchild may hold open for hours.
-        read_fd, write_fd = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd,
-                stderr=asyncio.subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True)
-        except BaseException as exc:
-            os.close(read_fd)
-            output.close()
-            if isinstance(exc, OSError):
-                raise self._spawn_error(exc, argv[0], workdir) from exc
-            raise
-        finally:
-            os.close(write_fd)
+        proc = started.child
         external_id = f"pid:{proc.pid}"
         log.info("backend %s: trigger %s attempt %d started %s",
                  self.name, ctx.trigger_id, job.attempt, external_id)
-        capture = _Capture(self.options.output_limit, self.options.tail)
-        reader = asyncio.create_task(capture.drain(read_fd, output))
+        capture, reader = self._capture(started)
         try:
             await job.set_external_id(external_id)
             code, timed_out = await self._wait(proc)
@@ -185,7 +180,7 @@ class CommandBackend:
                 f"command not executable: {program!r} (argv[0]); {where}.argv")
         return PermanentDispatchError(f"cannot run {program!r} (argv[0]): {exc.strerror or exc}")
 
-    async def _wait(self, proc: asyncio.subprocess.Process) -> tuple[int, bool]:
+    async def _wait(self, proc: Child) -> tuple[int, bool]:
         """Wait for the direct child; on timeout terminate its whole process group."""
         timeout = self.options.timeout
         if timeout is None:
@@ -206,7 +201,20 @@ class CommandBackend:
             _signal_group(pgid, signal.SIGKILL)
         return await proc.wait(), True
 
-    def _detach(self, proc: asyncio.subprocess.Process, reader: asyncio.Task[None],
+    def _capture(self, started: _Started) -> tuple[_Capture, asyncio.Task[None]]:
+        capture = _Capture(self.options.output_limit, self.options.tail)
+        return capture, asyncio.create_task(capture.drain(started.read_fd, started.output))
+
+    def _adopt(self, work: asyncio.Future[_Started | None]) -> None:
+        """Follow a child whose spawn finished after its dispatch was cancelled."""
+        if work.cancelled() or work.exception() is not None or work.result() is None:
+            return
+        started = work.result()
+        assert started is not None  # noqa: S101 - checked above
+        _capture, reader = self._capture(started)
+        self._detach(started.child, reader, f"pid:{started.child.pid}")
+
+    def _detach(self, proc: Child, reader: asyncio.Task[None],
                 external_id: str) -> None:
         """Keep following a child we no longer wait for, so its output pipe never blocks."""
         async def follow() -> None:
@@ -290,13 +298,43 @@ def _safe_name(trigger_id: str) -> str:
     return name
 
 
-def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None
-             ) -> tuple[Path, BinaryIO] | None:
-    """Write the trigger file and open the output file; None if `workdir` does not exist."""
+class _SpawnFailed(Exception):
+    """The child could not be started (as opposed to the job's file work failing)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class _Started:
+    output: BinaryIO  # output.log, written by the drain
+    read_fd: int  # the read end of the child's stdout and stderr
+    child: Child
+
+
+def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None, argv: list[str],
+             env: dict[str, str]) -> _Started | None:
+    """Write the trigger file, open the output file and start the child (in a worker thread);
+    None if `workdir` does not exist. Nothing stays open if the spawn fails."""
     if workdir is not None and not os.path.isdir(workdir):
         return None
-    trigger_file = _write_trigger_file(job_dir, context)
-    return trigger_file, open(job_dir / "output.log", "wb", buffering=0)
+    _write_trigger_file(job_dir, context)
+    output = open(job_dir / "output.log", "wb", buffering=0)  # noqa: SIM115 - closed by drain
+    # Our own pipe rather than a transport's: a background grandchild holding it open must
+    # not delay the exit code.
+    read_fd, write_fd = os.pipe()
+    try:
+        child = Child(spawn(argv, stdout=write_fd, cwd=workdir, env=env))
+    except BaseException as exc:
+        os.close(read_fd)
+        output.close()
+        if isinstance(exc, OSError):
+            raise _SpawnFailed(exc) from exc
+        raise
+    finally:
+        os.close(write_fd)
+    return _Started(output, read_fd, child)
 
 
 def _write_trigger_file(job_dir: Path, context: dict[str, Any]) -> Path:

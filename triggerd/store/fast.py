@@ -1,0 +1,150 @@
+"""Built-once statements, run straight on sqlite3 on SQLite: the store's hot path.
+
+Executing a built SQLAlchemy Core statement costs ~35 us here on top of sqlite3's ~3 us
+(bench/RESULTS.md, session 5), and the path from a file's event to its backend runs ~20 of
+them, so the statements on that path are compiled once per dialect and, on SQLite, run on the
+sqlite3 cursor of the transaction's own connection. Values go in and come out through
+SQLAlchemy's own bind and result processors for each type (UTCDateTime, JSON, Boolean), so
+they are stored and read exactly as through SQLAlchemy; tests/store runs every statement both
+ways (SQLite here, SQLAlchemy on PostgreSQL). On other dialects `run` is `Connection.execute`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Executable, Insert, Select
+from sqlalchemy.exc import DBAPIError
+
+Processor = Callable[[Any], Any] | None
+_EXPAND = "__[POSTCOMPILE_{}]"
+
+
+class FastResult:
+    """The part of SQLAlchemy's `CursorResult` the store uses, over a sqlite3 cursor."""
+
+    def __init__(self, cursor: Any, row: Any, procs: Sequence[Processor]) -> None:
+        self._cursor = cursor
+        self._row = row
+        self._procs = procs
+        self.rowcount: int = cursor.rowcount
+
+    def _make(self, raw: tuple[Any, ...]) -> Any:
+        return self._row._make([v if p is None or v is None else p(v)
+                                for v, p in zip(raw, self._procs, strict=True)])
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self._make(r) for r in self._cursor)
+
+    def all(self) -> list[Any]:
+        return [self._make(r) for r in self._cursor.fetchall()]
+
+    def first(self) -> Any:
+        raw = self._cursor.fetchone()
+        self._cursor.close()
+        return None if raw is None else self._make(raw)
+
+    def one(self) -> Any:
+        rows = self.all()
+        if len(rows) != 1:
+            raise LookupError(f"expected one row, got {len(rows)}")
+        return rows[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> Iterator[Any]:
+        return (r[0] for r in self)
+
+
+class Fast:
+    """A statement compiled once; `run(c, params)` executes it within `c`'s transaction."""
+
+    def __init__(self, stmt: Executable, dialect: Dialect) -> None:
+        self.stmt = stmt
+        self._dialect = dialect
+        self._sqlite = dialect.name == "sqlite"
+        self._plans: dict[tuple[str, ...], _Plan] = {}  # by parameter keys (inserts)
+
+    def run(self, c: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+            | None = None) -> Any:
+        if not self._sqlite:
+            return c.execute(self.stmt, params)
+        rows = [params] if isinstance(params, Mapping) or params is None else list(params)
+        first: Mapping[str, Any] = rows[0] or {}
+        keys = tuple(first) if isinstance(self.stmt, Insert) else ()
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plans[keys] = _Plan(self.stmt, self._dialect, keys)
+        if plan.sql is None or any(not first.get(n) for n in plan.expanding):
+            return c.execute(self.stmt, params)  # an empty IN list: SQLAlchemy renders it
+        raw = c.connection.driver_connection
+        assert raw is not None  # noqa: S101 - a live connection in a transaction
+        sql = plan.sql
+        try:
+            if len(rows) > 1:
+                cursor = raw.executemany(sql, [plan.values(r or {}) for r in rows])
+            else:
+                sql, values = plan.expand(first)
+                cursor = raw.execute(sql, values)
+        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+        return FastResult(cursor, plan.row, plan.procs)
+
+
+class _Plan:
+    """One compiled form: SQL with `?` placeholders, where each value comes from, and how
+    values are converted both ways. `sql` is None for what the fast path does not cover (an
+    insert leaving a column to its Python default), which then runs through SQLAlchemy."""
+
+    def __init__(self, stmt: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
+        compiled: Any = stmt.compile(  # type: ignore[attr-defined]  # every statement can
+            dialect=dialect, column_keys=list(keys) or None)
+        self.sql: str | None = compiled.string
+        binds = compiled.binds
+        order = list(compiled.positiontup or [])
+        self.expanding = [n for n in dict.fromkeys(order) if binds[n].expanding]
+        self.slots: list[tuple[str, bool, Any, Processor]] = []
+        for name in order:
+            bind = binds[name]
+            given = bind.required  # else a literal value (None included)
+            if given and bind.type._isnull:
+                raise TypeError(f"bind {name!r} has no type: give it the column's type")
+            if given and isinstance(stmt, Insert) and name not in keys:
+                self.sql = None  # a column default SQLAlchemy would fill in
+            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            self.slots.append((name, given, None if given else bind.effective_value, proc))
+        columns = list(stmt.selected_columns) if isinstance(stmt, Select) else []
+        self.row = namedtuple("Row", [c.key or f"c{i}" for i, c in enumerate(columns)]  # type: ignore[misc]
+                              or ["rowcount"], rename=True)
+        self.procs: list[Processor] = [
+            col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns]
+        self._sql_by_lengths: dict[tuple[int, ...], str] = {}
+
+    def values(self, params: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, given, fixed, proc in self.slots:
+            value = params[name] if given else fixed
+            out.append(value if proc is None or value is None else proc(value))
+        return out
+
+    def expand(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        assert self.sql is not None  # noqa: S101 - checked by the caller
+        if not self.expanding:
+            return self.sql, self.values(params)
+        lengths = tuple(len(params[n]) for n in self.expanding)
+        sql = self._sql_by_lengths.get(lengths)
+        if sql is None:
+            sql = self.sql
+            for name, n in zip(self.expanding, lengths, strict=True):
+                sql = sql.replace(_EXPAND.format(name), ", ".join("?" * n))
+            self._sql_by_lengths[lengths] = sql
+        out: list[Any] = []
+        for name, given, fixed, proc in self.slots:
+            value = params[name] if given else fixed
+            items = value if name in self.expanding else [value]
+            out.extend(v if proc is None or v is None else proc(v) for v in items)
+        return sql, out
