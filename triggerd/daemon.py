@@ -223,6 +223,7 @@ class Daemon:
                     return 1
             await self.call(self.store.lock)
             await self.call(self.store.upgrade)
+            await self.call(self.store.pin)
             await self.call(lambda: self.store.register_daemon(self.id, self.clock.now()))
             log.info("triggerd started: daemon %s, store %s, %d rule(s), %d source(s)",
                      self.id, self.store.safe_url, len(self.config.rules),

@@ -70,6 +70,8 @@ def test_an_empty_in_list_and_executemany_work(store: Store) -> None:
         fast = Fast(q, store.engine.dialect)
         assert list(fast.run(c, {"ids": []}).scalars()) == []
         assert sorted(fast.run(c, {"ids": ["a", "b", "zz"]}).scalars()) == ["a", "b"]
+        literal = select(t.triggers.c.id).where(t.triggers.c.id.in_(["b", "zz"]))  # no params
+        assert list(Fast(literal, store.engine.dialect).run(c).scalars()) == ["b"]
 
 
 def test_database_errors_surface_as_sqlalchemy_and_store_errors(store: Store) -> None:

@@ -23,6 +23,17 @@ Processor = Callable[[Any], Any] | None
 _EXPAND = "__[POSTCOMPILE_{}]"
 
 
+def sqlite_executemany(c: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """sqlite3's executemany within `c`'s transaction (values already as SQLite stores
+    them); errors as SQLAlchemy raises them."""
+    raw = c.connection.driver_connection
+    assert raw is not None  # noqa: S101 - a live connection in a transaction
+    try:
+        raw.executemany(sql, rows)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
+
 class FastResult:
     """The part of SQLAlchemy's `CursorResult` the store uses, over a sqlite3 cursor."""
 
@@ -79,7 +90,7 @@ class Fast:
         plan = self._plans.get(keys)
         if plan is None:
             plan = self._plans[keys] = _Plan(self.stmt, self._dialect, keys)
-        if plan.sql is None or any(not first.get(n) for n in plan.expanding):
+        if plan.sql is None or plan.empty_in(first):
             return c.execute(self.stmt, params)  # an empty IN list: SQLAlchemy renders it
         raw = c.connection.driver_connection
         assert raw is not None  # noqa: S101 - a live connection in a transaction
@@ -131,11 +142,17 @@ class _Plan:
             out.append(value if proc is None or value is None else proc(value))
         return out
 
+    def empty_in(self, params: Mapping[str, Any]) -> bool:
+        return any(not (params[name] if given else fixed)
+                   for name, given, fixed, _proc in self.slots if name in self.expanding)
+
     def expand(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
         assert self.sql is not None  # noqa: S101 - checked by the caller
         if not self.expanding:
             return self.sql, self.values(params)
-        lengths = tuple(len(params[n]) for n in self.expanding)
+        lists = {name: params[name] if given else fixed
+                 for name, given, fixed, _proc in self.slots if name in self.expanding}
+        lengths = tuple(len(lists[n]) for n in self.expanding)
         sql = self._sql_by_lengths.get(lengths)
         if sql is None:
             sql = self.sql
@@ -144,7 +161,6 @@ class _Plan:
             self._sql_by_lengths[lengths] = sql
         out: list[Any] = []
         for name, given, fixed, proc in self.slots:
-            value = params[name] if given else fixed
-            items = value if name in self.expanding else [value]
+            items = lists[name] if name in lists else [params[name] if given else fixed]
             out.extend(v if proc is None or v is None else proc(v) for v in items)
         return sql, out

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from triggerd.store import tables as t
+from triggerd.store.fast import sqlite_executemany
 from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store, sqlite_value
 
@@ -127,7 +128,7 @@ _UPSERT = ("INSERT INTO files (source, path, inode, size, mtime_ns, fingerprint,
 def _sqlite_upsert(c: Connection, values: list[dict[str, Any]]) -> None:
     """SQLite: straight to sqlite3's executemany, as Store.ingest does (values converted as
     SQLAlchemy's UTCDateTime would store them)."""
-    c.exec_driver_sql(_UPSERT, [
+    sqlite_executemany(c, _UPSERT, [
         (v["source"], v["path"], v["inode"], v["size"], v["mtime_ns"], v["fingerprint"],
          sqlite_value(v["seen_at"])) for v in values])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from triggerd.model import (
 )
 from triggerd.store import tables as t
 from triggerd.store.connect import READ_ONLY, DaemonLock, make_engine, sqlite_path
-from triggerd.store.fast import Fast
+from triggerd.store.fast import Fast, sqlite_executemany
 
 Key = tuple[str, str]  # (rule, group)
 MAX_INTERRUPTED = 3  # daemon crashes a job's attempt budget absorbs (see recover_jobs)
@@ -129,6 +130,7 @@ class Store:
         self._known_groups: set[Key] = set()
         self._known_sources: set[str] = set()  # rows known to exist (saves a statement)
         self._stmts: dict[str, Fast] = {}  # hot-path statements, built once (see _q)
+        self._pinned: tuple[int, Connection, Connection] | None = None  # see pin
 
     # -- lifecycle ------------------------------------------------------------------------------
     def upgrade(self) -> None:
@@ -155,6 +157,10 @@ class Store:
         return self._lock is not None
 
     def close(self) -> None:
+        if self._pinned is not None:
+            for conn in self._pinned[1:]:
+                conn.close()
+            self._pinned = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -164,11 +170,30 @@ class Store:
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    def pin(self) -> None:
+        """Keep this thread's SQLite connections open between transactions (the daemon's store
+        thread): taking one from the pool and giving it back cost ~50 of the ~65 us of an
+        empty transaction here, and the hot path runs four. No-op on other databases."""
+        if self.dialect == "sqlite" and self._pinned is None:
+            self._pinned = (threading.get_ident(), self.engine.connect(),
+                            self.engine.connect().execution_options(**{READ_ONLY: True}))
+
+    def _pinned_conn(self, write: bool) -> Connection | None:
+        pinned = self._pinned
+        if pinned is None or pinned[0] != threading.get_ident():
+            return None
+        return pinned[1] if write else pinned[2]
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            pinned = self._pinned_conn(write=True)
+            if pinned is not None:
+                with pinned.begin():
+                    yield pinned
+            else:
+                with self.engine.begin() as conn:
+                    yield conn
         except BaseException as exc:
             # the rollback also undid any group rows this transaction inserted: forget them
             self._known_groups.clear()
@@ -180,9 +205,14 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, \
-                    conn.begin():
-                yield conn
+            pinned = self._pinned_conn(write=False)
+            if pinned is not None:
+                with pinned.begin():
+                    yield pinned
+            else:
+                with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, \
+                        conn.begin():
+                    yield conn
         except OperationalError as exc:
             raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
 
@@ -883,8 +913,8 @@ def _sqlite_executemany(c: Connection, table: Table, rows: list[dict[str, Any]])
         return stamp if isinstance(kind, t.UTCDateTime) else \
             sqlite_value if isinstance(kind, JSON) else None
     conv = [(k, convert(k)) for k in keys]
-    c.exec_driver_sql(sql, [tuple(r[k] if f is None or r[k] is None else f(r[k])
-                                  for k, f in conv) for r in rows])
+    sqlite_executemany(c, sql, [tuple(r[k] if f is None or r[k] is None else f(r[k])
+                                      for k, f in conv) for r in rows])
 
 
 def _group(r: Any) -> GroupState:
