@@ -418,6 +418,26 @@ async def test_cancellation_leaves_the_child_running(tmp_path: Path) -> None:
     await wait_until(lambda: not backend._background)
 
 
+async def test_cancelled_while_spawning_the_child_is_still_followed(tmp_path: Path) -> None:
+    """A stop that lands while the worker thread is starting the child (the dispatch is
+    cancelled, the spawn goes on): the child runs, its output is still captured and it is
+    reaped, as for a child cancelled later."""
+    marker = tmp_path / "ran"
+    backend = make_backend(tmp_path, argv=[PY, "-c", literal(script("""
+        import sys, pathlib
+        print("late child output")
+        pathlib.Path(sys.argv[1]).write_text("x")
+    """)), str(marker)])
+    task = asyncio.create_task(backend.dispatch(make_ctx(), FakeJob()))
+    await asyncio.sleep(0)  # the dispatch is now waiting on the worker thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    output = tmp_path / "state" / "jobs" / "retrain.7" / "output.log"
+    await wait_until(lambda: marker.exists() and b"late child output" in output.read_bytes())
+    await wait_until(lambda: not backend._background)  # followed to its exit, then reaped
+
+
 async def test_hostile_trigger_id_stays_inside_the_jobs_dir(tmp_path: Path) -> None:
     backend = make_backend(tmp_path, argv=[PY, "-c", "pass"])
     await backend.dispatch(make_ctx(trigger_id="../../etc/x y"), FakeJob())

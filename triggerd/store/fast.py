@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Executable, Insert, Select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 
 Processor = Callable[[Any], Any] | None
 _EXPAND = "__[POSTCOMPILE_{}]"
@@ -60,8 +60,10 @@ class FastResult:
 
     def one(self) -> Any:
         rows = self.all()
-        if len(rows) != 1:
-            raise LookupError(f"expected one row, got {len(rows)}")
+        if not rows:
+            raise NoResultFound("No row was found when one was required")
+        if len(rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
         return rows[0]
 
     def scalar_one(self) -> Any:
@@ -85,13 +87,15 @@ class Fast:
         if not self._sqlite:
             return c.execute(self.stmt, params)
         rows = [params] if isinstance(params, Mapping) or params is None else list(params)
+        if not rows:
+            return c.execute(self.stmt, params)
         first: Mapping[str, Any] = rows[0] or {}
         keys = tuple(first) if isinstance(self.stmt, Insert) else ()
         plan = self._plans.get(keys)
         if plan is None:
             plan = self._plans[keys] = _Plan(self.stmt, self._dialect, keys)
-        if plan.sql is None or plan.empty_in(first):
-            return c.execute(self.stmt, params)  # an empty IN list: SQLAlchemy renders it
+        if plan.sql is None or plan.empty_in(first) or (plan.expanding and len(rows) > 1):
+            return c.execute(self.stmt, params)  # e.g. an empty IN list: SQLAlchemy renders it
         raw = c.connection.driver_connection
         assert raw is not None  # noqa: S101 - a live connection in a transaction
         sql = plan.sql
