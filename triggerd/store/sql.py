@@ -130,7 +130,7 @@ class Store:
         self._known_groups: set[Key] = set()
         self._known_sources: set[str] = set()  # rows known to exist (saves a statement)
         self._stmts: dict[str, Fast] = {}  # hot-path statements, built once (see _q)
-        self._pinned: tuple[int, Connection, Connection] | None = None  # see pin
+        self._pinned: tuple[int, Connection] | None = None  # see pin
 
     # -- lifecycle ------------------------------------------------------------------------------
     def upgrade(self) -> None:
@@ -158,8 +158,7 @@ class Store:
 
     def close(self) -> None:
         if self._pinned is not None:
-            for conn in self._pinned[1:]:
-                conn.close()
+            self._pinned[1].close()
             self._pinned = None
         if self._lock is not None:
             self._lock.release()
@@ -175,19 +174,21 @@ class Store:
         thread): taking one from the pool and giving it back cost ~50 of the ~65 us of an
         empty transaction here, and the hot path runs four. No-op on other databases."""
         if self.dialect == "sqlite" and self._pinned is None:
-            self._pinned = (threading.get_ident(), self.engine.connect(),
-                            self.engine.connect().execution_options(**{READ_ONLY: True}))
+            # one connection for reads and writes: each keeps its own page cache (64 MiB)
+            self._pinned = (threading.get_ident(), self.engine.connect())
 
-    def _pinned_conn(self, write: bool) -> Connection | None:
+    def _pinned_conn(self) -> Connection | None:
+        """This thread's pinned connection, if it has one and it is not in a transaction
+        already (a transaction within another takes a pooled connection, as without pin)."""
         pinned = self._pinned
-        if pinned is None or pinned[0] != threading.get_ident():
+        if pinned is None or pinned[0] != threading.get_ident() or pinned[1].in_transaction():
             return None
-        return pinned[1] if write else pinned[2]
+        return pinned[1]
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         try:
-            pinned = self._pinned_conn(write=True)
+            pinned = self._pinned_conn()
             if pinned is not None:
                 with pinned.begin():
                     yield pinned
@@ -205,10 +206,14 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         try:
-            pinned = self._pinned_conn(write=False)
+            pinned = self._pinned_conn()
             if pinned is not None:
-                with pinned.begin():
-                    yield pinned
+                pinned.execution_options(**{READ_ONLY: True})  # a deferred BEGIN (connect.py)
+                try:
+                    with pinned.begin():
+                        yield pinned
+                finally:
+                    pinned.execution_options(**{READ_ONLY: False})
             else:
                 with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, \
                         conn.begin():
