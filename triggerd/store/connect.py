@@ -15,16 +15,15 @@ import fcntl
 import json
 import os
 import socket
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
 from triggerd.errors import StoreError, StoreLockedError
+from triggerd.store.fast import sqlite_errors
 
 READ_ONLY = "triggerd_read_only"
 
@@ -77,10 +76,8 @@ def _sqlite_setup(engine: Engine) -> None:
         read_only = conn.get_execution_options().get(READ_ONLY, False)
         # on sqlite3 itself: through SQLAlchemy this statement cost ~40 us per transaction
         sql = "BEGIN" if read_only else "BEGIN IMMEDIATE"
-        try:
+        with sqlite_errors(sql):
             conn.connection.driver_connection.execute(sql)
-        except sqlite3.Error as exc:  # as SQLAlchemy raises it (the store says StoreError)
-            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
 
 class DaemonLock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Executable, Insert, Select
@@ -23,15 +24,27 @@ Processor = Callable[[Any], Any] | None
 _EXPAND = "__[POSTCOMPILE_{}]"
 
 
-def sqlite_executemany(c: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """sqlite3's executemany within `c`'s transaction (values already as SQLite stores
-    them); errors as SQLAlchemy raises them."""
-    raw = c.connection.driver_connection
-    assert raw is not None  # noqa: S101 - a live connection in a transaction
+@contextmanager
+def sqlite_errors(sql: str) -> Iterator[None]:
+    """sqlite3's errors, raised as SQLAlchemy raises them (IntegrityError, OperationalError:
+    the store turns the latter into StoreError), for SQL run on sqlite3 directly."""
     try:
-        raw.executemany(sql, rows)
+        yield
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
+
+def _driver(c: Connection) -> Any:
+    raw = c.connection.driver_connection
+    assert raw is not None  # noqa: S101 - a live connection in a transaction
+    return raw
+
+
+def sqlite_executemany(c: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """sqlite3's executemany within `c`'s transaction (values already as SQLite stores
+    them)."""
+    with sqlite_errors(sql):
+        _driver(c).executemany(sql, rows)
 
 
 class FastResult:
@@ -96,17 +109,14 @@ class Fast:
             plan = self._plans[keys] = _Plan(self.stmt, self._dialect, keys)
         if plan.sql is None or plan.empty_in(first) or (plan.expanding and len(rows) > 1):
             return c.execute(self.stmt, params)  # e.g. an empty IN list: SQLAlchemy renders it
-        raw = c.connection.driver_connection
-        assert raw is not None  # noqa: S101 - a live connection in a transaction
-        sql = plan.sql
-        try:
-            if len(rows) > 1:
-                cursor = raw.executemany(sql, [plan.values(r or {}) for r in rows])
-            else:
-                sql, values = plan.expand(first)
+        raw = _driver(c)
+        if len(rows) > 1:
+            with sqlite_errors(plan.sql):
+                cursor = raw.executemany(plan.sql, [plan.values(r or {}) for r in rows])
+        else:
+            sql, values = plan.expand(first)
+            with sqlite_errors(sql):
                 cursor = raw.execute(sql, values)
-        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, ...)
-            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
         return FastResult(cursor, plan.row, plan.procs)
 
 
@@ -133,8 +143,8 @@ class _Plan:
             proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
             self.slots.append((name, given, None if given else bind.effective_value, proc))
         columns = list(stmt.selected_columns) if isinstance(stmt, Select) else []
-        self.row = namedtuple("Row", [c.key or f"c{i}" for i, c in enumerate(columns)]  # type: ignore[misc]
-                              or ["rowcount"], rename=True)
+        self.row = namedtuple("Row", [c.key or f"c{i}" for i, c in enumerate(columns)],  # type: ignore[misc]
+                              rename=True)
         self.procs: list[Processor] = [
             col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns]
         self._sql_by_lengths: dict[tuple[int, ...], str] = {}

@@ -328,9 +328,8 @@ class Store:
             re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
             func.min(re_.observed_at), func.max(re_.observed_at))
             .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp), re_.rule, rules)
-        conv = t.UTCDateTime().process_result_value
-        return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), conv(r[4], self.engine.dialect),
-                                      conv(r[5], self.engine.dialect)) for r in rows}
+        # min/max keep the column's type: the times come back aware (UTC) already
+        return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), r[4], r[5]) for r in rows}
 
     def rule_keys(self, rule: str) -> set[Key]:
         """Every group of a rule that has state or pending events."""
