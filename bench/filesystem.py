@@ -267,6 +267,7 @@ per-file:
             raise SystemExit(f"{len(missing)} files never reached the backend, e.g. {missing[0]}")
         return {
             "files": len(closes),
+            "close_times": list(closes.values()),  # raw: wall-clock close of each file
             "trigger": [fired[p] - c for p, c in closes.items()],
             "job": [started[p] - c for p, c in closes.items() if p in started],
             "invoke": [invoked[p] - c for p, c in closes.items()],

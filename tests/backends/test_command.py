@@ -321,6 +321,25 @@ async def test_output_is_capped_and_child_never_blocks(tmp_path: Path) -> None:
     assert result.detail.endswith("LAST-LINE")
 
 
+async def test_output_file_that_cannot_be_created_still_runs_the_job(tmp_path: Path) -> None:
+    """output.log is opened after the spawn: a failure there must not orphan the child."""
+    marker = tmp_path / "ran"
+    job_dir = tmp_path / "state" / "jobs" / "retrain.7"
+    (job_dir / "output.log").mkdir(parents=True)  # opening it for writing fails
+    backend = make_backend(tmp_path, argv=[PY, "-c", literal(script("""
+        import pathlib, sys
+        print(" ".join(["a line of output"] * 20000))
+        pathlib.Path(sys.argv[1]).write_text("x")
+    """)), str(marker)], tail=40)
+    result = await asyncio.wait_for(backend.dispatch(make_ctx(), FakeJob()), 15)
+    assert marker.exists() and result.exit_code == 0
+    assert result.detail is not None
+    assert "output.log could not be opened" in result.detail
+    assert "output truncated" not in result.detail
+    assert result.detail.endswith("a line of output")  # the tail is still kept
+    assert (job_dir / "output.log").is_dir() and (job_dir / "trigger.json").is_file()
+
+
 async def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     grandchild_pid = tmp_path / "grandchild.pid"
     backend = make_backend(tmp_path, argv=[PY, "-c", PARENT, SLEEPER, str(grandchild_pid)],

@@ -14,7 +14,9 @@ Contract (see `triggerd.interfaces.Backend`):
   in the PATH of that environment; a relative `workdir` is relative to the daemon's cwd.
 - Files live in `<state_dir>/jobs/<trigger id>/`: `trigger.json` and `output.log` (stdout and
   stderr, the first `output_limit` bytes of the latest attempt). The job detail keeps the last
-  `tail` characters of the output, and says when the file was truncated.
+  `tail` characters of the output, and says when the file was truncated. `trigger.json` is
+  written before the command starts; `output.log` is opened just after (the output waits in
+  the pipe), and if it cannot be, the job still runs and its detail says so.
 - Idempotency: the backend cannot stop a command from acting twice, so the command must use
   `TRIGGERD_TRIGGER_ID` as its idempotency key: a retry or a restart after a crash runs it again.
 - Outcomes: an exit code in `success_codes` succeeds. A spawn that cannot work (command not
@@ -103,7 +105,8 @@ class CommandBackend:
         self._background: set[asyncio.Task[None]] = set()
 
     async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
-        values = {**ctx.to_dict(), "attempt": job.attempt}
+        context = ctx.to_dict()
+        values = {**context, "attempt": job.attempt}
         argv = [self._render(t, values, f"argv[{i}]") for i, t in enumerate(self._argv)]
         if not argv[0]:
             raise PermanentDispatchError(f"argv[0] is empty; check backends.{self.name}.argv")
@@ -116,8 +119,8 @@ class CommandBackend:
                    TRIGGERD_ATTEMPT=str(job.attempt))
         # one trip to a worker thread for the file work and the spawn (latency); shielded,
         # so a child started as the daemon stops is still followed (its output captured)
-        work = asyncio.ensure_future(asyncio.to_thread(_prepare, job_dir, ctx.to_dict(),
-                                                       workdir, argv, env))
+        work = asyncio.ensure_future(asyncio.to_thread(_prepare, job_dir, context, workdir,
+                                                       argv, env))
         try:
             started = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -203,6 +206,10 @@ class CommandBackend:
 
     def _capture(self, started: _Started) -> tuple[_Capture, asyncio.Task[None]]:
         capture = _Capture(self.options.output_limit, self.options.tail)
+        if started.output is None:
+            capture.keeping = False
+            capture.notes.append(f"output.log could not be opened ({started.output_error}); "
+                                 "the output was not kept")
         return capture, asyncio.create_task(capture.drain(started.read_fd, started.output))
 
     def _adopt(self, work: asyncio.Future[_Started | None]) -> None:
@@ -236,9 +243,10 @@ class _Capture:
         self.written = 0
         self.dropped = 0
         self.notes: list[str] = []
+        self.keeping = True  # False: no output file (drained and counted only)
         self._tail = bytearray()
 
-    async def drain(self, read_fd: int, file: BinaryIO) -> None:
+    async def drain(self, read_fd: int, file: BinaryIO | None) -> None:
         stream = asyncio.StreamReader(limit=2 * _CHUNK)
         pipe = os.fdopen(read_fd, "rb", buffering=0)
         transport: asyncio.BaseTransport | None = None
@@ -249,21 +257,24 @@ class _Capture:
                 if self.tail_chars:
                     self._tail += chunk
                     del self._tail[:-4 * self.tail_chars]  # at most 4 bytes per character
-                keep = chunk[:max(self.limit - self.written, 0)]
-                if keep:
-                    await asyncio.to_thread(file.write, keep)
-                    self.written += len(keep)
+                keep = b""
+                if file is not None:
+                    keep = chunk[:max(self.limit - self.written, 0)]
+                    if keep:
+                        await asyncio.to_thread(file.write, keep)
+                        self.written += len(keep)
                 self.dropped += len(chunk) - len(keep)
         finally:
             if transport is not None:
                 transport.close()  # closes `pipe`
             else:
                 pipe.close()
-            file.close()
+            if file is not None:
+                file.close()
 
     def detail(self, headline: str | None) -> str:
         lines = [headline] if headline else []
-        if self.dropped:
+        if self.dropped and self.keeping:
             lines.append(f"output truncated: output.log holds the first {self.written} bytes, "
                          f"{self.dropped} more were dropped")
         lines.extend(self.notes)
@@ -308,19 +319,19 @@ class _SpawnFailed(Exception):
 
 @dataclass(frozen=True)
 class _Started:
-    output: BinaryIO  # output.log, written by the drain
+    output: BinaryIO | None  # output.log, written by the drain (None: could not be opened)
     read_fd: int  # the read end of the child's stdout and stderr
     child: Child
+    output_error: str | None = None
 
 
 def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None, argv: list[str],
              env: dict[str, str]) -> _Started | None:
-    """Write the trigger file, open the output file and start the child (in a worker thread);
-    None if `workdir` does not exist. Nothing stays open if the spawn fails."""
+    """Write the trigger file, start the child, then open the output file (in a worker
+    thread); None if `workdir` does not exist. Nothing stays open if the spawn fails."""
     if workdir is not None and not os.path.isdir(workdir):
         return None
-    _write_trigger_file(job_dir, context)
-    output = open(job_dir / "output.log", "wb", buffering=0)  # noqa: SIM115 - closed by drain
+    _write_trigger_file(job_dir, context)  # before the spawn: the child may read it at once
     # Our own pipe rather than a transport's: a background grandchild holding it open must
     # not delay the exit code.
     read_fd, write_fd = os.pipe()
@@ -328,12 +339,18 @@ def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None, argv: 
         child = Child(spawn(argv, stdout=write_fd, cwd=workdir, env=env))
     except BaseException as exc:
         os.close(read_fd)
-        output.close()
         if isinstance(exc, OSError):
             raise _SpawnFailed(exc) from exc
         raise
     finally:
         os.close(write_fd)
+    # After the spawn (the output waits in the pipe meanwhile): creating a file on a disk
+    # took up to 0.4 ms here, on the way from the event to the running job. A child already
+    # running is followed even if this fails: its output is drained, not kept.
+    try:
+        output = open(job_dir / "output.log", "wb", buffering=0)  # noqa: SIM115 - drain closes
+    except OSError as exc:
+        return _Started(None, read_fd, child, exc.strerror or str(exc))
     return _Started(output, read_fd, child)
 
 

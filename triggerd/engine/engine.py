@@ -305,14 +305,15 @@ class Engine:
                     max_attempts=spec.dispatch.retry.attempts, on_busy=spec.dispatch.on_busy,
                     busy=busy))
                 if trig is not None:
-                    log.info("rule %s%s: trigger %s fired: %s (%d event(s))", key[0],
-                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events,
-                             extra={"rule": key[0], "trigger_id": trig.id})
                     fired.append(trig)
                     failpoints.hit("after-trigger-write")  # crash tests (store thread)
                     if self.claimer is not None and not busy:
                         with contextlib.suppress(StoreError):  # the dispatcher claims it later
                             claims[trig.id] = self.claimer.claim(trig.id)
+                    # logged after the claim: a log line is ~5% of the way to the backend
+                    log.info("rule %s%s: trigger %s fired: %s (%d event(s))", key[0],
+                             f" [{key[1]}]" if key[1] else "", trig.id, trig.reason, trig.events,
+                             extra={"rule": key[0], "trigger_id": trig.id})
                     # decide again for the group's next timer shortly, by the timer task:
                     # not here, where it would delay the trigger's job (the latency)
                     decisions[key] = replace(a.decision, next_check_at=now)
