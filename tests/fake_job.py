@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -12,6 +14,7 @@ class FakeJob:
     job_id: str = "job-1"
     attempt: int = 1
     external_ids: list[str] = field(default_factory=list)
+    launched: Future[Any] | None = None  # what the dispatcher's `launch` gave (None: none ran)
 
     async def set_external_id(self, external_id: str) -> None:
         self.external_ids.append(external_id)

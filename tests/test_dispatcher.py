@@ -8,7 +8,9 @@ or poll the store with a timeout.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
 from triggerd.dispatcher import Dispatcher
 from triggerd.engine.engine import Engine
-from triggerd.model import Event, JobStatus
+from triggerd.errors import PermanentDispatchError, TransientDispatchError
+from triggerd.model import DispatchResult, Event, JobStatus
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store, queries
 from triggerd.testing import RecordingBackend
@@ -249,8 +252,6 @@ def test_retry_delay_doubles_jitters_within_the_cap_and_honours_retry_after() ->
 
 
 async def test_a_backend_retry_after_hint_delays_the_next_attempt(rig_factory: Any) -> None:
-    from triggerd.errors import TransientDispatchError
-
     rig = rig_factory({"retry": {"attempts": 2, "backoff": "10ms"}})
     attempts: list[datetime] = []
 
@@ -267,3 +268,60 @@ async def test_a_backend_retry_after_hint_delays_the_next_attempt(rig_factory: A
     await rig.events(1)
     await until(lambda: rig.jobs() == {"r.1": "succeeded"})
     assert attempts[1] - attempts[0] >= timedelta(seconds=0.5)  # not the 10ms backoff
+
+
+class Launching:
+    """A `Launcher` backend: `launch` runs where the job is claimed, `dispatch` gets it."""
+
+    name = "rec"
+
+    def __init__(self, fail_launch: bool = False) -> None:
+        self.fail_launch = fail_launch
+        self.launches: list[tuple[str, int, str]] = []  # trigger, attempt, thread name
+        self.handed: list[Any] = []  # what each dispatch found in job.launched
+
+    def launch(self, ctx: Any, attempt: int) -> str:
+        self.launches.append((ctx.trigger_id, attempt, threading.current_thread().name))
+        if self.fail_launch:
+            raise PermanentDispatchError("launch refused")
+        return f"launched {ctx.trigger_id}#{attempt}"
+
+    async def dispatch(self, ctx: Any, job: Any) -> DispatchResult:
+        assert job.launched is not None and job.launched.done()
+        started = job.launched.result()  # raises what launch raised
+        self.handed.append(started)
+        if job.attempt == 1:
+            raise TransientDispatchError("first attempt fails")
+        return DispatchResult(detail=started)
+
+
+@pytest.mark.parametrize("fail_launch", [False, True])
+async def test_a_launcher_backend_begins_each_attempt_on_the_store_thread(
+        rig_factory: Any, fail_launch: bool) -> None:
+    """Every attempt (the first and the retry) is launched on the thread that claimed it,
+    before the loop sees the claim; its outcome, or its error, reaches `dispatch`."""
+    rig = rig_factory({"retry": {"attempts": 2, "backoff": "10ms"}})
+    store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
+    loop = asyncio.get_running_loop()
+
+    async def threaded(fn: Callable[[], Any]) -> Any:
+        return await loop.run_in_executor(store_thread, fn)
+
+    backend = Launching(fail_launch)
+    rig.dispatcher.backends["rec"] = backend
+    rig.dispatcher.call = threaded
+    try:
+        await rig.events(1)
+        final = "failed" if fail_launch else "succeeded"
+        await until(lambda: rig.jobs() == {"r.1": final})
+    finally:
+        store_thread.shutdown()
+    job = queries.list_jobs(rig.store)[0]
+    if fail_launch:  # a permanent error from launch: one attempt, its message recorded
+        assert [a for _t, a, _n in backend.launches] == [1]
+        assert job.detail == "launch refused" and backend.handed == []
+    else:
+        assert [(t, a) for t, a, _n in backend.launches] == [("r.1", 1), ("r.1", 2)]
+        assert backend.handed == ["launched r.1#1", "launched r.1#2"]
+        assert job.detail == "launched r.1#2"
+    assert {n.split("_")[0] for _t, _a, n in backend.launches} == {"store"}

@@ -24,6 +24,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ from triggerd.errors import (
     StoreError,
     TransientDispatchError,
 )
-from triggerd.interfaces import Backend, Clock
+from triggerd.interfaces import Backend, Clock, Launcher
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
 from triggerd.ops import failpoints
 from triggerd.ops.logging import job_fields
@@ -50,10 +52,12 @@ SLOT_POLL = 5.0  # seconds: how often parked jobs look for a slot freed elsewher
 
 
 class _Handle:
-    def __init__(self, dispatcher: Dispatcher, job: Job) -> None:
+    def __init__(self, dispatcher: Dispatcher, job: Job,
+                 launched: Future[Any] | None = None) -> None:
         self._d = dispatcher
         self.job_id = job.id
         self.attempt = job.attempts
+        self.launched = launched
 
     async def set_external_id(self, external_id: str) -> None:
         try:
@@ -91,14 +95,34 @@ class Dispatcher:
         """Claim a job on the store thread (called by the engine right after its trigger)."""
         if self._stopped:  # shutting down: the job stays queued for the next start
             return Claim(None, None, None)
-        return self.store.claim(job_id, self.owner, self._concurrency, self.clock.now())
+        return self._claim(job_id, self.clock.now())
 
     def claimed(self, claim: Claim) -> None:
         """Start what `claim` claimed; a job it could not claim goes the usual way."""
-        if claim.job is not None and not self._stopped:
-            self._start(claim.job, claim.context)
+        if claim.job is not None and (not self._stopped or claim.launched is not None):
+            # (stopping, a launched attempt is still followed while the loop runs)
+            self._start(claim.job, claim.context, claim.launched)
         elif claim.found is not None:
             self.submit(claim.found.id)
+
+    def _claim(self, job_id: str, now: datetime) -> Claim:
+        """On the store thread: claim the job and, for a `Launcher` backend, begin the attempt
+        right here (the latency from an event to a running command: no hop to the loop and
+        on to a worker thread first)."""
+        claim = self.store.claim(job_id, self.owner, self._concurrency, now)
+        job, found = claim.job, claim.context
+        if job is None:
+            return claim
+        failpoints.hit("after-claim")  # crash tests: claimed, the backend not yet called
+        backend = self.backends.get(job.backend)
+        if found is None or not isinstance(backend, Launcher):
+            return claim
+        launched: Future[Any] = Future()
+        try:
+            launched.set_result(backend.launch(_context(job, found), job.attempts))
+        except Exception as exc:  # the attempt's outcome: dispatch raises it
+            launched.set_exception(exc)
+        return replace(claim, launched=launched)
 
     async def run(self) -> None:
         store_down = 0.0  # seconds to wait before retrying after a store error
@@ -137,9 +161,8 @@ class Dispatcher:
         return rule.dispatch.concurrency if rule else 1
 
     async def _try_start(self, job_id: str, now: datetime) -> None:
-        # one store round trip: claim + the trigger context (the latency to the backend)
-        claim = await self.call(lambda: self.store.claim(job_id, self.owner, self._concurrency,
-                                                         now))
+        # one store round trip: claim + the trigger context (+ a launch)
+        claim = await self.call(lambda: self._claim(job_id, now))
         job = claim.job
         if job is None:
             current = claim.found
@@ -151,10 +174,10 @@ class Dispatcher:
             due = current.next_attempt_at
             self.wanted[job_id] = due if due is not None and due > now else None
             return
-        self._start(job, claim.context)
+        self._start(job, claim.context, claim.launched)
 
-    def _start(self, job: Job, context: JobContext | None) -> None:
-        failpoints.hit("after-claim")  # crash tests: claimed, the backend not yet called
+    def _start(self, job: Job, context: JobContext | None,
+               launched: Future[Any] | None = None) -> None:
         self.wanted.pop(job.id, None)
         rule = self.config.rules.get(job.rule)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
@@ -164,14 +187,15 @@ class Dispatcher:
             claimed_at = job.started_at or self.clock.now()  # the first claim's time
             self.metrics.attempt_started(job.backend, job.attempts,
                                          (claimed_at - job.created_at).total_seconds())
-        self.running[job.id] = asyncio.create_task(self._attempt(job, context),
+        self.running[job.id] = asyncio.create_task(self._attempt(job, context, launched),
                                                    name=f"job:{job.id}")
 
-    async def _attempt(self, job: Job, context: JobContext | None) -> None:
+    async def _attempt(self, job: Job, context: JobContext | None,
+                       launched: Future[Any] | None) -> None:
         started = time.monotonic()
         retry_at: datetime | None = None
         try:
-            status, result, error = await self._dispatch(job, context)
+            status, result, error = await self._dispatch(job, context, launched)
             now = self.clock.now()
             rule = self.config.rules.get(job.rule)
             next_at = None
@@ -219,19 +243,15 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
 
-    async def _dispatch(self, job: Job, found: JobContext | None
+    async def _dispatch(self, job: Job, found: JobContext | None, launched: Future[Any] | None
                         ) -> tuple[JobStatus, DispatchResult | None, DispatchError | None]:
         backend = self.backends.get(job.backend)
         if found is None or backend is None:
             why = "its trigger is gone" if found is None else \
                 f"backend {job.backend!r} is not configured any more"
             return JobStatus.FAILED, None, PermanentDispatchError(f"cannot dispatch: {why}")
-        trig = found.trigger
-        ctx = TriggerContext(trigger_id=trig.id, rule=trig.rule, group=trig.group,
-                             fired_at=trig.fired_at, reason=trig.reason, manual=trig.manual,
-                             params=found.params, events=found.events, attempt=job.attempts)
         try:
-            result = await backend.dispatch(ctx, _Handle(self, job))
+            result = await backend.dispatch(_context(job, found), _Handle(self, job, launched))
         except DispatchError as exc:
             return JobStatus.FAILED, None, exc
         except asyncio.CancelledError:
@@ -242,6 +262,13 @@ class Dispatcher:
             return JobStatus.FAILED, None, DispatchError(
                 f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}")
         return JobStatus.SUCCEEDED, result, None
+
+
+def _context(job: Job, found: JobContext) -> TriggerContext:
+    trig = found.trigger
+    return TriggerContext(trigger_id=trig.id, rule=trig.rule, group=trig.group,
+                          fired_at=trig.fired_at, reason=trig.reason, manual=trig.manual,
+                          params=found.params, events=found.events, attempt=job.attempts)
 
 
 _jitter = random.Random()  # noqa: S311 - spreading retries, not security

@@ -22,6 +22,12 @@ Backends
     `TransientDispatchError` for failures worth retrying and `PermanentDispatchError` for the
     rest. It may call `job.set_external_id` as soon as the outside system names the work, so a
     restart can reattach to it.
+    A backend whose attempt begins with short blocking work (the command backend: its files
+    and the spawn) may also be a `Launcher`: the dispatcher then calls `launch(ctx, attempt)`
+    on the store thread right after claiming the job, in the same trip that wrote its trigger
+    (no hop through the event loop and a worker thread on the way to the backend), and
+    `dispatch` finds the outcome in `job.launched`. Without a launch (a direct call),
+    `dispatch` must do that work itself.
 
 Clock
     Time is injected so that policies are tested without sleeping.
@@ -30,6 +36,7 @@ Clock
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -90,6 +97,8 @@ class JobHandle(Protocol):
 
     job_id: str
     attempt: int
+    # a `Launcher`'s `launch` for this attempt, already run: its result, or what it raised
+    launched: Future[Any] | None
 
     async def set_external_id(self, external_id: str) -> None:
         """Record the outside system's id for this job (run id, Job name, pid)."""
@@ -102,4 +111,14 @@ class Backend(Protocol):
 
     async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
         """Perform one attempt; see the module docstring for the idempotency contract."""
+        ...
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """A backend that can begin an attempt on the thread that claimed its job."""
+
+    def launch(self, ctx: TriggerContext, attempt: int) -> Any:
+        """Blocking and quick (the store thread waits for it): start the attempt. What it
+        returns or raises reaches `dispatch` as `job.launched`."""
         ...

@@ -16,6 +16,7 @@ class FakeHandle:
         self.job_id = "r.1"
         self.attempt = attempt
         self.external_ids: list[str] = []
+        self.launched = None  # no `launch` ran for this attempt
 
     async def set_external_id(self, external_id: str) -> None:
         self.external_ids.append(external_id)

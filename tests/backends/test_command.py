@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -465,3 +466,26 @@ async def test_hostile_trigger_id_stays_inside_the_jobs_dir(tmp_path: Path) -> N
     assert job_dir.name.startswith("_.._etc_x_y-")
     assert (job_dir / "trigger.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+async def test_dispatch_follows_what_the_dispatcher_launched(tmp_path: Path) -> None:
+    """The dispatcher runs `launch` on its store thread and hands the outcome over in
+    `job.launched`: dispatch then starts nothing itself, it follows that child."""
+    backend = make_backend(tmp_path, argv=[PY, "-c", "import os; print('pid', os.getpid())"])
+    launched: Future[Any] = Future()
+    launched.set_result(backend.launch(make_ctx(), 1))  # blocking, as on the store thread
+    job = FakeJob(launched=launched)
+    result = await asyncio.wait_for(backend.dispatch(make_ctx(), job), 15)
+    pid = launched.result().child.pid
+    assert result.exit_code == 0 and result.external_id == f"pid:{pid}"
+    assert job.external_ids == [f"pid:{pid}"]
+    assert result.detail == f"pid {pid}"  # this child's output, not a second one's
+    assert (tmp_path / "state" / "jobs" / "retrain.7" / "output.log").read_text() == \
+        f"pid {pid}\n"
+
+    failed: Future[Any] = Future()
+    with pytest.raises(PermanentDispatchError, match="command not found") as info:
+        make_backend(tmp_path, argv=["no-such-program-xyz"]).launch(make_ctx(), 1)
+    failed.set_exception(info.value)
+    with pytest.raises(PermanentDispatchError, match="command not found"):
+        await backend.dispatch(make_ctx(), FakeJob(launched=failed))

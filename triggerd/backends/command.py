@@ -104,9 +104,13 @@ class CommandBackend:
         self._env = {key: _env_template(key, value) for key, value in options.env.items()}
         self._background: set[asyncio.Task[None]] = set()
 
-    async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
+    def launch(self, ctx: TriggerContext, attempt: int) -> _Started:
+        """Blocking: render the templates, write the job's files and start the child (the
+        dispatcher runs it on the store thread right after claiming the job; `dispatch` runs
+        it in a worker thread when it was not). If `dispatch` is never called for it (the
+        daemon stopped in between), the child runs on unfollowed, as after a cancellation."""
         context = ctx.to_dict()
-        values = {**context, "attempt": job.attempt}
+        values = {**context, "attempt": attempt}
         argv = [self._render(t, values, f"argv[{i}]") for i, t in enumerate(self._argv)]
         if not argv[0]:
             raise PermanentDispatchError(f"argv[0] is empty; check backends.{self.name}.argv")
@@ -116,21 +120,28 @@ class CommandBackend:
         job_dir = (self._jobs_dir / _safe_name(ctx.trigger_id)).absolute()
         env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
                    TRIGGERD_TRIGGER_FILE=str(job_dir / "trigger.json"),
-                   TRIGGERD_ATTEMPT=str(job.attempt))
-        # one trip to a worker thread for the file work and the spawn (latency); shielded,
-        # so a child started as the daemon stops is still followed (its output captured)
-        work = asyncio.ensure_future(asyncio.to_thread(_prepare, job_dir, context, workdir,
-                                                       argv, env))
+                   TRIGGERD_ATTEMPT=str(attempt))
         try:
-            started = await asyncio.shield(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(self._adopt)
-            raise
+            started = _prepare(job_dir, context, workdir, argv, env)
         except _SpawnFailed as exc:
             raise self._spawn_error(exc.error, argv[0], workdir) from exc.error
         if started is None:
             raise PermanentDispatchError(
                 f"workdir does not exist: {workdir!r}; check backends.{self.name}.workdir")
+        return started
+
+    async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
+        if job.launched is not None:  # the dispatcher ran `launch` already: its outcome
+            started: _Started = job.launched.result()
+        else:
+            # one trip to a worker thread for the file work and the spawn; shielded, so a
+            # child started as the daemon stops is still followed (its output captured)
+            work = asyncio.ensure_future(asyncio.to_thread(self.launch, ctx, job.attempt))
+            try:
+                started = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                work.add_done_callback(self._adopt)
+                raise
         proc = started.child
         external_id = f"pid:{proc.pid}"
         log.info("backend %s: trigger %s attempt %d started %s",
@@ -212,12 +223,11 @@ class CommandBackend:
                                  "the output was not kept")
         return capture, asyncio.create_task(capture.drain(started.read_fd, started.output))
 
-    def _adopt(self, work: asyncio.Future[_Started | None]) -> None:
+    def _adopt(self, work: asyncio.Future[_Started]) -> None:
         """Follow a child whose spawn finished after its dispatch was cancelled."""
-        if work.cancelled() or work.exception() is not None or work.result() is None:
+        if work.cancelled() or work.exception() is not None:
             return
         started = work.result()
-        assert started is not None  # noqa: S101 - checked above
         _capture, reader = self._capture(started)
         self._detach(started.child, reader, f"pid:{started.child.pid}")
 

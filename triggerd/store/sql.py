@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -110,6 +111,8 @@ class Claim:
     job: Job | None  # claimed: now running, attempts incremented
     found: Job | None  # not claimed: the job as it is (None: there is no such job)
     context: JobContext | None  # with a claimed job (None if its trigger is gone)
+    # set by the dispatcher, not the store: the backend's launch of the claimed attempt
+    launched: Future[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
