@@ -14,6 +14,12 @@ on that delay, still within `max_backoff`. The attempt budget is the job's own (
 the rule's `retry.attempts` when the trigger was written, plus the attempts a daemon stop or
 crash interrupted and gave back: see `Store.recover_jobs`).
 A backend error is logged with the job and trigger ids and never stops the daemon.
+
+A job is claimed on the store thread, in the engine's trip that wrote its trigger when it can
+start at once (else by `run`). A `Launcher` backend (the command backend) begins the attempt
+right there, after the claim's commit (`launch`: its files and the spawn), and the attempt's
+task on the loop follows it (`job.launched`): the way from an event to a running command
+does not pass through the loop and a worker thread first.
 """
 
 from __future__ import annotations

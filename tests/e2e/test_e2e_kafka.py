@@ -187,16 +187,25 @@ def test_kill_9_after_store_before_commit_gives_no_duplicate_trigger(
     produce(kafka_broker.bootstrap, topic, [psi(0.9)])
     wait_for(lambda: source_status(td)["events"] == 6, 20, "a new message after restart")
 
-    def dispatched() -> collections.Counter[str]:
-        return collections.Counter(e for c in td.calls_made() for e in c["events"])
-    wait_for(lambda: len(dispatched()) == 6, 20, "every message dispatched")
+    def dispatched() -> dict[str, set[str]]:  # trigger -> the messages its command was given
+        out: dict[str, set[str]] = collections.defaultdict(set)
+        for call in td.calls_made():
+            out[call["trigger"]].update(call["events"])
+        return out
+    wait_for(lambda: sum(len(e) for e in dispatched().values()) == 6, 20,
+             "every message dispatched")
     assert td.stop(proc) == 0
-    per_event = dispatched()
+    per_event = collections.Counter(e for events in dispatched().values() for e in events)
     assert set(per_event) == {f"{topic}/0/{o}" for o in range(6)}
     assert max(per_event.values()) == 1  # no message in two triggers
     triggers = td.json("triggers")
-    assert len(triggers) == len(td.calls_made())  # each trigger dispatched once
-    assert triggers[-1]["id"] == "every.1"  # written before the crash, dispatched after it
+    assert sorted(t["id"] for t in triggers) == sorted(dispatched())  # each one dispatched
+    assert triggers[-1]["id"] == "every.1"  # written before the crash
+    # every.1's command was started in the trip that stored the batch (the backend is launched
+    # on the store thread), so it may have run before the kill as well as on the restart that
+    # resumed its job: a command is at least once across kill -9, keyed by its trigger id
+    runs = collections.Counter(c["trigger"] for c in td.calls_made())
+    assert runs["every.1"] <= 2 and all(n == 1 for t, n in runs.items() if t != "every.1")
 
 
 def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
