@@ -27,6 +27,7 @@ from triggerd.errors import PermanentDispatchError, TransientDispatchError
 from triggerd.model import DispatchResult, Event, JobStatus
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store, queries
+from triggerd.store.sql import Claim
 from triggerd.testing import RecordingBackend
 
 
@@ -325,3 +326,28 @@ async def test_a_launcher_backend_begins_each_attempt_on_the_store_thread(
         assert backend.handed == ["launched r.1#1", "launched r.1#2"]
         assert job.detail == "launched r.1#2"
     assert {n.split("_")[0] for _t, _a, n in backend.launches} == {"store"}
+
+
+async def test_once_stopping_a_trigger_written_in_a_trip_under_way_is_not_launched(
+        rig_factory: Any) -> None:
+    """SIGTERM cancels the sources, but a store trip already under way still ends: its
+    trigger's job must stay queued for the next start, not be launched with nobody left to
+    follow it. A dispatcher of the next start dispatches it, once."""
+    rig = rig_factory({})
+    backend = Launching()
+    rig.dispatcher.backends["rec"] = backend
+    rig.dispatcher.stop_starting()
+    await rig.engine.fire("r", "manual")  # the trigger and its queued job, written
+    assert rig.dispatcher.claim("r.1") == Claim(None, None, None)  # the engine's trip
+    assert rig.jobs() == {"r.1": "queued"} and backend.launches == []
+
+    restarted = Dispatcher(rig.config, rig.store, {"rec": backend}, SystemClock(), call,
+                           "next-start")
+    task = asyncio.create_task(restarted.run())
+    try:
+        restarted.submit("r.1")
+        await until(lambda: rig.jobs() == {"r.1": "failed"})  # Launching fails attempt 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [t for t, _a, _n in backend.launches] == ["r.1"]

@@ -256,6 +256,7 @@ class Daemon:
                     log.error("internal task %s failed", task.get_name(),
                               exc_info=task.exception())
             log.info("triggerd stopping")
+            self.dispatcher.stop_starting()  # no attempt starts that nobody would follow
             self.ready = False
             sdnotify.notify("STOPPING=1")
             async with self._reloading:  # a reload under way finishes first, then sees _stop

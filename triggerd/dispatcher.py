@@ -87,7 +87,7 @@ class Dispatcher:
         self.wanted: dict[str, datetime | None] = {}  # job id -> not before
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._stopped = False  # run() has ended: start nothing more
+        self._stopped = False  # stopping (or run() has ended): start nothing more
         self.metrics: Metrics | None = None  # set by the daemon (triggerd.ops.metrics)
 
     def submit(self, job_id: str, not_before: datetime | None = None) -> None:
@@ -97,6 +97,13 @@ class Dispatcher:
         self._wake.set()
 
     # -- the engine's Claimer: a job claimed in the trip that wrote its trigger -----------------
+    def stop_starting(self) -> None:
+        """The daemon is stopping: claim and start no attempt from now on (a store trip under
+        way when its caller is cancelled still ends; what it would claim stays queued for the
+        next start instead of being launched with nobody left to follow it)."""
+        self._stopped = True
+        self._wake.set()
+
     def claim(self, job_id: str) -> Claim:
         """Claim a job on the store thread (called by the engine right after its trigger)."""
         if self._stopped:  # shutting down: the job stays queued for the next start
@@ -106,7 +113,7 @@ class Dispatcher:
     def claimed(self, claim: Claim) -> None:
         """Start what `claim` claimed; a job it could not claim goes the usual way."""
         if claim.job is not None and (not self._stopped or claim.launched is not None):
-            # (stopping, a launched attempt is still followed while the loop runs)
+            # (claimed as the stop began: a launched attempt is followed while the loop runs)
             self._start(claim.job, claim.context, claim.launched)
         elif claim.found is not None:
             self.submit(claim.found.id)
@@ -138,6 +145,8 @@ class Dispatcher:
                 now = self.clock.now()
                 try:
                     for job_id, not_before in list(self.wanted.items()):
+                        if self._stopped:  # stopping: what is wanted waits for the next start
+                            break
                         if job_id in self.running or (not_before and not_before > now):
                             continue
                         await self._try_start(job_id, now)
@@ -150,7 +159,9 @@ class Dispatcher:
                 # parked jobs (waiting for a free slot) wake when a job ends; the slow poll
                 # covers a slot freed by another replica
                 delay = store_down or (SLOT_POLL if self.wanted else None)
-                if waits:
+                if self._stopped:
+                    delay = None
+                elif waits:
                     delay = max(0.001, (min(waits) - self.clock.now()).total_seconds() + 0.001)
                     delay = max(delay, store_down)
                 with contextlib.suppress(TimeoutError):
