@@ -25,8 +25,10 @@ SQLite store (`state_dir` in a temp dir, on /tmp by default) and a watched root 
    process start -> all C changed files stored as events (observed by polling `events`).
 4. RSS: VmRSS (and VmHWM) of the daemon after the first full scan of the tree.
 
-    .venv/bin/python bench/filesystem.py                      # everything (~2-3 minutes)
-    .venv/bin/python bench/filesystem.py --only latency --latency-files 50
+    .venv/bin/python bench/filesystem.py                      # everything (~1 minute)
+    .venv/bin/python bench/filesystem.py --only latency --state-base /dev/shm
+        # the latency as the issue judges it: the daemon, not the disk (state dir on tmpfs too)
+    .venv/bin/python bench/filesystem.py --only latency --probe static --latency-files 50
     .venv/bin/python bench/filesystem.py --tree-dirs 100 --tree-files 1000 --changed 1000
 """
 
