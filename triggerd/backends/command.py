@@ -337,8 +337,9 @@ class _Started:
 
 def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None, argv: list[str],
              env: dict[str, str]) -> _Started | None:
-    """Write the trigger file, start the child, then open the output file (in a worker
-    thread); None if `workdir` does not exist. Nothing stays open if the spawn fails."""
+    """Write the trigger file, start the child, then open the output file (blocking: see
+    `CommandBackend.launch`); None if `workdir` does not exist. Nothing stays open if the
+    spawn fails."""
     if workdir is not None and not os.path.isdir(workdir):
         return None
     _write_trigger_file(job_dir, context)  # before the spawn: the child may read it at once
