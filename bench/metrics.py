@@ -4,7 +4,8 @@ At scrape time the daemon reads per-rule pending counts, bytes and oldest age, t
 per rule and jobs by backend and status (`triggerd.ops.metrics.read_snapshot`, one store-thread
 call), then renders the exposition text (`Metrics.render`, in a worker thread). This builds a
 SQLite store with `--rules` rules, `--pending` pending events spread over them (4 groups per
-rule) and `--jobs` finished jobs, and times both parts over `--runs` scrapes (median and max).
+rule, each with its pending summary as ingest keeps it) and `--jobs` finished jobs, and times
+both parts over `--runs` scrapes (median and max).
 
     .venv/bin/python bench/metrics.py
     .venv/bin/python bench/metrics.py --rules 1000 --pending 1000000
@@ -19,6 +20,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from triggerd.ops.metrics import Metrics, read_snapshot
 from triggerd.store import Store
@@ -28,10 +30,21 @@ from triggerd.store import tables as t
 def build(store: Store, rules: int, pending: int, jobs: int) -> list[str]:
     now = datetime.now(UTC)
     names = [f"rule-{i:04d}" for i in range(rules)]
+    # each group's pending summary, as ingest keeps it beside the rows (tables.py)
+    summary: dict[tuple[str, str], dict[str, Any]] = {
+        (r, str(g)): {"pending_count": 0, "pending_bytes": 0, "pending_first_at": None,
+                      "pending_last_at": None} for r in names for g in range(4)}
+    for i in range(pending):
+        at = now - timedelta(seconds=i % 3600)
+        s = summary[(names[i % rules], str(i % 4))]
+        s["pending_count"] += 1
+        s["pending_bytes"] += 1000
+        s["pending_first_at"] = min(s["pending_first_at"] or at, at)
+        s["pending_last_at"] = max(s["pending_last_at"] or at, at)
     with store.write() as c:
         c.execute(t.rule_groups.insert(), [
-            {"rule": r, "grp": str(g), "seq": 1, "created_at": now, "last_success_at": now}
-            for r in names for g in range(4)])
+            {"rule": r, "grp": g, "seq": 1, "created_at": now, "last_success_at": now, **s}
+            for (r, g), s in summary.items()])
         for start in range(0, pending, 50_000):
             c.execute(t.rule_events.insert(), [
                 {"rule": names[i % rules], "event_id": f"e{i:012d}", "grp": str(i % 4),
@@ -66,6 +79,9 @@ def main() -> None:
             reads.append(t1 - t0)
             renders.append(t2 - t1)
         store.close()
+    got = sum(count for count, _size, _oldest in snap.pending.values())
+    if got != args.pending:  # the figures are only worth something if the answer is right
+        raise SystemExit(f"the scrape saw {got} pending events, not {args.pending}")
     print(f"rules={args.rules} pending={args.pending} jobs={args.jobs} runs={args.runs} "
           f"load={os.getloadavg()[0]:.1f}")
     print(f"store read (store thread): median {statistics.median(reads) * 1000:.1f} ms, "

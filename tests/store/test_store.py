@@ -377,6 +377,41 @@ def test_consumed_events_are_no_longer_pending(store: Store) -> None:
     assert store.pending()[("r", "x")].first_at == T0 + H
 
 
+def pending_from_rows(store: Store) -> dict[tuple[str, str], tuple[int, int, Any, Any]]:
+    """The pending summary recomputed from every pending row (what the store keeps)."""
+    re_ = t.rule_events.c
+    with store.read() as c:
+        return {(r[0], r[1]): (int(r[2]), int(r[3]), r[4], r[5]) for r in c.execute(
+            select(re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
+                   func.min(re_.observed_at), func.max(re_.observed_at))
+            .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp))}
+
+
+def test_pending_summary_stays_exact_while_replicas_ingest_and_fire_at_once(
+        store: Store, store_url: str) -> None:
+    """The summary is kept by ingest and create_trigger, not recomputed: two stores adding to
+    one group and firing it at the same moment must leave it equal to the pending rows."""
+    other = Store(store_url)
+    try:
+        for n in range(12):
+            at = T0 + n * M
+
+            def step(s: Store, n: int = n, at: datetime = at) -> Any:
+                if s is other and n % 3 == 2:  # a trigger racing the other's ingest
+                    return s.create_trigger(new_trigger("r", "g", seq(s, "r", "g"), at))
+                fps = [f"{'a' if s is store else 'b'}{n}-{i}" for i in range(3)]
+                return ingest(s, *(item(ev(fp, at - i * S, size=10 + i, source="src"),
+                                        ("r", "g"), ("q", f"g{i % 2}")) for i, fp in
+                                   enumerate(fps)), now=at)
+            race(store, other, step)
+            summary = {k: (p.count, p.bytes, p.first_at, p.last_at)
+                       for k, p in store.pending().items()}
+            assert summary == pending_from_rows(store), n
+        assert count(store, t.triggers) >= 1
+    finally:
+        other.close()
+
+
 # -- create_trigger -------------------------------------------------------------------------------
 def test_create_trigger_consumes_its_group_only_and_queues_a_job(store: Store) -> None:
     add(store, "r", "a", "a1", "a2", "a3")

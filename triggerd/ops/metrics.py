@@ -50,17 +50,16 @@ def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSna
     """Per rule pending events (count, bytes, oldest), last success; jobs by backend/status."""
     names = list(rules)
     snap = StoreSnapshot(at=now)
-    g, j, re_ = t.rule_groups.c, t.jobs.c, t.rule_events.c
+    g, j = t.rule_groups.c, t.jobs.c
     conv = t.UTCDateTime().process_result_value
     with store.read() as c:
-        # one pass over the pending rows, per rule (not per group): the scrape's main cost
-        for rule, count, size, oldest in c.execute(
-                select(re_.rule, func.count(), func.coalesce(func.sum(re_.size), 0),
-                       func.min(re_.observed_at))
-                .where(re_.trigger_id.is_(None), re_.rule.in_(names)).group_by(re_.rule)):
-            snap.pending[rule] = (int(count), int(size), conv(oldest, store.engine.dialect))
-        for rule, last in c.execute(select(g.rule, func.max(g.last_success_at))
-                                    .where(g.rule.in_(names)).group_by(g.rule)):
+        # per rule from its groups' rows (their pending summaries): not from every pending row
+        for rule, count, size, oldest, last in c.execute(
+                select(g.rule, func.sum(g.pending_count), func.sum(g.pending_bytes),
+                       func.min(g.pending_first_at), func.max(g.last_success_at))
+                .where(g.rule.in_(names)).group_by(g.rule)):
+            if count:
+                snap.pending[rule] = (int(count), int(size), conv(oldest, store.engine.dialect))
             snap.last_success[rule] = conv(last, store.engine.dialect)
         for backend, status, n in c.execute(select(j.backend, j.status, func.count())
                                             .group_by(j.backend, j.status)):

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Connection,
     Executable,
     Integer,
@@ -271,7 +272,8 @@ class Store:
             return
         self._q("groups.ensure", lambda: self._insert(t.rule_groups).on_conflict_do_nothing()
                 ).run(c, [{"rule": r, "grp": g, "seq": 0, "created_at": now,
-                           "sustained_count": 0} for r, g in missing])
+                           "sustained_count": 0, "pending_count": 0, "pending_bytes": 0}
+                          for r, g in missing])
         self._known_groups.update(missing)
 
     def rule_flags(self) -> dict[str, RuleFlags]:
@@ -289,19 +291,19 @@ class Store:
 
     def group_states(self, rules: Iterable[str] | None = None) -> dict[Key, GroupState]:
         with self.read() as c:
-            return self._states(c, rules)
+            return self._groups(c, rules)[0]
 
     def pending(self, rules: Iterable[str] | None = None) -> dict[Key, Pending]:
         with self.read() as c:
-            return self._pending(c, rules)
+            return self._groups(c, rules)[1]
 
     def snapshot(self, rules: Iterable[str]) -> Snapshot:
         """What a decision about `rules` reads (group states, pending events, pause flags,
         active jobs), in one read transaction: one trip instead of four on the hot path."""
         rules = list(rules)
         with self.read() as c:
-            return Snapshot(self._states(c, rules), self._pending(c, rules),
-                            self._flags(c, rules), self._active(c, rules))
+            states, pending = self._groups(c, rules)
+            return Snapshot(states, pending, self._flags(c, rules), self._active(c, rules))
 
     def _rows(self, c: Connection, name: str, build: Callable[[], Select[Any]],
               rule_column: Any, rules: Iterable[str] | None) -> Any:
@@ -311,9 +313,19 @@ class Store:
         return self._q(f"{name}.rules", lambda: build().where(
             rule_column.in_(bindparam("rules", expanding=True)))).run(c, {"rules": list(rules)})
 
-    def _states(self, c: Connection, rules: Iterable[str] | None) -> dict[Key, GroupState]:
-        return {(r.rule, r.grp): _group(r) for r in self._rows(
-            c, "states", lambda: select(t.rule_groups), t.rule_groups.c.rule, rules)}
+    def _groups(self, c: Connection, rules: Iterable[str] | None
+                ) -> tuple[dict[Key, GroupState], dict[Key, Pending]]:
+        """The groups' states, and the summary of the pending events of those that have any
+        (the `pending_*` columns: see tables.py)."""
+        states: dict[Key, GroupState] = {}
+        pending: dict[Key, Pending] = {}
+        for r in self._rows(c, "states", lambda: select(t.rule_groups), t.rule_groups.c.rule,
+                            rules):
+            states[(r.rule, r.grp)] = _group(r)
+            if r.pending_count:
+                pending[(r.rule, r.grp)] = Pending(int(r.pending_count), int(r.pending_bytes),
+                                                   r.pending_first_at, r.pending_last_at)
+        return states, pending
 
     def _flags(self, c: Connection, rules: Iterable[str] | None) -> dict[str, RuleFlags]:
         return {r.name: RuleFlags(bool(r.paused), r.paused_until, r.paused_reason)
@@ -325,26 +337,13 @@ class Store:
             c, "active", lambda: select(j.rule, func.count())
             .where(j.status.in_(list(ACTIVE_JOB_STATUSES))).group_by(j.rule), j.rule, rules)}
 
-    def _pending(self, c: Connection, rules: Iterable[str] | None) -> dict[Key, Pending]:
-        re_ = t.rule_events.c
-        rows = self._rows(c, "pending", lambda: select(
-            re_.rule, re_.grp, func.count(), func.coalesce(func.sum(re_.size), 0),
-            func.min(re_.observed_at), func.max(re_.observed_at))
-            .where(re_.trigger_id.is_(None)).group_by(re_.rule, re_.grp), re_.rule, rules)
-        # min/max keep the column's type: the times come back aware (UTC) already
-        return {(r[0], r[1]): Pending(int(r[2]), int(r[3]), r[4], r[5]) for r in rows}
-
     def rule_keys(self, rule: str) -> set[Key]:
-        """Every group of a rule that has state or pending events."""
-        g, re_ = t.rule_groups.c, t.rule_events.c
-        p = {"rule": rule}
+        """Every group of a rule (a group with pending events has its row: ingest writes it
+        before the events)."""
+        g = t.rule_groups.c
         with self.read() as c:
-            keys = {(r, k) for r, k in self._q("keys.groups", lambda: select(
-                g.rule, g.grp).where(g.rule == bindparam("rule"))).run(c, p)}
-            keys.update((r, k) for r, k in self._q("keys.pending", lambda: select(
-                re_.rule, re_.grp).where(and_(re_.rule == bindparam("rule"),
-                                              re_.trigger_id.is_(None))).distinct()).run(c, p))
-        return keys
+            return {(r, k) for r, k in self._q("keys.groups", lambda: select(
+                g.rule, g.grp).where(g.rule == bindparam("rule"))).run(c, {"rule": rule})}
 
     def active_jobs_by_rule(self, rules: Iterable[str] | None = None) -> dict[str, int]:
         """Queued, running and retrying jobs per rule (what `concurrency` is measured by)."""
@@ -469,6 +468,7 @@ class Store:
                 else:
                     c.execute(self._insert(t.rule_events).on_conflict_do_nothing(),
                               pending_rows)
+                self._add_pending(c, pending_rows)
             if streaks:
                 self._update_streaks(c, streaks)
             self.write_rejects(c, [
@@ -480,6 +480,37 @@ class Store:
             if also is not None:
                 also(c)
         return result
+
+    def _add_pending(self, c: Connection, rows: list[dict[str, Any]]) -> None:
+        """Add new pending rows to their groups' summaries (one UPDATE per group, computed by
+        the database: replicas adding to one group at once cannot lose an addition)."""
+        sums: dict[Key, list[Any]] = {}  # count, bytes, first, last
+        for row in rows:
+            at = row["observed_at"]
+            s = sums.get((row["rule"], row["grp"]))
+            if s is None:
+                sums[(row["rule"], row["grp"])] = [1, row["size"], at, at]
+            else:
+                s[0] += 1
+                s[1] += row["size"]
+                s[2], s[3] = min(s[2], at), max(s[3], at)
+
+        def build() -> Executable:
+            g = t.rule_groups.c
+            first, last = bindparam("b_first", type_=_TS), bindparam("b_last", type_=_TS)
+            return update(t.rule_groups).where(and_(
+                g.rule == bindparam("b_rule"), g.grp == bindparam("b_grp"))).values(
+                pending_count=g.pending_count + bindparam("b_n", type_=BigInteger()),
+                pending_bytes=g.pending_bytes + bindparam("b_bytes", type_=BigInteger()),
+                pending_first_at=case((or_(g.pending_first_at.is_(None),
+                                           g.pending_first_at > first), first),
+                                      else_=g.pending_first_at),
+                pending_last_at=case((or_(g.pending_last_at.is_(None),
+                                          g.pending_last_at < last), last),
+                                     else_=g.pending_last_at))
+        self._q("groups.pending_add", build).run(c, [
+            {"b_rule": rule, "b_grp": grp, "b_n": n, "b_bytes": size, "b_first": first,
+             "b_last": last} for (rule, grp), (n, size, first, last) in sorted(sums.items())])
 
     def write_rejects(self, c: Connection, rows: list[dict[str, Any]]) -> None:
         """Record rejected input (`triggerd.store.rejects`); one already recorded is kept."""
@@ -583,6 +614,9 @@ class Store:
                     g.seq == bindparam("b_expected"))).values(
                         seq=bindparam("b_seq"), last_trigger_at=bindparam("b_at", type_=_TS),
                         sustained_count=0, sustained_since=None,
+                        # every pending event is consumed just below, in this transaction
+                        pending_count=0, pending_bytes=0, pending_first_at=None,
+                        pending_last_at=None,
                         # a periodic floor's trigger also restarts the floor
                         last_floor_at=case((bindparam("b_floor", type_=Integer()) == 1,
                                             bindparam("b_at", type_=_TS)),

@@ -11,6 +11,13 @@ Correctness rests on keys, never on locks:
 - `triggers.id` is deterministic (rule, group, sequence number): two replicas deciding the
   same trigger collide on the primary key and only one wins.
 - `slots` (key, slot_at) records scheduled checks done, so replicas run each one once.
+- `rule_groups.pending_*` summarise the group's pending `rule_events` rows. Only two writes
+  change those rows, and each keeps the summary in its own transaction: ingest adds with one
+  `UPDATE ... SET pending_count = pending_count + n` per group, computed by the database, so
+  concurrent additions are not lost; create_trigger clears it in the UPDATE that moves the
+  group's `seq` (that row lock comes first), then consumes every pending row it can see.
+  A replica's addition it cannot see yet waits on that lock and lands after the clear.
+  Tested with two stores racing on both databases.
 """
 
 from __future__ import annotations
@@ -154,6 +161,13 @@ rule_groups = Table(
     Column("sustained_since", UTCDateTime, nullable=True),
     Column("last_check_at", UTCDateTime, nullable=True),
     Column("last_verdict", Text, nullable=True),
+    # The group's pending events, summarised: kept by ingest (added) and by create_trigger
+    # (cleared: a trigger consumes all of them) in the transactions that change rule_events,
+    # so a decision or a /metrics scrape reads one row instead of aggregating every pending row.
+    Column("pending_count", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("pending_bytes", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("pending_first_at", UTCDateTime, nullable=True),
+    Column("pending_last_at", UTCDateTime, nullable=True),
 )
 
 rules = Table(
