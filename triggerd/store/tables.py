@@ -11,13 +11,13 @@ Correctness rests on keys, never on locks:
 - `triggers.id` is deterministic (rule, group, sequence number): two replicas deciding the
   same trigger collide on the primary key and only one wins.
 - `slots` (key, slot_at) records scheduled checks done, so replicas run each one once.
-- `rule_groups.pending_*` summarise the group's pending `rule_events` rows. Only two writes
-  change those rows, and each keeps the summary in its own transaction: ingest adds with one
-  `UPDATE ... SET pending_count = pending_count + n` per group, computed by the database, so
-  concurrent additions are not lost; create_trigger clears it in the UPDATE that moves the
-  group's `seq` (that row lock comes first), then consumes every pending row it can see.
-  A replica's addition it cannot see yet waits on that lock and lands after the clear.
-  Tested with two stores racing on both databases.
+- `rule_groups.pending_*` summarise the group's pending `rule_events` rows; this one rests on
+  the group row's lock. Only two writes change those rows, and each keeps the summary in its
+  own transaction: ingest adds with one `UPDATE ... SET pending_count = pending_count + n` per
+  group, after inserting its rows, so concurrent additions are not lost; create_trigger clears
+  it in the UPDATE that moves the group's `seq` (that lock first), then consumes every
+  pending row it can see. An addition it cannot see yet (PostgreSQL, another replica) waits
+  on that lock and lands after the clear. Tested with two stores racing on both databases.
 """
 
 from __future__ import annotations
