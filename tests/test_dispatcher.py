@@ -8,6 +8,7 @@ or poll the store with a timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -351,3 +352,28 @@ async def test_once_stopping_a_trigger_written_in_a_trip_under_way_is_not_launch
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [t for t, _a, _n in backend.launches] == ["r.1"]
+
+
+@pytest.mark.parametrize("loop", ["dispatcher", "timers"])
+async def test_a_stop_arriving_as_the_loop_wakes_still_stops_it(store: Store, loop: str
+                                                                   ) -> None:
+    """On Python 3.11 `asyncio.wait_for` loses a cancellation that arrives in the iteration
+    its event is set in; the dispatcher's and the timers' loops then ran on and a daemon's
+    SIGTERM hung (seen in CI: a job ending, or a decision waking the timers, as the daemon
+    cancelled its tasks)."""
+    rig = Rig(store, {})
+    later = datetime.now(UTC) + timedelta(hours=1)  # so the loop waits with a timeout
+    if loop == "dispatcher":
+        rig.dispatcher.submit("r.404", later)  # a retry due in an hour
+        task = asyncio.create_task(rig.dispatcher.run())
+        wake = functools.partial(rig.dispatcher.submit, "r.405")
+    else:
+        rig.engine.due[("r", "")] = later  # a debounce timer due in an hour
+        task = asyncio.create_task(rig.engine.run_timers())
+        wake = rig.engine.poke
+    for _ in range(5):  # let the task reach its wait (yields, not a timed sleep)
+        await asyncio.sleep(0)
+    wake()
+    task.cancel()  # the same iteration as the wake-up
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert task in done and task.cancelled()

@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from triggerd import registry
+from triggerd.aio import wait_event
 from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.dispatcher import Dispatcher
@@ -260,7 +261,9 @@ class Daemon:
             self.ready = False
             sdnotify.notify("STOPPING=1")
             async with self._reloading:  # a reload under way finishes first, then sees _stop
+                log.debug("stopping: the sources")
                 await self.stop_sources(list(self._sources))  # sources first
+            log.debug("stopping: timers, housekeeping, heartbeat, dispatcher")
             for task in reversed(workers):  # the dispatcher last
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -269,6 +272,7 @@ class Daemon:
                 with contextlib.suppress(StoreError):
                     await ctx.flush()
             if self._tasks:
+                log.debug("stopping: %d side task(s)", len(self._tasks))
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.call(lambda: self.store.daemon_stopped(self.id, self.clock.now()))
             return 0 if not any(t is not stop and t.exception() for t in done) else 1
@@ -277,6 +281,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             if self.http is not None:
                 await self.http.close()
+            log.debug("stopping: the store")
             await self.call(self.store.close)
             self._executor.shutdown(wait=True)
 
@@ -343,8 +348,7 @@ class Daemon:
                     self.metrics.heartbeat.set(time.time())
                 except StoreError as exc:
                     log.warning("heartbeat: store unavailable (%s)", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), HEARTBEAT.total_seconds())
+                await wait_event(self._stop, HEARTBEAT.total_seconds())
         finally:
             if beats is not None:
                 beats.shutdown(wait=False)
@@ -377,10 +381,8 @@ class Daemon:
                     await self._finish_request(req_id, result)
             except StoreError as exc:  # a lost connection: log, and try again shortly
                 log.warning("housekeeping: store unavailable (%s)", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 2.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), REQUEST_POLL)
+                await wait_event(self._stop, 2.0)
+            await wait_event(self._stop, REQUEST_POLL)
 
     async def _finish_request(self, req_id: int, result: str) -> None:
         await self.call(lambda: self.store.finish_request(req_id, result))

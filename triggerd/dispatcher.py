@@ -25,7 +25,6 @@ does not pass through the loop and a worker thread first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -35,6 +34,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from triggerd.aio import wait_event
 from triggerd.config.loader import Config
 from triggerd.config.schema import RetrySpec
 from triggerd.engine.engine import Call, backoff_delay
@@ -164,8 +164,7 @@ class Dispatcher:
                 elif waits:
                     delay = max(0.001, (min(waits) - self.clock.now()).total_seconds() + 0.001)
                     delay = max(delay, store_down)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await wait_event(self._wake, delay)
         finally:
             self._stopped = True  # a claim that raced the stop is given back at the next start
             for task in self.running.values():

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -441,3 +442,31 @@ async def test_a_failed_emit_loses_nothing_when_the_source_is_run_again(tmp_path
         second.cancel()
         await asyncio.wait([second], timeout=6)
     assert [e.payload["name"] for e in ctx.events] == ["a.csv", "b.csv"]
+
+
+async def test_a_watchdog_observer_that_hangs_on_stop_does_not_hang_the_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """watchdog's `Observer.stop()` joins its emitter threads without a timeout. One that hangs
+    (a stuck emitter) must not block the event loop or the daemon's stop: the source waits for
+    it a bounded time, says so, and ends."""
+    import triggerd.sources.filesystem as fs
+
+    stuck = threading.Event()
+
+    class HangingObserver(fs.Observer):  # type: ignore[misc,valid-type]
+        def stop(self) -> None:
+            stuck.wait(30)  # until the test ends
+            super().stop()
+
+    monkeypatch.setattr(fs, "Observer", HangingObserver)
+    monkeypatch.setattr(fs, "STOP_TIMEOUT", 0.3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="triggerd.sources.filesystem"):
+            t0 = time.monotonic()
+            async with running(tmp_path):  # leaving it cancels the source and waits (6 s max)
+                pass
+            assert time.monotonic() - t0 < 5
+        assert "watchdog's observer did not stop within" in caplog.text
+    finally:
+        stuck.set()

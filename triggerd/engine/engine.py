@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
+from triggerd.aio import wait_event
 from triggerd.config.loader import Config
 from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, Situation, decide
@@ -408,8 +409,7 @@ class Engine:
             delay = None
             if times:
                 delay = max(0.001, (min(times) - self.clock.now()).total_seconds() + 0.001)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await wait_event(self._wake, delay)
 
 
 def backoff_delay(base: timedelta, cap: timedelta, attempt: int) -> timedelta:

@@ -56,7 +56,8 @@ def _json(status: int, body: dict[str, Any]) -> Response:
 
 async def _store_problem(daemon: DaemonView) -> str | None:
     try:
-        await asyncio.wait_for(daemon.call(lambda: ping(daemon.store)), STORE_TIMEOUT)
+        async with asyncio.timeout(STORE_TIMEOUT):
+            await daemon.call(lambda: ping(daemon.store))
     except TimeoutError:
         return f"store did not answer within {STORE_TIMEOUT:g}s"
     except StoreError as exc:
@@ -67,7 +68,8 @@ async def _store_problem(daemon: DaemonView) -> str | None:
 class _Snapshots:
     """Store reads for scrapes, single-flight: concurrent scrapes (two Prometheus servers)
     share one read, and a read younger than `SNAPSHOT_REUSE` serves again; so scrapers never
-    queue work on the store thread (bench/metrics.py: the read is O(pending events))."""
+    queue work on the store thread (bench/metrics.py: the read grows with rule groups and
+    jobs)."""
 
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
@@ -86,9 +88,9 @@ class _Snapshots:
     async def _read(self, rules: list[str]) -> StoreSnapshot | None:
         now = self.daemon.now()
         try:
-            snap: StoreSnapshot | None = await asyncio.wait_for(
-                self.daemon.call(lambda: read_snapshot(self.daemon.store, rules, now)),
-                SCRAPE_TIMEOUT)
+            async with asyncio.timeout(SCRAPE_TIMEOUT):
+                snap: StoreSnapshot | None = await self.daemon.call(
+                    lambda: read_snapshot(self.daemon.store, rules, now))
         except (TimeoutError, StoreError):
             snap = None
         self._last = (asyncio.get_running_loop().time(), rules, snap)

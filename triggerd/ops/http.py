@@ -51,8 +51,8 @@ class HttpServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            status, ctype, body, head = await asyncio.wait_for(self._respond(reader),
-                                                                 READ_TIMEOUT)
+            async with asyncio.timeout(READ_TIMEOUT):
+                status, ctype, body, head = await self._respond(reader)
             writer.write(
                 f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

@@ -7,9 +7,13 @@ The handler runs on watchdog's observer thread: it only hands paths to the threa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import os
+import threading
+from collections.abc import Callable
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -27,6 +31,50 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from triggerd.errors import TriggerdError
 from triggerd.sources._bridge import Bridge
+
+STOP_TIMEOUT = 5.0  # seconds the source waits for watchdog's threads when it stops
+
+
+def stop_observer(observer: BaseObserver) -> None:
+    """Blocking: stop watchdog's observer and wait for its thread (run it with `bounded`)."""
+    observer.stop()
+    observer.join(STOP_TIMEOUT)
+
+
+async def bounded(fn: Callable[[], object], seconds: float, name: str) -> bool:
+    """Run a blocking watchdog call (`observer.stop`, `join`, `unschedule`) in a daemon
+    thread and wait for it at most `seconds`; re-raise what it raised. False when it
+    did not finish in time: it is left behind. watchdog joins its emitter threads without a
+    timeout in `stop` and `unschedule`; one stuck thread must not hang the event loop (a
+    daemon's SIGTERM hung that way in a test run) nor the interpreter's exit (a daemon thread,
+    not the loop's executor, whose threads the exit waits for)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish(exc: BaseException | None) -> None:
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as exc:  # handed to the loop, raised there
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(finish, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.shield(done)
+    except TimeoutError:
+        return False
+    return True
+
 
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "sshfs", "afs", "ceph"})
 

@@ -39,13 +39,15 @@ Modules and threads
     `_bridge.py`) and scheduling watches. `_fsscan.py`: the in-memory index of known files,
     the reconcile walk (which compares with the index in its thread, a directory at a time)
     and the settle look. Walking, stat'ing, hashing and scheduling watches run in
-    `asyncio.to_thread`. On stop the observer is stopped and joined in a thread.
+    `asyncio.to_thread`. On stop the observer is stopped and joined in a daemon thread that
+    the source waits for at most 5 s (watchdog joins its own threads without a timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -67,7 +69,15 @@ from triggerd.interfaces import SourceContext
 from triggerd.model import Event
 from triggerd.sources._bridge import Bridge
 from triggerd.sources._fsscan import Known, Look, Matcher, Root, Sig, look, walk
-from triggerd.sources._fswatch import Handler, OverflowLog, WatchError, schedule
+from triggerd.sources._fswatch import (
+    STOP_TIMEOUT,
+    Handler,
+    OverflowLog,
+    WatchError,
+    bounded,
+    schedule,
+    stop_observer,
+)
 from triggerd.sources._names import display, from_stored, is_text, raw_b64, stored
 from triggerd.store.files import FileRow, FileTable
 
@@ -289,8 +299,10 @@ class FilesystemSource:
             raise
         finally:
             watchdog_log.removeHandler(overflow_log)
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5)
+            if not await bounded(functools.partial(stop_observer, observer), STOP_TIMEOUT,
+                                 "triggerd-watchdog-stop"):
+                log.warning("filesystem source %s: watchdog's observer did not stop within "
+                            "%.0fs; leaving its threads behind", self.name, STOP_TIMEOUT)
 
     def _report(self, ctx: SourceContext) -> None:
         """Publish `stats` for `triggerd status` (the daemon writes it ~once a second)."""
@@ -325,7 +337,11 @@ class FilesystemSource:
                 watch = self._watches.pop(root.path, None)
                 if watch is not None:
                     with contextlib.suppress(KeyError):
-                        await asyncio.to_thread(observer.unschedule, watch)
+                        if not await bounded(functools.partial(observer.unschedule, watch),
+                                             STOP_TIMEOUT, "triggerd-watchdog-unschedule"):
+                            log.warning("filesystem source %s: watchdog did not drop the "
+                                        "watch of %s within %.0fs; leaving it", self.name,
+                                        root.path, STOP_TIMEOUT)
         missing = [r.path for r in self._roots if not r.present]
         self.stats["roots_watched"] = len(self._roots) - len(missing)
         if missing:
