@@ -45,9 +45,9 @@ async def bounded(fn: Callable[[], object], seconds: float, name: str) -> bool:
     """Run a blocking watchdog call (`observer.stop`, `join`, `unschedule`) in a daemon
     thread and wait for it at most `seconds`; re-raise what it raised. False when it
     did not finish in time: it is left behind. watchdog joins its emitter threads without a
-    timeout in `stop` and `unschedule`; one stuck thread must not hang the event loop (a
-    daemon's SIGTERM hung that way in a test run) nor the interpreter's exit (a daemon thread,
-    not the loop's executor, whose threads the exit waits for)."""
+    timeout in `stop` and `unschedule`; one stuck thread must not hang the event loop (the
+    daemon's stop) nor the interpreter's exit (so a daemon thread, not the loop's executor,
+    whose threads the exit waits for)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -72,8 +72,14 @@ async def bounded(fn: Callable[[], object], seconds: float, name: str) -> bool:
         async with asyncio.timeout(seconds):
             await asyncio.shield(done)
     except TimeoutError:
+        done.add_done_callback(_retrieved)  # what it raises later is nobody's to raise
         return False
     return True
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "sshfs", "afs", "ceph"})
