@@ -454,7 +454,7 @@ async def test_a_watchdog_observer_that_hangs_on_stop_does_not_hang_the_source(
 
     stuck = threading.Event()
 
-    class HangingObserver(fs.Observer):  # type: ignore[misc,valid-type]
+    class HangingObserver(fs.Observer):
         def stop(self) -> None:
             stuck.wait(30)  # until the test ends
             super().stop()
@@ -463,10 +463,10 @@ async def test_a_watchdog_observer_that_hangs_on_stop_does_not_hang_the_source(
     monkeypatch.setattr(fs, "STOP_TIMEOUT", 0.3)
     try:
         with caplog.at_level(logging.WARNING, logger="triggerd.sources.filesystem"):
-            t0 = time.monotonic()
-            async with running(tmp_path):  # leaving it cancels the source and waits (6 s max)
+            # leaving `running` cancels the source and fails unless it ends within 6 s (the
+            # stop used to block the loop until watchdog's stop returned: 30 s here)
+            async with running(tmp_path):
                 pass
-            assert time.monotonic() - t0 < 5
         assert "watchdog's observer did not stop within" in caplog.text
     finally:
         stuck.set()
