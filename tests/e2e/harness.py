@@ -44,6 +44,13 @@ class Triggerd:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: dict[int, str] = {}
 
+    def use_postgresql(self, url: str) -> None:
+        """Run this test's daemons and CLI on the session's PostgreSQL database, emptied."""
+        from tests_pg import truncate
+
+        truncate(url)
+        self.env["TRIGGERD_STORE"] = self.store_url = url
+
     def write(self, text: str, name: str = "triggerd.yaml") -> Path:
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -249,10 +249,7 @@ def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
 @pytest.mark.postgres
 def test_two_daemons_share_a_four_partition_topic_every_message_in_one_trigger(
         td: Triggerd, kafka_broker: Tansu, _pg_migrated: str) -> None:
-    from tests_pg import truncate
-
-    truncate(_pg_migrated)
-    td.env["TRIGGERD_STORE"] = td.store_url = _pg_migrated
+    td.use_postgresql(_pg_migrated)
     topic = new_topic(kafka_broker.bootstrap, partitions=4)
     kafka_config(td, kafka_broker.bootstrap, topic, """
           every:
@@ -297,10 +294,7 @@ def test_rebalances_while_thousands_of_fetched_messages_are_in_flight_lose_none(
     """The fetch loop hands faust a whole fetch at a time (`_kafka/fetch.py`): a daemon
     joining and one leaving while a backlog streams in loses no message and puts none in two
     triggers; what was fetched but not stored when a rebalance began is read again."""
-    from tests_pg import truncate
-
-    truncate(_pg_migrated)
-    td.env["TRIGGERD_STORE"] = td.store_url = _pg_migrated
+    td.use_postgresql(_pg_migrated)
     topic = new_topic(kafka_broker.bootstrap, partitions=4)
     kafka_config(td, kafka_broker.bootstrap, topic, """
           arrival:

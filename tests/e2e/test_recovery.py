@@ -58,10 +58,7 @@ def test_kill_9_between_trigger_and_dispatch_dispatches_once_after_restart(
 
 def test_two_daemons_on_one_postgresql_dispatch_each_tick_once(td: Triggerd, tmp_path: Path,
                                                                _pg_migrated: str) -> None:
-    from tests_pg import truncate
-
-    truncate(_pg_migrated)
-    td.env["TRIGGERD_STORE"] = td.store_url = _pg_migrated
+    td.use_postgresql(_pg_migrated)
     periodic_config(td)
     a = td.start(log="a.log")
     b = td.start(log="b.log")

@@ -216,9 +216,9 @@ class CommandBackend:
         return await proc.wait(), True
 
     def _capture(self, started: _Started) -> tuple[_Capture, asyncio.Task[None]]:
-        capture = _Capture(self.options.output_limit, self.options.tail)
+        capture = _Capture(self.options.output_limit, self.options.tail,
+                           keeping=started.output is not None)
         if started.output is None:
-            capture.keeping = False
             capture.notes.append(f"output.log could not be opened ({started.output_error}); "
                                  "the output was not kept")
         return capture, asyncio.create_task(capture.drain(started.read_fd, started.output))
@@ -247,13 +247,13 @@ class CommandBackend:
 class _Capture:
     """Copies a stream into a file up to `limit` bytes, then drains and counts the rest."""
 
-    def __init__(self, limit: int, tail_chars: int) -> None:
+    def __init__(self, limit: int, tail_chars: int, *, keeping: bool = True) -> None:
         self.limit = limit
         self.tail_chars = tail_chars
+        self.keeping = keeping  # False: no output file (drained and counted only)
         self.written = 0
         self.dropped = 0
         self.notes: list[str] = []
-        self.keeping = True  # False: no output file (drained and counted only)
         self._tail = bytearray()
 
     async def drain(self, read_fd: int, file: BinaryIO | None) -> None:

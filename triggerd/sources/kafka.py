@@ -56,8 +56,7 @@ __all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
 log = logging.getLogger("triggerd.sources.kafka")
 
 HEALTH_EVERY = 0.5  # seconds between health checks and status reports
-MAX_PENDING_BATCHES = 20  # decoded messages waiting for the writer, in `batch`es, before
-# the agent waits
+MAX_PENDING_BATCHES = 20  # decoded messages (in `batch`es) waiting before the agent waits
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff between apps that could not reach the brokers
 
 

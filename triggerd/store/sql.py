@@ -298,8 +298,8 @@ class Store:
             return self._groups(c, rules)[1]
 
     def snapshot(self, rules: Iterable[str]) -> Snapshot:
-        """What a decision about `rules` reads (group states, pending events, pause flags,
-        active jobs), in one read transaction: one trip instead of four on the hot path."""
+        """What a decision about `rules` reads (group states with their pending summaries,
+        pause flags, active jobs), in one read transaction: one trip on the hot path."""
         rules = list(rules)
         with self.read() as c:
             states, pending = self._groups(c, rules)
