@@ -14,8 +14,9 @@ by `simpleeval` over the checked syntax tree. The contract:
   `path[-8:]`; `a.b` on an object (dict) is key lookup, never Python attribute access.
 - Calls: only `len int float str abs min max round matches(text, glob) regex(text, pattern)`
   and the string methods `startswith endswith lower upper strip lstrip rstrip split replace
-  count find isdigit`, positional arguments only. `regex` is `re.search`; patterns are cached
-  and limited to 200 characters. Globs follow `triggerd.engine.globs`.
+  count find isdigit`, positional arguments only. `regex` is a search with RE2 (linear time;
+  no backreferences or lookaround: `triggerd.engine.regex`); patterns are cached and limited
+  to 200 characters. Globs follow `triggerd.engine.globs`.
 - Refused when compiled, with `ExpressionError(message, column)` (1-based, counted in the
   expression text): syntax errors, unknown names, functions and methods, names starting with
   `_`, lambdas, comprehensions, f-strings, `:=`, `*` unpacking, dict/set displays, conditional
@@ -27,6 +28,14 @@ by `simpleeval` over the checked syntax tree. The contract:
   that would grow too large: powers, products and `replace` are bounded by simpleeval's
   MAX_POWER / MAX_STRING_LENGTH and a 16384-bit integer limit). Nothing can reach a Python
   object that is not plain data: there is no `getattr` on event values at all.
+- Bounds: every value an evaluation creates is bounded (strings, and `str()` of a list or
+  an object, to `MAX_STRING_LENGTH` characters; lists to `MAX_ITEMS` items), and one
+  evaluation has a work budget (`MAX_WORK` units: one per node, plus the length of every
+  string, list or object an operation or call reads or builds, and for `regex` the text's
+  length times (2 + half the size of the pattern's RE2 program), charged before the call).
+  An evaluation over budget fails with "too much work", like any other evaluation error:
+  the event does not match and the rule's error count grows. The budget bounds the dearest
+  accepted evaluation to milliseconds (`bench/expr.py` measures the worst cases).
 
 Expressions are compiled once and are safe to evaluate from several threads.
 """
@@ -38,7 +47,6 @@ import functools
 import io
 import keyword
 import operator as op
-import re
 import threading
 import tokenize
 import warnings
@@ -49,6 +57,7 @@ from typing import Any, NoReturn
 import simpleeval
 
 from triggerd.engine.globs import compile_glob, glob_match
+from triggerd.engine.regex import Compiled, RegexError, compile_re2
 from triggerd.errors import ExpressionError
 from triggerd.model import Event
 
@@ -64,8 +73,12 @@ _ALIASES: dict[str, bool | None] = {"true": True, "false": False, "null": None}
 MAX_TEXT_LENGTH = 4000
 MAX_DEPTH = 100
 MAX_PATTERN_LENGTH = 200
+REGEX_MAX_MEM = 1 << 20  # RE2's memory for one regex() pattern: larger ones are refused
 MAX_INT_BITS = 16384
 MAX_ROUND_DIGITS = 100
+MAX_STRING_LENGTH: int = simpleeval.MAX_STRING_LENGTH
+MAX_ITEMS = 100_000
+MAX_WORK = 1_000_000
 
 
 def event_env(event: Event) -> dict[str, Any]:
@@ -116,12 +129,10 @@ def _matches(text: Any, pattern: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=512)
-def _compile_regex(pattern: str) -> re.Pattern[str]:
+def _compile_regex(pattern: str) -> Compiled:
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise _Refused(f"regex pattern longer than {MAX_PATTERN_LENGTH} characters")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # FutureWarning for `[[` and friends: not the user's log
-        return re.compile(pattern)
+    return compile_re2(pattern, max_mem=REGEX_MAX_MEM)
 
 
 def _regex(text: Any, pattern: Any) -> bool:
@@ -129,6 +140,54 @@ def _regex(text: Any, pattern: Any) -> bool:
         raise _Refused(f"regex needs two strings, got {_type_name(text)} and "
                        f"{_type_name(pattern)}")
     return _compile_regex(pattern).search(text) is not None
+
+
+def _regex_cost(text: Any, pattern: Any) -> int:
+    """What a regex search costs in work units: RE2 is linear in the text, and each
+    character costs up to the size of the pattern's program (measured: ~1 ns a character
+    and instruction once the automaton outgrows its cache; bench/expr.py)."""
+    if not isinstance(text, str) or not isinstance(pattern, str):
+        return 1
+    try:
+        size = _compile_regex(pattern).size
+    except (_Refused, RegexError):
+        return 1  # the call itself says what is wrong
+    return len(text) * (2 + size // 2) + len(pattern)
+
+
+def _repr_fits(value: Any, limit: int) -> bool:
+    """Would `str(value)` of a list or object be at most `limit` characters? Walks no further
+    than the limit, so a huge or deeply nested value costs no more than a small one."""
+    total = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if len(v) > limit:
+                return False
+            total += len(repr(v))
+        elif isinstance(v, list | tuple):
+            total += 2 + 2 * len(v)
+            stack.extend(v)
+        elif isinstance(v, Mapping):
+            total += 2 + 4 * len(v)
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, int) and not isinstance(v, bool):
+            total += v.bit_length() // 3 + 2
+        else:
+            total += 24  # floats, booleans, null
+        if total > limit:
+            return False
+    return True
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | Mapping) and not _repr_fits(value, MAX_STRING_LENGTH):
+        raise simpleeval.IterableTooLong("str() result too long")
+    return str(value)
 
 
 def _round(number: Any, ndigits: Any = None) -> Any:
@@ -162,7 +221,7 @@ FUNCTIONS: dict[str, _Callable] = {
     "len": _Callable(len, 1, 1),
     "int": _Callable(int, 1, 2),
     "float": _Callable(float, 1, 1),
-    "str": _Callable(str, 1, 1),
+    "str": _Callable(_str, 1, 1),
     "abs": _Callable(abs, 1, 1),
     "min": _Callable(min, 1, None),
     "max": _Callable(max, 1, None),
@@ -187,6 +246,13 @@ METHODS: dict[str, _Callable] = {
     "isdigit": _Callable(str.isdigit, 0, 0),
 }
 """The string methods an expression may call (on strings only), with their argument counts."""
+
+
+def _weight(value: Any) -> int:
+    """The work units of reading or building `value`: its length, or 1."""
+    if isinstance(value, str | list | tuple | Mapping):
+        return max(len(value), 1)
+    return 1
 
 
 def _int_bits(value: Any) -> int:
@@ -347,8 +413,12 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
         }
         self.env: Mapping[str, Any] = {}
         self.source = _Source("")
+        self.work = 0
 
     def _eval(self, node: ast.AST) -> Any:
+        self.work += 1
+        if self.work > MAX_WORK:
+            self._over_budget(node)
         try:
             handler = self.nodes.get(type(node))
             if handler is None:
@@ -358,6 +428,35 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
             raise
         except Exception as exc:
             raise _Failure(self._explain(exc, node), node) from exc
+
+    def _over_budget(self, node: ast.AST) -> NoReturn:
+        raise _Failure(f"too much work (over the budget of {MAX_WORK} units) "
+                       f"in `{self.source.segment(node)}`", node)
+
+    def _charge(self, units: int, node: ast.AST) -> None:
+        """Count `units` of work against the budget, before the work is done."""
+        self.work += units
+        if self.work > MAX_WORK:
+            self._over_budget(node)
+
+    def _made(self, value: Any, node: ast.AST) -> Any:
+        """A value an operation built: refused past the bounds, charged for its size."""
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_LENGTH:
+                raise simpleeval.IterableTooLong("result too long")
+        elif isinstance(value, list | tuple) and len(value) > MAX_ITEMS:
+            raise simpleeval.IterableTooLong("result too long")
+        self._charge(_weight(value), node)
+        return value
+
+    def _eval_binop(self, node: ast.BinOp) -> Any:
+        left = self._eval(node.left)
+        right = self._eval(node.right)
+        self._charge(_weight(left) + _weight(right), node)
+        return self._made(self.operators[type(node.op)](left, right), node)
+
+    def _eval_unaryop(self, node: ast.UnaryOp) -> Any:
+        return self.operators[type(node.op)](self._eval(node.operand))
 
     def _explain(self, exc: Exception, node: ast.AST) -> str:
         where = f"in `{self.source.segment(node)}`"
@@ -370,8 +469,9 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
         if isinstance(exc, simpleeval.NumberTooHigh | OverflowError):
             return f"number too large {where}"
         if isinstance(exc, simpleeval.IterableTooLong):
-            return f"result too long (limit {simpleeval.MAX_STRING_LENGTH}) {where}"
-        if isinstance(exc, re.error):
+            return (f"result too long (limit {MAX_STRING_LENGTH} characters, {MAX_ITEMS} items) "
+                    f"{where}")
+        if isinstance(exc, RegexError):
             return f"bad regex {where}: {exc}"
         if isinstance(exc, RecursionError):
             return "expression nested too deeply"
@@ -405,6 +505,8 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
             except KeyError:
                 raise _Failure(f"no field {self.source.segment(node)}", node) from None
         if isinstance(obj, list | tuple | str) and isinstance(key, int | slice):
+            if isinstance(key, slice):
+                self._charge(_weight(obj), node)
             try:
                 return obj[key]
             except IndexError:
@@ -418,6 +520,7 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
         left = self._eval(node.left)
         for operation, comparator in zip(node.ops, node.comparators, strict=True):
             right = self._eval(comparator)
+            self._charge(_weight(left) + _weight(right), node)
             try:
                 ok = self.operators[type(operation)](left, right)
             except TypeError:
@@ -441,16 +544,23 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
             if not isinstance(obj, str):
                 raise _Failure(f"{func.attr}() works on strings, but "
                                f"{self.source.segment(func.value)} is {_type_name(obj)}", node)
-            return METHODS[func.attr].fn(obj, *[self._eval(a) for a in node.args])
+            args = [self._eval(a) for a in node.args]
+            self._charge(len(obj) + sum(_weight(a) for a in args), node)
+            return self._made(METHODS[func.attr].fn(obj, *args), node)
         if not isinstance(func, ast.Name):  # pragma: no cover - the checker allows nothing else
             raise _Failure("only the listed functions can be called", node)
-        return FUNCTIONS[func.id].fn(*[self._eval(a) for a in node.args])
+        args = [self._eval(a) for a in node.args]
+        if func.id == "regex":
+            self._charge(_regex_cost(*args), node)
+        elif func.id != "len":  # len is O(1)
+            self._charge(sum(_weight(a) for a in args), node)
+        return self._made(FUNCTIONS[func.id].fn(*args), node)
 
     def _eval_list(self, node: ast.List) -> list[Any]:
-        return [self._eval(e) for e in node.elts]
+        return self._made([self._eval(e) for e in node.elts], node)  # type: ignore[no-any-return]
 
     def _eval_tuple(self, node: ast.Tuple) -> tuple[Any, ...]:
-        return tuple(self._eval(e) for e in node.elts)
+        return self._made(tuple(self._eval(e) for e in node.elts), node)  # type: ignore[no-any-return]
 
 
 _local = threading.local()
@@ -461,8 +571,8 @@ def _run(node: ast.AST, env: Mapping[str, Any], source: _Source) -> Any:
     ev: _Evaluator | None = getattr(_local, "evaluator", None)
     if ev is None:
         ev = _local.evaluator = _Evaluator()
-    saved = ev.env, ev.source
-    ev.env, ev.source = env, source
+    saved = ev.env, ev.source, ev.work
+    ev.env, ev.source, ev.work = env, source, 0
     try:
         return ev._eval(node)
     except _Failure as failure:
@@ -471,7 +581,7 @@ def _run(node: ast.AST, env: Mapping[str, Any], source: _Source) -> Any:
     except Exception as exc:  # pragma: no cover - _eval wraps everything; belt and braces
         raise ExpressionError(f"cannot evaluate: {exc}") from exc
     finally:
-        ev.env, ev.source = saved
+        ev.env, ev.source, ev.work = saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -748,7 +858,7 @@ class _Checker:
             self.fail(exc.message, node)
         except _Refused as exc:
             self.fail(str(exc), node)
-        except re.error as exc:
+        except RegexError as exc:
             self.fail(f"bad regex: {exc}", node)
 
     def compare(self, node: ast.Compare, depth: int) -> ast.expr:

@@ -13,25 +13,31 @@ the `matches` operator of expressions):
 - The whole text must match (not a prefix or a substring); matching is case-sensitive.
 
 An unclosed `[` or a reversed range such as `[z-a]` raises `ExpressionError` with the 1-based
-column of the offending `[`. Compiled patterns are cached.
+column of the offending `[`; so does a pattern longer than `MAX_GLOB_LENGTH` characters.
+Compiled patterns are cached.
+
+Matching runs in time linear in the text, whatever the pattern: a glob becomes an RE2 regex
+(`triggerd.engine.regex`), which never backtracks, so `*a*a*a*a*a*b` on a long name costs what
+`*.parquet` costs. (Python's `re` took minutes on such a pair: one event could freeze the
+daemon.) Text that is not valid UTF-8 (a file name with undecodable bytes, held as surrogate
+escapes) is matched with each undecodable byte as U+FFFD, one character.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 
+from triggerd.engine.regex import Compiled, RegexError, compile_re2
 from triggerd.errors import ExpressionError
 
-__all__ = ["compile_any", "compile_glob", "glob_match"]
+__all__ = ["MAX_GLOB_LENGTH", "Glob", "compile_any", "compile_glob", "glob_match"]
 
-# Characters that must be escaped inside a regex character class. `&`, `~` and `|` are
-# escaped so doubled ones never look like the set operations `re` warns about.
-_CLASS_SPECIAL = frozenset("\\]^-[&~|")
+MAX_GLOB_LENGTH = 4096
 
 
-def _class_char(c: str) -> str:
-    return "\\" + c if c in _CLASS_SPECIAL else c
+def _literal(c: str) -> str:
+    """`c` as an RE2 literal, in or out of a class (alphanumerics as they are)."""
+    return c if c.isascii() and (c.isalnum() or c == "_") else f"\\x{{{ord(c):x}}}"
 
 
 def _translate_class(pattern: str, start: int) -> tuple[str, int]:
@@ -45,7 +51,7 @@ def _translate_class(pattern: str, start: int) -> tuple[str, int]:
     if end < 0:
         raise ExpressionError(f"unclosed '[' in glob pattern {pattern!r}", column=start + 1)
     members = pattern[i:end]
-    parts: list[str] = []
+    ranges: list[tuple[int, int]] = []
     j = 0
     while j < len(members):
         c = members[j]
@@ -54,17 +60,36 @@ def _translate_class(pattern: str, start: int) -> tuple[str, int]:
             if hi < c:
                 raise ExpressionError(
                     f"bad range '{c}-{hi}' in glob pattern {pattern!r}", column=start + 1)
-            parts.append(f"{_class_char(c)}-{_class_char(hi)}")
+            ranges.append((ord(c), ord(hi)))
             j += 3
         else:
-            parts.append(_class_char(c))
+            ranges.append((ord(c), ord(c)))
             j += 1
-    body = "".join(parts)
-    regex = f"[^/{body}]" if negate else f"(?!/)[{body}]"
-    return regex, end + 1
+    if negate:  # `/` is never matched: list it with the excluded
+        ranges.append((_SLASH, _SLASH))
+        return f"[^{_class_body(ranges)}]", end + 1
+    # a class never matches `/`: cut it out of every range (RE2 has no lookahead)
+    kept = [part for lo, hi in ranges
+            for part in ((lo, min(hi, _SLASH - 1)), (max(lo, _SLASH + 1), hi))
+            if part[0] <= part[1]]
+    if not kept:  # `[/]`: a class of nothing matches nothing
+        return _NOTHING, end + 1
+    return f"[{_class_body(kept)}]", end + 1
+
+
+_SLASH = ord("/")
+_NOTHING = "[^\\x00-\\x{10ffff}]"
+
+
+def _class_body(ranges: list[tuple[int, int]]) -> str:
+    return "".join(_literal(chr(lo)) if lo == hi else f"{_literal(chr(lo))}-{_literal(chr(hi))}"
+                   for lo, hi in ranges)
 
 
 def _translate(pattern: str) -> str:
+    if len(pattern) > MAX_GLOB_LENGTH:
+        raise ExpressionError(f"glob pattern longer than {MAX_GLOB_LENGTH} characters",
+                              column=MAX_GLOB_LENGTH + 1)
     out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
@@ -88,25 +113,46 @@ def _translate(pattern: str) -> str:
             regex, i = _translate_class(pattern, i)
             out.append(regex)
         else:
-            out.append(re.escape(c))
+            out.append(_literal(c))
             i += 1
     return "".join(out)
 
 
+class Glob:
+    """A compiled glob (or several, as one): `fullmatch(text)` is a match (truthy) or None."""
+
+    __slots__ = ("_compiled", "pattern")
+
+    def __init__(self, pattern: str, compiled: Compiled) -> None:
+        self.pattern = pattern
+        self._compiled = compiled
+
+    def fullmatch(self, text: str) -> object | None:
+        return self._compiled.fullmatch(text)
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"
+
+
+def _compile(pattern: str, regex: str) -> Glob:
+    try:
+        return Glob(pattern, compile_re2(regex, dot_all=True))
+    except RegexError as exc:  # e.g. a lone surrogate in the pattern
+        raise ExpressionError(f"cannot use glob pattern {pattern!r}: {exc}") from None
+
+
 @functools.lru_cache(maxsize=1024)
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile a glob to a regex; use `.fullmatch` on it. Raises ExpressionError if invalid."""
-    return re.compile(_translate(pattern), re.DOTALL)
+def compile_glob(pattern: str) -> Glob:
+    """Compile a glob; use `.fullmatch` on it. Raises ExpressionError if invalid."""
+    return _compile(pattern, _translate(pattern))
 
 
-def compile_any(patterns: list[str]) -> re.Pattern[str] | None:
-    """One regex matching what any of `patterns` matches (None for no pattern): one
+def compile_any(patterns: list[str]) -> Glob | None:
+    """One matcher for what any of `patterns` matches (None for no pattern): one
     `fullmatch` instead of one per pattern, on paths checked by the hundred thousand."""
     if not patterns:
         return None
-    for p in patterns:
-        compile_glob(p)  # the same errors as one by one
-    return re.compile("|".join(f"(?:{_translate(p)})" for p in patterns), re.DOTALL)
+    return _compile(" | ".join(patterns), "|".join(f"(?:{_translate(p)})" for p in patterns))
 
 
 def glob_match(text: str, pattern: str) -> bool:

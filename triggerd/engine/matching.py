@@ -9,7 +9,6 @@ or breaks the streak. Evaluation errors in `where` (a missing field, a type mism
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 from triggerd.config.schema import RuleSpec
 from triggerd.engine.expr import Expression, event_env
-from triggerd.engine.globs import compile_glob
+from triggerd.engine.globs import Glob, compile_glob
 from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError
 from triggerd.model import Event, event_ref
@@ -32,7 +31,7 @@ class CompiledRule:
     spec: RuleSpec
     sources: frozenset[str]
     kinds: frozenset[str] | None
-    subject: re.Pattern[str] | None
+    subject: Glob | None
     where: Expression | None
     group_by: Template | None
     sustained: bool = False

@@ -410,6 +410,12 @@ class Store:
         else. The new ones are handed to `classify` (the rule engine's matching), and get the
         pending memberships and streak updates it returns. `also` runs last, in the same
         transaction (e.g. the filesystem source's file rows for these events).
+
+        `classify` runs user-supplied code (globs, `where`, `group_by`), so it runs before the
+        write transaction begins: however long it takes, no write lock is held meanwhile. The
+        duplicate check is made twice, before matching (a read: rescans and redeliveries need
+        no matching) and again under the write lock; an event stored in between (by a
+        replica) is a duplicate, and one pruned in between is one too, for this batch.
         """
         result = IngestResult()
         if not events:
@@ -417,19 +423,17 @@ class Store:
         unique: dict[str, Event] = {}
         for ev in events:
             unique.setdefault(ev.id, ev)  # the same fingerprint twice in one batch
+        ids = list(unique)
+        with self.read() as c:
+            seen = self._known_ids(c, ids)
+        candidates = [ev for eid, ev in unique.items() if eid not in seen]
+        items = (classify(candidates) if classify is not None
+                 else [Ingest(ev) for ev in candidates])
+        by_id = {item.event.id: item for item in items}
         with self.write() as c:
-            # Known duplicates are dropped before they are matched or turned into rows
-            # (rescans and redeliveries are common); the insert's ON CONFLICT still settles
-            # races between replicas.
-            ids = list(unique)
-            seen: set[str] = set()
-            known = self._q("ingest.known", lambda: select(t.events.c.id).where(
-                t.events.c.id.in_(bindparam("ids", expanding=True))))
-            for i in range(0, len(ids), 1000):
-                seen.update(known.run(c, {"ids": ids[i:i + 1000]}).scalars())
-            fresh = [ev for eid, ev in unique.items() if eid not in seen]
-            items = classify(fresh) if classify is not None else [Ingest(ev) for ev in fresh]
-            by_id = {item.event.id: item for item in items}
+            # the insert's ON CONFLICT still settles races between replicas on PostgreSQL
+            seen = self._known_ids(c, list(by_id))
+            fresh = [item.event for eid, item in by_id.items() if eid not in seen]
             # rows in key order: replicas inserting overlapping batches lock keys in the same
             # order, so PostgreSQL cannot deadlock them
             rows = [{"id": ev.id, "source": ev.source, "fingerprint": ev.fingerprint,
@@ -511,6 +515,17 @@ class Store:
         self._q("groups.pending_add", build).run(c, [
             {"b_rule": rule, "b_grp": grp, "b_n": n, "b_bytes": size, "b_first": first,
              "b_last": last} for (rule, grp), (n, size, first, last) in sorted(sums.items())])
+
+    def _known_ids(self, c: Connection, ids: list[str]) -> set[str]:
+        """Which of `ids` are stored events already."""
+        seen: set[str] = set()
+        if not ids:
+            return seen
+        known = self._q("ingest.known", lambda: select(t.events.c.id).where(
+            t.events.c.id.in_(bindparam("ids", expanding=True))))
+        for i in range(0, len(ids), 1000):
+            seen.update(known.run(c, {"ids": ids[i:i + 1000]}).scalars())
+        return seen
 
     def write_rejects(self, c: Connection, rows: list[dict[str, Any]]) -> None:
         """Record rejected input (`triggerd.store.rejects`); one already recorded is kept."""
