@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
@@ -19,3 +23,23 @@ async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
         async with asyncio.timeout(seconds):
             await event.wait()
     return event.is_set()
+
+
+async def to_the_end(awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`; if the caller is cancelled meanwhile, still wait for it to end
+    before the cancellation goes on (the awaitable itself is not cancelled).
+
+    For work on another thread that cannot be stopped once started (a store call): the
+    caller keeps what it holds (a lock) until the thread is done with it, so nothing that
+    waits on the lock overlaps the work (a reload swapping the rules it is using). The
+    work is bounded, so the wait is too."""
+    inner = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        while not inner.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([inner])
+        if not inner.cancelled():
+            inner.exception()  # retrieved: its outcome no longer has a caller
+        raise

@@ -18,6 +18,7 @@ from triggerd.engine.matching import RuleSet
 from triggerd.errors import ExpressionError
 from triggerd.model import Event
 
+
 def file_event(path: str = "/data/x/part-0.parquet") -> Event:
     return Event(source="landing", kind="created", subject=path, fingerprint="sha-1",
                  payload={"path": path, "name": path.rsplit("/", 1)[-1], "size": 1})
@@ -149,7 +150,8 @@ def test_classes_never_match_a_slash_and_every_character_is_literal() -> None:
     assert not glob_match("a/b", "a[--0]b")  # a range across '/'
     assert glob_match("a.b", "a[--0]b")
     assert not glob_match("a/b", "a[/]b")
-    for literal in ["a b", "a\nb", "a$b", "a.b", "a\\b", "a(b", "a|b", "a{2}", "ファイル", "a\x00b"]:
+    for literal in ["a b", "a\nb", "a$b", "a.b", "a\\b", "a(b", "a|b", "a{2}", "ファイル",
+                    "a\x00b"]:
         assert glob_match(literal, literal)
     assert not glob_match("axb", "a.b")
 

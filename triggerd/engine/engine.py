@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from triggerd.aio import wait_event
+from triggerd.aio import to_the_end, wait_event
 from triggerd.config.loader import Config
 from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, Situation, decide
@@ -137,8 +137,9 @@ class Engine:
         source_type = self.config.source_type(source)
 
         def work() -> tuple[IngestResult, Decided | StoreError | None]:
+            rules = self.rules
             result = self.store.ingest(source, source_type, events, self.clock.now(),
-                                       self.rules.classify, also)
+                                       rules.classify, also, rules.listening(source))
             if not result.touched:
                 return result, None
             try:
@@ -146,10 +147,21 @@ class Engine:
             except StoreError as exc:  # the events are stored: decide again shortly
                 return result, exc
 
-        result: IngestResult
-        decided: Decided | StoreError | None
         async with self._lock:  # one decision round at a time within this daemon
-            result, decided = await self.call(work)
+            # held until the store thread is done, even if this source is cancelled: a
+            # reload waiting on the lock must not swap the rules under a running batch
+            trip = asyncio.ensure_future(self.call(work))
+            try:
+                outcome = await to_the_end(trip)
+            except asyncio.CancelledError:
+                if not trip.cancelled() and trip.exception() is None:
+                    self._ingested(source, *trip.result())  # its triggers are written
+                raise
+        return self._ingested(source, *outcome)
+
+    def _ingested(self, source: str, result: IngestResult,
+                  decided: Decided | StoreError | None) -> IngestResult:
+        """Hand on what a batch's trip to the store decided; arm a retry if deciding failed."""
         log.debug("source %s: %d new, %d duplicate event(s)", source, len(result.new),
                   result.duplicates, extra={"source": source})
         if isinstance(decided, PartlyDecided):
@@ -179,7 +191,7 @@ class Engine:
         """Run a decision round on the store thread and hand on what it fired."""
         async with self._lock:  # one decision round at a time within this daemon
             try:
-                decided: Decided = await self.call(work)
+                decided: Decided = await to_the_end(self.call(work))
             except PartlyDecided as exc:
                 self._decided(*exc.decided)
                 raise
@@ -354,7 +366,7 @@ class Engine:
             return out
 
         async with self._lock:
-            fired: list[Trigger] = await self.call(work)
+            fired: list[Trigger] = await to_the_end(self.call(work))
         for trig in fired:
             log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason,
                      extra={"rule": rule, "trigger_id": trig.id})

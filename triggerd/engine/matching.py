@@ -121,6 +121,10 @@ class _SourceIndex:
         else:
             self.by_prefix[prefix].append(rule)
 
+    def names(self) -> set[str]:
+        return {r.name for r in self.always} | {
+            r.name for rules in self.by_prefix.values() for r in rules}
+
     def candidates(self, subject: str) -> list[CompiledRule]:
         if not self.by_prefix:
             return self.always
@@ -153,6 +157,11 @@ class RuleSet:
 
     def __iter__(self) -> Iterator[CompiledRule]:
         return iter(self.rules.values())
+
+    def listening(self, source: str) -> set[str]:
+        """The names of the rules that listen to `source`."""
+        index = self.by_source.get(source)
+        return index.names() if index is not None else set()
 
     def classify(self, events: Sequence[Event]) -> list[Ingest]:
         out = []

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -403,13 +403,17 @@ class Store:
     def ingest(self, source: str, source_type: str, events: Sequence[Event],
                now: datetime,
                classify: Callable[[Sequence[Event]], list[Ingest]] | None = None,
-               also: Callable[[Connection], None] | None = None) -> IngestResult:
+               also: Callable[[Connection], None] | None = None,
+               rules: Collection[str] = ()) -> IngestResult:
         """Store a batch of events from one source in one transaction (the throughput path).
 
         Events already stored (same source and fingerprint) are duplicates: counted, nothing
         else. The new ones are handed to `classify` (the rule engine's matching), and get the
         pending memberships and streak updates it returns. `also` runs last, in the same
-        transaction (e.g. the filesystem source's file rows for these events).
+        transaction (e.g. the filesystem source's file rows for these events). `rules` are
+        the rules listening to the source: the groups in which a duplicate is still pending
+        are `touched` (decided again), as its first delivery may have been stored without the
+        source learning it (a commit whose answer was lost).
 
         `classify` runs user-supplied code (globs, `where`, `group_by`), so it runs before the
         write transaction begins: however long it takes, no write lock is held meanwhile. The
@@ -464,6 +468,11 @@ class Store:
                 for rule, grp, matched in item.streak:
                     streaks.append((rule, grp, matched, ev.observed_at))
                     result.touched.add((rule, grp))
+            if result.duplicates and rules:
+                # a batch retried after an ambiguous commit (stored, but the source was not
+                # told) is all duplicates: its events' groups are decided again all the same
+                result.touched |= self._pending_keys(
+                    c, sorted(rules), [eid for eid in ids if eid not in new_ids])
             self._ensure_groups(c, result.touched, now)
             if pending_rows:
                 pending_rows.sort(key=lambda r: (r["rule"], r["event_id"]))
@@ -515,6 +524,20 @@ class Store:
         self._q("groups.pending_add", build).run(c, [
             {"b_rule": rule, "b_grp": grp, "b_n": n, "b_bytes": size, "b_first": first,
              "b_last": last} for (rule, grp), (n, size, first, last) in sorted(sums.items())])
+
+    def _pending_keys(self, c: Connection, rules: list[str], ids: list[str]) -> set[Key]:
+        """The (rule, group) pairs of `rules` in which any of the events `ids` is still
+        pending (a lookup on the primary key, rule then event)."""
+        keys: set[Key] = set()
+        stmt = self._q("ingest.pending_keys", lambda: select(
+            t.rule_events.c.rule, t.rule_events.c.grp).distinct().where(
+            t.rule_events.c.rule.in_(bindparam("rules", expanding=True)),
+            t.rule_events.c.event_id.in_(bindparam("ids", expanding=True)),
+            t.rule_events.c.trigger_id.is_(None)))
+        for i in range(0, len(ids), 500):
+            keys.update((rule, grp) for rule, grp in stmt.run(
+                c, {"rules": rules, "ids": ids[i:i + 500]}))
+        return keys
 
     def _known_ids(self, c: Connection, ids: list[str]) -> set[str]:
         """Which of `ids` are stored events already."""
