@@ -36,7 +36,7 @@ from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
 from triggerd.interfaces import Backend, Clock, Source, StoreWork
 from triggerd.model import Event, Job, Trigger
-from triggerd.ops import reload, sdnotify
+from triggerd.ops import looplag, reload, sdnotify
 from triggerd.ops.endpoints import routes
 from triggerd.ops.http import HttpServer
 from triggerd.ops.metrics import Metrics
@@ -240,6 +240,7 @@ class Daemon:
                 asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                asyncio.create_task(looplag.watch(self.metrics), name="loop-lag"),
             ]
             await self.engine.start()
             workers.append(asyncio.create_task(self.engine.run_timers(), name="timers"))

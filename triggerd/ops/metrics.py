@@ -32,6 +32,7 @@ from triggerd.store.sql import Store
 
 # seconds: from a trigger firing to its job starting; from a job attempt starting to its end
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600)
 
 
@@ -163,9 +164,17 @@ class Metrics:
                                "SIGHUP reloads, by result (applied, refused)", ["result"],
                                registry=r)
         self.config_rules = Gauge("triggerd_rules", "Rules in the running config", registry=r)
+        self.loop_lag_seconds = Histogram(
+            "triggerd_event_loop_lag_seconds",
+            "How much later than asked the event loop woke a timer (what blocked it)",
+            buckets=LAG_BUCKETS, registry=r)
+        self.loop_lag_max = Gauge("triggerd_event_loop_lag_max_seconds",
+                                  "The event loop's worst lag since the daemon started",
+                                  registry=r)
         info = Gauge("triggerd_info", "Always 1; labels describe this daemon",
                      ["version", "daemon"], registry=r)
         info.labels(__version__, daemon_id).set(1)
+        self._worst_lag = 0.0
 
     # -- hooks --------------------------------------------------------------------------------
     def ingested(self, source: str, new: int, duplicates: int) -> None:
@@ -193,6 +202,12 @@ class Metrics:
     def attempt_finished(self, backend: str, outcome: str, seconds: float) -> None:
         self.job_attempts.labels(backend, outcome).inc()
         self.attempt_duration.labels(backend).observe(max(0.0, seconds))
+
+    def loop_lag(self, seconds: float) -> None:
+        self.loop_lag_seconds.observe(seconds)
+        if seconds > self._worst_lag:
+            self._worst_lag = seconds
+            self.loop_lag_max.set(seconds)
 
     def render(self, snapshot: StoreSnapshot | None, rules: Iterable[str]) -> bytes:
         """The exposition text, with the store gauges of `snapshot` (None: store down).
