@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from triggerd import registry
 from triggerd.backends import command
 from triggerd.backends.command import CommandBackend, CommandOptions
+from triggerd.config.loader import load_config
 from triggerd.errors import PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import Backend
 from triggerd.model import TriggerContext
@@ -489,3 +490,83 @@ async def test_dispatch_follows_what_the_dispatcher_launched(tmp_path: Path) -> 
     failed.set_exception(info.value)
     with pytest.raises(PermanentDispatchError, match="command not found"):
         await backend.dispatch(make_ctx(), FakeJob(launched=failed))
+
+
+# -- secrets named for other components (SPEC 3: the config names secrets by variable) -------
+SECRETS_CONFIG = """
+sources:
+  events:
+    type: kafka
+    brokers: ["127.0.0.1:9092"]
+    topic: metrics
+    security: {protocol: SASL_SSL, mechanism: SCRAM-SHA-512, username: svc,
+               password_env: API_KAFKA_PASSWORD}
+backends:
+  hook:
+    type: http
+    url: http://127.0.0.1:9/hook
+    secret_env: API_HOOK_SECRET
+    headers: {Authorization: {env: API_HOOK_TOKEN, prefix: "Bearer "}}
+  airflow:
+    type: airflow
+    url: http://127.0.0.1:9
+    dag_id: retrain
+    token_env: API_AIRFLOW_TOKEN
+  train:
+    type: command
+    argv: [@PYTHON@, -c, @REPORT@, @SEEN@]
+    env: {@OWN_ENV@}
+rules:
+  r: {on: [events], dispatch: {backend: train}}
+"""
+SECRETS = {"API_KAFKA_PASSWORD": "kafka-pw", "API_HOOK_SECRET": "hook-secret",
+           "API_HOOK_TOKEN": "hook-token", "API_AIRFLOW_TOKEN": "airflow-token",
+           "API_AIRFLOW_TOKEN_FILE": "/run/secrets/airflow"}  # `<NAME>_FILE`: the secret's file
+
+
+async def _env_seen_by_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           own_env: str) -> dict[str, str]:
+    """Load a config naming secrets for a Kafka source and http/airflow backends, run its
+    command backend with those secrets in the daemon's environment, return the job's env."""
+    for name, value in {**SECRETS, "INHERITED_VAR": "from-daemon"}.items():
+        monkeypatch.setenv(name, value)
+    seen_file = tmp_path / "seen.json"
+    path = tmp_path / "triggerd.yaml"
+    text = SECRETS_CONFIG
+    for marker, value in (("@PYTHON@", json.dumps(PY)), ("@REPORT@", json.dumps(literal(REPORT))),
+                          ("@SEEN@", json.dumps(str(seen_file))), ("@OWN_ENV@", own_env)):
+        text = text.replace(marker, value)
+    path.write_text(text)
+    config = load_config(path, dict(os.environ))
+    options = config.backends["train"]
+    assert isinstance(options, CommandOptions)
+    await CommandBackend("train", options, tmp_path / "state").dispatch(make_ctx(), FakeJob())
+    env: dict[str, str] = json.loads(seen_file.read_text())["env"]
+    return env
+
+
+async def test_secrets_named_for_other_components_are_not_inherited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = await _env_seen_by_job(tmp_path, monkeypatch, own_env="MODEL_NAME: churn")
+    assert not set(SECRETS) & set(env)
+    assert env["INHERITED_VAR"] == "from-daemon"  # the rest of the environment still is
+    assert env["MODEL_NAME"] == "churn"
+
+
+async def test_a_secret_passed_on_by_the_commands_own_env_is_visible(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = await _env_seen_by_job(
+        tmp_path, monkeypatch,
+        own_env='API_KAFKA_PASSWORD: "${API_KAFKA_PASSWORD}", API_TOKEN: "${API_HOOK_TOKEN}"')
+    assert env["API_KAFKA_PASSWORD"] == "kafka-pw"
+    assert env["API_TOKEN"] == "hook-token"  # passed on under another name
+    assert not {"API_HOOK_SECRET", "API_HOOK_TOKEN", "API_AIRFLOW_TOKEN"} & set(env)
+
+
+def test_withheld_names_are_not_an_option(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        CommandOptions.model_validate({"type": "command", "argv": ["x"],
+                                       "_withheld_env": ["PATH"]})
+    with pytest.raises(ValidationError):
+        CommandOptions.model_validate({"type": "command", "argv": ["x"],
+                                       "withheld_env": ["PATH"]})

@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from triggerd import registry
-from triggerd.config.loader import _Loader, load_config
+from triggerd.config.loader import load_config
 from triggerd.config.schema import RetrySpec, json_schema
 from triggerd.config.types import DURATION_PATTERN, parse_duration, parse_size
+from triggerd.config.yamlsafe import BoundedLoader
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "triggerd.example.yaml"
@@ -147,7 +148,7 @@ def errors(value: Any, node: Any, root: dict[str, Any], at: str = "$") -> list[s
 
 def read_yaml(text: str) -> Any:
     """YAML as the loader reads it (YAML 1.2 booleans: `on:` stays a string key)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader
 
 
 def duration_schemas(node: Any, at: str = "#") -> list[tuple[str, dict[str, Any]]]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import time
 from pathlib import Path
 
 from harness import Triggerd, wait_for
@@ -98,3 +100,47 @@ def test_json_logs_carry_ids_and_no_secret_appears_anywhere(td: Triggerd) -> Non
     assert any("reload refused" in x["message"] for x in lines)
     assert any("env BRACE: invalid template (value not shown)" in x["message"] for x in lines)
     assert Path(td.root / "state").is_dir()
+
+
+FORGED = "2026-01-01T00:00:00+0000 INFO    triggerd.engine: fake line"
+
+
+def test_a_file_name_cannot_forge_a_text_log_line(td: Triggerd) -> None:
+    """A FIFO is skipped with a warning that names it; its name holds a newline, a fake
+    record and an ANSI sequence. A regular file with such a name still triggers a job."""
+    landing = td.root / "landing"
+    landing.mkdir()
+    td.write(f"""
+        state_dir: state
+        sources:
+          landing: {{type: filesystem, paths: [{landing}], settle: 100ms}}
+        backends:
+          train: {{type: command, argv: [python3, {td.recorder()}]}}
+        rules:
+          new-data: {{on: [landing], dispatch: {{backend: train}}}}
+    """)
+    proc = td.start(env={"TRIGGERD_LOG_FORMAT": "text"})
+    td.wait_running(proc)
+    name = f"ok\n{FORGED}\x1b[2K.parquet"
+    (landing / name).write_text("rows")
+    wait_for(td.calls_made, 30, "the file to trigger a job")
+    moved: list[float] = []
+
+    def fifo_skipped() -> bool:
+        """Move a FIFO in (the watch looks at it and skips it; the scan ignores it): again
+        every second until the warning shows, in case the watch was not yet in place."""
+        if "not a regular file" in td.log():
+            return True
+        if not moved or time.monotonic() - moved[-1] > 1:
+            os.mkfifo(td.root / "fifo")
+            (td.root / "fifo").rename(landing / f"fifo{len(moved)}-{name}")
+            moved.append(time.monotonic())
+        return False
+
+    wait_for(fifo_skipped, 30, "the FIFO to be skipped with a warning")
+    assert td.stop(proc) == 0
+
+    log = td.log()
+    assert f"-ok\\n{FORGED}\\x1b[2K.parquet is a FIFO" in log  # logged, escaped
+    assert "\x1b" not in log
+    assert not [line for line in log.splitlines() if line.startswith(FORGED)]

@@ -133,3 +133,34 @@ def test_sighup_applies_a_valid_change_and_refuses_an_invalid_one(td: Triggerd) 
     wait_for(lambda: len(fired(td, "steady")) == 2, 20, "steady after the source restarted")
     assert fired(td, "steady")[1] == ["steady-4", "steady-5", "steady-6"]
     assert td.stop(proc) == 0
+
+
+BOMB = "".join(
+    ["rules:\n", f"  lol0: &lol0 [{', '.join(['lol'] * 9)}]\n"]
+    + [f"  lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]\n" for i in range(1, 10)])
+
+
+def test_sighup_refuses_an_alias_bomb_and_the_old_rules_keep_firing(td: Triggerd) -> None:
+    (td.root / "landing").mkdir()
+    td.write(MAIN.format(root=td.root, rec=td.recorder()))
+    td.write(RULES_V2, "rules.d/main.yaml")
+    proc = td.start()
+    td.wait_running(proc)
+
+    bomb = td.write(BOMB, "rules.d/main.yaml")
+    began = len(td.log())
+    hup(td, proc, "reload refused", 1)
+    after = td.log()[began:]
+    assert f"{bomb}:" in after and "aliases expand to more than" in after
+    assert "reload refused: 1 configuration error(s); the running config stays" in after
+    assert "Traceback" not in after
+
+    # a recursive merge key in the main file: refused the same way
+    main = td.write(MAIN.format(root=td.root, rec=td.recorder()) + "    loop: &a {<<: *a}\n")
+    hup(td, proc, "reload refused", 2)
+    assert f"{main}:" in td.log() and "recursive alias *a" in td.log()
+
+    land(td, "fresh-1")  # the running rules still fire
+    wait_for(lambda: fired(td, "fresh"), 20, "the running rule to fire")
+    assert proc.poll() is None
+    assert td.stop(proc) == 0

@@ -8,7 +8,11 @@ Contract (see `triggerd.interfaces.Backend`):
   shell syntax. Templates are checked when the backend is built (the config loader reports
   `ExpressionError`); a field without a value at dispatch time fails the job permanently.
 - The child runs in its own session/process group with stdin on /dev/null and the environment
-  of the daemon (when `inherit_env`, passed through unfiltered) plus the rendered `env`, plus
+  of the daemon (when `inherit_env`) minus the secrets the config names for other components
+  (every variable named by a `*_env` option, e.g. a Kafka source's `password_env`, and its
+  `<NAME>_FILE`: see `InheritsEnvironment`), plus the rendered `env` (which may pass such a
+  secret on explicitly:
+  `env: {KAFKA_PASSWORD: "${KAFKA_PASSWORD}"}`), plus
   `TRIGGERD_TRIGGER_ID`, `TRIGGERD_RULE`, `TRIGGERD_TRIGGER_FILE` (absolute path of a JSON file
   holding the trigger context) and `TRIGGERD_ATTEMPT`. `argv[0]` without a slash is looked up
   in the PATH of that environment; a relative `workdir` is relative to the daemon's cwd.
@@ -50,7 +54,7 @@ from typing import Annotated, Any, BinaryIO, Literal
 from pydantic import Field, model_validator
 
 from triggerd.backends._child import Child, spawn
-from triggerd.config.types import Duration, Size, Strict, format_duration
+from triggerd.config.types import Duration, InheritsEnvironment, Size, format_duration
 from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import JobHandle
@@ -63,7 +67,7 @@ _DRAIN_AFTER_EXIT = 2.0  # seconds to wait for EOF once the direct child has exi
 _GROUP_POLL = 0.05
 
 
-class CommandOptions(Strict):
+class CommandOptions(InheritsEnvironment):
     type: Literal["command"]
     argv: Annotated[list[str], Field(min_length=1)]
     workdir: str | None = None
@@ -115,7 +119,7 @@ class CommandBackend:
         if not argv[0]:
             raise PermanentDispatchError(f"argv[0] is empty; check backends.{self.name}.argv")
         workdir = self._render(self._workdir, values, "workdir") if self._workdir else None
-        env = dict(os.environ) if self.options.inherit_env else {}
+        env = _inherited_env(self.options) if self.options.inherit_env else {}
         env.update({k: self._render(t, values, f"env.{k}") for k, t in self._env.items()})
         job_dir = (self._jobs_dir / _safe_name(ctx.trigger_id)).absolute()
         env.update(TRIGGERD_TRIGGER_ID=ctx.trigger_id, TRIGGERD_RULE=ctx.rule,
@@ -293,6 +297,14 @@ class _Capture:
             tail = tail.lstrip("\ufffd").rstrip("\n")
             lines.append(f"--- output tail ---\n{tail}" if lines else tail)
         return "\n".join(lines)
+
+
+def _inherited_env(options: CommandOptions) -> dict[str, str]:
+    """The daemon's environment without the secrets the config names (`*_env` options), nor
+    `<NAME>_FILE`, the path of a file holding the secret (`triggerd.backends._common`)."""
+    withheld = options.withheld_env
+    return {k: v for k, v in os.environ.items()
+            if k not in withheld and not (k.endswith("_FILE") and k[:-5] in withheld)}
 
 
 def _checked(where: str, text: str) -> None:

@@ -4,7 +4,12 @@
 `file:line: key.path: message` strings, all of them, so a user fixes a file in one pass.
 
 YAML is read with a safe loader that follows YAML 1.2 for booleans: `on:` (a rule key) stays
-the string "on" instead of becoming `True` as in YAML 1.1.
+the string "on" instead of becoming `True` as in YAML 1.1. It is bounded (`yamlsafe`): alias
+bombs, recursive aliases, absurd nesting and huge files are `file:line` problems, found while
+composing, before anything walks the document. Merge keys (`<<: *base`) are applied here, on
+the composed nodes. An `include` entry is a glob, or `{path: GLOB, only: rules}` for files that
+may add rules only. Options that name secret variables (`*_env`) are collected and handed to
+plugins whose children inherit the environment (`InheritsEnvironment`), which withhold them.
 """
 
 from __future__ import annotations
@@ -22,26 +27,21 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from triggerd import registry
-from triggerd.config.schema import ConfigFile, RuleSpec
+from triggerd.config.schema import ConfigFile, IncludeSpec, RuleSpec
+from triggerd.config.types import InheritsEnvironment, secret_env_names
+from triggerd.config.yamlsafe import (
+    BoundedLoader,
+    FileTooLargeError,
+    YamlLimitError,
+    read_limited,
+)
 from triggerd.errors import ConfigError, ExpressionError, TriggerdError
 
 Pos = tuple[str, int]
 KeyPath = tuple[str | int, ...]
-_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEFAULT_STATE_DIR = "/var/lib/triggerd"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans (only true/false), so `on:` is not `True:`."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,10 @@ class _Reader:
     def read(self, path: Path, prefix: KeyPath = ()) -> Any:
         fname = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_limited(path)
+        except FileTooLargeError as exc:
+            self.problems.append(f"{fname}:{exc.line}: {exc}")
+            return None
         except OSError as exc:
             self.problems.append(f"{fname}:0: cannot read file: {exc.strerror or exc}")
             return None
@@ -80,12 +83,26 @@ class _Reader:
             line = exc.object[:exc.start].count(b"\n") + 1
             self.problems.append(f"{fname}:{line}: not UTF-8 text: {exc.reason}")
             return None
-        loader = _Loader(text)
+        try:
+            loader = BoundedLoader(text)  # checks every character first
+        except yaml.reader.ReaderError as exc:  # a control character YAML does not allow
+            line = text[:exc.position].count("\n") + 1
+            self.problems.append(f"{fname}:{line}: invalid YAML: character "
+                                 f"{chr(exc.character)!r} is not allowed in YAML")
+            return None
         try:
             node = loader.get_single_node()
             if node is None:
                 return {}
             return self._build(loader, node, fname, prefix)
+        except YamlLimitError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+            self.problems.append(f"{fname}:{line}: {exc.problem}")
+            return None
+        except (RecursionError, MemoryError) as exc:  # a safety net: the limits should hold
+            what = "nested too deeply" if isinstance(exc, RecursionError) else "too large"
+            self.problems.append(f"{fname}:{loader.line + 1}: YAML document {what} to load")
+            return None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 0
@@ -96,21 +113,25 @@ class _Reader:
         finally:
             loader.dispose()
 
-    def _build(self, loader: _Loader, node: yaml.Node, fname: str, path: KeyPath) -> Any:
+    def _build(self, loader: BoundedLoader, node: yaml.Node, fname: str, path: KeyPath) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                key = loader.construct_object(knode, deep=True)
-                line = knode.start_mark.line + 1
-                if not isinstance(key, str | int):
-                    self.problems.append(f"{fname}:{line}: {_dotted(path)}: keys must be names")
-                    continue
-                if key in out:
-                    self.problems.append(
-                        f"{fname}:{line}: {_dotted((*path, key))}: duplicate key")
-                    continue
-                self.positions[(*path, key)] = (fname, line)
-                out[key] = self._build(loader, vnode, fname, (*path, key))
+            explicit, merged = _merge_pairs(node)
+            for pairs, overridable in ((explicit, False), (merged, True)):
+                for knode, vnode in pairs:
+                    key = loader.construct_object(knode, deep=True)
+                    line = knode.start_mark.line + 1
+                    if not isinstance(key, str | int):
+                        self.problems.append(
+                            f"{fname}:{line}: {_dotted(path)}: keys must be names")
+                        continue
+                    if key in out:
+                        if not overridable:  # a merged key is overridden by the mapping's own
+                            self.problems.append(
+                                f"{fname}:{line}: {_dotted((*path, key))}: duplicate key")
+                        continue
+                    self.positions[(*path, key)] = (fname, line)
+                    out[key] = self._build(loader, vnode, fname, (*path, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             items = []
@@ -137,6 +158,34 @@ class _Reader:
             return ""
 
         return _ENV.sub(sub, value)
+
+
+def _merge_pairs(node: yaml.MappingNode) -> tuple[list[tuple[yaml.Node, yaml.Node]],
+                                                  list[tuple[yaml.Node, yaml.Node]]]:
+    """A mapping's own (key, value) pairs, and those it takes from merge keys (`<<: *base`,
+    `<<: [*a, *b]`: the first mapping listed wins), in that order of precedence. The nodes
+    are not changed (an alias shares them); the composer bounded their size and depth."""
+    explicit: list[tuple[yaml.Node, yaml.Node]] = []
+    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    for knode, vnode in node.value:
+        if knode.tag != _MERGE_TAG:
+            explicit.append((knode, vnode))
+            continue
+        sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"`<<` merges mappings, but found a {source.id}",
+                    knode.start_mark)
+            own, inherited = _merge_pairs(source)
+            merged += own + inherited
+    return explicit, merged
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    """`text` quoted for a message, cut to `limit` characters (a hostile expression may be
+    megabytes long; the message must stay one readable line)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _dotted(path: KeyPath) -> str:
@@ -185,7 +234,19 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """Read, merge, validate and cross-check the config; raise ConfigError with every problem.
 
     `store` and `state_dir` override the file's values (TRIGGERD_STORE, TRIGGERD_STATE_DIR).
+    Never raises RecursionError or MemoryError: a config that exhausts the stack or memory
+    despite the YAML limits (`yamlsafe`) is a ConfigError too.
     """
+    try:
+        return _load(path, env, store=store, state_dir=state_dir)
+    except (RecursionError, MemoryError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "too large"
+        raise ConfigError([f"{Path(path).absolute()}:1: the configuration is {what} to "
+                           "check"]) from None
+
+
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
+          store: str | None, state_dir: str | None) -> Config:
     env = os.environ if env is None else env
     main = Path(path).absolute()
     reader = _Reader(env)
@@ -193,7 +254,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     problems = reader.problems
     default: Pos = (str(main), 1)
     if raw is None:
-        raise ConfigError(problems)
+        if problems:
+            raise ConfigError(problems)
+        raw = {}  # an empty document (`---`, `~`), as an empty file
     if not isinstance(raw, dict):
         raise ConfigError([f"{main}:1: the config file must be a mapping of sections"])
 
@@ -203,22 +266,21 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         value = raw.get(section) or {}
         if isinstance(value, dict):
             merged[section].update(value)
-    include = raw.get("include") or []
-    for i, pattern in enumerate(include if isinstance(include, list) else []):
+    includes = _includes(raw.get("include"), reader, default)
+    for i, spec in includes:
         fname, line = _pos(reader.positions, ("include", i), default)
-        if not isinstance(pattern, str):
-            problems.append(f"{fname}:{line}: include[{i}]: must be a glob string")
-            continue
-        matches = sorted(glob.glob(str(main.parent / pattern), recursive=True))
-        if not matches and not glob.has_magic(pattern):
-            problems.append(f"{fname}:{line}: include[{i}]: no such file {pattern!r}")
+        matches = sorted(glob.glob(str(main.parent / spec.path), recursive=True))
+        if not matches and not glob.has_magic(spec.path):
+            problems.append(f"{fname}:{line}: include[{i}]: no such file {spec.path!r}")
         for match in matches:
             inc_path = Path(match).absolute()
-            inc = _read_included(reader, inc_path, merged)
+            inc = _read_included(reader, inc_path, merged, rules_only=spec.only == "rules")
             if inc is not None:
                 files.append(inc_path)
 
     top = {k: v for k, v in raw.items() if k not in merged}
+    if isinstance(raw.get("include"), list):  # checked entry by entry above
+        top["include"] = [spec for _, spec in includes]
     top.update({k: v for k, v in merged.items() if v or k in raw})
     try:
         cfg = ConfigFile.model_validate(top)
@@ -231,6 +293,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
     sources = _plugins("source", cfg.sources, reader, default)
     backends = _plugins("backend", cfg.backends, reader, default)
+    secrets = secret_env_names(cfg, sources, backends)  # kept from the children of plugins
+    sources, backends = _withholding(sources, secrets), _withholding(backends, secrets)
     _check_rules(cfg, merged, reader, default)
     if problems:
         raise ConfigError(problems)
@@ -239,6 +303,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     store_url = store or cfg.store or f"sqlite:///{state / 'state.db'}"
     return Config(path=main, store_url=store_url, state_dir=state, retention=cfg.retention,
                   sources=sources, backends=backends, rules=dict(cfg.rules), files=files)
+
+
+def _withholding(entries: dict[str, BaseModel], secrets: set[str]) -> dict[str, BaseModel]:
+    return {name: options.withholding(secrets) if isinstance(options, InheritsEnvironment)
+            else options for name, options in entries.items()}
 
 
 def _without_errors(top: dict[str, Any], exc: ValidationError) -> ConfigFile | None:
@@ -257,7 +326,31 @@ def _without_errors(top: dict[str, Any], exc: ValidationError) -> ConfigFile | N
         return None
 
 
-def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]]) -> Any:
+def _includes(include: Any, reader: _Reader, default: Pos) -> list[tuple[int, IncludeSpec]]:
+    """The valid entries of `include` with their index: a glob string, or a mapping
+    `{path: GLOB, only: rules}`; each invalid entry is a problem at its own line."""
+    out: list[tuple[int, IncludeSpec]] = []
+    for i, entry in enumerate(include if isinstance(include, list) else []):
+        fname, line = _pos(reader.positions, ("include", i), default)
+        if isinstance(entry, str):
+            out.append((i, IncludeSpec(path=entry)))
+        elif isinstance(entry, dict):
+            try:
+                out.append((i, IncludeSpec.model_validate(entry)))
+            except ValidationError as exc:
+                reader.problems.extend(
+                    _pydantic_problems(exc, ("include", i), reader.positions, default))
+        else:
+            reader.problems.append(f"{fname}:{line}: include[{i}]: must be a glob string or "
+                                   "a mapping like {path: GLOB, only: rules}")
+    return out
+
+
+def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]], *,
+                   rules_only: bool = False) -> Any:
+    """Read one included file and merge its sections into `merged`. With `rules_only` (the
+    include said `only: rules`) any other top-level key is refused at its line and only the
+    file's rules are merged."""
     before = dict(reader.positions)
     raw = reader.read(path)
     if raw is None:
@@ -266,13 +359,21 @@ def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]
     if not isinstance(raw, dict):
         reader.problems.append(f"{fname}:1: a rule file must be a mapping of sections")
         return None
+    allowed = ("rules",) if rules_only else tuple(merged)
     for key in raw:
-        if key not in merged:
+        if key not in allowed:
             line = reader.positions.get((key,), (fname, 1))[1]
-            reader.problems.append(
-                f"{fname}:{line}: unknown key {key!r} (an included file may hold "
-                "sources, backends and rules)")
+            if rules_only:
+                reader.problems.append(
+                    f"{fname}:{line}: {key}: not allowed here (this file is included with "
+                    "`only: rules`: it may hold rules only)")
+            else:
+                reader.problems.append(
+                    f"{fname}:{line}: unknown key {key!r} (an included file may hold "
+                    "sources, backends and rules)")
     for section, names in merged.items():
+        if section not in allowed:
+            continue
         value = raw.get(section) or {}
         if not isinstance(value, dict):
             continue
@@ -322,6 +423,11 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
             fname, line = _pos(reader.positions, (section, name), default)
             reader.problems.append(f"{fname}:{line}: {section}.{name}: {exc}")
             continue
+        except (RecursionError, MemoryError):
+            fname, line = _pos(reader.positions, (section, name), default)
+            reader.problems.append(f"{fname}:{line}: {section}.{name}: too deeply nested or "
+                                   "too large to check")
+            continue
         out[name] = options
     return out
 
@@ -360,7 +466,9 @@ def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], read
             except ExpressionError as exc:
                 problem(path, f"{exc.message}" + (
                     f" at column {exc.column}" if exc.column is not None else "")
-                        + f" in {text!r}")
+                        + f" in {_excerpt(text)}")
+            except (RecursionError, MemoryError):  # whatever the engine's own limits are
+                problem(path, f"nested too deeply or too large to compile: {_excerpt(text)}")
         sched = rule.when.schedule
         if sched is None:
             continue

@@ -112,6 +112,18 @@ class BackendEntry(Strict):
     type: str
 
 
+class IncludeSpec(Strict):
+    """An include with restrictions: `{path: "rules.d/*.yaml", only: rules}`.
+
+    An included file is as trusted as the main file: it may define `command` backends, i.e. run
+    programs. `only: rules` limits the matched files to the `rules` section, so a file writable
+    by a team can add rules but not what runs (backends) or what is read (sources)."""
+
+    path: str = Field(description="glob of rule files, relative to this file")
+    only: Literal["rules"] | None = Field(
+        None, description="`rules`: the files may hold only rules (no sources or backends)")
+
+
 class ConfigFile(Strict):
     """The top level of the main file. Included files may hold sources, backends and rules."""
 
@@ -120,7 +132,9 @@ class ConfigFile(Strict):
         None, description="where the default SQLite store and job files live (relative to this "
                           "file); default $STATE_DIRECTORY or /var/lib/triggerd")
     retention: Duration = timedelta(days=30)
-    include: list[str] = Field(default_factory=list)
+    include: list[str | IncludeSpec] = Field(
+        default_factory=list,
+        description='rule files: globs, or {path: glob, only: rules} to allow only rules')
     sources: dict[Name, SourceEntry] = Field(default_factory=dict)
     backends: dict[Name, BackendEntry] = Field(default_factory=dict)
     rules: dict[Name, RuleSpec] = Field(default_factory=dict)

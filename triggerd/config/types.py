@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    PrivateAttr,
+    WithJsonSchema,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -75,3 +83,52 @@ class Strict(BaseModel):
     validation errors never echo input values (they may hold secrets)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class InheritsEnvironment(Strict):
+    """Options of a plugin whose child processes inherit the daemon's environment.
+
+    The config names secrets by environment variable (`password_env`, `token_env`,
+    `secret_env`, ...). The daemon needs them; a child of another component must not see them.
+    The loader calls `withholding(names)` with every variable any `*_env` option of the config
+    names (`secret_env_names`), and the plugin removes those from what its children inherit.
+    Not an option: a config cannot set it, and it does not appear in the schema."""
+
+    _withheld_env: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def withheld_env(self) -> frozenset[str]:
+        return self._withheld_env
+
+    def withholding(self, names: Iterable[str]) -> Self:
+        copy = self.model_copy()
+        copy._withheld_env = frozenset(names)
+        return copy
+
+
+def secret_env_names(*roots: Any) -> set[str]:
+    """The environment variables that options anywhere in `roots` (models, and the dicts and
+    lists holding them) name as holding a secret: the string value of every field called `env`
+    or `*_env` (`password_env`, `token_env`, `secret_env`, an http header's `{env: NAME}`).
+    Only model fields count: the keys of a free-form mapping (a command's `env: {NAME: value}`,
+    a rule's `params`) name no secret."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                item = getattr(value, name)
+                if (name == "env" or name.endswith("_env")) and isinstance(item, str):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    for root in roots:
+        walk(root)
+    return found
