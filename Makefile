@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 CONFIG ?= config/triggerd.example.yaml
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean bench ops-tools
+.PHONY: run test lint typecheck pytest install clean bench fuzz ops-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+# fuzz each target (expressions, config loader, Kafka decoder) for FUZZ_SECONDS, with atheris
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
+	$(BIN)/python bench/fuzz.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .triggerd .mypy_cache .ruff_cache .pytest_cache
