@@ -177,3 +177,11 @@ def test_an_event_with_hostile_fields_is_not_matched_and_counted() -> None:
     assert items[0].pending == [] and items[0].errors
     assert items[1].pending == [("r", "")]
     assert rules["r"].errors == 1
+
+
+def test_a_huge_bad_template_field_is_quoted_short() -> None:
+    from triggerd.engine.templates import Template
+
+    with pytest.raises(ExpressionError) as info:
+        Template("{" + "(" * 100_000 + "}")
+    assert len(info.value.message) < 200 and "..." in info.value.message

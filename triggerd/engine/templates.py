@@ -41,8 +41,10 @@ class Template:
                     raise ExpressionError("unclosed '{' in template", column=i + 1)
                 name = text[i + 1:end].strip()
                 if not _FIELD.fullmatch(name):
+                    field = text[i + 1:end]
+                    shown = field if len(field) <= 60 else field[:57] + "..."
                     raise ExpressionError(
-                        f"invalid template field {{{text[i + 1:end]}}}: use a dotted name "
+                        f"invalid template field {{{shown}}}: use a dotted name "
                         "like {params.model}", column=i + 1)
                 if buf:
                     parts.append("".join(buf))
