@@ -19,6 +19,13 @@ official `kubernetes` client is exercised end to end through a kubeconfig that p
 Requests must carry `Authorization: Bearer <token>` (401 Status otherwise). A test finishes a
 Job with `finish(name, "Complete" | "Failed")`, which sets `status.conditions` as the Job
 controller does, or sets `complete_after` to let Jobs complete after that many GETs.
+
+Faults: `fail_next` answers the next requests with a Status of that code (an entry may be
+`(code, {header: value})`, e.g. a `Retry-After`); `odd_gets` makes the next GETs of a Job
+answer 200 outside the contract, as a broken proxy in front of the API server could:
+`garbage` (not JSON), `list` (a JSON list), `bad-status` (`status` is a string),
+`bad-conditions` (conditions that are not condition objects), `cut` (a Content-Length, half
+the body, then the connection closes).
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ class KubeApi:
     creates: list[dict[str, Any]] = field(default_factory=list)  # accepted POST bodies
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     complete_after: int | None = None  # GETs of a job before it completes by itself
-    fail_next: list[int] = field(default_factory=list)  # statuses for the next requests
+    fail_next: list[Any] = field(default_factory=list)  # statuses for the next requests
+    odd_gets: list[str] = field(default_factory=list)  # odd 200s for the next Job GETs
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
     _gets: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -93,13 +101,19 @@ class KubeApi:
         api = self
 
         class Handler(QuietHandler):
-            def reply(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+            def reply(self, code: int, body: Any, headers: dict[str, str] | None = None,
+                      raw: bytes | None = None, cut: bool = False) -> None:
+                data = json.dumps(body).encode() if raw is None else raw
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(data[:len(data) // 2] if cut else data)
+                if cut:
+                    self.wfile.flush()
+                    self.close_connection = True
 
             def route(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
@@ -111,8 +125,9 @@ class KubeApi:
                 if self.headers.get("Authorization") != f"Bearer {api.token}":
                     return self.reply(401, status(401, "Unauthorized", "Unauthorized"))
                 if injected is not None:
-                    return self.reply(injected, status(injected, "InternalError",
-                                                       "injected failure"))
+                    code, headers = injected if isinstance(injected, tuple) else (injected, {})
+                    return self.reply(code, status(code, "InternalError", "injected failure"),
+                                      headers)
                 m = _JOBS.match(path)
                 if m is None:
                     return self.reply(404, status(404, "NotFound", "the server could not "
@@ -157,6 +172,18 @@ class KubeApi:
                             and not job["status"].get("conditions"):
                         api._finish(job, "Complete")
                     body = json.loads(json.dumps(job))
+                    odd = api.odd_gets.pop(0) if api.odd_gets else None
+                if odd == "garbage":
+                    return self.reply(200, None, raw=b"<html>gateway says hi</html>")
+                if odd == "list":
+                    return self.reply(200, [body])
+                if odd == "bad-status":
+                    return self.reply(200, {**body, "status": "weird"})
+                if odd == "bad-conditions":
+                    return self.reply(200, {**body, "status": {"conditions": [
+                        "Complete", {"type": 5, "status": True}, None]}})
+                if odd == "cut":
+                    return self.reply(200, body, cut=True)
                 self.reply(200, body)
 
             def do_GET(self) -> None:

@@ -377,3 +377,65 @@ async def test_a_stop_arriving_as_the_loop_wakes_still_stops_it(store: Store, lo
     task.cancel()  # the same iteration as the wake-up
     done, _ = await asyncio.wait([task], timeout=5)
     assert task in done and task.cancelled()
+
+
+class Buggy:
+    """A (plugin) backend with a bug: its first attempt raises KeyError, later ones succeed."""
+
+    name = "rec"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def dispatch(self, ctx: Any, job: Any) -> DispatchResult:
+        self.calls.append(ctx.trigger_id)
+        if len(self.calls) == 1:
+            raise KeyError("model")
+        return DispatchResult(external_id=f"ok-{ctx.trigger_id}", detail="done")
+
+
+async def test_a_backend_bug_fails_the_job_once_and_the_next_trigger_still_dispatches(
+        rig_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    rig = rig_factory({"retry": {"attempts": 3, "backoff": "10ms"}})
+    buggy = Buggy()
+    rig.dispatcher.backends["rec"] = buggy
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "failed"})
+    job = queries.list_jobs(rig.store)[0]
+    # not retried: the backend may have acted before it broke
+    assert job.attempts == 1 and buggy.calls == ["r.1"]
+    assert job.detail == "internal error in backend rec: KeyError: 'model'"
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [KeyError]
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "failed", "r.2": "succeeded"})
+    assert not rig.dispatcher.running
+
+
+class BrokenMetrics:
+    """Bookkeeping with a bug: recording the end of the first attempt raises."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+    def attempt_started(self, *args: Any) -> None:
+        pass
+
+    def attempt_finished(self, *args: Any) -> None:
+        self.finished += 1
+        if self.finished == 1:
+            raise ZeroDivisionError("division by zero")
+
+
+async def test_a_bookkeeping_bug_after_dispatch_fails_the_job_instead_of_stranding_it(
+        rig_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    rig = rig_factory({"retry": {"attempts": 3, "backoff": "10ms"}})
+    rig.dispatcher.metrics = BrokenMetrics()
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "failed"})
+    job = queries.list_jobs(rig.store)[0]
+    assert job.detail == "internal error: ZeroDivisionError: division by zero"
+    assert job.finished_at is not None and job.attempts == 1
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ZeroDivisionError]
+    await rig.events(1)
+    await until(lambda: rig.jobs() == {"r.1": "failed", "r.2": "succeeded"})
+    assert not rig.dispatcher.running

@@ -15,6 +15,15 @@ the rule's `retry.attempts` when the trigger was written, plus the attempts a da
 crash interrupted and gave back: see `Store.recover_jobs`).
 A backend error is logged with the job and trigger ids and never stops the daemon.
 
+Safety net: an exception that is not a `DispatchError`, raised by a backend (a bug, a plugin)
+or by the dispatcher's own bookkeeping around an attempt, is logged once with its traceback
+and the job is recorded as `failed` (never retried: the backend may have acted before it
+broke, and a retry could act twice; once the bug is understood, `triggerd fire` starts a new
+trigger), with a detail naming the error. The job never stays `running`, and the
+dispatcher goes on with the next trigger. Only when even that record fails (the store
+refuses it for a reason that is not an outage) does the job stay `running`, to be given back
+by `Store.recover_jobs` at the next start; that too is logged.
+
 A job is claimed on the store thread, in the engine's trip that wrote its trigger when it can
 start at once (else by `run`). A `Launcher` backend (the command backend) begins the attempt
 right there, after the claim's commit (`launch`: its files and the spawn), and the attempt's
@@ -208,45 +217,78 @@ class Dispatcher:
 
     async def _attempt(self, job: Job, context: JobContext | None,
                        launched: Future[Any] | None) -> None:
-        started = time.monotonic()
         retry_at: datetime | None = None
         try:
-            status, result, error = await self._dispatch(job, context, launched)
-            now = self.clock.now()
-            rule = self.config.rules.get(job.rule)
-            next_at = None
-            if status == JobStatus.FAILED and not isinstance(error, PermanentDispatchError) \
-                    and rule is not None and job.attempts < _budget(job, rule.dispatch.retry):
-                hint = error.retry_after if isinstance(error, TransientDispatchError) else None
-                next_at = now + retry_delay(rule.dispatch.retry, job.attempts, hint)
-                status = JobStatus.RETRYING
-            if self.metrics is not None:
-                self.metrics.attempt_finished(job.backend, status.value,
-                                              time.monotonic() - started)
-            detail = result.detail if result else (error.detail if error else None)
-            exit_code = result.exit_code if result else (error.exit_code if error else None)
-            ext = result.external_id if result else (error.external_id if error else None)
-            await self._until_stored(lambda: self.store.finish_attempt(
-                job.id, self.owner, status, now, exit_code=exit_code, detail=detail,
-                external_id=ext, next_attempt_at=next_at), f"job {job.id}: recording outcome")
-            if status == JobStatus.RETRYING:
-                log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
-                            job.attempts, next_at.isoformat() if next_at else "?", detail,
-                            extra=job_fields(job))
-                retry_at = next_at
-            elif status == JobStatus.SUCCEEDED:
-                log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id,
-                         extra=job_fields(job))
-            else:
-                log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail,
-                          extra=job_fields(job))
+            try:
+                retry_at = await self._run_attempt(job, context, launched)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the safety net: see the module docstring
+                await self._record_internal_error(job, exc)
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
         if retry_at is not None:  # after leaving `running`, which submit skips
             self.submit(job.id, retry_at)
         if self.on_finished is not None:
-            self.on_finished(job)
+            try:
+                self.on_finished(job)
+            except Exception:  # a listener's bug must not end the attempt's task noisily
+                log.exception("job %s: on_finished listener failed", job.id,
+                              extra=job_fields(job))
+
+    async def _record_internal_error(self, job: Job, exc: Exception) -> None:
+        """Record an attempt that broke outside the backend contract as failed (once)."""
+        detail = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+        log.error("job %s: attempt %d broke unexpectedly; recording it as failed: %s", job.id,
+                  job.attempts, detail, exc_info=exc, extra=job_fields(job))
+        try:
+            # a no-op when the outcome was already recorded (compare-and-set on `running`)
+            await self._until_stored(lambda: self.store.finish_attempt(
+                job.id, self.owner, JobStatus.FAILED, self.clock.now(), detail=detail),
+                f"job {job.id}: recording the internal error")
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            log.error("job %s: could not record the internal error (%s: %s); the job stays "
+                      "running until the next start gives it back", job.id,
+                      type(again).__name__, again, extra=job_fields(job))
+
+    async def _run_attempt(self, job: Job, context: JobContext | None,
+                           launched: Future[Any] | None) -> datetime | None:
+        """Run one attempt and record its outcome; the time of the retry, if one is due."""
+        started = time.monotonic()
+        retry_at: datetime | None = None
+        status, result, error = await self._dispatch(job, context, launched)
+        now = self.clock.now()
+        rule = self.config.rules.get(job.rule)
+        next_at = None
+        if status == JobStatus.FAILED and not isinstance(error, PermanentDispatchError) \
+                and rule is not None and job.attempts < _budget(job, rule.dispatch.retry):
+            hint = error.retry_after if isinstance(error, TransientDispatchError) else None
+            next_at = now + retry_delay(rule.dispatch.retry, job.attempts, hint)
+            status = JobStatus.RETRYING
+        if self.metrics is not None:
+            self.metrics.attempt_finished(job.backend, status.value,
+                                          time.monotonic() - started)
+        detail = result.detail if result else (error.detail if error else None)
+        exit_code = result.exit_code if result else (error.exit_code if error else None)
+        ext = result.external_id if result else (error.external_id if error else None)
+        await self._until_stored(lambda: self.store.finish_attempt(
+            job.id, self.owner, status, now, exit_code=exit_code, detail=detail,
+            external_id=ext, next_attempt_at=next_at), f"job {job.id}: recording outcome")
+        if status == JobStatus.RETRYING:
+            log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
+                        job.attempts, next_at.isoformat() if next_at else "?", detail,
+                        extra=job_fields(job))
+            retry_at = next_at
+        elif status == JobStatus.SUCCEEDED:
+            log.info("job %s: succeeded (trigger %s)", job.id, job.trigger_id,
+                     extra=job_fields(job))
+        else:
+            log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail,
+                      extra=job_fields(job))
+        return retry_at
 
     async def _until_stored(self, fn: Callable[[], Any], what: str) -> Any:
         """An outcome must not be lost to a passing store outage: retry it with backoff."""
@@ -272,11 +314,11 @@ class Dispatcher:
             return JobStatus.FAILED, None, exc
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a backend bug must not kill the daemon
+        except Exception as exc:  # a backend bug: failed, not retried (module docstring)
             log.exception("job %s: backend %s raised unexpectedly", job.id, job.backend,
                           extra=job_fields(job))
-            return JobStatus.FAILED, None, DispatchError(
-                f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}")
+            return JobStatus.FAILED, None, PermanentDispatchError(
+                f"internal error in backend {job.backend}: {type(exc).__name__}: {exc}"[:2000])
         return JobStatus.SUCCEEDED, result, None
 
 

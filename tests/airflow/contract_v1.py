@@ -19,11 +19,19 @@ Airflow 2's stable REST API documents it (apache-airflow 2.x, `api/v1/openapi/v1
   `{"task_instances": [{"task_id", "state"}...], "total_entries"}`.
 
 Tests drive the run states (`set_state`) and inject faults (`fail_next`: answer the next
-requests with a given status, e.g. 503).
+requests with a given status, e.g. 503). `after_create` makes the next successful POSTs
+misbehave *after* the run was created, as a proxy or a crashing webserver in front of Airflow
+can (outside the documented contract, on purpose): `garbage` (200, an HTML body), `list`
+(200, a JSON list), `huge` (200, 2 MiB of JSON), `empty-202` (202, no body), `cut` (200
+with a Content-Length, half the body, then the connection closes), `stall` (200 and half the
+body, then silence).
+`odd_runs` does the same to the next GETs of a run (`garbage`, `list`, `stall`), and
+`redirect_next` answers the next request with a 307 to another host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
@@ -55,6 +63,10 @@ class ContractV1:
         self.runs: dict[tuple[str, str], Run] = {}
         self.requests: list[tuple[str, str, Any]] = []  # method, path, JSON body
         self.faults: list[int] = []
+        self.after_create: list[str] = []
+        self.odd_runs: list[str] = []
+        self.redirect_next = False
+        self._stopping = asyncio.Event()  # ends the `stall` answers
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -84,6 +96,7 @@ class ContractV1:
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -94,6 +107,9 @@ class ContractV1:
         if self.faults:
             status = self.faults.pop(0)
             return _problem(status, "injected fault")
+        if self.redirect_next:
+            self.redirect_next = False
+            return web.Response(status=307, headers={"Location": "http://elsewhere.invalid/"})
         return await handler(request)  # type: ignore[no-any-return]
 
     @web.middleware
@@ -128,12 +144,16 @@ class ContractV1:
             return _problem(409, f"DAGRun with DAG ID: '{dag_id}' and DAGRun ID: '{run_id}' "
                                  "already exists")
         run = self.runs[(dag_id, run_id)] = Run(dag_id, run_id, body.get("conf", {}))
+        if self.after_create:
+            return await self._odd(request, self.after_create.pop(0), run.to_json())
         return web.json_response(run.to_json())
 
-    async def _run(self, request: web.Request) -> web.Response:
+    async def _run(self, request: web.Request) -> web.StreamResponse:
         run = self.runs.get((request.match_info["dag_id"], request.match_info["run_id"]))
         if run is None:
             return _problem(404, "DAGRun not found")
+        if self.odd_runs:
+            return await self._odd(request, self.odd_runs.pop(0), run.to_json())
         return web.json_response(run.to_json())
 
     async def _tasks(self, request: web.Request) -> web.Response:
@@ -143,6 +163,30 @@ class ContractV1:
         tis = [{"task_id": t, "state": "failed"} for t in run.failed_tasks]
         tis.append({"task_id": "cleanup", "state": "success"})
         return web.json_response({"task_instances": tis, "total_entries": len(tis)})
+
+    async def _odd(self, request: web.Request, how: str, body: dict[str, Any]
+                   ) -> web.StreamResponse:
+        """A 200 that breaks the contract after the fact (see the module docstring)."""
+        if how == "garbage":
+            return web.Response(status=200, content_type="text/html", text="<html>oops</html>")
+        if how == "list":
+            return web.json_response([body])
+        if how == "huge":
+            return web.json_response({**body, "pad": "x" * (2 * 1024 * 1024)})
+        if how == "empty-202":
+            return web.Response(status=202)
+        data = json.dumps(body).encode()
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                       "Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[:len(data) // 2])
+        if how == "cut":
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        assert how == "stall", how
+        await self._stopping.wait()  # until the server stops (the client times out first)
+        return resp
 
 
 def _problem(status: int, detail: str) -> web.Response:

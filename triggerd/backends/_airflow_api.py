@@ -5,9 +5,16 @@ version (`/api/v2` for Airflow 3, `/api/v1` for Airflow 2, probed once when `api
 for Airflow 3 with a user and a password, the bearer token from `POST /auth/token` (fetched
 again once when Airflow answers 401 or 403 to it: expired, or signed with a replaced secret).
 
-Every outcome is mapped at this boundary: connection failures, timeouts, 429 and 5xx raise
-`TransientDispatchError`; authentication failures raise `PermanentDispatchError`. Other
-replies are returned to the caller, who knows what a 404 or a 409 means for its request.
+Every outcome is mapped at this boundary: connection failures, timeouts (also while reading
+the body), a connection reset mid-body, a body that breaks its framing (a wrong
+Content-Length), 429 and 5xx raise `TransientDispatchError` (with the `Retry-After` hint);
+authentication failures and redirects (never followed: point `url` at the final address) raise
+`PermanentDispatchError`. Other replies are returned to the caller, who knows what a 404 or a
+409 means for its request. At most `MAX_RESPONSE` bytes of a body are read (`Reply.truncated`
+says when more came), and `Reply.json()` is None for a body that is not JSON: a caller checks
+the shape it needs.
+Retrying a POST whose answer was lost is safe: the run id is the trigger id, so the retry
+gets 409 (the run exists), which the backend follows as success.
 Secrets (password, token) go into request headers or the login body only: never into an
 error detail or a log line.
 """
@@ -16,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 
+from triggerd.backends._common import MAX_RESPONSE, loads_json, retry_after
 from triggerd.errors import PermanentDispatchError, TransientDispatchError
 
 ApiVersion = Literal["v1", "v2"]
@@ -46,12 +53,11 @@ class Credentials:
 class Reply:
     status: int
     body: bytes
+    truncated: bool = False  # more than MAX_RESPONSE bytes came: only their start is here
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
+        """The body as JSON; None when it is not JSON (or was cut at MAX_RESPONSE)."""
+        return None if self.truncated else loads_json(self.body)
 
     def snippet(self) -> str:
         text = self.body[:_BODY_SNIPPET].decode("utf-8", "replace").strip()
@@ -104,8 +110,12 @@ class AirflowApi:
         status = 0
         candidates: tuple[ApiVersion, ...] = ("v2", "v1")
         for candidate in candidates:
-            reply = await self._send(session, "GET", f"{self.base_url}/api/{candidate}/version",
-                                     {}, None)
+            try:
+                reply = await self._send(session, "GET",
+                                         f"{self.base_url}/api/{candidate}/version", {}, None)
+            except PermanentDispatchError as exc:  # a redirect: not this API version
+                status = exc.exit_code or 0
+                continue
             # answered but not allowed still proves the route exists
             if reply.status in (200, 401, 403):
                 return candidate
@@ -160,15 +170,31 @@ class AirflowApi:
 
     async def _send(self, session: aiohttp.ClientSession, method: str, url: str,
                     headers: dict[str, str], body: dict[str, Any] | None) -> Reply:
+        route = f"{method} {url.removeprefix(self.base_url)}"
         try:
-            async with session.request(method, url, headers=headers, json=body) as resp:
-                reply = Reply(resp.status, await resp.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with session.request(method, url, headers=headers, json=body,
+                                       allow_redirects=False) as resp:
+                data = await resp.content.read(MAX_RESPONSE + 1)
+                while len(data) <= MAX_RESPONSE and (more := await resp.content.read(
+                        MAX_RESPONSE + 1 - len(data))):
+                    data += more
+                reply = Reply(resp.status, data[:MAX_RESPONSE], len(data) > MAX_RESPONSE)
+                hint = retry_after(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location")
+        except TimeoutError as exc:
             raise TransientDispatchError(
-                f"cannot reach Airflow at {self.base_url}: {type(exc).__name__}"
+                f"Airflow at {self.base_url} timed out on {route} (request_timeout)") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransientDispatchError(
+                f"cannot reach Airflow at {self.base_url} ({route}): {type(exc).__name__}"
                 f"{': ' + str(exc) if str(exc) else ''}") from exc
-        if reply.status == 429 or reply.status >= 500:
+        if reply.status == 429 or reply.status >= 500 or reply.status < 200:
             raise TransientDispatchError(
-                f"Airflow answered {method} {url.removeprefix(self.base_url)} with HTTP "
-                f"{reply.status}: {reply.snippet()}")
+                f"Airflow answered {route} with HTTP {reply.status}: {reply.snippet()}",
+                exit_code=reply.status, retry_after=hint)
+        if 300 <= reply.status < 400:
+            raise PermanentDispatchError(
+                f"Airflow answered {route} with a redirect (HTTP {reply.status} to "
+                f"{(location or '(no Location)')[:200]}), not followed; point "
+                f"backends.{self.backend}.url at the final address", exit_code=reply.status)
         return reply

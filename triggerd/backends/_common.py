@@ -14,13 +14,20 @@ Data templates
     With `typed=True` a leaf that is exactly one field (`"{params.epochs}"`, `"{events}"`)
     keeps the type of its value (number, list, mapping); other leaves render to strings.
     Keys are literal. `allowed` restricts which fields may appear (checked at build time).
+
+Answers of outside systems
+    `retry_after` reads an HTTP `Retry-After` header as RFC 9110 section 10.2.3 defines it, and
+    `MAX_RESPONSE` bounds how much of any answer a backend reads into memory.
 """
 
 from __future__ import annotations
 
+import email.utils
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,9 @@ from triggerd.errors import ConfigError, ExpressionError, PermanentDispatchError
 from triggerd.model import TriggerContext
 
 _SINGLE_FIELD = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²")
+RETRY_AFTER_MAX = 3600.0  # seconds: a longer hint is cut to this (and then to max_backoff)
+MAX_RESPONSE = 1024 * 1024  # bytes of an answer read at most; the rest is never buffered
 
 
 def read_secret(env_name: str, where: str) -> str:
@@ -110,3 +120,41 @@ def first_bytes(data: bytes, limit: int) -> str:
     """The first `limit` bytes of a response, as text for a job detail."""
     text = data[:limit].decode("utf-8", "replace")
     return text + (" [...]" if len(data) > limit else "")
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` in seconds (RFC 9110 section 10.2.3), or None when it says nothing usable.
+
+    Either delta-seconds (ASCII digits) or an HTTP-date: IMF-fixdate, or the obsolete RFC 850
+    and asctime forms (what `email.utils.parsedate_to_datetime` reads; a date without a zone
+    is taken as UTC). A date in the past means "now" (0). Anything else (a negative or
+    fractional number, garbage, an impossible date) is ignored: None, never an exception.
+    Every hint is capped at `RETRY_AFTER_MAX`, so a hostile or broken server cannot schedule
+    a retry years out; the dispatcher caps it again at the rule's `retry.max_backoff`."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(int(value[:12])), RETRY_AFTER_MAX)  # 12 digits: already over the cap
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    except OverflowError:
+        return RETRY_AFTER_MAX
+    return min(max(0.0, seconds), RETRY_AFTER_MAX)
+
+
+def loads_json(data: bytes) -> Any:
+    """`data` parsed as JSON, or None when it is not JSON (invalid UTF-8, bad syntax, nested
+    too deep for the parser: a RecursionError): an answer never raises here."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None

@@ -23,9 +23,19 @@ Contract (see `triggerd.interfaces.Backend`):
   polling is logged and polled again: the run goes on without us. `timeout` bounds the wait
   (the run is left alone in Airflow). Without `wait` the job succeeds once the run exists.
 - A run of a paused DAG stays `queued`: the detail says so (and a waiting job logs it).
-- Errors: connection failures, timeouts, 429 and 5xx are transient (retried under the rule's
-  retry policy); 401/403, an unknown DAG (404), a refused request (400/422, with the start
-  of Airflow's answer) and a dag_id that renders to an invalid id are permanent.
+- Errors: connection failures, timeouts (also mid-body), a connection reset mid-body, 429
+  (with its `Retry-After`) and 5xx are transient (retried under the rule's retry policy);
+  401/403, a redirect (not followed), an unknown DAG (404), a refused request (400/422, with
+  the start of Airflow's answer) and a dag_id that renders to an invalid id are permanent. The
+  rendered dag_id is checked as a whole against Airflow's own rule (`^[\\w.-]+$`, at most 250
+  characters; `.` and `..` refused) before any request, and every id in a URL path is
+  percent-encoded.
+- Odd answers: a 2xx to the POST whose body is not JSON, is cut short or has the wrong shape
+  still means the run was created (its id is ours, the trigger id): the job goes on (state
+  "unknown"; with `wait`, the run is followed) and never creates it again. When the answer
+  is lost after Airflow acted (a reset mid-body, a timeout), the attempt is transient and
+  the retry's 409 finds the run. A poll answer without a usable `state` counts as
+  "unknown": polling goes on.
 """
 
 from __future__ import annotations
@@ -53,7 +63,8 @@ from triggerd.model import DispatchResult, TriggerContext
 
 log = logging.getLogger(__name__)
 
-_DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")  # Airflow's KEY_REGEX, within its length
+_DAG_ID = re.compile(r"[\w.-]+")  # Airflow's KEY_REGEX (`^[\w.-]+$`), matched as a whole
+_DAG_ID_MAX = 250  # Airflow's ID_LEN
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _WAITING = frozenset({"queued", "running", "restarting", "scheduled", "up_for_retry",
                       "up_for_reschedule", "deferred", "none", ""})
@@ -144,10 +155,12 @@ class AirflowBackend:
         except ExpressionError as exc:
             raise PermanentDispatchError(
                 f"template dag_id of backends.{self.name}: {exc.message}") from exc
-        if not _DAG_ID.match(dag_id):
+        if not valid_dag_id(dag_id):
+            shown = dag_id if len(dag_id) <= 80 else dag_id[:80] + "..."
             raise PermanentDispatchError(
-                f"dag_id renders to {dag_id!r}, not a valid Airflow DAG id (letters, digits, "
-                f"'_', '.', '-'); check backends.{self.name}.dag_id")
+                f"dag_id renders to {shown!r}, not a valid Airflow DAG id (1 to {_DAG_ID_MAX} "
+                f"letters, digits, '_', '.', '-', not '.' or '..'; this one has {len(dag_id)} "
+                f"characters); check backends.{self.name}.dag_id and the params it uses")
         return dag_id
 
     def _credentials(self) -> Credentials:
@@ -170,7 +183,7 @@ class AirflowBackend:
         if await self.api.detect(call.session) == "v2":
             body["logical_date"] = None  # required by Airflow 3; null means "now, no date"
         reply = await call.request("POST", f"/dags/{path_part(call.dag_id)}/dagRuns", body)
-        if reply.status in (200, 201):
+        if 200 <= reply.status < 300:  # (any 2xx: Airflow answers 200; a proxy may differ)
             return True, _state(reply)
         if reply.status == 409:  # by status alone: Airflow 3's body does not say why
             existing = await call.request("GET", call.run_path)
@@ -239,7 +252,8 @@ class AirflowBackend:
             return detail
         found = reply.json() if reply.status == 200 else None
         items = found.get("task_instances") if isinstance(found, dict) else None
-        failed = sorted({str(ti.get("task_id")) for ti in items or []
+        failed = sorted({str(ti.get("task_id"))[:250]
+                         for ti in (items if isinstance(items, list) else [])
                          if isinstance(ti, dict) and ti.get("state") in ("failed",
                                                                          "upstream_failed")})
         if failed:
@@ -273,10 +287,18 @@ class _Calls:
         return isinstance(body, dict) and body.get("is_paused") is True
 
 
+def valid_dag_id(dag_id: str) -> bool:
+    """Airflow's own rule for a DAG id (`validate_key`: KEY_REGEX, at most ID_LEN characters),
+    and not `.` or `..`, which would change the meaning of the URL path it goes into."""
+    return 0 < len(dag_id) <= _DAG_ID_MAX and _DAG_ID.fullmatch(dag_id) is not None \
+        and dag_id not in (".", "..")
+
+
 def _state(reply: Reply) -> str:
+    """The run's `state`, or "unknown" when the answer does not hold one as a string."""
     body = reply.json()
     state = body.get("state") if isinstance(body, dict) else None
-    return str(state) if state is not None else "unknown"
+    return state if isinstance(state, str) and len(state) <= 100 else "unknown"
 
 
 def _paused_note(dag_id: str) -> str:

@@ -17,11 +17,16 @@ Contract (see `triggerd.interfaces.Backend`):
 - One request per attempt; the rule's `retry` policy spaces the attempts (a `Retry-After` of a
   429 or 503 is a floor on the delay, within `max_backoff`). Timeouts: `connect_timeout`
   (TCP/TLS connect), `read_timeout` (silence between bytes of the response), `timeout` (the
-  whole request).
+  whole request). `Retry-After` is read as RFC 9110 says (delta-seconds or an HTTP date);
+  anything else is ignored, and a hint is capped at one hour (then at `max_backoff`).
 - Outcomes: 2xx succeeds (also when the connection drops after the status line: the receiver
-  has acted). 408, 429, 5xx, connection errors (refused, reset, dropped before a status) and
-  timeouts are transient. 3xx fails (redirects are not followed: a POST must not silently move
-  elsewhere; point `url` at the final address). Other 4xx fail at once. The job's `exit_code`
+  has acted; likewise a body cut by a timeout or a wrong Content-Length, or one that is not
+  JSON: the body only feeds the detail and the external id). 408, 429, 5xx, connection
+  errors (refused, reset, dropped before a status) and timeouts are transient; so is an
+  answer that cannot be parsed (a broken status line or headers: nothing says the receiver
+  acted, and the Idempotency-Key makes a retry safe). 3xx fails (redirects are not followed:
+  a POST must not silently move elsewhere; point `url` at the final address). Other 4xx
+  fail at once (a 1xx is informational: aiohttp waits for the final answer). The job's `exit_code`
   is the HTTP status; its `detail` holds the status and the first `response_bytes` of the
   response; its `external_id` is the response's `Location` header, else the `id` of a JSON
   object response, else `HTTP <status>`.
@@ -32,13 +37,12 @@ Contract (see `triggerd.interfaces.Backend`):
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import hmac
 import json
 import logging
 import ssl
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -49,8 +53,10 @@ from triggerd import __version__
 from triggerd.backends._common import (
     DataTemplate,
     first_bytes,
+    loads_json,
     read_secret,
     render_or_fail,
+    retry_after,
     template_values,
 )
 from triggerd.config.types import Duration, Strict, format_duration
@@ -166,7 +172,7 @@ class HttpBackend:
                 status, reason = resp.status, resp.reason or ""
                 head, note = await _read_head(resp, limit)
                 location = resp.headers.get("Location")
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                hint = retry_after(resp.headers.get("Retry-After"))
         except TimeoutError as exc:
             raise TransientDispatchError(self._timeout_detail(exc)) from exc
         except aiohttp.InvalidURL as exc:
@@ -187,7 +193,7 @@ class HttpBackend:
             return DispatchResult(external_id=ext, exit_code=status, detail=detail)
         if status >= 500 or status in RETRY_STATUSES:
             raise TransientDispatchError(detail, exit_code=status, external_id=f"HTTP {status}",
-                                         retry_after=retry_after)
+                                         retry_after=hint)
         if 300 <= status < 400:
             detail = (f"HTTP {status}: redirect to {location or '(no Location)'} not followed; "
                       f"point backends.{self.name}.url at the final address")
@@ -208,8 +214,9 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 async def _read_head(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, str | None]:
-    """Up to `limit + 1` bytes of the body (enough to say it was cut). A connection dropped
-    after the status line is noted, not raised: the status is the outcome."""
+    """Up to `limit + 1` bytes of the body (enough to say it was cut; the rest is never read).
+    A connection dropped, a body that breaks its framing (a wrong Content-Length, bad chunks)
+    or a timeout after the status line is noted, not raised: the status is the outcome."""
     buf = bytearray()
     try:
         while len(buf) <= limit:
@@ -217,34 +224,17 @@ async def _read_head(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, s
             if not chunk:
                 break
             buf += chunk
+    except TimeoutError:
+        return bytes(buf), "response cut short: timed out reading the body"
     except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
         return bytes(buf), f"response cut short: {_describe(exc)}"
     return bytes(buf), None
 
 
-def _retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _external_id(status: int, location: str | None, head: bytes) -> str:
     if location:
         return location[:500]
-    try:
-        data = json.loads(head)
-    except (ValueError, UnicodeDecodeError):
-        data = None
+    data = loads_json(head)
     if isinstance(data, dict) and isinstance(data.get("id"), str | int) \
             and not isinstance(data.get("id"), bool):
         return str(data["id"])[:500]
@@ -257,6 +247,11 @@ def _describe(exc: BaseException) -> str:
         return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection before responding"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the body ended early or broke its framing"
+    if isinstance(exc, aiohttp.ClientResponseError):  # a status line or header that is invalid
+        first = (str(exc.message).strip().splitlines() or ["unparseable"])[0]
+        return f"malformed response ({first[:200]})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__

@@ -23,9 +23,13 @@ Contract (see `triggerd.interfaces.Backend`):
 - `wait: true` polls the Job every `poll` until its `Complete` (succeeded) or `Failed` (failed,
   permanently: the Job's own `backoffLimit` already retried the pods) condition. API errors
   while polling are logged and polling goes on; a Job deleted meanwhile fails the job.
-- Errors: 429 and 5xx from the API (with `Retry-After`), connection errors and timeouts are
-  transient; other API errors (401, 403, 422 invalid manifest, ...) fail at once with the
-  API's message. `external_id` is `<namespace>/<job name>`.
+- Errors: 408, 429 and 5xx from the API (with `Retry-After`, read as RFC 9110 says and capped
+  at an hour), connection errors (also a reset mid-body) and timeouts are transient; other
+  API errors (401, 403, 422 invalid manifest, a 3xx: the client follows no redirect, ...)
+  fail at once with the API's message. A 200 whose body is not a JSON Job object (garbage,
+  a list, over 1 MiB) is transient: while waiting, polling goes on. A 201 to the create
+  needs no body: the Job is ours by its name, so nothing after it can create it twice.
+  `external_id` is `<namespace>/<job name>`.
 - Client: the official `kubernetes` package (extra `kubernetes`), synchronous, so each call
   runs in a thread. Configuration: `kubeconfig` (a path; default `$KUBECONFIG` or
   `~/.kube/config`) and `context`, or the pod's service account when running in a cluster
@@ -53,7 +57,13 @@ from kubernetes.config.config_exception import ConfigException
 from pydantic import Field, model_validator
 from urllib3.exceptions import HTTPError as Urllib3Error  # after kubernetes: its dependency
 
-from triggerd.backends._common import DataTemplate, render_or_fail
+from triggerd.backends._common import (
+    MAX_RESPONSE,
+    DataTemplate,
+    loads_json,
+    render_or_fail,
+    retry_after,
+)
 from triggerd.config.types import Duration, Size, Strict
 from triggerd.errors import (
     ConfigError,
@@ -222,8 +232,9 @@ class KubernetesBackend:
                 raise TransientDispatchError(
                     f"Job {external_id} answered AlreadyExists but cannot be read",
                     external_id=external_id)
-            owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(
-                ANNOTATION_TRIGGER)
+            annotations = (existing.get("metadata") or {}).get("annotations")
+            owner = annotations.get(ANNOTATION_TRIGGER) \
+                if isinstance(annotations, dict) else None
             if owner != ctx.trigger_id:
                 raise PermanentDispatchError(
                     f"a Job named {external_id} exists but was not created for trigger "
@@ -279,16 +290,32 @@ class KubernetesBackend:
                     ) -> dict[str, Any] | None:
         """The Job as JSON, or None when it does not exist."""
         timeout = self.options.request_timeout.total_seconds()
+        doing = f"reading Job {namespace}/{name}"
+
+        def read() -> bytes:  # the call and its body, on a thread; at most MAX_RESPONSE + 1
+            resp: Any = api.read_namespaced_job_status(
+                name, namespace, _preload_content=False, _request_timeout=timeout)
+            try:
+                data: bytes = resp.read(MAX_RESPONSE + 1)
+            finally:
+                resp.release_conn()
+            return data
+
         try:
-            resp = await asyncio.to_thread(api.read_namespaced_job_status, name, namespace,
-                                           _preload_content=False, _request_timeout=timeout)
+            data = await asyncio.to_thread(read)
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise self._api_error(exc, f"reading Job {namespace}/{name}") from exc
+            raise self._api_error(exc, doing) from exc
         except (Urllib3Error, OSError) as exc:
-            raise _connection_error(exc, f"reading Job {namespace}/{name}") from exc
-        found: dict[str, Any] = json.loads(cast(Any, resp).data)  # the raw urllib3 response
+            raise _connection_error(exc, doing) from exc
+        found = loads_json(data) if len(data) <= MAX_RESPONSE else None
+        if not isinstance(found, dict) or not isinstance(found.get("metadata", {}), dict) \
+                or not isinstance(found.get("status", {}), dict):
+            what = "too large" if len(data) > MAX_RESPONSE else "not a JSON Job object"
+            raise TransientDispatchError(
+                f"{doing}: the API answered 200 with a body that is {what}: "
+                f"{data[:200].decode('utf-8', 'replace')!r}")
         return found
 
     async def _wait(self, api: k8s.BatchV1Api, name: str, namespace: str, external_id: str,
@@ -306,9 +333,10 @@ class KubernetesBackend:
                 raise PermanentDispatchError(f"Job {external_id} was deleted while triggerd "
                                              "waited for it", external_id=external_id)
             status = found.get("status") or {}
-            for cond in status.get("conditions") or []:
-                if cond.get("status") != "True" or cond.get("type") not in ("Complete",
-                                                                             "Failed"):
+            conditions = status.get("conditions")
+            for cond in conditions if isinstance(conditions, list) else []:
+                if not isinstance(cond, dict) or cond.get("status") != "True" \
+                        or cond.get("type") not in ("Complete", "Failed"):
                     continue
                 counts = f"succeeded {status.get('succeeded', 0)}, " \
                          f"failed {status.get('failed', 0)}"
@@ -316,22 +344,25 @@ class KubernetesBackend:
                     return DispatchResult(external_id=external_id,
                                           detail=f"Job {external_id} {verb}; complete "
                                                  f"({counts})")
-                why = ": ".join(x for x in (cond.get("reason"), cond.get("message")) if x)
+                why = ": ".join(str(x)[:500] for x in (cond.get("reason"), cond.get("message"))
+                                if x)
                 raise PermanentDispatchError(f"Job {external_id} failed: {why} ({counts})",
                                              external_id=external_id)
             await asyncio.sleep(poll)
 
     def _api_error(self, exc: ApiException, doing: str) -> DispatchError:
-        message = exc.reason or ""
-        try:
-            body = json.loads(exc.body or "")
-            message = body.get("message") or message
-        except (ValueError, AttributeError):
-            pass
+        message = str(exc.reason or "")
+        raw = exc.body if isinstance(exc.body, bytes | str) else b""
+        body = loads_json(raw.encode() if isinstance(raw, str) else raw)
+        if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+            message = body["message"]
+        elif not message and raw:
+            message = (raw if isinstance(raw, str) else raw.decode("utf-8", "replace"))[:300]
         detail = f"{doing}: HTTP {exc.status}: {message}"[:2000]
-        if exc.status is not None and (exc.status == 429 or exc.status >= 500):
-            retry_after = (exc.headers or {}).get("Retry-After")
-            hint = float(retry_after) if retry_after and retry_after.isdigit() else None
+        status = exc.status if isinstance(exc.status, int) else 0
+        if status in (408, 429) or status >= 500:
+            headers: Any = exc.headers if hasattr(exc.headers, "get") else {}
+            hint = retry_after(headers.get("Retry-After"))
             return TransientDispatchError(detail, exit_code=exc.status, retry_after=hint)
         return PermanentDispatchError(detail + f"; check backends.{self.name}",
                                       exit_code=exc.status)

@@ -3,14 +3,30 @@
 GET (and HEAD) only, one request per connection (`Connection: close`), no request body. It
 listens only where `TRIGGERD_HTTP` says (`host:port`, `[v6]:port`; an empty host means
 loopback) and is not started at all without it.
+
+It is bounded, so no client can hold the daemon's memory or keep /healthz from answering
+(the systemd watchdog and a container HEALTHCHECK ask it):
+
+- at most `MAX_CONNECTIONS` (64) connections at once. When one more arrives, the oldest
+  connection still sending its request head is closed to make room (idle and slow clients
+  give way to a prober that sends its request at once); when none is, the new one is closed
+  at once;
+- the request head (request line and headers, each line at most `MAX_LINE` bytes) must
+  arrive within `HEAD_TIMEOUT` (5 s): a slowloris client is cut off then;
+- the answer is computed within `HANDLER_TIMEOUT` (10 s; else 503);
+- the answer must be taken by the client within `WRITE_TIMEOUT` (10 s): a client that never
+  reads (a tiny receive window on a large /metrics) has its connection aborted, freeing the
+  task and the buffered answer.
+
+`HttpServer.connections` counts the open connections (what these bounds keep finite).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 log = logging.getLogger("triggerd.http")
 
@@ -18,8 +34,12 @@ Response = tuple[int, str, bytes]  # status, content type, body
 Handler = Callable[[], Awaitable[Response]]
 REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
            500: "Internal Server Error", 503: "Service Unavailable"}
-READ_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+HEAD_TIMEOUT = 5.0  # seconds for the request line and headers
+HANDLER_TIMEOUT = 10.0  # seconds for the answer to be computed
+WRITE_TIMEOUT = 10.0  # seconds for the client to take the answer
 MAX_HEADER_LINES = 100
+MAX_LINE = 8192  # bytes of one request line or header line
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -31,14 +51,38 @@ def parse_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+@dataclass(eq=False)
+class _Connection:
+    task: asyncio.Task[None]  # the one that serves it
+    opened: float  # loop time
+    in_head: bool = True  # still reading the request head: may give way to a new client
+
+
 class HttpServer:
-    def __init__(self, address: str, routes: Mapping[str, Handler]) -> None:
+    """The listener; the limits default to the module's constants (tests make them small)."""
+
+    def __init__(self, address: str, routes: Mapping[str, Handler], *,
+                 max_connections: int = MAX_CONNECTIONS, head_timeout: float = HEAD_TIMEOUT,
+                 handler_timeout: float = HANDLER_TIMEOUT,
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
         self.host, self.port = parse_address(address)
         self.routes = dict(routes)
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.handler_timeout = handler_timeout
+        self.write_timeout = write_timeout
         self._server: asyncio.Server | None = None
+        self._open: set[_Connection] = set()
+        self._refusing = False  # logged that the cap refuses connections (once per episode)
+
+    @property
+    def connections(self) -> int:
+        """How many client connections are open (each holds one task)."""
+        return len(self._open)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port,
+                                                  limit=MAX_LINE)
         sock = self._server.sockets[0].getsockname()
         self.port = int(sock[1])
         log.info("serving /metrics, /healthz and /readyz on http://%s:%d", self.host, self.port)
@@ -46,30 +90,70 @@ class HttpServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for conn in list(self._open):  # (wait_closed waits for them from Python 3.12)
+                conn.task.cancel()
             await self._server.wait_closed()
             self._server = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                status, ctype, body, head = await self._respond(reader)
-            writer.write(
-                f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode("ascii") + (b"" if head else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # a client that went away or sent garbage: nothing to answer
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    def _admit(self, conn: _Connection) -> bool:
+        """Make room for `conn` under `max_connections`; False when there is none."""
+        if len(self._open) >= self.max_connections:
+            waiting = [c for c in self._open if c.in_head]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda c: c.opened)
+            oldest.task.cancel()  # its `finally` aborts the connection
+            self._open.discard(oldest)
+        self._open.add(conn)
+        return True
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - a connection callback runs in a task
+        conn = _Connection(task, asyncio.get_running_loop().time())
+        if not self._admit(conn):
+            if not self._refusing:  # once until a slot frees: a flood must not flood the log
+                log.warning("http: %d connections busy answering; refusing new ones until "
+                            "one ends", len(self._open))
+                self._refusing = True
+            writer.transport.abort()
+            return
+        clean = False
+        try:
+            try:
+                async with asyncio.timeout(self.head_timeout):
+                    request = await self._read_head(reader)
+            except TimeoutError:
+                return  # a client too slow to ask: nothing to answer
+            conn.in_head = False
+            status, ctype, body, head = await self._respond(request)
+            async with asyncio.timeout(self.write_timeout):  # the client must take it
+                writer.write(
+                    f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n".encode("ascii") + (b"" if head else body))
+                await writer.drain()
+                writer.close()  # (flushes what drain left buffered, then closes)
+                await writer.wait_closed()
+            clean = True
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # a client that went away, sent garbage or never read: nothing to answer
+        finally:
+            self._open.discard(conn)
+            self._refusing = False
+            if not clean:  # drop what is buffered for the client: never wait for it
+                writer.transport.abort()
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> list[str]:
+        """The request line's words; the headers are read and ignored."""
         request = (await reader.readline()).decode("latin-1").split()
-        for _ in range(MAX_HEADER_LINES):  # headers are read and ignored
+        for _ in range(MAX_HEADER_LINES):
             if (await reader.readline()).strip() == b"":
                 break
+        return request
+
+    async def _respond(self, request: list[str]) -> tuple[int, str, bytes, bool]:
         if len(request) != 3:
             return 400, "text/plain", b"bad request\n", False
         method, target = request[0], request[1].split("?", 1)[0]
@@ -79,7 +163,11 @@ class HttpServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"GET only\n", False
         try:
-            status, ctype, body = await handler()
+            async with asyncio.timeout(self.handler_timeout):
+                status, ctype, body = await handler()
+        except TimeoutError:
+            log.warning("http: %s took over %gs; answered 503", target, self.handler_timeout)
+            return 503, "text/plain", b"timed out\n", method == "HEAD"
         except Exception:  # a bug in a handler must not take the daemon down
             log.exception("http: %s failed", target)
             return 500, "text/plain", b"internal error\n", method == "HEAD"
