@@ -155,6 +155,16 @@ async def test_manifest_from_a_file(kube: KubeApi, tmp_path: Path) -> None:
         backend(kube, tmp_path, manifest=None, manifest_file=str(tmp_path / "missing.yaml"))
 
 
+def test_an_alias_bomb_in_a_manifest_file_is_refused(kube: KubeApi, tmp_path: Path) -> None:
+    """The manifest file is YAML too: it gets the config's limits, not PyYAML's none."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")  # 10**9 nodes once expanded
+    with pytest.raises(ConfigError, match="alias"):
+        backend(kube, tmp_path, manifest=None, manifest_file=str(path))
+
+
 def _with(path: str, value: Any) -> dict[str, Any]:
     m = copy.deepcopy(MANIFEST)
     node = m

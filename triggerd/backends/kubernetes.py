@@ -65,6 +65,7 @@ from triggerd.backends._common import (
     retry_after,
 )
 from triggerd.config.types import Duration, Size, Strict
+from triggerd.config.yamlsafe import FileTooLargeError, load_file
 from triggerd.errors import (
     ConfigError,
     DispatchError,
@@ -131,8 +132,8 @@ class KubernetesOptions(Strict):
             return self.manifest
         assert self.manifest_file is not None  # noqa: S101 - the validator ensures it
         try:
-            data = yaml.safe_load(Path(self.manifest_file).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            data = load_file(Path(self.manifest_file))  # an alias bomb cannot explode
+        except (OSError, UnicodeDecodeError, FileTooLargeError, yaml.YAMLError) as exc:
             raise ValueError(f"manifest_file {self.manifest_file}: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"manifest_file {self.manifest_file}: not a YAML mapping")

@@ -160,3 +160,13 @@ BoundedLoader.yaml_implicit_resolvers = {
 }
 BoundedLoader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_file(path: Path) -> Any:
+    """The data of a YAML file other than the config (a Kubernetes manifest), read within the
+    same limits. Raises OSError, UnicodeDecodeError, FileTooLargeError or yaml.YAMLError."""
+    loader = BoundedLoader(read_limited(path))
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
