@@ -32,6 +32,7 @@ from triggerd.registry import source_class
 from triggerd.sources.filesystem import FilesystemOptions, FilesystemSource
 from triggerd.store import Store
 from triggerd.store.files import FileTable, StoreFileTable, load_files
+from triggerd.store.rejects import RejectLog
 
 NAME = "landing"
 
@@ -88,8 +89,10 @@ def options(root: Path, **overrides: Any) -> FilesystemOptions:
 
 @asynccontextmanager
 async def running(root: Path, *, files: FileTable | None = None, ctx: FakeContext | None = None,
+                  rejects: RejectLog | None = None,
                   **overrides: Any) -> AsyncIterator[tuple[FilesystemSource, FakeContext]]:
-    source = FilesystemSource(NAME, options(root, **overrides), files=files, root_check=0.05)
+    source = FilesystemSource(NAME, options(root, **overrides), files=files, rejects=rejects,
+                              root_check=0.05)
     ctx = ctx or FakeContext()
     if isinstance(files, StoreFileTable):
         ctx.store = files.store
@@ -356,25 +359,25 @@ async def test_a_directory_moved_in_is_scanned(tmp_path: Path) -> None:
 
 
 async def test_the_periodic_rescan_finds_what_no_notification_reported(tmp_path: Path) -> None:
-    root, outside = tmp_path / "root", tmp_path / "outside"
-    root.mkdir()
-    write(outside / "a.csv", b"linked")
-    async with running(root, rescan="1s") as (_, ctx):
-        os.link(outside / "a.csv", root / "a.csv")  # inotify: IN_CREATE only, no close-write
-        await ctx.wait_until(lambda: bool(ctx.named("a.csv")), timeout=5)
-        assert ctx.named("a.csv")[0].payload["size"] == 6
+    # created before the watch, written while watched but not closed: IN_MODIFY only, which
+    # is not watched (creations, close-writes and moves are)
+    with open(tmp_path / "a.csv", "wb") as f:
+        async with running(tmp_path, rescan="1s", scan_on_start=False) as (_, ctx):
+            f.write(b"silent")
+            f.flush()
+            await ctx.wait_until(lambda: bool(ctx.named("a.csv")), timeout=5)
+            assert ctx.named("a.csv")[0].payload["size"] == 6
 
 
 async def test_an_inotify_overflow_reconciles_at_once(tmp_path: Path) -> None:
-    root, outside = tmp_path / "root", tmp_path / "outside"
-    root.mkdir()
-    write(outside / "a.csv", b"lost")
-    async with running(root) as (source, ctx):
-        os.link(outside / "a.csv", root / "a.csv")  # no close-write: no notification
-        # what watchdog does on IN_Q_OVERFLOW (it has no handler callback for it)
-        logging.getLogger("watchdog.observers.inotify_c").warning(
-            "Inotify queue overflowed; filesystem events were lost")
-        await ctx.wait_until(lambda: bool(ctx.named("a.csv")))
+    with open(tmp_path / "a.csv", "wb") as f:  # written while watched, never closed: no
+        async with running(tmp_path, scan_on_start=False) as (source, ctx):  # notification
+            f.write(b"lost")
+            f.flush()
+            # what watchdog does on IN_Q_OVERFLOW (it has no handler callback for it)
+            logging.getLogger("watchdog.observers.inotify_c").warning(
+                "Inotify queue overflowed; filesystem events were lost")
+            await ctx.wait_until(lambda: bool(ctx.named("a.csv")))
     assert source.stats["overflows"] == 1
 
 

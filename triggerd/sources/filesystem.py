@@ -13,8 +13,22 @@ Settling
     timer on the loop (one heap, no polling of idle files); when it falls due the file is stat'ed
     off the loop. It is settled when (size, mtime_ns) equal those of the previous look, or, on the
     first look, when its mtime is already `settle` old. Otherwise it is looked at again `settle`
-    later. Natively only close-after-write, moves (and deletes when asked) are watched: watching
-    every write overflowed the kernel queue under load (issue 3); the rescan covers the rest.
+    later. Natively only creations, close-after-write, moves (and deletes when asked) are
+    watched: watching every write overflowed the kernel queue under load (issue 3); the rescan
+    covers the rest.
+    The destination of a rename is looked at at once rather than `settle` later: a rename is
+    how writers publish (`x.tmp` -> `x`, or `mv` from a staging directory outside the root,
+    which `_fswatch.py` receives as a move with no source), and a file whose mtime is already
+    `settle` old is then an event at once; a fresh one still settles as above.
+
+Special files
+    A FIFO, socket or device where a file was to be read (one matching the patterns, or one
+    swapped in by a rename between the look's `lstat` and its `open`) is never opened in a
+    way that can block (`_fsscan.py`), never followed through a swapped-in symlink, and never
+    an event: it is skipped, counted (`not_regular` in `triggerd status`), logged and
+    recorded in the store's rejects (kind `not_regular`: `triggerd events --rejected`,
+    `triggerd_rejected_messages` in /metrics), once per path (a FIFO is noticed again at each
+    write and found again by each rescan). A known file replaced by one is gone.
 
 Events
     kind: created | modified | moved (the destination of a rename) | deleted; subject: the
@@ -38,9 +52,12 @@ Modules and threads
     `_fswatch.py`: watchdog's handler (observer thread; it only calls `Bridge.put`,
     `_bridge.py`) and scheduling watches. `_fsscan.py`: the in-memory index of known files,
     the reconcile walk (which compares with the index in its thread, a directory at a time)
-    and the settle look. Walking, stat'ing, hashing and scheduling watches run in
-    `asyncio.to_thread`. On stop the observer is stopped and joined in a daemon thread that
-    the source waits for at most 5 s (watchdog joins its own threads without a timeout).
+    and the settle look. Walking, stat'ing, hashing and scheduling watches run in daemon
+    threads (`_fswatch.in_thread`), never in the loop's default executor, whose threads the
+    daemon's exit joins without a timeout: a stop abandons them, and they end at their next
+    directory or hashed chunk. The observer is stopped and joined in a daemon thread that the
+    source waits for at most 5 s (watchdog joins its own threads without a timeout). So a
+    stop never waits on the filesystem, whatever a source thread is doing.
 """
 
 from __future__ import annotations
@@ -51,11 +68,13 @@ import functools
 import heapq
 import logging
 import os
+import stat
+import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 from watchdog.observers import Observer
@@ -68,18 +87,21 @@ from triggerd.errors import ExpressionError
 from triggerd.interfaces import SourceContext
 from triggerd.model import Event
 from triggerd.sources._bridge import Bridge
-from triggerd.sources._fsscan import Known, Look, Matcher, Root, Sig, look, walk
+from triggerd.sources._fsscan import Halted, Known, Look, Matcher, Root, Sig, look, walk
 from triggerd.sources._fswatch import (
     STOP_TIMEOUT,
     Handler,
     OverflowLog,
     WatchError,
     bounded,
+    in_thread,
+    native_observer,
     schedule,
     stop_observer,
 )
 from triggerd.sources._names import display, from_stored, is_text, raw_b64, stored
 from triggerd.store.files import FileRow, FileTable
+from triggerd.store.rejects import Reject, RejectLog
 
 __all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "FilesystemSource", "MemoryFileTable",
            "WatchError"]
@@ -90,6 +112,9 @@ DEFAULT_IGNORES = ("*.tmp", "*.part", ".*", "*~", "*.swp", ".goutputstream-*")
 """Partial-write and editor files, matched against every component of a relative path."""
 BATCH = 1000  # files looked at and stored together (bench: 500 -> 1000 ~+10 % files/s)
 Kind = Literal["created", "modified", "moved", "deleted"]
+T = TypeVar("T")
+_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+            stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 def _default_events() -> list[Kind]:
@@ -193,16 +218,19 @@ class FilesystemSource:
     """Emits an event per settled new, changed, moved-in (or deleted) file; see the module doc."""
 
     Options = FilesystemOptions
-    wants = ("files",)  # the daemon passes its store-backed file table as `files`
+    # the daemon passes its store-backed file table as `files`, its reject log as `rejects`
+    wants = ("files", "rejects")
 
     def __init__(self, name: str, options: FilesystemOptions, *,
-                 files: FileTable | None = None, root_check: float = 2.0,
-                 queue_limit: int = 10_000) -> None:
-        """`files` is the daemon's store-backed table; `root_check` (seconds between checks that
-        roots exist) and `queue_limit` (bridge bound) exist for tests."""
+                 files: FileTable | None = None, rejects: RejectLog | None = None,
+                 root_check: float = 2.0, queue_limit: int = 10_000) -> None:
+        """`files` is the daemon's store-backed table, `rejects` its reject log (special files
+        are recorded there); `root_check` (seconds between checks that roots exist) and
+        `queue_limit` (bridge bound) exist for tests."""
         self.name = name
         self.options = options
         self.files: FileTable = files if files is not None else MemoryFileTable()
+        self.rejects = rejects
         self._root_check = root_check
         self._queue_limit = queue_limit
         self._roots = [Root(os.path.normpath(os.path.abspath(p))) for p in options.paths]
@@ -214,6 +242,8 @@ class FilesystemSource:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._denied: set[str] = set()
+        self._special: set[str] = set()  # paths of special files already counted and logged
+        self._halt = threading.Event()  # set when `run` ends: its threads stop soon after
         self._health: tuple[bool, str | None] | None = None
         self.bridge: Bridge | None = None  # while running (tests inspect its counters)
         self.started = asyncio.Event()
@@ -221,7 +251,7 @@ class FilesystemSource:
         self.stats: dict[str, Any] = {
             "roots_watched": 0, "files_tracked": 0, "last_event_at": None,
             "last_scan_at": None, "last_scan_seconds": None, "overflows": 0,
-            "permission_denied": 0, "bridge_dropped": 0,
+            "permission_denied": 0, "bridge_dropped": 0, "not_regular": 0,
         }
 
     def wanted(self, rel: str) -> bool:
@@ -238,6 +268,7 @@ class FilesystemSource:
     async def run(self, ctx: SourceContext) -> None:
         loop = asyncio.get_running_loop()
         bridge = self.bridge = Bridge(loop, self._queue_limit)
+        halt = self._halt = threading.Event()  # this run's: a rerun must not revive old threads
         # A restart after a failure (the supervisor calls run again): start from the table,
         # and look again at whatever was waiting to settle (its event was never stored).
         leftover = [(path, entry.root, entry.hint) for path, entry in self._pending.items()]
@@ -253,7 +284,7 @@ class FilesystemSource:
         # events) and a symlink loop made every poll walk an exponential tree (a hang).
         observer: BaseObserver = (PollingObserverVFS(os.lstat, os.scandir,
                                                      polling_interval=poll.total_seconds())
-                                  if poll is not False else Observer())
+                                  if poll is not False else native_observer(Observer))
         handler = Handler(bridge)
         overflow_log = OverflowLog(bridge)
         watchdog_log = logging.getLogger("watchdog.observers.inotify_c")
@@ -298,6 +329,7 @@ class FilesystemSource:
             self._set_health(ctx, False, f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            halt.set()
             watchdog_log.removeHandler(overflow_log)
             if not await bounded(functools.partial(stop_observer, observer), STOP_TIMEOUT,
                                  "triggerd-watchdog-stop"):
@@ -319,12 +351,12 @@ class FilesystemSource:
                            handler: Handler, *, initial: bool) -> None:
         """Watch roots that (re)appeared, drop those that vanished; report missing ones."""
         for root in self._roots:
-            exists = await asyncio.to_thread(os.path.isdir, root.path)
+            exists = await self._blocking(functools.partial(os.path.isdir, root.path))
             if exists and not root.present:
-                root.real = await asyncio.to_thread(os.path.realpath, root.path)
-                self._watches[root.path] = await asyncio.to_thread(
+                root.real = await self._blocking(functools.partial(os.path.realpath, root.path))
+                self._watches[root.path] = await self._blocking(functools.partial(
                     schedule, observer, handler, root.path, root.real,
-                    poll=self.options.poll is not False, deletes="deleted" in self.options.events)
+                    poll=self.options.poll is not False, deletes="deleted" in self.options.events))
                 root.present = True
                 if not initial:
                     log.info("filesystem source %s: root %s appeared; scanning it",
@@ -350,9 +382,14 @@ class FilesystemSource:
         else:
             self._set_health(ctx, True, None)
 
+    def _blocking(self, fn: Callable[[], T]) -> Coroutine[Any, Any, T]:
+        """Run a blocking filesystem call off the loop, in a thread no stop waits for."""
+        return in_thread(fn, f"triggerd-fs-{self.name}")
+
     # -- notifications and the settle timer ----------------------------------------------
     def _take(self, items: dict[str, str]) -> list[tuple[Root, str]]:
-        """Arm the settle timer for notified files; return directories to reconcile."""
+        """Arm the settle timer for notified files (the destination of a rename: a look at
+        once, see the module doc); return directories to reconcile."""
         subtrees: list[tuple[Root, str]] = []
         for path, hint in items.items():
             root = self._root_of(path)
@@ -363,7 +400,8 @@ class FilesystemSource:
                 continue
             rel = root.rel(path)
             if rel and (self.wanted(rel) or path in self._known):
-                self._arm(path, root, hint, self._settle, rearm=True)
+                self._arm(path, root, hint, 0.0 if hint == "moved" else self._settle,
+                          rearm=True)
         return subtrees
 
     def _arm(self, path: str, root: Root, hint: str, delay: float, *, rearm: bool) -> None:
@@ -414,14 +452,21 @@ class FilesystemSource:
             done.set_result([])
             return done
         asks = [(p, e.root, e.sig, self._known.sig(p)) for p, e in due]
-        return asyncio.ensure_future(asyncio.to_thread(self._look_all, asks))
+        return asyncio.ensure_future(self._blocking(
+            functools.partial(self._look_all, asks, self._halt.is_set)))
 
-    def _look_all(self, asks: list[tuple[str, Root, Sig | None, Sig | None]]) -> list[Look]:
+    def _look_all(self, asks: list[tuple[str, Root, Sig | None, Sig | None]],
+                  halted: Callable[[], bool]) -> list[Look]:
         now_ns = time.time_ns()
         by_content = self.options.fingerprint == "sha256"
         linked: dict[str, bool] = {}
-        return [look(path, root, prev, known, now_ns, self._settle, by_content, self._log_denied,
-                     linked) for path, root, prev, known in asks]
+        looks = []
+        for path, root, prev, known in asks:
+            if halted():
+                raise Halted
+            looks.append(look(path, root, prev, known, now_ns, self._settle, by_content,
+                              self._log_denied, linked, halted))
+        return looks
 
     def _log_denied(self, path: str, exc: OSError) -> None:
         """Called from worker threads: an unreadable file or directory, logged once."""
@@ -437,6 +482,7 @@ class FilesystemSource:
         events: list[Event] = []
         saves: list[tuple[str, FileRow]] = []
         gone: list[str] = []
+        rejected: list[Reject] = []
         now = ctx.clock.now()
         for (path, entry), seen in zip(due, looks, strict=True):
             if seen.verdict == "changing":
@@ -446,7 +492,9 @@ class FilesystemSource:
             del self._pending[path]
             rel = entry.root.rel(path) or ""
             old = self._known.sig(path)
-            if seen.verdict == "gone":
+            if seen.verdict == "special" and path not in self._special:
+                rejected.append(self._not_regular(now, path, seen.mode))
+            if seen.verdict in ("gone", "special"):  # a known file replaced by one is gone
                 if old is not None:
                     gone.append(path)
                     if "deleted" in self.options.events:
@@ -465,6 +513,8 @@ class FilesystemSource:
             if kind in self.options.events:
                 events.append(self._event(now, kind, path, entry.root, rel, size, mtime_ns,
                                           seen.sha256, fingerprint))
+        if rejected and self.rejects is not None:
+            await self.rejects.add(rejected)
         joined = None
         if events:
             # the rows go into the events' own transaction where the table can join it: both
@@ -476,6 +526,17 @@ class FilesystemSource:
         # The events are stored (with their rows, if joined): record the rest even if shutdown
         # cancels us meanwhile, so a clean stop leaves no duplicate to re-emit.
         await _uncancelled(self._record(saves, gone, stored_already=joined is not None))
+
+    def _not_regular(self, now: datetime, path: str, mode: int) -> Reject:
+        """Count and log a special file where a regular one was to be read, once per path: a
+        FIFO is looked at again whenever it is written to, and found again by every rescan."""
+        what = _SPECIAL.get(stat.S_IFMT(mode), "a special file")
+        self.stats["not_regular"] += 1
+        self._special.add(path)
+        log.warning("filesystem source %s: %s is %s, not a regular file: skipped (logged "
+                    "once; counted as not_regular)", self.name, display(path), what)
+        return Reject(self.name, display(path), "not_regular",
+                      f"{what} where a regular file was expected: skipped", None, now)
 
     async def _record(self, saves: list[tuple[str, FileRow]], gone: list[str], *,
                       stored_already: bool = False) -> None:
@@ -511,14 +572,18 @@ class FilesystemSource:
         gone (looked at at once: a file still being written is left to the settle logic)."""
         started, t0 = ctx.clock.now(), time.monotonic()
         for root, start in targets:
-            found = await asyncio.to_thread(walk, root, start, self.matcher, self._known,
-                                            self._log_denied)
+            found = await self._blocking(functools.partial(
+                walk, root, start, self.matcher, self._known, self._log_denied,
+                self._halt.is_set))
             if found is None:
                 continue  # the root itself is missing: never take that as "everything deleted"
             for path in found.changed:
                 self._arm(path, root, "created", 0.0, rearm=False)
             for path in found.gone:
                 self._arm(path, root, "deleted", 0.0, rearm=False)
+            for path in found.special:  # counted at its look, once per path
+                if path not in self._special:
+                    self._arm(path, root, "created", 0.0, rearm=False)
             # known files of directories that the walk did not list (removed, or now ignored)
             for directory in self._known.dirs_below(start):
                 if directory not in found.listed:
