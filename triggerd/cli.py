@@ -2,6 +2,11 @@
 
 Exit codes: 0 success; 1 a query found nothing or the rule is unknown; 2 bad usage or config.
 Queries print a table by default and exact JSON with --json; times are ISO 8601 with offset.
+
+Query commands (and the request-writing `fire`, `pause`, `resume`) never change the store's
+schema: on a store that is missing, empty or at another revision they exit 2 and say what to
+run (`db upgrade`, or start the daemon). Only `run` and `db upgrade` migrate, under a lock
+(triggerd.store.migrate). No message shows the store's password (triggerd.store.connect).
 """
 
 from __future__ import annotations
@@ -48,10 +53,24 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _open_store(config: Config) -> Any:
+    """The store for a query: it must already be at this triggerd's schema (never migrated
+    here; see SchemaNotCurrentError in main)."""
     from triggerd.store import Store
+    from triggerd.store.migrate import SchemaNotCurrentError, check_current
 
     store = Store(config.store_url, create_dir=False)
-    store.upgrade()
+    try:
+        check_current(store.engine, store.safe_url)
+    except SchemaNotCurrentError as exc:
+        store.close()
+        if exc.state == "ahead":  # the message already says: upgrade triggerd
+            raise
+        hint = (f"run `triggerd db upgrade --config {config.path}`, or start the daemon "
+                "(`triggerd run`), which upgrades it; query commands never change the schema")
+        raise SchemaNotCurrentError(f"{exc}: {hint}", exc.state, exc.revision) from None
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
@@ -91,10 +110,17 @@ def _short(value: datetime | None) -> str:
 
 # -- commands --------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
+    from triggerd.store.connect import store_url
+
     config = _load(args)
+    try:
+        url = store_url(config.store_url)  # parses, never connects
+    except StoreError as exc:
+        raise ConfigError([f"{config.path}: store: {exc}"]) from None
     files = ", ".join(str(f) for f in config.files)
     print(f"ok: {len(config.sources)} source(s), {len(config.backends)} backend(s), "
           f"{len(config.rules)} rule(s) in {files}")
+    print(f"store: {url.render_as_string(hide_password=True)}")
     return EXIT_OK
 
 
@@ -122,14 +148,22 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from triggerd.daemon import run_daemon
     from triggerd.ops.logging import setup
+    from triggerd.store.connect import RedactFilter
 
     settings = _settings()
     config = _load(args)
     setup(settings.log_level, settings.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter())  # a driver's error may quote the store password
     try:
         return run_daemon(config, http=settings.http)
     except StoreLockedError as exc:
         log.error("%s", exc)
+        return EXIT_NOTHING
+    except StoreError as exc:
+        from triggerd.store.connect import redact
+
+        log.error("%s", redact(str(exc)))
         return EXIT_NOTHING
 
 
@@ -508,8 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triggerd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as exc:
-        print(f"triggerd: {exc}", file=sys.stderr)
-        return EXIT_NOTHING
+        from triggerd.store.connect import redact
+        from triggerd.store.migrate import SchemaNotCurrentError
+
+        print(f"triggerd: {redact(str(exc))}", file=sys.stderr)
+        # a store not at this schema is a usage problem (run `db upgrade` first), not "nothing
+        # found": scripts must not mistake it for an empty answer
+        return EXIT_USAGE if isinstance(exc, SchemaNotCurrentError) else EXIT_NOTHING
     except KeyboardInterrupt:
         return 130
 

@@ -2,6 +2,9 @@
 
     TRIGGERD_CONFIG      main config file            (default config/triggerd.yaml)
     TRIGGERD_STORE       store URL, overrides the config's `store`
+    TRIGGERD_STORE_PASSWORD  the store's password, as plain text (no URL-encoding needed);
+                         replaces any password in the URL; never shown in any message.
+                         Read where every store is opened (triggerd.store.connect.store_url)
     TRIGGERD_STATE_DIR   state directory, overrides the config's `state_dir`
     TRIGGERD_LOG_LEVEL   DEBUG, INFO, WARNING, ERROR (default INFO)
     TRIGGERD_LOG_FORMAT  text | json                 (default text)
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +24,7 @@ class Settings(BaseSettings):
 
     config: str = "config/triggerd.yaml"
     store: str | None = None
+    store_password: SecretStr | None = None  # documented here; applied by store.connect
     state_dir: str | None = None
     log_level: str = Field("INFO")
     log_format: Literal["text", "json"] = "text"

@@ -521,7 +521,10 @@ rules:
 """
 SECRETS = {"API_KAFKA_PASSWORD": "kafka-pw", "API_HOOK_SECRET": "hook-secret",
            "API_HOOK_TOKEN": "hook-token", "API_AIRFLOW_TOKEN": "airflow-token",
-           "API_AIRFLOW_TOKEN_FILE": "/run/secrets/airflow"}  # `<NAME>_FILE`: the secret's file
+           "API_AIRFLOW_TOKEN_FILE": "/run/secrets/airflow",  # `<NAME>_FILE`: the secret's file
+           # the daemon's own: the store's password, alone and in the store's URL
+           "TRIGGERD_STORE_PASSWORD": "pg-pw",
+           "TRIGGERD_STORE": "postgresql+psycopg://svc:pg-pw@db.internal/triggerd"}
 
 
 async def _env_seen_by_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

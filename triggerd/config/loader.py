@@ -294,6 +294,7 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
     sources = _plugins("source", cfg.sources, reader, default)
     backends = _plugins("backend", cfg.backends, reader, default)
     secrets = secret_env_names(cfg, sources, backends)  # kept from the children of plugins
+    secrets |= _store_secrets(env)
     sources, backends = _withholding(sources, secrets), _withholding(backends, secrets)
     _check_rules(cfg, merged, reader, default)
     if problems:
@@ -303,6 +304,16 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
     store_url = store or cfg.store or f"sqlite:///{state / 'state.db'}"
     return Config(path=main, store_url=store_url, state_dir=state, retention=cfg.retention,
                   sources=sources, backends=backends, rules=dict(cfg.rules), files=files)
+
+
+def _store_secrets(env: Mapping[str, str]) -> set[str]:
+    """The daemon's own secrets in its environment: the store's password, alone
+    (TRIGGERD_STORE_PASSWORD) or inside the store's URL (TRIGGERD_STORE)."""
+    found = {"TRIGGERD_STORE_PASSWORD"}
+    url = env.get("TRIGGERD_STORE", "")
+    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:  # user:password@host
+        found.add("TRIGGERD_STORE")
+    return found
 
 
 def _withholding(entries: dict[str, BaseModel], secrets: set[str]) -> dict[str, BaseModel]:

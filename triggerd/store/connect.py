@@ -5,6 +5,12 @@ checkpoint, safe against process crashes), a 64 MiB page cache and checkpoints e
 WAL (measured: +25% ingest throughput), a busy timeout, and write transactions opened with
 `BEGIN IMMEDIATE` so two writers queue at the start instead of failing half-way. Read-only
 connections (the CLI's queries) use a plain deferred `BEGIN`.
+
+The store URL: a password may come from TRIGGERD_STORE_PASSWORD instead of the URL, as plain
+text (no URL-encoding: `@`, `/`, `%`, `:` and `#` are fine); it is set on the parsed URL with
+`URL.set(password=...)`. No message shows a password: store URLs are rendered with
+`hide_password=True`, a URL that does not parse is not echoed, and `redact` removes every
+password this process has used from text that came from elsewhere (a driver's error).
 """
 
 from __future__ import annotations
@@ -13,32 +19,92 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from triggerd.errors import StoreError, StoreLockedError
 from triggerd.store.fast import sqlite_errors
 
 READ_ONLY = "triggerd_read_only"
+PASSWORD_ENV = "TRIGGERD_STORE_PASSWORD"  # noqa: S105  (a variable name, not a secret)
+_SECRETS: set[str] = set()  # every store password this process has used (see redact)
+# Shorter passwords are still hidden wherever triggerd renders a URL, but not searched for in
+# foreign text: replacing every "ab" in a message would garble it and protect nothing.
+MIN_REDACTED = 4
 
 
-def sqlite_path(url: str) -> Path | None:
+def store_url(url: str | URL, password: str | None = None) -> URL:
+    """The store URL, parsed, with the password from `password` or else $TRIGGERD_STORE_PASSWORD
+    (either replaces one written in the URL). Raises StoreError, never quoting the URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError("the store URL is not a valid SQLAlchemy URL (expected "
+                         "dialect+driver://user@host:port/database; the URL is not shown, it "
+                         "may hold a password)") from None
+    # an encoded URL has at most one '@' before its query; more means a raw '@' in a password
+    if isinstance(url, str) and url.split("?", 1)[0].count("@") > 1:
+        raise StoreError("the store URL has more than one '@': a password containing '@', '/', "
+                         f"'%', ':' or '#' breaks the URL; give it in {PASSWORD_ENV} instead "
+                         "(the URL is not shown, it may hold a password)")
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV) or None
+    if password is not None and parsed.get_backend_name() != "sqlite":
+        parsed = parsed.set(password=password)
+    if parsed.password and len(parsed.password) >= MIN_REDACTED:
+        _SECRETS.add(str(parsed.password))
+    return parsed
+
+
+def redact(text: str) -> str:
+    """`text` with every store password this process has used (as written, or URL-encoded)
+    replaced by `***`: for messages that quote a driver or another library."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            text = text.replace(form, "***")
+    return text
+
+
+class RedactFilter(logging.Filter):
+    """A handler filter that removes store passwords from every log line (its message, and
+    a traceback's text), whichever logger or library wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _SECRETS:
+            return True
+        message = record.getMessage()
+        cleaned = redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            trace = logging.Formatter().formatException(record.exc_info)
+            if redact(trace) != trace:  # the traceback goes into the message, cleaned
+                cleaned = f"{cleaned}\n{redact(trace)}"
+                record.exc_info, record.exc_text = None, None
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def sqlite_path(url: str | URL) -> Path | None:
     """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
-    parsed = make_url(url)
+    parsed = store_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database \
             or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
 
 
-def make_engine(url: str, *, create_dir: bool = True) -> Engine:
-    path = sqlite_path(url)
+def make_engine(url: str | URL, *, create_dir: bool = True) -> Engine:
+    parsed = store_url(url)
+    path = sqlite_path(parsed)
     if path is not None:
         if not path.parent.exists():
             if not create_dir:
@@ -48,14 +114,18 @@ def make_engine(url: str, *, create_dir: bool = True) -> Engine:
             except OSError as exc:
                 raise StoreError(
                     f"cannot create the store directory {path.parent}: {exc.strerror}") from exc
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(parsed,
+                               connect_args={"timeout": 30, "check_same_thread": False})
         _sqlite_setup(engine)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
     except ModuleNotFoundError as exc:
-        raise StoreError(f"the driver for {make_url(url).drivername} is not installed "
+        raise StoreError(f"the driver for {parsed.drivername} is not installed "
                          f"({exc.name}); for PostgreSQL install triggerd[postgres]") from exc
+    except NoSuchModuleError:
+        raise StoreError(f"the store URL names an unknown database or driver "
+                         f"{parsed.drivername!r}") from None
 
 
 def _sqlite_setup(engine: Engine) -> None:
