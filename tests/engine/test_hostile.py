@@ -185,3 +185,15 @@ def test_a_huge_bad_template_field_is_quoted_short() -> None:
     with pytest.raises(ExpressionError) as info:
         Template("{" + "(" * 100_000 + "}")
     assert len(info.value.message) < 200 and "..." in info.value.message
+
+
+def test_a_backreference_written_as_an_octal_escape_is_refused() -> None:
+    """In a string, `\\1` is the character chr(1): a regex author writing `(a)\\1` (a YAML
+    plain scalar does not double the backslash) meant a backreference, which RE2 lacks."""
+    text = "regex(path, '(a)\\1')"
+    with pytest.raises(ExpressionError) as info:
+        Expression(text)
+    assert "backreferences" in info.value.message
+    assert info.value.column == text.index("'") + 1
+    literal_backslash = r"regex(path, 'a\\\\1')"  # the regex a\\1: a backslash, then 1
+    assert Expression(literal_backslash).test(event_env(file_event(r"/x/a\1")))

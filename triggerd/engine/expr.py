@@ -47,6 +47,7 @@ import functools
 import io
 import keyword
 import operator as op
+import re
 import threading
 import tokenize
 import warnings
@@ -588,6 +589,8 @@ def _run(node: ast.AST, env: Mapping[str, Any], source: _Source) -> Any:
 # Compilation
 
 
+# an odd number of backslashes, then a digit: an octal escape in a string literal
+_OCTAL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\[1-7]")
 _OPERAND_KEYWORDS = frozenset({"True", "False", "None"})
 _MATCHES_REPLACEMENT = "   ==  "  # same length as "matches", so every column stays put
 
@@ -849,6 +852,13 @@ class _Checker:
         if not isinstance(node.value, str):
             self.fail(f"the {'glob' if kind == 'matches' else 'regex'} pattern must be a string",
                       node)
+        if kind == "regex":
+            literal = ast.get_source_segment(self.source.wrapped, node) or ""
+            if _OCTAL_ESCAPE.search(literal):
+                # '\1' in a string is chr(1): written in a regex, a backreference was meant
+                self.fail("backreferences are not supported (regex patterns use RE2 syntax, "
+                          "which matches in linear time); for the character with code n, "
+                          "write \\x0n", node)
         try:
             if kind == "matches":
                 compile_glob(node.value)
