@@ -98,7 +98,7 @@ async def test_healthz_answers_and_the_connection_is_released(make: Any) -> None
 
 
 async def test_idle_connections_over_the_cap_give_way_and_healthz_answers_at_once(
-        make: Any) -> None:
+        make: Any, caplog: pytest.LogCaptureFixture) -> None:
     cap = 4
     listener = await make(max_connections=cap, head_timeout=60.0)
     idle = [await listener.connect() for _ in range(cap)]
@@ -116,6 +116,37 @@ async def test_idle_connections_over_the_cap_give_way_and_healthz_answers_at_onc
     for _, writer in idle:
         writer.close()
     await until(lambda: listener.server.connections == 0)
+    # a connection giving way is no error: asyncio logs no traceback for it
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+
+
+async def test_slow_readers_give_way_to_healthz_when_every_slot_is_taken(
+        make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Clients that asked for /metrics and read it slowly hold every slot: the prober still
+    gets its answer (the oldest slow reader is dropped), so a liveness probe cannot be starved
+    by scrapers that never read."""
+    cap = 3
+    listener = await make(max_connections=cap, write_timeout=60.0)
+    loop = asyncio.get_running_loop()
+    socks = []
+    try:
+        for _ in range(cap):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", listener.server.port))
+            await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(sock)
+        await until(lambda: listener.server.connections == cap)
+        started = time.monotonic()
+        assert await listener.get("/healthz") == (200, b'{"status": "ok"}\n')
+        assert time.monotonic() - started < 2.0  # not after the 60 s write timeout
+        assert listener.server.connections <= cap
+    finally:
+        for sock in socks:
+            sock.close()
+    await until(lambda: listener.server.connections == 0)
+    assert not [r for r in caplog.records if r.name == "asyncio"]
 
 
 async def test_when_every_slot_is_answering_a_new_connection_is_closed_at_once(

@@ -9,8 +9,10 @@ It is bounded, so no client can hold the daemon's memory or keep /healthz from a
 
 - at most `MAX_CONNECTIONS` (64) connections at once. When one more arrives, the oldest
   connection still sending its request head is closed to make room (idle and slow clients
-  give way to a prober that sends its request at once); when none is, the new one is closed
-  at once;
+  give way to a prober that sends its request at once), else the oldest one whose client is
+  still taking its answer (a slow reader gives way too); when every connection is having its
+  answer computed, the new one is closed at once. A connection is closed by aborting its
+  transport: its task then ends on its own (cancelling it made asyncio log a traceback);
 - the request head (request line and headers, each line at most `MAX_LINE` bytes) must
   arrive within `HEAD_TIMEOUT` (5 s): a slowloris client is cut off then;
 - the answer is computed within `HANDLER_TIMEOUT` (10 s; else 503);
@@ -53,9 +55,16 @@ def parse_address(text: str) -> tuple[str, int]:
 
 @dataclass(eq=False)
 class _Connection:
-    task: asyncio.Task[None]  # the one that serves it
+    transport: asyncio.WriteTransport
     opened: float  # loop time
-    in_head: bool = True  # still reading the request head: may give way to a new client
+    # "head" (reading the request), "answering" (computing it), "writing" (the client takes
+    # it): a connection in "head" or "writing" may give way to a new client
+    phase: str = "head"
+    dropped: bool = False
+
+    def drop(self) -> None:
+        self.dropped = True
+        self.transport.abort()  # its task ends on its own: reads and writes fail now
 
 
 class HttpServer:
@@ -91,26 +100,27 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
             for conn in list(self._open):  # (wait_closed waits for them from Python 3.12)
-                conn.task.cancel()
+                conn.drop()
             await self._server.wait_closed()
             self._server = None
 
     def _admit(self, conn: _Connection) -> bool:
         """Make room for `conn` under `max_connections`; False when there is none."""
         if len(self._open) >= self.max_connections:
-            waiting = [c for c in self._open if c.in_head]
-            if not waiting:
+            for phase in ("head", "writing"):
+                waiting = [c for c in self._open if c.phase == phase]
+                if waiting:
+                    break
+            else:
                 return False
             oldest = min(waiting, key=lambda c: c.opened)
-            oldest.task.cancel()  # its `finally` aborts the connection
+            oldest.drop()
             self._open.discard(oldest)
         self._open.add(conn)
         return True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - a connection callback runs in a task
-        conn = _Connection(task, asyncio.get_running_loop().time())
+        conn = _Connection(writer.transport, asyncio.get_running_loop().time())
         if not self._admit(conn):
             if not self._refusing:  # once until a slot frees: a flood must not flood the log
                 log.warning("http: %d connections busy answering; refusing new ones until "
@@ -125,8 +135,13 @@ class HttpServer:
                     request = await self._read_head(reader)
             except TimeoutError:
                 return  # a client too slow to ask: nothing to answer
-            conn.in_head = False
+            if conn.dropped:
+                return  # it gave way to a newer client while asking
+            conn.phase = "answering"
             status, ctype, body, head = await self._respond(request)
+            if conn.dropped:
+                return
+            conn.phase = "writing"
             async with asyncio.timeout(self.write_timeout):  # the client must take it
                 writer.write(
                     f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
