@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -25,14 +25,17 @@ async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
     return event.is_set()
 
 
-async def to_the_end(awaitable: Awaitable[T]) -> T:
+async def to_the_end(awaitable: Awaitable[T],
+                     late: Callable[[asyncio.Future[T]], None] | None = None) -> T:
     """Await `awaitable`; if the caller is cancelled meanwhile, still wait for it to end
-    before the cancellation goes on (the awaitable itself is not cancelled).
+    before the cancellation goes on (the awaitable itself is not cancelled), and hand its
+    outcome (the finished future) to `late`, as the caller no longer can.
 
     For work on another thread that cannot be stopped once started (a store call): the
     caller keeps what it holds (a lock) until the thread is done with it, so nothing that
-    waits on the lock overlaps the work (a reload swapping the rules it is using). The
-    work is bounded, so the wait is too."""
+    waits on the lock overlaps the work (a reload swapping the rules it is using), and what
+    the work did (triggers written, jobs claimed) is still handed on. The work is bounded, so
+    the wait is too."""
     inner = asyncio.ensure_future(awaitable)
     try:
         return await asyncio.shield(inner)
@@ -42,4 +45,6 @@ async def to_the_end(awaitable: Awaitable[T]) -> T:
                 await asyncio.wait([inner])
         if not inner.cancelled():
             inner.exception()  # retrieved: its outcome no longer has a caller
+            if late is not None:
+                late(inner)
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -88,3 +89,36 @@ async def test_a_reload_waits_for_a_cancelled_batch_still_on_the_store_thread(
         await submit
     # the batch was matched and decided under the rules it started with, all of it
     assert [t.rule for t in h.fired] == ["old"]
+
+
+async def test_a_decision_round_cancelled_on_the_store_thread_still_hands_on_its_trigger(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timers' task is cancelled (the daemon stops) while a decision round runs on the
+    store thread: the trigger it writes (and the job it may have claimed) must still reach the
+    dispatcher, or a claimed job would be left `running` with nobody following it."""
+    h = Harness(store, {"r": {"on": ["landing"], "when": {"min_events": 1, "debounce": "1m"}}})
+    entered, release = threading.Event(), threading.Event()
+
+    async def on_a_thread(fn: Callable[[], Any]) -> Any:
+        return await asyncio.to_thread(fn)
+
+    h.engine.call = on_a_thread
+    await h.start()
+    await h.engine.submit("landing", [h.event()])
+    assert h.fired == []  # waiting for the quiet minute
+    h.clock.advance(timedelta(minutes=2))
+    real = store.snapshot
+
+    def slow_snapshot(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "snapshot", slow_snapshot)
+    round_ = asyncio.create_task(h.engine.evaluate({("r", "")}))
+    assert await asyncio.to_thread(entered.wait, 10)
+    round_.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    assert [t.rule for t in h.fired] == ["r"]

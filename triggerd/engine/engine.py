@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
@@ -30,6 +30,7 @@ from triggerd.schedules import Schedule
 from triggerd.store.sql import Claim, IngestResult, Key, NewTrigger, Store
 
 log = logging.getLogger("triggerd.engine")
+T = TypeVar("T")
 Call = Callable[[Callable[[], Any]], Awaitable[Any]]
 # what one decision round fired, decided, and claimed for dispatch (job id -> claim)
 Decided = tuple[list[Trigger], dict[Key, Decision], dict[str, Claim]]
@@ -150,14 +151,21 @@ class Engine:
         async with self._lock:  # one decision round at a time within this daemon
             # held until the store thread is done, even if this source is cancelled: a
             # reload waiting on the lock must not swap the rules under a running batch
-            trip = asyncio.ensure_future(self.call(work))
-            try:
-                outcome = await to_the_end(trip)
-            except asyncio.CancelledError:
-                if not trip.cancelled() and trip.exception() is None:
-                    self._ingested(source, *trip.result())  # its triggers are written
-                raise
+            outcome = await to_the_end(self.call(work), self._late(
+                lambda late: self._ingested(source, *late)))
         return self._ingested(source, *outcome)
+
+    def _late(self, hand_on: Callable[[T], object]) -> Callable[[asyncio.Future[T]], None]:
+        """What to do with a store trip that ended after its caller was cancelled: hand on
+        what it decided (its triggers are written, their jobs perhaps claimed and started on
+        the store thread), as the caller would have."""
+        def late(trip: asyncio.Future[T]) -> None:
+            exc = trip.exception()
+            if exc is None:
+                hand_on(trip.result())
+            elif isinstance(exc, PartlyDecided):
+                self._decided(*exc.decided)
+        return late
 
     def _ingested(self, source: str, result: IngestResult,
                   decided: Decided | StoreError | None) -> IngestResult:
@@ -191,7 +199,8 @@ class Engine:
         """Run a decision round on the store thread and hand on what it fired."""
         async with self._lock:  # one decision round at a time within this daemon
             try:
-                decided: Decided = await to_the_end(self.call(work))
+                decided: Decided = await to_the_end(self.call(work), self._late(
+                    lambda late: self._decided(*late)))
             except PartlyDecided as exc:
                 self._decided(*exc.decided)
                 raise
@@ -365,12 +374,15 @@ class Engine:
                         break
             return out
 
+        def hand_on(fired: list[Trigger]) -> None:
+            for trig in fired:
+                log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason,
+                         extra={"rule": rule, "trigger_id": trig.id})
+                self.on_trigger(trig)
+
         async with self._lock:
-            fired: list[Trigger] = await to_the_end(self.call(work))
-        for trig in fired:
-            log.info("rule %s: manual trigger %s: %s", rule, trig.id, reason,
-                     extra={"rule": rule, "trigger_id": trig.id})
-            self.on_trigger(trig)
+            fired: list[Trigger] = await to_the_end(self.call(work), self._late(hand_on))
+        hand_on(fired)
         return fired
 
     async def scheduled_check(self, rule: str, slot: datetime) -> None:
