@@ -494,6 +494,7 @@ async def test_dispatch_follows_what_the_dispatcher_launched(tmp_path: Path) -> 
 
 # -- secrets named for other components (SPEC 3: the config names secrets by variable) -------
 SECRETS_CONFIG = """
+store: postgresql+psycopg://svc:${API_DB_PASSWORD}@db.internal/triggerd
 sources:
   events:
     type: kafka
@@ -523,7 +524,7 @@ SECRETS = {"API_KAFKA_PASSWORD": "kafka-pw", "API_HOOK_SECRET": "hook-secret",
            "API_HOOK_TOKEN": "hook-token", "API_AIRFLOW_TOKEN": "airflow-token",
            "API_AIRFLOW_TOKEN_FILE": "/run/secrets/airflow",  # `<NAME>_FILE`: the secret's file
            # the daemon's own: the store's password, alone and in the store's URL
-           "TRIGGERD_STORE_PASSWORD": "pg-pw",
+           "TRIGGERD_STORE_PASSWORD": "pg-pw", "API_DB_PASSWORD": "db-pw",
            "TRIGGERD_STORE": "postgresql+psycopg://svc:pg-pw@db.internal/triggerd"}
 
 

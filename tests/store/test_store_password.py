@@ -53,6 +53,19 @@ def test_the_password_from_the_environment_is_used_as_written(
         store.close()
 
 
+def test_a_password_in_the_query_is_masked_like_one_in_the_authority(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    store = Store("postgresql+psycopg://triggerd@db.internal/triggerd?password=qpw-1234"
+                  "&sslmode=require")
+    try:
+        assert store.engine.url.password == "qpw-1234"
+        assert store.engine.url.query == {"sslmode": "require"}
+        assert "qpw-1234" not in store.safe_url and "***" in store.safe_url
+    finally:
+        store.close()
+
+
 def test_the_environment_password_is_not_applied_to_sqlite(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(PASSWORD_ENV, SECRET)

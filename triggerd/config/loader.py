@@ -66,6 +66,7 @@ class _Reader:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.store_vars: set[str] = set()  # variables expanded into `store:`
         self.positions: dict[KeyPath, Pos] = {}
         self.problems: list[str] = []
 
@@ -149,6 +150,8 @@ class _Reader:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
+            if path == ("store",):  # the store's URL: what it takes from the environment
+                self.store_vars.add(name)  # may be its password (kept from command jobs)
             if name in self.env and (self.env[name] or default is None):  # :- as in the shell
                 return self.env[name]
             if default is not None:
@@ -294,7 +297,7 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
     sources = _plugins("source", cfg.sources, reader, default)
     backends = _plugins("backend", cfg.backends, reader, default)
     secrets = secret_env_names(cfg, sources, backends)  # kept from the children of plugins
-    secrets |= _store_secrets(env)
+    secrets |= _store_secrets(env) | reader.store_vars
     sources, backends = _withholding(sources, secrets), _withholding(backends, secrets)
     _check_rules(cfg, merged, reader, default)
     if problems:
@@ -308,10 +311,12 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
 
 def _store_secrets(env: Mapping[str, str]) -> set[str]:
     """The daemon's own secrets in its environment: the store's password, alone
-    (TRIGGERD_STORE_PASSWORD) or inside the store's URL (TRIGGERD_STORE)."""
+    (TRIGGERD_STORE_PASSWORD) or inside the store's URL (TRIGGERD_STORE). (Variables the
+    config's own `store:` expands are added by the reader.)"""
     found = {"TRIGGERD_STORE_PASSWORD"}
     url = env.get("TRIGGERD_STORE", "")
-    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:  # user:password@host
+    if (("@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1])  # user:password@host
+            or "password=" in url):
         found.add("TRIGGERD_STORE")
     return found
 

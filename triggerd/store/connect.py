@@ -56,6 +56,11 @@ def store_url(url: str | URL, password: str | None = None) -> URL:
         raise StoreError("the store URL has more than one '@': a password containing '@', '/', "
                          f"'%', ':' or '#' breaks the URL; give it in {PASSWORD_ENV} instead "
                          "(the URL is not shown, it may hold a password)")
+    query_password = parsed.query.get("password")
+    if query_password is not None:  # `?password=`: moved where masking sees it
+        parsed = parsed.difference_update_query(["password"])
+        if isinstance(query_password, str) and parsed.password is None:
+            parsed = parsed.set(password=query_password)
     if password is None:
         password = os.environ.get(PASSWORD_ENV) or None
     if password is not None and parsed.get_backend_name() != "sqlite":
