@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from triggerd.engine.expr import MAX_TEXT_LENGTH, MAX_WORK, REGEX_MAX_MEM, Expression
+from triggerd.engine.globs import compile_glob
 from triggerd.engine.regex import compile_re2
 from triggerd.errors import ExpressionError
 
@@ -70,6 +71,16 @@ def _at_budget(pattern: str) -> str:
     n = (MAX_WORK - 100_000 - 1_000) // (2 + size // 2)
     return f"regex(value.text[:{n}], '{pattern}')"
 
+
+def _glob_at_budget(pattern: str) -> str:
+    """`matches` on the longest slice of the text the work budget lets through."""
+    size = compile_glob(pattern).size
+    n = (MAX_WORK - 100_000 - 2_000) // (2 + size // 2)
+    return f"value.text[:{n}] matches '{pattern}'"
+
+
+for _glob in ("*a" + "?" * 20 + "c", "*a" + "?" * 500 + "c", "*a" * 200 + "*c"):
+    CASES[f"glob-at-budget {_glob[:24]}"] = _glob_at_budget(_glob)
 
 for _pattern in ("a[ab]{20}c", "a[ab]{12}c", "(?:a.{0,50}){3}c", "(?:a.{0,99}){10}c",
                  ".{0,999}.{0,999}", "(a|b|ab|ba)*(a|b)*(ab)*c", "[ab]*a[ab]{8}"):

@@ -197,3 +197,12 @@ def test_a_backreference_written_as_an_octal_escape_is_refused() -> None:
     assert info.value.column == text.index("'") + 1
     literal_backslash = r"regex(path, 'a\\\\1')"  # the regex a\\1: a backslash, then 1
     assert Expression(literal_backslash).test(event_env(file_event(r"/x/a\1")))
+
+
+def test_a_dear_glob_match_is_refused_before_it_runs() -> None:
+    env = event_env(kafka_event({"text": "ab" * (MAX_STRING_LENGTH // 2)}))
+    dear = "value.text matches '*a" + "?" * 500 + "c'"  # a program of ~1000 instructions
+    assert "too much work" in error_of(dear, env).message
+    assert "too much work" in error_of(dear.replace("value.text matches ", "matches(value.text, ")
+                                       .rstrip() + ")", env).message
+    assert Expression("value.text[:20000] matches '*.parquet'").test(env) is False  # cheap

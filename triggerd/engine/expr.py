@@ -32,7 +32,8 @@ by `simpleeval` over the checked syntax tree. The contract:
   an object, to `MAX_STRING_LENGTH` characters; lists to `MAX_ITEMS` items), and one
   evaluation has a work budget (`MAX_WORK` units: one per node, plus the length of every
   string, list or object an operation or call reads or builds, and for `regex` the text's
-  length times (2 + half the size of the pattern's RE2 program), charged before the call).
+  length times (2 + half the size of the pattern's RE2 program), charged before the call;
+  a glob `matches` likewise).
   An evaluation over budget fails with "too much work", like any other evaluation error:
   the event does not match and the rule's error count grows. The budget bounds the dearest
   accepted evaluation to milliseconds (`bench/expr.py` measures the worst cases).
@@ -152,6 +153,17 @@ def _regex_cost(text: Any, pattern: Any) -> int:
     try:
         size = _compile_regex(pattern).size
     except (_Refused, RegexError):
+        return 1  # the call itself says what is wrong
+    return len(text) * (2 + size // 2) + len(pattern)
+
+
+def _glob_cost(text: Any, pattern: Any) -> int:
+    """What a glob match costs in work units: as a regex (`_regex_cost`), by its program."""
+    if not isinstance(text, str) or not isinstance(pattern, str):
+        return 1
+    try:
+        size = compile_glob(pattern).size
+    except ExpressionError:
         return 1  # the call itself says what is wrong
     return len(text) * (2 + size // 2) + len(pattern)
 
@@ -521,7 +533,8 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
         left = self._eval(node.left)
         for operation, comparator in zip(node.ops, node.comparators, strict=True):
             right = self._eval(comparator)
-            self._charge(_weight(left) + _weight(right), node)
+            self._charge(_glob_cost(left, right) if isinstance(operation, _GlobMatch)
+                         else _weight(left) + _weight(right), node)
             try:
                 ok = self.operators[type(operation)](left, right)
             except TypeError:
@@ -553,6 +566,8 @@ class _Evaluator(simpleeval.SimpleEval):  # type: ignore[misc]
         args = [self._eval(a) for a in node.args]
         if func.id == "regex":
             self._charge(_regex_cost(*args), node)
+        elif func.id == "matches":
+            self._charge(_glob_cost(*args), node)
         elif func.id != "len":  # len is O(1)
             self._charge(sum(_weight(a) for a in args), node)
         return self._made(FUNCTIONS[func.id].fn(*args), node)

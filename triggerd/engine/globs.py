@@ -32,7 +32,7 @@ from triggerd.errors import ExpressionError
 
 __all__ = ["MAX_GLOB_LENGTH", "Glob", "compile_any", "compile_glob", "glob_match"]
 
-MAX_GLOB_LENGTH = 4096
+MAX_GLOB_LENGTH = 1024  # bounds the RE2 program, so a match's cost per character
 
 
 def _literal(c: str) -> str:
@@ -129,6 +129,11 @@ class Glob:
 
     def fullmatch(self, text: str) -> object | None:
         return self._compiled.fullmatch(text)
+
+    @property
+    def size(self) -> int:
+        """The size of its RE2 program (what a character of text costs, at worst)."""
+        return self._compiled.size
 
     def __repr__(self) -> str:
         return f"Glob({self.pattern!r})"
