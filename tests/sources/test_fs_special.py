@@ -121,6 +121,56 @@ async def test_a_known_file_replaced_by_a_fifo_is_gone_and_counted(tmp_path: Pat
     assert [e.kind for e in ctx.named("x.csv")] == ["created", "deleted"]
 
 
+async def test_a_special_file_is_reported_again_once_it_was_regular_in_between(
+        tmp_path: Path) -> None:
+    target = tmp_path / "x.csv"
+    rejects = MemoryRejects()
+    async with running(tmp_path, rejects=rejects) as (source, ctx):
+        os.mkfifo(target)
+        await eventually(lambda: source.stats["not_regular"] == 1)
+        target.unlink()
+        write(target, b"regular now")
+        await ctx.wait_until(lambda: bool(ctx.named("x.csv")))
+        staged = tmp_path / "x.csv.tmp"
+        os.mkfifo(staged)
+        os.rename(staged, target)  # a FIFO again at the same name: a new fact, reported
+        await eventually(lambda: source.stats["not_regular"] == 2)
+    assert [r.ref for r in rejects.rejects] == [str(target)] * 2
+
+
+async def test_a_special_file_whose_reject_was_not_stored_is_reported_again(
+        tmp_path: Path) -> None:
+    """The store refused the reject (an outage): the source fails and restarts, and the FIFO
+    is recorded then, not forgotten as already reported."""
+
+    class FlakyRejects(MemoryRejects):
+        failures = 1
+
+        async def add(self, rejects: Sequence[Reject]) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("store unreachable (simulated)")
+            await super().add(rejects)
+
+    rejects = FlakyRejects()
+    os.mkfifo(tmp_path / "x.csv")
+    source = fs.FilesystemSource(NAME, fs.FilesystemOptions(
+        type="filesystem", paths=[str(tmp_path)], patterns=["**"]), rejects=rejects,
+        root_check=0.05)
+    from test_filesystem import FakeContext
+
+    with pytest.raises(OSError, match="simulated"):
+        await asyncio.wait_for(source.run(FakeContext()), 10)
+    ctx = FakeContext()
+    task = asyncio.create_task(source.run(ctx))  # the supervisor's restart
+    try:
+        await eventually(lambda: len(rejects.rejects) == 1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert rejects.rejects[0].ref == str(tmp_path / "x.csv")
+
+
 # --- the rename race, at the look ----------------------------------------------------------
 
 

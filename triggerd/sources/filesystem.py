@@ -483,6 +483,7 @@ class FilesystemSource:
         saves: list[tuple[str, FileRow]] = []
         gone: list[str] = []
         rejected: list[Reject] = []
+        rejected_paths: list[str] = []
         now = ctx.clock.now()
         for (path, entry), seen in zip(due, looks, strict=True):
             if seen.verdict == "changing":
@@ -494,6 +495,9 @@ class FilesystemSource:
             old = self._known.sig(path)
             if seen.verdict == "special" and path not in self._special:
                 rejected.append(self._not_regular(now, path, seen.mode))
+                rejected_paths.append(path)
+            elif seen.verdict != "special":
+                self._special.discard(path)  # a special file there again is reported again
             if seen.verdict in ("gone", "special"):  # a known file replaced by one is gone
                 if old is not None:
                     gone.append(path)
@@ -514,7 +518,11 @@ class FilesystemSource:
                 events.append(self._event(now, kind, path, entry.root, rel, size, mtime_ns,
                                           seen.sha256, fingerprint))
         if rejected and self.rejects is not None:
-            await self.rejects.add(rejected)
+            try:
+                await self.rejects.add(rejected)
+            except BaseException:
+                self._special.difference_update(rejected_paths)  # not recorded: again later
+                raise
         joined = None
         if events:
             # the rows go into the events' own transaction where the table can join it: both
