@@ -21,8 +21,10 @@ and the job is recorded as `failed` (never retried: the backend may have acted b
 broke, and a retry could act twice; once the bug is understood, `triggerd fire` starts a new
 trigger), with a detail naming the error. The job never stays `running`, and the
 dispatcher goes on with the next trigger. Only when even that record fails (the store
-refuses it for a reason that is not an outage) does the job stay `running`, to be given back
-by `Store.recover_jobs` at the next start; that too is logged.
+refuses it for a reason that is not an outage), or the daemon stops while the record waits out
+a store outage, does the job stay `running`, to be given back by `Store.recover_jobs` at the
+next start (which may then retry it: the one case the rule above cannot hold); the first is
+logged.
 
 A job is claimed on the store thread, in the engine's trip that wrote its trigger when it can
 start at once (else by `run`). A `Launcher` backend (the command backend) begins the attempt
