@@ -9,7 +9,8 @@ from sqlalchemy import and_, desc, select
 
 from triggerd.model import Job, Trigger
 from triggerd.store import tables as t
-from triggerd.store.sql import Store, _job
+from triggerd.store.jobs import job_row
+from triggerd.store.sql import Store
 
 
 def list_events(store: Store, *, rule: str | None = None, source: str | None = None,
@@ -56,7 +57,7 @@ def list_jobs(store: Store, *, rule: str | None = None, status: str | None = Non
         q = q.where(j.status == status)
     q = q.order_by(desc(j.created_at), desc(j.id)).limit(limit)
     with store.read() as c:
-        return [_job(r) for r in c.execute(q)]
+        return [job_row(r) for r in c.execute(q)]
 
 
 def trigger_counts(store: Store) -> dict[str, tuple[int, datetime | None]]:
