@@ -5,8 +5,9 @@ Two kinds, in one private `CollectorRegistry` per daemon (several may run in one
 - counters and histograms fed by hooks as things happen in this process: events and
   duplicates by source, triggers by rule and reason kind, job attempts by backend and outcome,
   dispatch latency and attempt duration by backend, config reloads, source health, heartbeat;
-- gauges read from the store at scrape time (`StoreCollector`), through the daemon's store
-  thread: pending events and the age of the oldest one per rule, seconds since the last
+- gauges read from the store at scrape time (`StoreCollector`, from the snapshot that
+  `triggerd.store.queries.read_snapshot` reads: the store runs the SQL), through the daemon's
+  store thread: pending events and the age of the oldest one per rule, seconds since the last
   successful job per rule, jobs kept in the store by backend and status.
 
 Names (all prefixed `triggerd_`) are part of the operator contract once released: add, never
@@ -18,61 +19,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from sqlalchemy import func, select
 
 from triggerd import __version__
-from triggerd.store import tables as t
-from triggerd.store.rejects import count_rejects
-from triggerd.store.sql import Store
+from triggerd.store.queries import StoreSnapshot, ping, read_snapshot
+
+__all__ = ["Metrics", "StoreCollector", "StoreSnapshot", "ping", "read_snapshot"]
 
 # seconds: from a trigger firing to its job starting; from a job attempt starting to its end
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600)
-
-
-@dataclass
-class StoreSnapshot:
-    """What the store says at scrape time (read on the store thread)."""
-
-    at: datetime
-    pending: dict[str, tuple[int, int, datetime | None]] = field(default_factory=dict)
-    last_success: dict[str, datetime | None] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
-    rejects: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> kind -> n
-
-
-def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSnapshot:
-    """Per rule pending events (count, bytes, oldest), last success; jobs by backend/status."""
-    names = list(rules)
-    snap = StoreSnapshot(at=now)
-    g, j = t.rule_groups.c, t.jobs.c
-    conv = t.UTCDateTime().process_result_value
-    with store.read() as c:
-        # per rule from its groups' rows (their pending summaries): not from every pending row
-        for rule, count, size, oldest, last in c.execute(
-                select(g.rule, func.sum(g.pending_count), func.sum(g.pending_bytes),
-                       func.min(g.pending_first_at), func.max(g.last_success_at))
-                .where(g.rule.in_(names)).group_by(g.rule)):
-            if count:
-                snap.pending[rule] = (int(count), int(size), conv(oldest, store.engine.dialect))
-            snap.last_success[rule] = conv(last, store.engine.dialect)
-        for backend, status, n in c.execute(select(j.backend, j.status, func.count())
-                                            .group_by(j.backend, j.status)):
-            snap.jobs[(backend, status)] = int(n)
-    snap.rejects = count_rejects(store)
-    return snap
-
-
-def ping(store: Store) -> None:
-    """A cheap round trip to the store (raises StoreError when it cannot be reached)."""
-    with store.read() as c:
-        c.execute(select(1)).scalar()
 
 
 class StoreCollector:

@@ -1,15 +1,19 @@
-"""Read-only queries behind the CLI's `events`, `triggers`, `jobs` and `status`."""
+"""The read model: read-only queries behind the CLI's `events`, `triggers`, `jobs` and
+`status`, and the store's side of a `/metrics` scrape (`read_snapshot`, `ping`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, desc, select
+from sqlalchemy import and_, desc, func, select
 
 from triggerd.model import Job, Trigger
 from triggerd.store import tables as t
 from triggerd.store.jobs import job_row
+from triggerd.store.rejects import count_rejects
 from triggerd.store.sql import Store
 
 
@@ -104,3 +108,42 @@ def request_result(store: Store, request_id: int) -> tuple[datetime | None, str 
     with store.read() as c:
         row = c.execute(select(r.handled_at, r.result).where(r.id == request_id)).first()
     return (row[0], row[1]) if row else (None, None)
+
+
+@dataclass
+class StoreSnapshot:
+    """What the store says at scrape time (read on the store thread)."""
+
+    at: datetime
+    pending: dict[str, tuple[int, int, datetime | None]] = field(default_factory=dict)
+    last_success: dict[str, datetime | None] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejects: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> kind -> n
+
+
+def read_snapshot(store: Store, rules: Iterable[str], now: datetime) -> StoreSnapshot:
+    """Per rule pending events (count, bytes, oldest), last success; jobs by backend/status."""
+    names = list(rules)
+    snap = StoreSnapshot(at=now)
+    g, j = t.rule_groups.c, t.jobs.c
+    conv = t.UTCDateTime().process_result_value
+    with store.read() as c:
+        # per rule from its groups' rows (their pending summaries): not from every pending row
+        for rule, count, size, oldest, last in c.execute(
+                select(g.rule, func.sum(g.pending_count), func.sum(g.pending_bytes),
+                       func.min(g.pending_first_at), func.max(g.last_success_at))
+                .where(g.rule.in_(names)).group_by(g.rule)):
+            if count:
+                snap.pending[rule] = (int(count), int(size), conv(oldest, store.engine.dialect))
+            snap.last_success[rule] = conv(last, store.engine.dialect)
+        for backend, status, n in c.execute(select(j.backend, j.status, func.count())
+                                            .group_by(j.backend, j.status)):
+            snap.jobs[(backend, status)] = int(n)
+    snap.rejects = count_rejects(store)
+    return snap
+
+
+def ping(store: Store) -> None:
+    """A cheap round trip to the store (raises StoreError when it cannot be reached)."""
+    with store.read() as c:
+        c.execute(select(1)).scalar()
