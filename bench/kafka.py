@@ -206,7 +206,7 @@ async def through_source(bootstrap: str, topic: str, n: int, workdir: Path,
     prof = cProfile.Profile() if profile else None
     try:
         while True:
-            ctx = daemon._contexts.get("metrics")
+            ctx = daemon.supervisor.contexts.get("metrics")
             done = (ctx.details or {}).get("messages", 0) if ctx else 0
             if done and not first:
                 first = time.perf_counter()

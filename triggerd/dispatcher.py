@@ -39,7 +39,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -147,6 +147,18 @@ class Dispatcher:
         except Exception as exc:  # the attempt's outcome: dispatch raises it
             launched.set_exception(exc)
         return replace(claim, launched=launched)
+
+    def reconfigure(self, config: Config, backends: Mapping[str, Backend]) -> None:
+        """A reload: the new config, and its new and changed backends (jobs already running
+        finish on the backend object they started with)."""
+        self.config = config
+        self.backends.update(backends)
+
+    def forget_backends(self, names: Iterable[str]) -> None:
+        """Backends a reload removed: dropped only once the engine decided with the new rules
+        (a decision round on the old ones may have queued a job for one of them)."""
+        for name in names:
+            self.backends.pop(name, None)
 
     async def run(self) -> None:
         store_down = 0.0  # seconds to wait before retrying after a store error

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from tests_pg import truncate
 
-import triggerd.daemon as daemon_module
+import triggerd.runtime.housekeeping as daemon_module
 from triggerd.config.loader import load_config
 from triggerd.daemon import Daemon
 from triggerd.store import Store

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from triggerd.config.loader import Config, load_config
 from triggerd.errors import ConfigError, StoreError
+from triggerd.runtime.build import build_backend, build_source
 from triggerd.settings import Settings
 
 if TYPE_CHECKING:
-    from triggerd.daemon import Daemon
+    from triggerd.runtime.daemon import Daemon
 
 log = logging.getLogger("triggerd.reload")
 
@@ -89,21 +90,20 @@ async def reload(daemon: Daemon) -> bool:
         daemon.metrics.reloads.labels("applied").inc()
         return True
     try:  # build everything new before touching what runs
-        built_backends = {n: daemon.build_backend(n, new.backends[n])
+        built_backends = {n: build_backend(new, n, new.backends[n])
                           for n in backends.added + backends.changed}
-        built_sources = {n: daemon.build_source(n, new.sources[n])
+        built_sources = {n: build_source(n, new.sources[n], daemon.services())
                          for n in sources.added + sources.changed}
     except Exception as exc:  # a plugin that cannot be built: nothing was changed yet
         return _refused(daemon, f"cannot build a plugin: {type(exc).__name__}: {exc}")
 
-    await daemon.stop_sources(sources.changed + sources.removed)
+    await daemon.supervisor.stop(sources.changed + sources.removed)
     for name in sources.removed:
-        ctx = daemon.forget_source(name)
+        ctx = daemon.supervisor.forget(name)
         if ctx is not None:
             daemon.metrics.forget_source(name, ctx.type)
     daemon.config = new
-    daemon.dispatcher.config = new
-    daemon.dispatcher.backends.update(built_backends)
+    daemon.dispatcher.reconfigure(new, built_backends)
     try:
         await daemon.engine.reconfigure(new)
     except StoreError as exc:  # applied; the decisions it could not make run on new events
@@ -112,10 +112,9 @@ async def reload(daemon: Daemon) -> bool:
     finally:
         # removed backends go only now: a decision round still on the old rules may have
         # queued a job for one of them
-        for name in backends.removed:
-            daemon.dispatcher.backends.pop(name, None)
+        daemon.dispatcher.forget_backends(backends.removed)
         for name, source in built_sources.items():
-            daemon.start_source(name, source)
+            daemon.supervisor.start(name, source)
     daemon.metrics.reloads.labels("applied").inc()
     daemon.metrics.config_rules.set(len(new.rules))
     summary = "; ".join(d for d in (rules.describe("rules"), sources.describe("sources"),
