@@ -1,0 +1,124 @@
+"""The `triggerd` command line: every command, its options and help text (argparse).
+
+Each command's parser carries `func`, the function in triggerd.cli.commands that runs it.
+The order of the commands here is the order `triggerd --help` lists them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from triggerd import __version__
+from triggerd.cli.commands import (
+    cmd_check,
+    cmd_db,
+    cmd_events,
+    cmd_explain,
+    cmd_fire,
+    cmd_health,
+    cmd_jobs,
+    cmd_pause,
+    cmd_resume,
+    cmd_run,
+    cmd_schema,
+    cmd_status,
+    cmd_triggers,
+)
+
+Command = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class _Subcommands:
+    """Adds commands: each takes --config (`common`); queries also take --json (`as_json`)."""
+
+    sub: argparse._SubParsersAction[argparse.ArgumentParser]
+    common: argparse.ArgumentParser
+    as_json: argparse.ArgumentParser
+
+    def add(self, name: str, func: Command, help_: str, *, json: bool = False
+            ) -> argparse.ArgumentParser:
+        parents = [self.common, self.as_json] if json else [self.common]
+        p = self.sub.add_parser(name, parents=parents, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="FILE",
+                        help="main config file (default: $TRIGGERD_CONFIG or "
+                             "config/triggerd.yaml)")
+    return common
+
+
+def _json_option() -> argparse.ArgumentParser:
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print exact JSON")
+    return as_json
+
+
+def _add_daemon_commands(cmds: _Subcommands) -> None:
+    cmds.add("run", cmd_run, "run the daemon in the foreground")
+    cmds.add("check", cmd_check, "validate the config and rule files")
+
+
+def _add_query_commands(cmds: _Subcommands) -> None:
+    cmds.add("status", cmd_status, "rules, sources and the daemon's heartbeat", json=True)
+    p = cmds.add("events", cmd_events, "recent events", json=True)
+    p.add_argument("--rule")
+    p.add_argument("--source")
+    p.add_argument("--since", help="a duration (2h) or an ISO time")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--rejected", action="store_true",
+                   help="list input sources rejected (bad Kafka messages, failed `where`)")
+    p = cmds.add("triggers", cmd_triggers, "trigger history with reasons", json=True)
+    p.add_argument("--rule")
+    p.add_argument("--since", help="a duration (2h) or an ISO time")
+    p.add_argument("--limit", type=int, default=50)
+    p = cmds.add("jobs", cmd_jobs, "jobs with status, attempts and outcome", json=True)
+    p.add_argument("--rule")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "retrying",
+                                        "cancelled"])
+    p.add_argument("--limit", type=int, default=50)
+    p = cmds.add("explain", cmd_explain, "why a rule did or did not fire", json=True)
+    p.add_argument("rule")
+
+
+def _add_request_commands(cmds: _Subcommands) -> None:
+    p = cmds.add("fire", cmd_fire, "a manual trigger: the running daemon dispatches it")
+    p.add_argument("rule")
+    p.add_argument("--reason")
+    p.add_argument("--wait", type=float, default=5.0,
+                   help="seconds to wait for the daemon to confirm (default 5)")
+    p = cmds.add("pause", cmd_pause, "silence a rule; events keep accumulating")
+    p.add_argument("rule")
+    p.add_argument("--for", dest="duration", metavar="DURATION")
+    p.add_argument("--reason")
+    p = cmds.add("resume", cmd_resume, "resume a paused rule")
+    p.add_argument("rule")
+
+
+def _add_admin_commands(cmds: _Subcommands) -> None:
+    cmds.add("schema", cmd_schema, "print the JSON Schema of the config")
+    p = cmds.add("health", cmd_health,
+                 "exit 0 if the running daemon's /healthz answers (probes)")
+    p.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
+    p = cmds.add("db", cmd_db, "store maintenance")
+    p.add_argument("action", choices=["upgrade"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog="triggerd", parents=[common],
+                                     description="Decide when to retrain, and start it.")
+    parser.add_argument("--version", action="version", version=f"triggerd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cmds = _Subcommands(sub, common, _json_option())
+    _add_daemon_commands(cmds)
+    _add_query_commands(cmds)
+    _add_request_commands(cmds)
+    _add_admin_commands(cmds)
+    return parser
