@@ -6,7 +6,7 @@
    - a bare faust agent (`async for value in stream`, raw serializer, acks as faust does):
      what faust itself costs per message;
    - a bare faust agent with `stream.take(500, 0.05)`: faust's batching ceiling;
-   - the bare agent again on the source's fetch loop (`_kafka/fetch.py`): what is left of
+   - the bare agent again on the source's fetch loop (`_kafka/internals.py`): what is left of
      faust's own cost once the per-message wait in its fetch loop is gone;
    - the `kafka` source inside an in-process `Daemon` with a SQLite store and a drift rule
      whose `where` is evaluated on every message (0.4 % match; it never fires): every message
@@ -134,17 +134,16 @@ async def bare_faust(bootstrap: str, topic: str, n: int, take: bool,
                      batch_fetch: bool = False) -> float:
     import faust
 
-    from triggerd.sources._kafka.fetch import BatchTransport
+    from triggerd.sources._kafka.internals import SourceApp
 
-    app = faust.App(f"bare-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}",
+    # the source's fetch loop (one wait_first per fetch, not per message), or faust's own
+    app_class = SourceApp if batch_fetch else faust.App
+    app = app_class(f"bare-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}",
                     web_enabled=False, autodiscover=False, store="memory://",
                     topic_disable_leader=True, topic_allow_declare=False,
                     consumer_auto_offset_reset="earliest", broker_session_timeout=6.0,
                     broker_heartbeat_interval=1.0)
-    app._create_directories = lambda: None  # type: ignore[method-assign]
-    if batch_fetch:  # the source's fetch loop (one wait_first per fetch, not per message)
-        app._new_transport = (  # type: ignore[method-assign]
-            lambda: BatchTransport(app.conf.broker_consumer, app))
+    app._create_directories = lambda: None  # type: ignore[method-assign]  # no data dir
     channel = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                         value_serializer="raw")
     done = asyncio.Event()

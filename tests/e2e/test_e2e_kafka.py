@@ -291,7 +291,7 @@ def test_two_daemons_share_a_four_partition_topic_every_message_in_one_trigger(
 @pytest.mark.slow
 def test_rebalances_while_thousands_of_fetched_messages_are_in_flight_lose_none(
         td: Triggerd, kafka_broker: Tansu, _pg_migrated: str) -> None:
-    """The fetch loop hands faust a whole fetch at a time (`_kafka/fetch.py`): a daemon
+    """The fetch loop hands faust a whole fetch at a time (`_kafka/internals.py`): a daemon
     joining and one leaving while a backlog streams in loses no message and puts none in two
     triggers; what was fetched but not stored when a rebalance began is read again."""
     td.use_postgresql(_pg_migrated)

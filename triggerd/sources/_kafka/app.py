@@ -12,7 +12,7 @@ At least once, then deduplicated
     rejects recorded, its events stored (`ctx.emit` returns when they are durable), and only
     then is each message acknowledged; faust commits acknowledged offsets every
     `commit_interval`, on rebalance and on stop. faust's fetch loop hands a fetched batch to
-    the conductor at a time (`_kafka/fetch.py`). A crash between store and commit
+    the conductor at a time (`_kafka/internals.py`). A crash between store and commit
     re-reads the uncommitted tail, whose fingerprints the store already holds: duplicates,
     counted, never a second trigger. The agent runs with concurrency 1 (faust-streaming issue
     #606: with concurrency > 1 it commits past in-flight messages).
@@ -51,9 +51,9 @@ async def probe(name: str, options: KafkaOptions, credentials: Any) -> None:
     broker, an untrusted certificate or refused credentials are one clear error here rather
     than a crashed faust consumer thread, or aiokafka's "Unable to bootstrap", which keeps
     the reason to its log."""
-    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+    from triggerd.sources._kafka import internals
 
-    auth = dict(credentials_to_aiokafka_auth(credentials))
+    auth = internals.aiokafka_auth(credentials)
     unreachable: list[str] = []
     refused: list[str] = []
     for broker in options.brokers:
@@ -76,12 +76,13 @@ async def _reach(name: str, host: str, port: int, options: KafkaOptions,
     broker it advertises, if that is another address (the consumer reads from those: their
     certificates must be trusted and name them too)."""
     from aiokafka.errors import KafkaError
-    from aiokafka.protocol.metadata import MetadataRequest
+
+    from triggerd.sources._kafka import internals
 
     where = f"{host}:{port}"
     conn = await _connect(name, host, port, where, options, auth)
     try:
-        metadata = await conn.send(MetadataRequest([]))
+        metadata = await internals.request_metadata(conn)
     except (KafkaError, TimeoutError) as exc:
         hint = "" if options.security.protocol.startswith("SASL_") else (
             ": does it require authentication (`protocol: SASL_SSL`)?")
@@ -89,7 +90,7 @@ async def _reach(name: str, host: str, port: int, options: KafkaOptions,
                             f"({type(exc).__name__}){hint}") from exc
     finally:
         conn.close()
-    advertised = [(b[1], b[2]) for b in metadata.brokers]
+    advertised = internals.advertised_brokers(metadata)
     if advertised and (host, port) not in advertised:
         other_host, other_port = advertised[0]
         other = await _connect(name, other_host, other_port,
@@ -102,7 +103,7 @@ async def _connect(name: str, host: str, port: int, where: str, options: KafkaOp
                    auth: dict[str, Any]) -> Any:
     """An aiokafka connection as the consumer makes it (TCP, TLS, a first request, SASL); with
     SASL made twice, first without it, to tell a TLS failure from a SASL one."""
-    from aiokafka.conn import create_conn
+    from triggerd.sources._kafka import internals
 
     security = options.security
     timeout_ms = int(options.request_timeout.total_seconds() * 1000)
@@ -116,8 +117,8 @@ async def _connect(name: str, host: str, port: int, where: str, options: KafkaOp
         if conn is not None:
             conn.close()
         try:
-            conn = await create_conn(host, port, client_id=f"triggerd-{name}-probe",
-                                     request_timeout_ms=timeout_ms, **settings)
+            conn = await internals.connect(host, port, client_id=f"triggerd-{name}-probe",
+                                           request_timeout_ms=timeout_ms, **settings)
         except Exception as exc:
             raise diagnose(where, stage, security, exc, timeout_ms / 1000) from exc
     return conn
@@ -226,34 +227,17 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def build_app(name: str, options: KafkaOptions, credentials: Any,
               handle: BatchHandler) -> Any:
-    import faust
     from faust.app import BootStrategy
+
+    from triggerd.sources._kafka.internals import SourceApp
 
     class _Boot(BootStrategy):
         enable_web = False
         enable_kafka_producer = False  # the source only reads
         enable_sensors = False  # faust's Monitor costs CPU per message and serves nothing
 
-    class _App(faust.App):
+    class _App(SourceApp):  # the fetch loop, no data directory, `stopping`: see internals
         BootStrategy = _Boot
-
-        stopping = False
-
-        def _new_transport(self) -> Any:
-            """faust's transport, making faust's consumer with the batch fetch loop."""
-            from triggerd.sources._kafka.fetch import BatchTransport
-
-            return BatchTransport(self.conf.broker_consumer, self)
-
-        def _create_directories(self) -> None:
-            """No tables, so no data directory (faust would create `<group>-data` here)."""
-
-        async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-            # On a rebalance, wait for the batches in flight to be stored and acknowledged
-            # (faust's default). On stop, do not: the writer is already cancelled and what it
-            # held is deliberately left unacknowledged, to be read again after a restart.
-            if not self.stopping:
-                await super()._consumer_wait_empty(consumer, logger)
 
     app = _App(
         options.group,
@@ -331,23 +315,17 @@ def tune_fetch_wait(app: Any, seconds: float) -> None:
     whole wait even when a message arrives (tansu) then add up to that much latency to every
     message on an idle topic. aiokafka reads the value per request, so setting it on the
     running fetcher is enough."""
-    try:
-        fetcher = app.consumer._thread._consumer._fetcher
-    except AttributeError:  # not started yet
-        return
-    if fetcher is not None:
-        fetcher._fetch_max_wait_ms = int(seconds * 1000)
+    from triggerd.sources._kafka import internals
+
+    internals.set_fetch_max_wait(app, seconds)
 
 
 def client_connected(app: Any) -> bool:
     """Whether the consumer holds at least one live broker connection (read without
     touching the consumer thread's loop: a snapshot of plain attributes)."""
-    try:
-        consumer = app.consumer._thread._consumer
-        conns = consumer._client._conns
-        return any(conn.connected() for conn in list(conns.values()))
-    except AttributeError:  # not started yet
-        return False
+    from triggerd.sources._kafka import internals
+
+    return internals.client_connected(app)
 
 
 STOP_TIMEOUT = 10.0
