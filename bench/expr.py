@@ -4,7 +4,7 @@ Each case is hostile by design: a backtracking-prone regex on the longest string
 can carry, nested `str([...])` that doubles its escapes at every level, long chains of
 string work, globs with many stars. Every case is compiled as `check` compiles it; cases
 `check` refuses are reported as such. The figure that matters is the worst time of any
-accepted case: the work budget (`MAX_WORK`, triggerd/engine/expr.py) bounds it.
+accepted case: the work budget (`MAX_WORK`, triggerd/language/expr.py) bounds it.
 
     .venv/bin/python bench/expr.py            # prints a table and the worst case
     .venv/bin/python bench/expr.py --json
@@ -18,10 +18,10 @@ import random
 import time
 from typing import Any
 
-from triggerd.engine.expr import MAX_TEXT_LENGTH, MAX_WORK, REGEX_MAX_MEM, Expression
-from triggerd.engine.globs import compile_glob
-from triggerd.engine.regex import compile_re2
 from triggerd.errors import ExpressionError
+from triggerd.language.expr import MAX_TEXT_LENGTH, MAX_WORK, REGEX_MAX_MEM, Expression
+from triggerd.language.globs import compile_glob
+from triggerd.language.regex import compile_re2
 
 
 def _env(text: str, path: str) -> dict[str, Any]:

@@ -329,7 +329,7 @@ def print_table(results: list[Result], markdown: bool) -> None:
 
 # -- profile --------------------------------------------------------------------------------------
 CATEGORIES = (
-    ("classify: where (simpleeval)", ("simpleeval", "triggerd/engine/expr.py")),
+    ("classify: where (simpleeval)", ("simpleeval", "triggerd/language/expr.py")),
     ("classify: rule loop, globs, templates", ("triggerd/engine/", "fullmatch")),
     ("event.id (blake2b, per access)", ("triggerd/model.py", "blake2b")),
     ("JSON serialisation", ("json/", "_json", "json.", "dumps", "encode_basestring")),

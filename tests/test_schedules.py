@@ -1,4 +1,4 @@
-"""Slot arithmetic of triggerd.schedules: cron (crontab semantics, timezones, DST), intervals."""
+"""Slot arithmetic of triggerd.language.schedules: cron (crontab, timezones, DST), intervals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import pytest
 
-from triggerd.schedules import EPOCH, Schedule, validate_cron, validate_timezone
+from triggerd.language.schedules import EPOCH, Schedule, validate_cron, validate_timezone
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,

@@ -23,8 +23,8 @@ import yaml
 from triggerd import registry
 from triggerd.config.loader import load_config
 from triggerd.config.schema import RetrySpec, json_schema
-from triggerd.config.types import DURATION_PATTERN, parse_duration, parse_size
 from triggerd.config.yamlsafe import BoundedLoader
+from triggerd.language.units import DURATION_PATTERN, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "triggerd.example.yaml"

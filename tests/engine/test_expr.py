@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triggerd.engine.expr import NAMES, Expression, event_env
 from triggerd.errors import ExpressionError
+from triggerd.language.expr import NAMES, Expression, event_env
 from triggerd.model import Event
 
 

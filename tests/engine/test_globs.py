@@ -1,4 +1,4 @@
-"""Glob semantics for paths, Kafka keys and schedule names (triggerd.engine.globs)."""
+"""Glob semantics for paths, Kafka keys and schedule names (triggerd.language.globs)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triggerd.engine.globs import compile_any, compile_glob, glob_match
 from triggerd.errors import ExpressionError
+from triggerd.language.globs import compile_any, compile_glob, glob_match
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from triggerd.engine.expr import MAX_STRING_LENGTH, MAX_WORK, Expression, event_env
-from triggerd.engine.globs import compile_any, compile_glob, glob_match
 from triggerd.engine.matching import RuleSet
 from triggerd.errors import ExpressionError
+from triggerd.language.expr import MAX_STRING_LENGTH, MAX_WORK, Expression, event_env
+from triggerd.language.globs import compile_any, compile_glob, glob_match
 from triggerd.model import Event
 
 
@@ -180,7 +180,7 @@ def test_an_event_with_hostile_fields_is_not_matched_and_counted() -> None:
 
 
 def test_a_huge_bad_template_field_is_quoted_short() -> None:
-    from triggerd.engine.templates import Template
+    from triggerd.language.templates import Template
 
     with pytest.raises(ExpressionError) as info:
         Template("{" + "(" * 100_000 + "}")

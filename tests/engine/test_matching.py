@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triggerd.config.schema import RuleSpec
-from triggerd.engine.expr import event_env
 from triggerd.engine.matching import CompiledRule, RuleSet
+from triggerd.language.expr import event_env
 from triggerd.model import Event
 
 SUBJECT_GLOBS = [None, "/data/**", "/data/a/**", "/data/a/*.parquet", "/data/b/x.csv",

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from triggerd.config.loader import load_config
-from triggerd.engine.expr import Expression, event_env
 from triggerd.errors import ConfigError, ExpressionError
+from triggerd.language.expr import Expression, event_env
 from triggerd.model import Event
 from triggerd.sources._kafka.decode import Decoder, Record
 from triggerd.sources._kafka.options import KafkaOptions

@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from triggerd.engine.templates import Template, lookup
 from triggerd.errors import ConfigError, ExpressionError, PermanentDispatchError
+from triggerd.language.templates import Template, lookup
 from triggerd.model import TriggerContext
 
 _SINGLE_FIELD = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")

@@ -59,9 +59,10 @@ from triggerd.backends._common import (
     retry_after,
     template_values,
 )
-from triggerd.config.types import Duration, Strict, format_duration
+from triggerd.config.types import Duration, Strict
 from triggerd.errors import ConfigError, PermanentDispatchError, TransientDispatchError
 from triggerd.interfaces import JobHandle
+from triggerd.language.units import format_duration
 from triggerd.model import DispatchResult, TriggerContext
 
 log = logging.getLogger(__name__)

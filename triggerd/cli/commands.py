@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from triggerd.cli import views
 from triggerd.config.loader import Config, load_config
-from triggerd.config.types import parse_duration
 from triggerd.errors import ConfigError, StoreError, StoreLockedError
+from triggerd.language.units import parse_duration
 from triggerd.settings import Settings
 
 log = logging.getLogger("triggerd.cli")

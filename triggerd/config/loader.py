@@ -450,10 +450,10 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
 
 def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], reader: _Reader,
                  default: Pos) -> None:
-    from triggerd.engine.expr import Expression
-    from triggerd.engine.globs import compile_glob
-    from triggerd.engine.templates import Template
-    from triggerd.schedules import Schedule
+    from triggerd.language.expr import Expression
+    from triggerd.language.globs import compile_glob
+    from triggerd.language.schedules import Schedule
+    from triggerd.language.templates import Template
 
     def problem(path: KeyPath, msg: str) -> None:
         fname, line = _pos(reader.positions, path, default)

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic.json_schema import GenerateJsonSchema
 
-from triggerd.config.types import NAME_PATTERN, Duration, Size, Strict, format_duration
+from triggerd.config.types import NAME_PATTERN, Duration, Size, Strict
+from triggerd.language.units import format_duration
 from triggerd.model import EVENT_KINDS
 
 EventKind = Literal["created", "modified", "moved", "deleted", "message", "tick", "manual"]

@@ -24,9 +24,9 @@ from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, Situation, decide
 from triggerd.errors import StoreError
 from triggerd.interfaces import Clock
+from triggerd.language.schedules import Schedule
 from triggerd.model import Event, GroupState, Pending, RuleFlags, Trigger
 from triggerd.ops import failpoints
-from triggerd.schedules import Schedule
 from triggerd.store.sql import Claim, IngestResult, Key, NewTrigger, Store
 
 log = logging.getLogger("triggerd.engine")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triggerd.config.schema import RuleSpec
-from triggerd.engine.expr import Expression, event_env
-from triggerd.engine.globs import Glob, compile_glob
-from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError
+from triggerd.language.expr import Expression, event_env
+from triggerd.language.globs import Glob, compile_glob
+from triggerd.language.templates import Template
 from triggerd.model import Event, event_ref
 from triggerd.store.sql import Ingest
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from triggerd.config.schema import WhenSpec
-from triggerd.config.types import format_duration
+from triggerd.language.units import format_duration
 from triggerd.model import GroupState, Pending, RuleFlags
 
 

@@ -17,7 +17,7 @@ Contracts
       `max_sleep` seconds, re-reading the clock after each, so an early wake-up, a wall-clock
       jump or a suspend is noticed. Cancellation is never swallowed.
 
-APScheduler only parses the expression and computes fire times (`triggerd.schedules`); its
+APScheduler only parses the expression and computes fire times (`triggerd.language.schedules`); its
 schedulers and job stores are not used.
 """
 
@@ -33,8 +33,8 @@ from pydantic import Field, field_validator, model_validator
 
 from triggerd.config.types import Duration, Strict
 from triggerd.interfaces import SourceContext
+from triggerd.language.schedules import Schedule, validate_cron, validate_timezone
 from triggerd.model import Event
-from triggerd.schedules import Schedule, validate_cron, validate_timezone
 
 __all__ = ["CronOptions", "CronSource", "tick_fingerprint"]
 

@@ -82,9 +82,9 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from triggerd.config.types import Duration, Strict
-from triggerd.engine.globs import compile_glob
 from triggerd.errors import ExpressionError
 from triggerd.interfaces import SourceContext
+from triggerd.language.globs import compile_glob
 from triggerd.model import Event
 from triggerd.sources._bridge import Bridge
 from triggerd.sources._fsscan import Halted, Known, Look, Matcher, Root, Sig, look, walk

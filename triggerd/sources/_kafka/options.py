@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from triggerd.config.types import Duration, Size, Strict
-from triggerd.engine.templates import Template
 from triggerd.errors import ExpressionError, TriggerdError
+from triggerd.language.templates import Template
 
 __all__ = ["KafkaOptions", "KafkaSecurity", "SecretMissing", "SecurityConfigError"]
 

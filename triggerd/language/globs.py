@@ -17,7 +17,7 @@ column of the offending `[`; so does a pattern longer than `MAX_GLOB_LENGTH` cha
 Compiled patterns are cached.
 
 Matching runs in time linear in the text, whatever the pattern: a glob becomes an RE2 regex
-(`triggerd.engine.regex`), which never backtracks, so `*a*a*a*a*a*b` on a long name costs what
+(`triggerd.language.regex`), which never backtracks, so `*a*a*a*a*a*b` on a long name costs what
 `*.parquet` costs. (Python's `re` took minutes on such a pair: one event could freeze the
 daemon.) Text that is not valid UTF-8 (a file name with undecodable bytes, held as surrogate
 escapes) is matched with each undecodable byte as U+FFFD, one character.
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import functools
 
-from triggerd.engine.regex import Compiled, RegexError, compile_re2
 from triggerd.errors import ExpressionError
+from triggerd.language.regex import Compiled, RegexError, compile_re2
 
 __all__ = ["MAX_GLOB_LENGTH", "Glob", "compile_any", "compile_glob", "glob_match"]
 

@@ -15,8 +15,8 @@ by `simpleeval` over the checked syntax tree. The contract:
 - Calls: only `len int float str abs min max round matches(text, glob) regex(text, pattern)`
   and the string methods `startswith endswith lower upper strip lstrip rstrip split replace
   count find isdigit`, positional arguments only. `regex` is a search with RE2 (linear time;
-  no backreferences or lookaround: `triggerd.engine.regex`); patterns are cached and limited
-  to 200 characters. Globs follow `triggerd.engine.globs`.
+  no backreferences or lookaround: `triggerd.language.regex`); patterns are cached and limited
+  to 200 characters. Globs follow `triggerd.language.globs`.
 - Refused when compiled, with `ExpressionError(message, column)` (1-based, counted in the
   expression text): syntax errors, unknown names, functions and methods, names starting with
   `_`, lambdas, comprehensions, f-strings, `:=`, `*` unpacking, dict/set displays, conditional
@@ -58,9 +58,9 @@ from typing import Any, NoReturn
 
 import simpleeval
 
-from triggerd.engine.globs import compile_glob, glob_match
-from triggerd.engine.regex import Compiled, RegexError, compile_re2
 from triggerd.errors import ExpressionError
+from triggerd.language.globs import compile_glob, glob_match
+from triggerd.language.regex import Compiled, RegexError, compile_re2
 from triggerd.model import Event
 
 __all__ = ["FUNCTIONS", "METHODS", "NAMES", "Expression", "event_env"]

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 
-from triggerd.config.types import format_duration
+from triggerd.language.units import format_duration
 
 __all__ = ["Schedule", "validate_cron", "validate_timezone"]
 

@@ -1,0 +1,57 @@
+"""The dependency rule, as far as the re-layering has gone: what a package may import.
+
+The aim (README, Development): model/errors <- language <- config <- engine, dispatch <-
+runtime <- cli; the store depends only on model and errors; plugins only on the public plugin
+module. Checked here today: the language package (expressions, globs, regex, templates,
+schedules, units) is a leaf over model and errors, and the store knows nothing of config,
+engine, runtime or plugins. Every `import` counts, also one inside a function.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "triggerd"
+
+ALLOWED = {
+    "language": {"triggerd.model", "triggerd.errors", "triggerd.language"},
+    "store": {"triggerd.model", "triggerd.errors", "triggerd.store", "triggerd"},
+}
+
+
+def triggerd_imports(path: Path) -> set[str]:
+    """The triggerd modules `path` imports (`from triggerd import x` counts as `triggerd`)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "triggerd")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "triggerd":
+            found.add(node.module)
+    return found
+
+
+def allowed(module: str, prefixes: set[str]) -> bool:
+    return any(module == p or (p != "triggerd" and module.startswith(p + "."))
+               for p in prefixes)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_what_its_layer_may(package: str) -> None:
+    wrong = {}
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        bad = sorted(m for m in triggerd_imports(path) if not allowed(m, ALLOWED[package]))
+        if bad:
+            wrong[str(path.relative_to(PACKAGE.parent))] = bad
+    assert not wrong, f"imports across the layers of {package}: {wrong}"
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    sample = tmp_path / "m.py"
+    sample.write_text("def f():\n    from triggerd.config.loader import Config\n")
+    assert triggerd_imports(sample) == {"triggerd.config.loader"}
+    assert not allowed("triggerd.config.loader", ALLOWED["store"])
+    assert allowed("triggerd.store.tables", ALLOWED["store"])
