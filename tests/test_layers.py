@@ -3,8 +3,9 @@
 The aim (README, Development): model/errors <- language <- config <- engine, dispatch <-
 runtime <- cli; the store depends only on model and errors; plugins only on the public plugin
 module. Checked here today: the language package (expressions, globs, regex, templates,
-schedules, units) is a leaf over model and errors, and the store knows nothing of config,
-engine, runtime or plugins. Every `import` counts, also one inside a function.
+schedules, units) is a leaf over model and errors; the store knows nothing of config, engine,
+runtime or plugins; sources and backends import only `triggerd.plugin` (and their own
+package's modules). Every `import` counts, also one inside a function.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "triggerd"
 ALLOWED = {
     "language": {"triggerd.model", "triggerd.errors", "triggerd.language"},
     "store": {"triggerd.model", "triggerd.errors", "triggerd.store", "triggerd"},
+    # plugins: the public plugin module, and their own package's private modules
+    "sources": {"triggerd.plugin", "triggerd.sources"},
+    "backends": {"triggerd.plugin", "triggerd.backends"},
 }
 
 

@@ -236,3 +236,38 @@ class RuleFlags:
 
     def is_paused(self, now: datetime) -> bool:
         return self.paused and (self.paused_until is None or now < self.paused_until)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One seen file. `path` is absolute; `fingerprint` is the event fingerprint emitted for it."""
+
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    seen_at: datetime | None = None  # stored; not loaded back (nothing in memory needs it)
+
+    @property
+    def sig(self) -> tuple[int, int, int]:
+        """What a rescan compares: (size, mtime_ns, inode)."""
+        return (self.size, self.mtime_ns, self.inode)
+
+
+HEAD_CHARS = 200
+"""How much of a rejected input is kept (escaped text), enough to recognise it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    source: str
+    ref: str
+    kind: str
+    error: str
+    head: str | None
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "ref": self.ref, "kind": self.kind, "error": self.error,
+                "head": self.head, "at": self.at.isoformat()}

@@ -28,11 +28,12 @@ from triggerd.clock import SystemClock
 from triggerd.errors import StoreError
 from triggerd.interfaces import Source, StoreWork
 from triggerd.model import Event
+from triggerd.plugin import RejectLog
 from triggerd.registry import source_class
+from triggerd.sources._fstable import FileTable
 from triggerd.sources.filesystem import FilesystemOptions, FilesystemSource
 from triggerd.store import Store
-from triggerd.store.files import FileTable, StoreFileTable, load_files
-from triggerd.store.rejects import RejectLog
+from triggerd.store.files import StoreFileTable, load_files
 
 NAME = "landing"
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import aiohttp
 
 from triggerd.backends._common import MAX_RESPONSE, loads_json, retry_after
-from triggerd.errors import PermanentDispatchError, TransientDispatchError
+from triggerd.plugin import PermanentDispatchError, TransientDispatchError
 
 ApiVersion = Literal["v1", "v2"]
 _BODY_SNIPPET = 300  # bytes of an error body kept in a job detail

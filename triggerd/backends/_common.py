@@ -31,9 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from triggerd.errors import ConfigError, ExpressionError, PermanentDispatchError
-from triggerd.language.templates import Template, lookup
-from triggerd.model import TriggerContext
+from triggerd.plugin import (
+    ConfigError,
+    ExpressionError,
+    PermanentDispatchError,
+    Template,
+    TriggerContext,
+    lookup,
+)
 
 _SINGLE_FIELD = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²")

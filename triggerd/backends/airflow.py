@@ -55,12 +55,18 @@ from pydantic import Field, field_validator, model_validator
 
 from triggerd.backends._airflow_api import AirflowApi, Credentials, Reply, path_part
 from triggerd.backends._common import read_secret
-from triggerd.config.types import Duration, Strict
-from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
-from triggerd.interfaces import JobHandle
-from triggerd.language.templates import Template
-from triggerd.language.units import format_duration
-from triggerd.model import DispatchResult, TriggerContext
+from triggerd.plugin import (
+    DispatchResult,
+    Duration,
+    ExpressionError,
+    JobHandle,
+    PermanentDispatchError,
+    Strict,
+    Template,
+    TransientDispatchError,
+    TriggerContext,
+    format_duration,
+)
 
 log = logging.getLogger(__name__)
 

@@ -54,12 +54,19 @@ from typing import Annotated, Any, BinaryIO, Literal
 from pydantic import Field, model_validator
 
 from triggerd.backends._child import Child, spawn
-from triggerd.config.types import Duration, InheritsEnvironment, Size
-from triggerd.errors import ExpressionError, PermanentDispatchError, TransientDispatchError
-from triggerd.interfaces import JobHandle
-from triggerd.language.templates import Template
-from triggerd.language.units import format_duration
-from triggerd.model import DispatchResult, TriggerContext
+from triggerd.plugin import (
+    DispatchResult,
+    Duration,
+    ExpressionError,
+    InheritsEnvironment,
+    JobHandle,
+    PermanentDispatchError,
+    Size,
+    Template,
+    TransientDispatchError,
+    TriggerContext,
+    format_duration,
+)
 
 log = logging.getLogger(__name__)
 

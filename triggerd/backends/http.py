@@ -49,7 +49,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import Field, field_validator, model_validator
 
-from triggerd import __version__
 from triggerd.backends._common import (
     DataTemplate,
     first_bytes,
@@ -59,11 +58,18 @@ from triggerd.backends._common import (
     retry_after,
     template_values,
 )
-from triggerd.config.types import Duration, Strict
-from triggerd.errors import ConfigError, PermanentDispatchError, TransientDispatchError
-from triggerd.interfaces import JobHandle
-from triggerd.language.units import format_duration
-from triggerd.model import DispatchResult, TriggerContext
+from triggerd.plugin import (
+    ConfigError,
+    DispatchResult,
+    Duration,
+    JobHandle,
+    PermanentDispatchError,
+    Strict,
+    TransientDispatchError,
+    TriggerContext,
+    __version__,
+    format_duration,
+)
 
 log = logging.getLogger(__name__)
 

@@ -64,16 +64,20 @@ from triggerd.backends._common import (
     render_or_fail,
     retry_after,
 )
-from triggerd.config.types import Duration, Size, Strict
-from triggerd.config.yamlsafe import FileTooLargeError, load_file
-from triggerd.errors import (
+from triggerd.plugin import (
     ConfigError,
     DispatchError,
+    DispatchResult,
+    Duration,
+    FileTooLargeError,
+    JobHandle,
     PermanentDispatchError,
+    Size,
+    Strict,
     TransientDispatchError,
+    TriggerContext,
+    load_yaml_file,
 )
-from triggerd.interfaces import JobHandle
-from triggerd.model import DispatchResult, TriggerContext
 
 log = logging.getLogger(__name__)
 k8s_config: Any = _k8s_config  # its loaders are untyped
@@ -132,7 +136,7 @@ class KubernetesOptions(Strict):
             return self.manifest
         assert self.manifest_file is not None  # noqa: S101 - the validator ensures it
         try:
-            data = load_file(Path(self.manifest_file))  # an alias bomb cannot explode
+            data = load_yaml_file(Path(self.manifest_file))  # an alias bomb cannot explode
         except (OSError, UnicodeDecodeError, FileTooLargeError, yaml.YAMLError) as exc:
             raise ValueError(f"manifest_file {self.manifest_file}: {exc}") from None
         if not isinstance(data, dict):

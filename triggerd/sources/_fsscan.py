@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from triggerd.language.globs import compile_any
+from triggerd.plugin import compile_any
 
 Sig = tuple[int, int, int]  # size, mtime_ns, inode
 OnDenied = Callable[[str, OSError], None]

@@ -51,7 +51,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from triggerd.errors import TriggerdError
+from triggerd.plugin import TriggerdError
 from triggerd.sources._bridge import Bridge
 
 STOP_TIMEOUT = 5.0  # seconds the source waits for watchdog's threads when it stops

@@ -31,10 +31,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from triggerd.config.types import Duration, Strict
-from triggerd.interfaces import SourceContext
-from triggerd.language.schedules import Schedule, validate_cron, validate_timezone
-from triggerd.model import Event
+from triggerd.plugin import (
+    Duration,
+    Event,
+    Schedule,
+    SourceContext,
+    Strict,
+    validate_cron,
+    validate_timezone,
+)
 
 __all__ = ["CronOptions", "CronSource", "tick_fingerprint"]
 

@@ -81,13 +81,20 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from triggerd.config.types import Duration, Strict
-from triggerd.errors import ExpressionError
-from triggerd.interfaces import SourceContext
-from triggerd.language.globs import compile_glob
-from triggerd.model import Event
+from triggerd.plugin import (
+    Duration,
+    Event,
+    ExpressionError,
+    FileRow,
+    Reject,
+    RejectLog,
+    SourceContext,
+    Strict,
+    compile_glob,
+)
 from triggerd.sources._bridge import Bridge
 from triggerd.sources._fsscan import Halted, Known, Look, Matcher, Root, Sig, look, walk
+from triggerd.sources._fstable import FileTable, MemoryFileTable
 from triggerd.sources._fswatch import (
     STOP_TIMEOUT,
     Handler,
@@ -100,8 +107,6 @@ from triggerd.sources._fswatch import (
     stop_observer,
 )
 from triggerd.sources._names import display, from_stored, is_text, raw_b64, stored
-from triggerd.store.files import FileRow, FileTable
-from triggerd.store.rejects import Reject, RejectLog
 
 __all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "FilesystemSource", "MemoryFileTable",
            "WatchError"]
@@ -163,31 +168,6 @@ class FilesystemOptions(Strict):
         if value is not False and value < timedelta(milliseconds=100):
             raise ValueError("`poll` must be false or at least 100ms")
         return value
-
-
-class MemoryFileTable:
-    """A `FileTable` that lives as long as the process (used when the daemon passes none)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[str, FileRow]] = {}
-
-    async def load(self, source: str) -> dict[str, FileRow]:
-        return dict(self.rows.get(source, {}))
-
-    async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
-        return [(r.path, r.size, r.mtime_ns, r.inode) for r in self.rows.get(source, {}).values()]
-
-    async def save(self, source: str, rows: Sequence[FileRow]) -> None:
-        self.rows.setdefault(source, {}).update((r.path, r) for r in rows)
-
-    async def delete(self, source: str, paths: Sequence[str]) -> None:
-        table = self.rows.get(source, {})
-        for p in paths:
-            table.pop(p, None)
-
-    def with_events(self, source: str, rows: Sequence[FileRow], gone: Sequence[str]
-                    ) -> None:
-        return None  # no store transaction to join: saved after the events, by `save`
 
 
 @dataclass(eq=False)

@@ -27,10 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from triggerd.errors import StoreError
-from triggerd.interfaces import SourceContext
-from triggerd.model import Event
-from triggerd.ops import failpoints
+from triggerd.plugin import Event, Reject, RejectLog, SourceContext, StoreError, failpoint
 from triggerd.sources._kafka.app import (
     BrokerRefused,
     BrokerUnreachable,
@@ -49,7 +46,6 @@ from triggerd.sources._kafka.options import (
     SecretMissing,
     SecurityConfigError,
 )
-from triggerd.store.rejects import Reject, RejectLog
 
 __all__ = ["KafkaOptions", "KafkaSecurity", "KafkaSource"]
 
@@ -234,7 +230,7 @@ class KafkaSource:
                 continue
             rejects = [r for item in items for r in item.rejects]
             await self._durably(ctx, rejects, [e for item in items for e in item.events])
-            failpoints.hit("kafka-after-store")
+            failpoint("kafka-after-store")
             for item in items:
                 for fe in item.messages:
                     fe.ack()

@@ -13,57 +13,22 @@ daemon's store thread (`Daemon.call`) or, by default, `asyncio.to_thread`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from triggerd.model import FileRow
 from triggerd.store import tables as t
 from triggerd.store.fast import sqlite_executemany
 from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store, sqlite_value
 
-__all__ = ["FileRow", "FileTable", "StoreFileTable", "delete_files", "load_files", "load_sigs",
+__all__ = ["FileRow", "StoreFileTable", "delete_files", "load_files", "load_sigs",
            "save_files", "write_files"]
 
 _CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    """One seen file. `path` is absolute; `fingerprint` is the event fingerprint emitted for it."""
-
-    path: str
-    inode: int
-    size: int
-    mtime_ns: int
-    fingerprint: str
-    seen_at: datetime | None = None  # stored; not loaded back (nothing in memory needs it)
-
-    @property
-    def sig(self) -> tuple[int, int, int]:
-        """What a rescan compares: (size, mtime_ns, inode)."""
-        return (self.size, self.mtime_ns, self.inode)
-
-
-class FileTable(Protocol):
-    """The async view of the table a filesystem source uses (one source's rows)."""
-
-    async def load(self, source: str) -> dict[str, FileRow]: ...
-
-    async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
-        """(path, size, mtime_ns, inode) of every row: what a start-up needs, fast."""
-
-    async def save(self, source: str, rows: Sequence[FileRow]) -> None: ...
-
-    async def delete(self, source: str, paths: Sequence[str]) -> None: ...
-
-    def with_events(self, source: str, rows: Sequence[FileRow], gone: Sequence[str]
-                    ) -> Callable[[Connection], None] | None:
-        """`save` and `delete` as work for the transaction that stores the events the rows
-        cover (`SourceContext.emit(events, also=...)`); None when the table cannot join it."""
 
 
 def load_files(store: Store, source: str) -> dict[str, FileRow]:

@@ -12,42 +12,18 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import desc, func, select
 
+from triggerd.model import HEAD_CHARS, Reject
 from triggerd.store import tables as t
 from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store
 
-__all__ = ["HEAD_CHARS", "Reject", "RejectLog", "StoreRejectLog", "count_rejects",
+__all__ = ["HEAD_CHARS", "Reject", "StoreRejectLog", "count_rejects",
            "list_rejects", "reject_row", "save_rejects"]
-
-HEAD_CHARS = 200
-"""How much of a rejected input is kept (escaped text), enough to recognise it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    source: str
-    ref: str
-    kind: str
-    error: str
-    head: str | None
-    at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "ref": self.ref, "kind": self.kind, "error": self.error,
-                "head": self.head, "at": self.at.isoformat()}
-
-
-class RejectLog(Protocol):
-    """What a source uses to record rejects (the daemon service `"rejects"`)."""
-
-    async def add(self, rejects: Sequence[Reject]) -> None: ...
-
 
 def reject_row(r: Reject) -> dict[str, Any]:
     return {"source": r.source, "ref": r.ref, "kind": r.kind, "error": r.error, "head": r.head,

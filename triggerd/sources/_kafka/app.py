@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from triggerd.errors import TriggerdError
+from triggerd.plugin import TriggerdError
 from triggerd.sources._kafka.decode import Record
 from triggerd.sources._kafka.intake import BatchHandler, take_batches
 from triggerd.sources._kafka.options import KafkaOptions, KafkaSecurity

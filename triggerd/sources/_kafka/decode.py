@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from triggerd.errors import ExpressionError
-from triggerd.language.templates import Template
-from triggerd.model import Event
+from triggerd.plugin import HEAD_CHARS, Event, ExpressionError, Reject, Template
 from triggerd.sources._kafka.options import KafkaOptions
-from triggerd.store.rejects import HEAD_CHARS, Reject
 
 __all__ = ["Decoder", "Record", "head_of"]
 

@@ -22,9 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from triggerd.config.types import Duration, Size, Strict
-from triggerd.errors import ExpressionError, TriggerdError
-from triggerd.language.templates import Template
+from triggerd.plugin import Duration, ExpressionError, Size, Strict, Template, TriggerdError
 
 __all__ = ["KafkaOptions", "KafkaSecurity", "SecretMissing", "SecurityConfigError"]
 
