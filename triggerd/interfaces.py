@@ -8,10 +8,13 @@ Sources
     may then acknowledge them to its outside world (commit a Kafka offset, save a checkpoint).
     A source class may list daemon services in a `wants` class attribute; each is passed
     to its constructor as a keyword argument. Today: `"files"`, a store-backed table of
-    what the source has seen (`triggerd.store.files.FileTable`).
+    what the source has seen (the filesystem source's own protocol,
+    `triggerd.sources._fstable.FileTable`), and `"rejects"`, where input that cannot become
+    an event is recorded (`triggerd.plugin.RejectLog`).
     `run` returns or raises only when the source cannot go on; the supervisor restarts it with
     backoff. Cancellation (daemon shutdown) must be honoured promptly. Blocking work (hashing,
-    scanning, thread joins) goes through `asyncio.to_thread`, never on the loop.
+    scanning, thread joins) runs off the loop, in a thread a stop need not wait for where it
+    may hang (the filesystem source's `_fswatch.in_thread`).
 
 Backends
     A backend performs one job attempt: `dispatch(ctx, job)` starts (and, if configured, waits
