@@ -3,44 +3,42 @@
 `load_config(path)` returns a validated `Config` or raises `ConfigError` whose `problems` are
 `file:line: key.path: message` strings, all of them, so a user fixes a file in one pass.
 
-YAML is read with a safe loader that follows YAML 1.2 for booleans: `on:` (a rule key) stays
-the string "on" instead of becoming `True` as in YAML 1.1. It is bounded (`yamlsafe`): alias
-bombs, recursive aliases, absurd nesting and huge files are `file:line` problems, found while
-composing, before anything walks the document. Merge keys (`<<: *base`) are applied here, on
-the composed nodes. An `include` entry is a glob, or `{path: GLOB, only: rules}` for files that
-may add rules only. Options that name secret variables (`*_env`) are collected and handed to
-plugins whose children inherit the environment (`InheritsEnvironment`), which withhold them.
+Each file is read by `reader.Reader`, with a safe loader that follows YAML 1.2 for booleans:
+`on:` (a rule key) stays the string "on" instead of becoming `True` as in YAML 1.1. It is
+bounded (`yamlsafe`): alias bombs, recursive aliases, absurd nesting and huge files are
+`file:line` problems, found while composing, before anything walks the document. Merge keys
+(`<<: *base`) are applied on the composed nodes. An `include` entry is a glob, or
+`{path: GLOB, only: rules}` for files that may add rules only. Options that name secret
+variables (`*_env`) are collected and handed to plugins whose children inherit the
+environment (`InheritsEnvironment`), which withhold them.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from triggerd import registry
+from triggerd.config.reader import (
+    KeyPath,
+    Pos,
+    Reader,
+    dotted,
+    excerpt,
+    position,
+    pydantic_problems,
+)
 from triggerd.config.schema import ConfigFile, IncludeSpec, RuleSpec
 from triggerd.config.types import InheritsEnvironment, secret_env_names
-from triggerd.config.yamlsafe import (
-    BoundedLoader,
-    FileTooLargeError,
-    YamlLimitError,
-    read_limited,
-)
 from triggerd.errors import ConfigError, ExpressionError, TriggerdError
 
-Pos = tuple[str, int]
-KeyPath = tuple[str | int, ...]
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEFAULT_STATE_DIR = "/var/lib/triggerd"
 
 
@@ -59,177 +57,6 @@ class Config:
 
     def source_type(self, name: str) -> str:
         return str(getattr(self.sources.get(name), "type", "unknown"))
-
-
-class _Reader:
-    """Builds plain Python data from YAML nodes, remembering where every key was written."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-        self.store_vars: set[str] = set()  # variables expanded into `store:`
-        self.positions: dict[KeyPath, Pos] = {}
-        self.problems: list[str] = []
-
-    def read(self, path: Path, prefix: KeyPath = ()) -> Any:
-        fname = str(path)
-        try:
-            text = read_limited(path)
-        except FileTooLargeError as exc:
-            self.problems.append(f"{fname}:{exc.line}: {exc}")
-            return None
-        except OSError as exc:
-            self.problems.append(f"{fname}:0: cannot read file: {exc.strerror or exc}")
-            return None
-        except UnicodeDecodeError as exc:
-            line = exc.object[:exc.start].count(b"\n") + 1
-            self.problems.append(f"{fname}:{line}: not UTF-8 text: {exc.reason}")
-            return None
-        try:
-            loader = BoundedLoader(text)  # checks every character first
-        except yaml.reader.ReaderError as exc:  # a control character YAML does not allow
-            line = text[:exc.position].count("\n") + 1
-            self.problems.append(f"{fname}:{line}: invalid YAML: character "
-                                 f"{chr(exc.character)!r} is not allowed in YAML")
-            return None
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return {}
-            return self._build(loader, node, fname, prefix)
-        except YamlLimitError as exc:
-            line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-            self.problems.append(f"{fname}:{line}: {exc.problem}")
-            return None
-        except (RecursionError, MemoryError) as exc:  # a safety net: the limits should hold
-            what = "nested too deeply" if isinstance(exc, RecursionError) else "too large"
-            self.problems.append(f"{fname}:{loader.line + 1}: YAML document {what} to load")
-            return None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else 0
-            where = (f" ({exc.context} at line {exc.context_mark.line + 1})"
-                     if exc.context and exc.context_mark else "")  # where an unclosed [ { ' began
-            self.problems.append(f"{fname}:{line}: invalid YAML: {exc.problem or exc}{where}")
-            return None
-        finally:
-            loader.dispose()
-
-    def _build(self, loader: BoundedLoader, node: yaml.Node, fname: str, path: KeyPath) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            explicit, merged = _merge_pairs(node)
-            for pairs, overridable in ((explicit, False), (merged, True)):
-                for knode, vnode in pairs:
-                    key = loader.construct_object(knode, deep=True)
-                    line = knode.start_mark.line + 1
-                    if not isinstance(key, str | int):
-                        self.problems.append(
-                            f"{fname}:{line}: {_dotted(path)}: keys must be names")
-                        continue
-                    if key in out:
-                        if not overridable:  # a merged key is overridden by the mapping's own
-                            self.problems.append(
-                                f"{fname}:{line}: {_dotted((*path, key))}: duplicate key")
-                        continue
-                    self.positions[(*path, key)] = (fname, line)
-                    out[key] = self._build(loader, vnode, fname, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for i, item in enumerate(node.value):
-                self.positions[(*path, i)] = (fname, item.start_mark.line + 1)
-                items.append(self._build(loader, item, fname, (*path, i)))
-            return items
-        value = loader.construct_object(node, deep=True)
-        if isinstance(value, str) and "$" in value:
-            value = self._expand(value, fname, node.start_mark.line + 1, path)
-        return value
-
-    def _expand(self, value: str, fname: str, line: int, path: KeyPath) -> str:
-        def sub(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name, default = m.group(1), m.group(2)
-            if path == ("store",):  # the store's URL: what it takes from the environment
-                self.store_vars.add(name)  # may be its password (kept from command jobs)
-            if name in self.env and (self.env[name] or default is None):  # :- as in the shell
-                return self.env[name]
-            if default is not None:
-                return default
-            self.problems.append(
-                f"{fname}:{line}: {_dotted(path)}: environment variable {name} is not set")
-            return ""
-
-        return _ENV.sub(sub, value)
-
-
-def _merge_pairs(node: yaml.MappingNode) -> tuple[list[tuple[yaml.Node, yaml.Node]],
-                                                  list[tuple[yaml.Node, yaml.Node]]]:
-    """A mapping's own (key, value) pairs, and those it takes from merge keys (`<<: *base`,
-    `<<: [*a, *b]`: the first mapping listed wins), in that order of precedence. The nodes
-    are not changed (an alias shares them); the composer bounded their size and depth."""
-    explicit: list[tuple[yaml.Node, yaml.Node]] = []
-    merged: list[tuple[yaml.Node, yaml.Node]] = []
-    for knode, vnode in node.value:
-        if knode.tag != _MERGE_TAG:
-            explicit.append((knode, vnode))
-            continue
-        sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
-        for source in sources:
-            if not isinstance(source, yaml.MappingNode):
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"`<<` merges mappings, but found a {source.id}",
-                    knode.start_mark)
-            own, inherited = _merge_pairs(source)
-            merged += own + inherited
-    return explicit, merged
-
-
-def _excerpt(text: str, limit: int = 80) -> str:
-    """`text` quoted for a message, cut to `limit` characters (a hostile expression may be
-    megabytes long; the message must stay one readable line)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
-
-
-def _dotted(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _pos(positions: Mapping[KeyPath, Pos], path: KeyPath, default: Pos) -> Pos:
-    for n in range(len(path), 0, -1):
-        if path[:n] in positions:
-            return positions[path[:n]]
-    return default
-
-
-def _pydantic_problems(exc: ValidationError, prefix: KeyPath,
-                       positions: Mapping[KeyPath, Pos], default: Pos) -> list[str]:
-    out = []
-    for err in exc.errors(include_url=False):
-        loc: KeyPath = prefix
-        for part in err["loc"]:
-            if not _is_variant_tag(part) or (*loc, part) in positions:
-                loc = (*loc, part)
-        fname, line = _pos(positions, loc, default)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}"
-            loc = loc[:-1]
-        elif kind == "missing":
-            msg = f"missing required key {loc[-1]!r}"
-            loc = loc[:-1]
-        else:
-            msg = str(err["msg"]).removeprefix("Value error, ")
-        out.append(f"{fname}:{line}: {_dotted(loc)}: {msg}")
-    return out
-
-
-def _is_variant_tag(part: Any) -> bool:
-    # pydantic inserts union member names ("int", "function-before[...]") into locations
-    return isinstance(part, str) and (part in {"int", "str", "list[str]"} or "[" in part)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
@@ -252,7 +79,7 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
           store: str | None, state_dir: str | None) -> Config:
     env = os.environ if env is None else env
     main = Path(path).absolute()
-    reader = _Reader(env)
+    reader = Reader(env)
     raw = reader.read(main)
     problems = reader.problems
     default: Pos = (str(main), 1)
@@ -271,7 +98,7 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
             merged[section].update(value)
     includes = _includes(raw.get("include"), reader, default)
     for i, spec in includes:
-        fname, line = _pos(reader.positions, ("include", i), default)
+        fname, line = position(reader.positions, ("include", i), default)
         matches = sorted(glob.glob(str(main.parent / spec.path), recursive=True))
         if not matches and not glob.has_magic(spec.path):
             problems.append(f"{fname}:{line}: include[{i}]: no such file {spec.path!r}")
@@ -288,7 +115,7 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
     try:
         cfg = ConfigFile.model_validate(top)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, (), reader.positions, default))
+        problems.extend(pydantic_problems(exc, (), reader.positions, default))
         valid = _without_errors(top, exc)
         if valid is None:
             raise ConfigError(problems) from None
@@ -342,12 +169,12 @@ def _without_errors(top: dict[str, Any], exc: ValidationError) -> ConfigFile | N
         return None
 
 
-def _includes(include: Any, reader: _Reader, default: Pos) -> list[tuple[int, IncludeSpec]]:
+def _includes(include: Any, reader: Reader, default: Pos) -> list[tuple[int, IncludeSpec]]:
     """The valid entries of `include` with their index: a glob string, or a mapping
     `{path: GLOB, only: rules}`; each invalid entry is a problem at its own line."""
     out: list[tuple[int, IncludeSpec]] = []
     for i, entry in enumerate(include if isinstance(include, list) else []):
-        fname, line = _pos(reader.positions, ("include", i), default)
+        fname, line = position(reader.positions, ("include", i), default)
         if isinstance(entry, str):
             out.append((i, IncludeSpec(path=entry)))
         elif isinstance(entry, dict):
@@ -355,14 +182,14 @@ def _includes(include: Any, reader: _Reader, default: Pos) -> list[tuple[int, In
                 out.append((i, IncludeSpec.model_validate(entry)))
             except ValidationError as exc:
                 reader.problems.extend(
-                    _pydantic_problems(exc, ("include", i), reader.positions, default))
+                    pydantic_problems(exc, ("include", i), reader.positions, default))
         else:
             reader.problems.append(f"{fname}:{line}: include[{i}]: must be a glob string or "
                                    "a mapping like {path: GLOB, only: rules}")
     return out
 
 
-def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]], *,
+def _read_included(reader: Reader, path: Path, merged: dict[str, dict[str, Any]], *,
                    rules_only: bool = False) -> Any:
     """Read one included file and merge its sections into `merged`. With `rules_only` (the
     include said `only: rules`) any other top-level key is refused at its line and only the
@@ -414,7 +241,7 @@ def _read_included(reader: _Reader, path: Path, merged: dict[str, dict[str, Any]
     return raw
 
 
-def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
+def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: Reader,
              default: Pos) -> dict[str, BaseModel]:
     types = registry.source_types() if kind == "source" else registry.backend_types()
     load = registry.source_class if kind == "source" else registry.backend_class
@@ -424,7 +251,7 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
         raw = entry.model_dump()
         type_name = raw.get("type")
         if type_name not in types:
-            fname, line = _pos(reader.positions, (section, name, "type"), default)
+            fname, line = position(reader.positions, (section, name, "type"), default)
             reader.problems.append(
                 f"{fname}:{line}: {section}.{name}.type: unknown {kind} type {type_name!r} "
                 f"(known: {', '.join(sorted(types))})")
@@ -433,14 +260,14 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
             options = load(type_name).Options.model_validate(raw)
         except ValidationError as exc:
             reader.problems.extend(
-                _pydantic_problems(exc, (section, name), reader.positions, default))
+                pydantic_problems(exc, (section, name), reader.positions, default))
             continue
         except (TriggerdError, ExpressionError) as exc:
-            fname, line = _pos(reader.positions, (section, name), default)
+            fname, line = position(reader.positions, (section, name), default)
             reader.problems.append(f"{fname}:{line}: {section}.{name}: {exc}")
             continue
         except (RecursionError, MemoryError):
-            fname, line = _pos(reader.positions, (section, name), default)
+            fname, line = position(reader.positions, (section, name), default)
             reader.problems.append(f"{fname}:{line}: {section}.{name}: too deeply nested or "
                                    "too large to check")
             continue
@@ -448,7 +275,7 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: _Reader,
     return out
 
 
-def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], reader: _Reader,
+def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], reader: Reader,
                  default: Pos) -> None:
     from triggerd.language.expr import Expression
     from triggerd.language.globs import compile_glob
@@ -456,8 +283,8 @@ def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], read
     from triggerd.language.templates import Template
 
     def problem(path: KeyPath, msg: str) -> None:
-        fname, line = _pos(reader.positions, path, default)
-        reader.problems.append(f"{fname}:{line}: {_dotted(path)}: {msg}")
+        fname, line = position(reader.positions, path, default)
+        reader.problems.append(f"{fname}:{line}: {dotted(path)}: {msg}")
 
     for name, rule in cfg.rules.items():
         base: KeyPath = ("rules", name)
@@ -482,9 +309,9 @@ def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], read
             except ExpressionError as exc:
                 problem(path, f"{exc.message}" + (
                     f" at column {exc.column}" if exc.column is not None else "")
-                        + f" in {_excerpt(text)}")
+                        + f" in {excerpt(text)}")
             except (RecursionError, MemoryError):  # whatever the engine's own limits are
-                problem(path, f"nested too deeply or too large to compile: {_excerpt(text)}")
+                problem(path, f"nested too deeply or too large to compile: {excerpt(text)}")
         sched = rule.when.schedule
         if sched is None:
             continue
