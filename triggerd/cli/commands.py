@@ -158,7 +158,7 @@ def _daemon_running(daemon: dict[str, Any] | None, now: datetime) -> bool:
 
 def _status_facts(config: Config) -> views.StatusFacts:
     """Everything `status` shows, read from the store in one go."""
-    from triggerd.engine.engine import assess
+    from triggerd.engine.assess import assess
     from triggerd.store import queries
     from triggerd.store.rejects import count_rejects
 
@@ -242,7 +242,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from triggerd.engine.engine import assess
+    from triggerd.engine.assess import assess
 
     config = _load(args)
     if args.rule not in config.rules:

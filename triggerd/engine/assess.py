@@ -1,0 +1,70 @@
+"""What every rule group looks like now: its state, pending events, flags and the policy's
+decision (`assess`), read in one store read. The engine decides from it; `triggerd status` and
+`triggerd explain` show it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from triggerd.config.loader import Config
+from triggerd.engine.policy import Decision, Situation, decide
+from triggerd.language.schedules import Schedule
+from triggerd.model import GroupState, Pending, RuleFlags
+from triggerd.store.sql import Key, Store
+
+
+def rule_schedule(config: Config, rule: str) -> Schedule | None:
+    spec = config.rules[rule].when.schedule
+    if spec is None:
+        return None
+    if spec in config.sources:
+        build: Callable[[], Schedule] = getattr(config.sources[spec], "build_schedule")  # noqa: B009
+        return build()
+    return Schedule.cron(spec)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    key: Key
+    pending: Pending
+    state: GroupState
+    flags: RuleFlags
+    active_jobs: int
+    decision: Decision
+
+
+def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | None = None,
+           at_slot: dict[str, datetime] | None = None) -> dict[Key, Assessment]:
+    """Decide for the given rule groups (all known groups if None) from the store's state.
+
+    Synchronous and side-effect free: the CLI's `status` and `explain` use it as it is.
+    """
+    wanted = set(keys) if keys is not None else None
+    rules = {k[0] for k in wanted} if wanted is not None else set(config.rules)
+    rules &= set(config.rules)
+    if not rules:
+        return {}
+    snap = store.snapshot(rules)
+    states, pending, flags, active = snap.states, snap.pending, snap.flags, snap.active
+    candidates = wanted if wanted is not None else set(states) | set(pending)
+    schedules = {r: rule_schedule(config, r) for r in rules}
+    out: dict[Key, Assessment] = {}
+    for key in candidates:
+        rule, grp = key
+        if rule not in rules:
+            continue
+        spec = config.rules[rule]
+        state = states.get(key) or GroupState(rule=rule, group=grp, seq=0, created_at=now)
+        sched = schedules[rule]
+        slot = (at_slot or {}).get(rule)
+        situation = Situation(
+            pending=pending.get(key, Pending()), state=state,
+            flags=flags.get(rule, RuleFlags()),
+            busy=active.get(rule, 0) >= spec.dispatch.concurrency,
+            on_busy=spec.dispatch.on_busy, scheduled=sched is not None, at_slot=slot,
+            next_slot=sched.next_after(slot or now) if sched else None)
+        out[key] = Assessment(key, situation.pending, state, situation.flags,
+                              active.get(rule, 0), decide(spec.when, situation, now))
+    return out
