@@ -53,6 +53,7 @@ from typing import Annotated, Any, BinaryIO, Literal
 
 from pydantic import Field, model_validator
 
+from triggerd.backends._capture import Capture
 from triggerd.backends._child import Child, spawn
 from triggerd.plugin import (
     DispatchResult,
@@ -70,7 +71,6 @@ from triggerd.plugin import (
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT = 2.0  # seconds to wait for EOF once the direct child has exited
 _GROUP_POLL = 0.05
 
@@ -227,8 +227,8 @@ class CommandBackend:
             _signal_group(pgid, signal.SIGKILL)
         return await proc.wait(), True
 
-    def _capture(self, started: _Started) -> tuple[_Capture, asyncio.Task[None]]:
-        capture = _Capture(self.options.output_limit, self.options.tail,
+    def _capture(self, started: _Started) -> tuple[Capture, asyncio.Task[None]]:
+        capture = Capture(self.options.output_limit, self.options.tail,
                            keeping=started.output is not None)
         if started.output is None:
             capture.notes.append(f"output.log could not be opened ({started.output_error}); "
@@ -254,57 +254,6 @@ class CommandBackend:
         task = asyncio.create_task(follow())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-class _Capture:
-    """Copies a stream into a file up to `limit` bytes, then drains and counts the rest."""
-
-    def __init__(self, limit: int, tail_chars: int, *, keeping: bool = True) -> None:
-        self.limit = limit
-        self.tail_chars = tail_chars
-        self.keeping = keeping  # False: no output file (drained and counted only)
-        self.written = 0
-        self.dropped = 0
-        self.notes: list[str] = []
-        self._tail = bytearray()
-
-    async def drain(self, read_fd: int, file: BinaryIO | None) -> None:
-        stream = asyncio.StreamReader(limit=2 * _CHUNK)
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        transport: asyncio.BaseTransport | None = None
-        try:
-            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(stream), pipe)
-            while chunk := await stream.read(_CHUNK):
-                if self.tail_chars:
-                    self._tail += chunk
-                    del self._tail[:-4 * self.tail_chars]  # at most 4 bytes per character
-                keep = b""
-                if file is not None:
-                    keep = chunk[:max(self.limit - self.written, 0)]
-                    if keep:
-                        await asyncio.to_thread(file.write, keep)
-                        self.written += len(keep)
-                self.dropped += len(chunk) - len(keep)
-        finally:
-            if transport is not None:
-                transport.close()  # closes `pipe`
-            else:
-                pipe.close()
-            if file is not None:
-                file.close()
-
-    def detail(self, headline: str | None) -> str:
-        lines = [headline] if headline else []
-        if self.dropped and self.keeping:
-            lines.append(f"output truncated: output.log holds the first {self.written} bytes, "
-                         f"{self.dropped} more were dropped")
-        lines.extend(self.notes)
-        tail = self._tail.decode("utf-8", "replace")[-self.tail_chars:] if self.tail_chars else ""
-        if tail.strip():
-            tail = tail.lstrip("\ufffd").rstrip("\n")
-            lines.append(f"--- output tail ---\n{tail}" if lines else tail)
-        return "\n".join(lines)
 
 
 def _inherited_env(options: CommandOptions) -> dict[str, str]:
