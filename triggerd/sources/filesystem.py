@@ -73,26 +73,22 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from pydantic import Field, field_validator
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from triggerd.plugin import (
-    Duration,
     Event,
-    ExpressionError,
     FileRow,
     Reject,
     RejectLog,
     SourceContext,
-    Strict,
-    compile_glob,
 )
 from triggerd.sources._bridge import Bridge
+from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions, Kind
 from triggerd.sources._fsscan import Halted, Known, Look, Matcher, Root, Sig, look, walk
 from triggerd.sources._fstable import FileTable, MemoryFileTable
 from triggerd.sources._fswatch import (
@@ -113,61 +109,10 @@ __all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "FilesystemSource", "MemoryFi
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IGNORES = ("*.tmp", "*.part", ".*", "*~", "*.swp", ".goutputstream-*")
-"""Partial-write and editor files, matched against every component of a relative path."""
 BATCH = 1000  # files looked at and stored together (bench: 500 -> 1000 ~+10 % files/s)
-Kind = Literal["created", "modified", "moved", "deleted"]
 T = TypeVar("T")
 _SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
             stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
-
-
-def _default_events() -> list[Kind]:
-    return ["created", "modified", "moved"]
-
-
-class FilesystemOptions(Strict):
-    """Options of a `type: filesystem` source (SPEC 3, source `landing`)."""
-
-    type: Literal["filesystem"]
-    paths: list[str] = Field(min_length=1)
-    """Roots to watch; globs are relative to each."""
-    patterns: list[str] = Field(default_factory=lambda: ["**/*"])
-    """A file is watched when its path relative to the root matches one of these."""
-    ignore: list[str] = Field(default_factory=list)
-    """Relative-path globs to skip, on top of DEFAULT_IGNORES (any path component)."""
-    events: list[Kind] = Field(default_factory=_default_events, min_length=1)
-    settle: Duration = timedelta(seconds=5)
-    """Emit only once a file's size and mtime are unchanged this long."""
-    fingerprint: Literal["sha256", "stat"] = "sha256"
-    poll: Literal[False] | Duration = False
-    """An interval to poll instead of inotify (NFS, CIFS, FUSE)."""
-    scan_on_start: bool = True
-    rescan: Duration = timedelta(minutes=10)
-
-    @field_validator("patterns", "ignore")
-    @classmethod
-    def _valid_globs(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                compile_glob(pattern)
-            except ExpressionError as exc:
-                raise ValueError(str(exc)) from exc
-        return value
-
-    @field_validator("rescan")
-    @classmethod
-    def _valid_rescan(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=1):
-            raise ValueError("`rescan` must be at least 1s")
-        return value
-
-    @field_validator("poll")
-    @classmethod
-    def _valid_poll(cls, value: Literal[False] | timedelta) -> Literal[False] | timedelta:
-        if value is not False and value < timedelta(milliseconds=100):
-            raise ValueError("`poll` must be false or at least 100ms")
-        return value
 
 
 @dataclass(eq=False)
