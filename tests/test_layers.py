@@ -59,3 +59,18 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert triggerd_imports(sample) == {"triggerd.config.loader"}
     assert not allowed("triggerd.config.loader", ALLOWED["store"])
     assert allowed("triggerd.store.tables", ALLOWED["store"])
+
+
+def test_one_definition_of_a_dead_daemon() -> None:
+    """The CLI (`status`) and the daemon (taking over jobs) agree on when a daemon is dead."""
+    from datetime import UTC, datetime
+
+    from triggerd.cli.commands import _daemon_running
+    from triggerd.model import DEAD_AFTER, daemon_alive, dead_before
+
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    beat = now - DEAD_AFTER
+    for at in (beat - DEAD_AFTER / 10, beat + DEAD_AFTER / 10):
+        row = {"stopped_at": None, "heartbeat_at": at}
+        assert _daemon_running(row, now) == daemon_alive(None, at, now) == (at > dead_before(now))
+    assert not _daemon_running({"stopped_at": now, "heartbeat_at": now}, now)

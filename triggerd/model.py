@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -271,3 +271,21 @@ class Reject:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "ref": self.ref, "kind": self.kind, "error": self.error,
                 "head": self.head, "at": self.at.isoformat()}
+
+
+HEARTBEAT = timedelta(seconds=5)
+"""How often a running daemon writes its heartbeat to the store."""
+DEAD_AFTER = 3 * HEARTBEAT
+"""A daemon silent this long is dead: the one definition the daemon (taking over a dead
+replica's jobs and CLI requests) and the CLI (`status`: running or not) share."""
+
+
+def dead_before(now: datetime) -> datetime:
+    """A daemon whose last heartbeat is older than this is dead (if it did not stop first)."""
+    return now - DEAD_AFTER
+
+
+def daemon_alive(stopped_at: datetime | None, heartbeat_at: datetime | None,
+                 now: datetime) -> bool:
+    """Is the daemon with these store fields alive at `now`?"""
+    return stopped_at is None and heartbeat_at is not None and heartbeat_at > dead_before(now)

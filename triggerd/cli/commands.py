@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,11 +24,11 @@ from triggerd.cli import views
 from triggerd.config.loader import Config, load_config
 from triggerd.errors import ConfigError, StoreError, StoreLockedError
 from triggerd.language.units import parse_duration
+from triggerd.model import daemon_alive
 from triggerd.settings import Settings
 
 log = logging.getLogger("triggerd.cli")
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
-HEARTBEAT_STALE = timedelta(seconds=20)
 
 
 class UsageError(Exception):
@@ -152,8 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- queries ---------------------------------------------------------------------------------
 def _daemon_running(daemon: dict[str, Any] | None, now: datetime) -> bool:
-    return bool(daemon and daemon["stopped_at"] is None
-                and now - daemon["heartbeat_at"] < HEARTBEAT_STALE)
+    return daemon is not None and daemon_alive(daemon["stopped_at"], daemon["heartbeat_at"], now)
 
 
 def _status_facts(config: Config) -> views.StatusFacts:

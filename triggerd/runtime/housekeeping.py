@@ -12,15 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from triggerd import model
 from triggerd.aio import wait_event
 from triggerd.errors import StoreError
+from triggerd.model import dead_before
 
 if TYPE_CHECKING:
     from triggerd.runtime.daemon import Daemon
 
 log = logging.getLogger("triggerd.daemon")
 
-HEARTBEAT = timedelta(seconds=5)
+HEARTBEAT = model.HEARTBEAT  # (a module global, so a test can beat faster)
 REQUEST_POLL = 0.25  # seconds: `triggerd fire` is picked up well within a second
 PRUNE_EVERY = timedelta(hours=1)
 RECOVER_EVERY = timedelta(seconds=10)  # look for work orphaned by a dead replica
@@ -88,9 +90,9 @@ async def recover(daemon: Daemon, starting: bool = False) -> None:
     now = daemon.clock.now()
     exclusive = daemon.store.exclusive
     found = await daemon.call(lambda: daemon.store.recover_jobs(
-        daemon.id, now - 3 * HEARTBEAT, now, exclusive=exclusive))
+        daemon.id, dead_before(now), now, exclusive=exclusive))
     requeued = await daemon.call(lambda: daemon.store.requeue_requests(
-        daemon.id, now - 3 * HEARTBEAT, exclusive=exclusive))
+        daemon.id, dead_before(now), exclusive=exclusive))
     if requeued:
         log.info("%d CLI request(s) left unanswered by a stopped daemon taken back", requeued)
     for job_id, not_before in found:
