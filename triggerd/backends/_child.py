@@ -1,11 +1,11 @@
 """A child process started off the event loop and awaited on it, for the command backend.
 
 `asyncio.create_subprocess_exec` forks on the loop thread, builds a transport and, on 3.11,
-starts a thread per child to `waitpid` it: ~1.4 ms from the call to a running child in the
-daemon (bench/filesystem.py). Here the spawn (`subprocess.Popen`, which uses vfork) runs in a
-worker thread with the job's file work, in one trip, and the exit is awaited on the loop
-through a pidfd (Linux >= 5.3): readable once the child has exited, so `wait` reaps it
-without blocking. Where `os.pidfd_open` is missing, a worker thread waits instead.
+starts a thread per child to `waitpid` it: milliseconds from the call to a running child in
+the daemon (bench/filesystem.py; bench/RESULTS.md). Here the spawn (`subprocess.Popen`, which
+uses vfork) runs in a worker thread with the job's file work, in one trip, and the exit is
+awaited on the loop through a pidfd (Linux >= 5.3): readable once the child has exited, so
+`wait` reaps it without blocking. Where `os.pidfd_open` is missing, a worker thread waits instead.
 """
 
 from __future__ import annotations

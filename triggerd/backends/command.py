@@ -325,7 +325,7 @@ def _prepare(job_dir: Path, context: dict[str, Any], workdir: str | None, argv: 
     finally:
         os.close(write_fd)
     # After the spawn (the output waits in the pipe meanwhile): creating a file on a disk
-    # took up to 0.4 ms here, on the way from the event to the running job. A child already
+    # is slow on the way from the event to the running job. A child already
     # running is followed even if this fails: its output is drained, not kept.
     try:
         output = open(job_dir / "output.log", "wb", buffering=0)  # noqa: SIM115 - drain closes

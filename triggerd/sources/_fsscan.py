@@ -309,8 +309,8 @@ def _look(path: str, root: Root, prev: Sig | None, known: Sig | None, now_ns: in
 
 
 def _buffer() -> memoryview:
-    """This thread's read buffer: allocating (and zeroing) 1 MiB per hashed file took a
-    fifth of the throughput bench's files/s."""
+    """This thread's read buffer: allocating (and zeroing) 1 MiB per hashed file was a large
+    share of the throughput bench's time (bench/RESULTS.md, "Design figures")."""
     view: memoryview | None = getattr(_local, "view", None)
     if view is None:
         view = _local.view = memoryview(bytearray(CHUNK))

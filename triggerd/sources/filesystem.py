@@ -109,7 +109,7 @@ __all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "FilesystemSource", "MemoryFi
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # files looked at and stored together (bench: 500 -> 1000 ~+10 % files/s)
+BATCH = 1000  # files looked at and stored together (bench/RESULTS.md: "Design figures")
 T = TypeVar("T")
 _SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
             stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}

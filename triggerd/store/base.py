@@ -87,10 +87,10 @@ class StoreBase:
 
     def pin(self) -> None:
         """Keep one SQLite connection open for this thread's transactions, reads and writes
-        (the daemon's store thread): taking a connection from the pool and giving it back cost
-        ~50 of the ~65 us of an empty transaction here, and the hot path runs four. One, not
-        one per kind: each connection keeps its own page cache (up to 64 MiB). No-op on other
-        databases."""
+        (the daemon's store thread): taking a connection from the pool and giving it back was
+        most of an empty transaction's cost, and the hot path runs four (bench/RESULTS.md,
+        "Design figures"). One, not one per kind: each connection keeps its own page cache
+        (up to 64 MiB). No-op on other databases."""
         if self.dialect == "sqlite" and self._pinned is None:
             self._pinned = (threading.get_ident(), self.engine.connect())
 
@@ -140,9 +140,9 @@ class StoreBase:
 
     def _q(self, name: str, build: Callable[[], Executable]) -> Fast:
         """The statement `name`, built and compiled on first use (`Fast`: on SQLite it runs
-        on sqlite3 directly). Building a SQLAlchemy statement costs ~5x executing a built one
-        (358 vs 70 us here), and executing one ~10x running it on sqlite3 (35 vs 3 us warm);
-        the hot path from an event to its backend runs ~20 of them."""
+        on sqlite3 directly). Building a SQLAlchemy statement costs several times executing a
+        built one, and executing one several times running it on sqlite3 (bench/RESULTS.md,
+        "Design figures"); the hot path from an event to its backend runs ~20 of them."""
         stmt = self._stmts.get(name)
         if stmt is None:
             stmt = self._stmts[name] = Fast(build(), self.engine.dialect)
@@ -194,7 +194,7 @@ def sqlite_value(value: Any) -> Any:
 def sqlite_insert_many(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """`INSERT OR IGNORE` straight to sqlite3's executemany: the ingest hot path.
 
-    SQLAlchemy's per-row parameter processing was a quarter of ingest time (bench/); the
+    SQLAlchemy's per-row parameter processing was a large share of ingest time (bench/); the
     values are converted exactly as its JSON and UTCDateTime types would store them, and
     test_store.py reads them back through SQLAlchemy on every run."""
     keys = list(rows[0])

@@ -1,10 +1,10 @@
 """Opening a database: engine options, SQLite pragmas and BEGIN IMMEDIATE, the daemon lock.
 
 SQLite: WAL journal (readers never block the writer), `synchronous=NORMAL` (durable at each
-checkpoint, safe against process crashes), a 64 MiB page cache and checkpoints every ~40 MB of
-WAL (measured: +25% ingest throughput), a busy timeout, and write transactions opened with
-`BEGIN IMMEDIATE` so two writers queue at the start instead of failing half-way. Read-only
-connections (the CLI's queries) use a plain deferred `BEGIN`.
+checkpoint, safe against process crashes), a 64 MiB page cache and checkpoints every ~40 MB
+of WAL (faster ingest: bench/RESULTS.md, "Design figures"), a busy timeout, and write
+transactions opened with `BEGIN IMMEDIATE` so two writers queue at the start instead of
+failing half-way. Read-only connections (the CLI's queries) use a plain deferred `BEGIN`.
 
 The store URL: a password may come from TRIGGERD_STORE_PASSWORD instead of the URL, as plain
 text (no URL-encoding: `@`, `/`, `%`, `:` and `#` are fine); it is set on the parsed URL with
@@ -149,7 +149,7 @@ def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         read_only = conn.get_execution_options().get(READ_ONLY, False)
-        # on sqlite3 itself: through SQLAlchemy this statement cost ~40 us per transaction
+        # on sqlite3 itself: through SQLAlchemy this statement was dear per transaction
         sql = "BEGIN" if read_only else "BEGIN IMMEDIATE"
         with sqlite_errors(sql):
             conn.connection.driver_connection.execute(sql)

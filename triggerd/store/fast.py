@@ -1,7 +1,7 @@
 """Built-once statements, run straight on sqlite3 on SQLite: the store's hot path.
 
-Executing a built SQLAlchemy Core statement costs ~35 us here on top of sqlite3's ~3 us
-(bench/RESULTS.md, session 5), and the path from a file's event to its backend runs ~20 of
+Executing a built SQLAlchemy Core statement costs several times what sqlite3 itself does
+(bench/RESULTS.md, "Design figures"), and the path from a file's event to its backend runs ~20 of
 them, so the statements on that path are compiled once per dialect and, on SQLite, run on the
 sqlite3 cursor of the transaction's own connection. Values go in and come out through
 SQLAlchemy's own bind and result processors for each type (UTCDateTime, JSON, Boolean), so

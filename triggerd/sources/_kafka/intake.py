@@ -2,7 +2,7 @@
 
 faust's conductor puts each message of the subscribed topics into the agent channel's queue;
 a faust `Stream` then takes them out one at a time (a loop iteration, sensors and a take
-buffer per message: ~30 us of CPU per message, measured in bench/RESULTS.md). `take_batches`
+buffer per message; its cost is in bench/RESULTS.md, "Kafka source"). `take_batches`
 takes them out of that same queue in bulk instead, and does per message what faust's stream
 iterator (`faust/_cython/streams.pyx`, `_prepare_event`) does before an event reaches user
 code:

@@ -16,7 +16,7 @@ faust (faust-streaming)
 1. `App._new_transport()` (faust/app/base.py), overridden by `SourceApp`: the one place
    faust makes its consumer transport, so that it makes a `BatchTransport` with the fetch
    loop below. If renamed or no longer called, the override is dead: faust's own per-message
-   loop runs again (correct, but ~100 us more CPU per message).
+   loop runs again (correct, but dearer per message: bench/RESULTS.md, "Kafka source").
 2. `App._create_directories()` (faust/app/base.py), overridden by `SourceApp` to do nothing:
    the source has no tables, so no data directory. If renamed, faust creates `<group>-data`
    directories in the daemon's working directory again.
@@ -111,9 +111,8 @@ class SourceApp(faust.App):
 # faust's `Consumer._drain_messages` (the loop between aiokafka's `getmany` and the conductor
 # that puts each message into the agent's channel queue) awaits every single message under
 # its own `Service.wait_first(callback(message), suspend_flow.wait())`: four tasks created,
-# run and cancelled per message. Measured (bench/kafka.py, bench/RESULTS.md "Kafka source",
-# 2026-11-23) that is most of faust's ~170 us of CPU per message; the rest of faust
-# (conductor, channel queue, stream) costs ~70 us.
+# run and cancelled per message: most of faust's CPU per message (bench/kafka.py; the figures
+# are in bench/RESULTS.md, "Kafka source").
 #
 # `BatchConsumer._drain_messages` is faust-streaming 0.15.3's loop with one change: the
 # messages of one fetch are delivered by one coroutine under one `wait_first` against the
