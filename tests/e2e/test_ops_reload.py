@@ -164,3 +164,20 @@ def test_sighup_refuses_an_alias_bomb_and_the_old_rules_keep_firing(td: Triggerd
     wait_for(lambda: fired(td, "fresh"), 20, "the running rule to fire")
     assert proc.poll() is None
     assert td.stop(proc) == 0
+
+
+def test_a_sighup_during_start_up_is_applied_once_started(td: Triggerd) -> None:
+    """Sent as soon as the process exists (a deployment tool reloading right after a start):
+    not lost, applied when start-up is done."""
+    (td.root / "landing").mkdir()
+    td.write(MAIN.format(root=td.root, rec=td.recorder()))
+    td.write(RULES_V1, "rules.d/main.yaml")
+    proc = td.start()
+    td.wait_running(proc)  # "triggerd started": its sources are not running yet
+    td.write(RULES_V2, "rules.d/main.yaml")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload applied" in td.log() or "no change" in td.log(), 20,
+             "the reload to be applied")
+    assert proc.poll() is None
+    assert "SIGHUP during shutdown ignored" not in td.log()
+    assert td.stop(proc) == 0

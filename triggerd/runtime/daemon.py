@@ -68,6 +68,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.supervisor = Supervisor(self)
         self._reloading = asyncio.Lock()
+        self._reload_at_ready = False  # a SIGHUP arrived during start-up
         self.engine: Engine
         self.dispatcher: Dispatcher
 
@@ -107,10 +108,16 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _reload_requested(self) -> None:
-        """SIGHUP: re-read the config and rule files; see triggerd.runtime.reload."""
+        """SIGHUP: re-read the config and rule files; see triggerd.runtime.reload. One that
+        arrives during start-up is applied as soon as start-up is done (an operator or a
+        deployment tool reloading right after a start must not lose the reload); one during
+        shutdown is ignored."""
+        if self.stopping.is_set():
+            log.warning("SIGHUP during shutdown ignored")
+            return
         if not self.ready:
-            log.warning("SIGHUP during start-up or shutdown ignored; send it again once "
-                        "triggerd has started")
+            log.info("SIGHUP during start-up: reloading once started")
+            self._reload_at_ready = True
             return
         self.spawn(self._reload(), "reload")
 
@@ -164,6 +171,8 @@ class Daemon:
                 self.supervisor.start(name, source)
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.config.rules)} rule(s)")
+            if self._reload_at_ready:  # a SIGHUP came during start-up
+                self.spawn(self._reload(), "reload")
             interval = sdnotify.watchdog_interval()
             if interval is not None:
                 workers.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
