@@ -136,12 +136,6 @@ class GroupStore(StoreBase):
                 out.setdefault(rule, {})[status] = int(n)
         return out
 
-    def record_check(self, key: Key, at: datetime, verdict: str) -> None:
-        with self.write() as c:
-            c.execute(update(t.rule_groups).where(
-                and_(t.rule_groups.c.rule == key[0], t.rule_groups.c.grp == key[1]))
-                .values(last_check_at=at, last_verdict=verdict[:500]))
-
     def claim_slot(self, key: str, slot_at: datetime, now: datetime) -> bool:
         """Record that the scheduled slot `key@slot_at` is handled; False if already claimed."""
         with self.write() as c:
