@@ -4,8 +4,10 @@ The aim (README, Development): model/errors <- language <- config <- engine, dis
 runtime <- cli; the store depends only on model and errors; plugins only on the public plugin
 module. Checked here today: the language package (expressions, globs, regex, templates,
 schedules, units) is a leaf over model and errors; the store knows nothing of config, engine,
-runtime or plugins; sources and backends import only `triggerd.plugin` (and their own
-package's modules). Every `import` counts, also one inside a function.
+runtime or plugins; config knows only the language (and the registry); engine and dispatcher
+are peers that never import each other, nor the runtime or the CLI; ops knows only the store
+and the model; sources and backends import only `triggerd.plugin` (and their own package's
+modules). Every `import` counts, also one inside a function (and under TYPE_CHECKING).
 """
 
 from __future__ import annotations
@@ -17,9 +19,20 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "triggerd"
 
+_BASE = {"triggerd.model", "triggerd.errors"}
 ALLOWED = {
-    "language": {"triggerd.model", "triggerd.errors", "triggerd.language"},
-    "store": {"triggerd.model", "triggerd.errors", "triggerd.store", "triggerd"},
+    "language": _BASE | {"triggerd.language"},
+    "store": _BASE | {"triggerd.store", "triggerd"},
+    # config: the language, and the registry (plugin option models by type)
+    "config": _BASE | {"triggerd.language", "triggerd.config", "triggerd"},
+    # engine and dispatch: peers over config, store and the contracts, never each other
+    "engine": _BASE | {"triggerd.language", "triggerd.config", "triggerd.engine",
+                       "triggerd.store", "triggerd.interfaces", "triggerd.aio",
+                       "triggerd.ops.failpoints"},
+    "dispatcher": _BASE | {"triggerd.config", "triggerd.store", "triggerd.interfaces",
+                           "triggerd.aio", "triggerd.ops"},
+    # ops: metrics, http, logging, sdnotify: over the store and model, nothing above
+    "ops": _BASE | {"triggerd.ops", "triggerd.store", "triggerd"},
     # plugins: the public plugin module, and their own package's private modules
     "sources": {"triggerd.plugin", "triggerd.sources"},
     "backends": {"triggerd.plugin", "triggerd.backends"},
@@ -43,10 +56,16 @@ def allowed(module: str, prefixes: set[str]) -> bool:
                for p in prefixes)
 
 
+def modules(package: str) -> list[Path]:
+    """The files of `package` (a directory) or the module `package`.py."""
+    single = PACKAGE / f"{package}.py"
+    return [single] if single.exists() else sorted((PACKAGE / package).rglob("*.py"))
+
+
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_a_package_imports_only_what_its_layer_may(package: str) -> None:
     wrong = {}
-    for path in sorted((PACKAGE / package).rglob("*.py")):
+    for path in modules(package):
         bad = sorted(m for m in triggerd_imports(path) if not allowed(m, ALLOWED[package]))
         if bad:
             wrong[str(path.relative_to(PACKAGE.parent))] = bad

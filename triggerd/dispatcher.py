@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 from triggerd.aio import wait_event
 from triggerd.config.loader import Config
 from triggerd.config.schema import RetrySpec
-from triggerd.engine.engine import Call, backoff_delay
 from triggerd.errors import (
     DispatchError,
     PermanentDispatchError,
@@ -59,6 +58,7 @@ from triggerd.interfaces import Backend, Clock, Launcher
 from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
 from triggerd.ops import failpoints
 from triggerd.ops.logging import job_fields
+from triggerd.store.runner import Runner
 from triggerd.store.sql import Claim, JobContext, Store
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class _Handle:
 
 class Dispatcher:
     def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
-                 clock: Clock, call: Call, owner: str,
+                 clock: Clock, call: Runner, owner: str,
                  on_finished: Callable[[Job], None] | None = None) -> None:
         self.config = config
         self.store = store
@@ -363,3 +363,9 @@ def _budget(job: Job, policy: RetrySpec | None) -> int:
     if job.max_attempts is not None:
         return job.max_attempts
     return policy.attempts if policy is not None else 1
+
+
+def backoff_delay(base: timedelta, cap: timedelta, attempt: int) -> timedelta:
+    """Delay before attempt `attempt + 1`: base, 2×base, 4×base ... capped."""
+    delay: timedelta = min(cap, base * (2 ** max(0, attempt - 1)))
+    return delay

@@ -26,7 +26,7 @@ from triggerd.engine.policy import Decision
 from triggerd.errors import StoreError
 from triggerd.interfaces import Clock
 from triggerd.model import Event, Trigger
-from triggerd.ops import failpoints
+from triggerd.ops.failpoints import hit as failpoint
 from triggerd.store.sql import Claim, IngestResult, Key, NewTrigger, Store
 
 log = logging.getLogger("triggerd.engine")
@@ -273,7 +273,7 @@ class Engine:
                     busy=busy))
                 if trig is not None:
                     fired.append(trig)
-                    failpoints.hit("after-trigger-write")  # crash tests (store thread)
+                    failpoint("after-trigger-write")  # crash tests (store thread)
                     if self.claimer is not None and not busy:
                         with contextlib.suppress(StoreError):  # the dispatcher claims it later
                             claims[trig.id] = self.claimer.claim(trig.id)
@@ -379,9 +379,3 @@ class Engine:
             if times:
                 delay = max(0.001, (min(times) - self.clock.now()).total_seconds() + 0.001)
             await wait_event(self._wake, delay)
-
-
-def backoff_delay(base: timedelta, cap: timedelta, attempt: int) -> timedelta:
-    """Delay before attempt `attempt + 1`: base, 2×base, 4×base ... capped."""
-    delay: timedelta = min(cap, base * (2 ** max(0, attempt - 1)))
-    return delay
