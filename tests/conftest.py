@@ -10,57 +10,25 @@ CI=true, an unreachable PostgreSQL fails the run instead of skipping.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kafka_support import kafka_broker  # noqa: F401  (session fixture: one tansu broker)
 from kube_server import KubeApi
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from pg_fresh import fresh_database
 from tests_pg import truncate
 from webhook_server import Webhook
 
 from triggerd.store import Store
 
-PG_ADMIN_URL = os.environ.get("TRIGGERD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_available() -> str | None:
-    try:
-        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session."""
-    problem = _pg_available()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI but unreachable: {problem}")
-        pytest.skip(f"PostgreSQL not reachable: {problem}")
-    name = f"triggerd_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    """A fresh PostgreSQL database for this session (skipped, or failed with CI=true, when
+    the server is unreachable)."""
+    with fresh_database("triggerd_test") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name})
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
