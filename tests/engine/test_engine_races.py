@@ -52,37 +52,48 @@ async def test_duplicates_of_consumed_events_fire_nothing(store: Store) -> None:
     assert len(h.fired) == 1
 
 
+class Gate:
+    """Holds a store method on the store thread until released: `entered` is set once the
+    store thread is inside it. The engine's store calls go to a real thread (as in the
+    daemon), so the loop runs on while the call is held."""
+
+    def __init__(self, h: Harness, store: Store, method: str,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        real = getattr(store, method)
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            assert self.release.wait(10)
+            return real(*args, **kwargs)
+
+        async def on_a_thread(fn: Callable[[], Any]) -> Any:
+            return await asyncio.to_thread(fn)
+
+        h.engine.call = on_a_thread
+        monkeypatch.setattr(store, method, held)
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10)
+
+
 async def test_a_reload_waits_for_a_cancelled_batch_still_on_the_store_thread(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A source cancelled mid-submit (a restart of the source, the daemon stopping) cannot stop
     the store thread's work on its batch. A reload arriving meanwhile must not swap the rules
     under it: it waits until that work is done, then applies."""
     h = Harness(store, {"old": {"on": ["landing"]}})
-    entered, release = threading.Event(), threading.Event()
-
-    async def on_a_thread(fn: Callable[[], Any]) -> Any:
-        return await asyncio.to_thread(fn)
-
-    h.engine.call = on_a_thread
     await h.start()
-    real = store.ingest
-
-    def slow_ingest(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        assert release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "ingest", slow_ingest)
-    event = h.event()
-    submit = asyncio.create_task(h.engine.submit("landing", [event]))
-    assert await asyncio.to_thread(entered.wait, 10)
+    gate = Gate(h, store, "ingest", monkeypatch)
+    submit = asyncio.create_task(h.engine.submit("landing", [h.event()]))
+    await gate.wait_entered()
     submit.cancel()
     new_config = make_config({"new": {"on": ["landing"]}})
     reload = asyncio.create_task(h.engine.reconfigure(new_config))
     for _ in range(20):  # let every ready task run: the reload must not get the lock
         await asyncio.sleep(0)
     assert "old" in h.engine.rules and not reload.done()
-    release.set()
+    gate.release.set()
     await reload
     assert "new" in h.engine.rules
     with pytest.raises(asyncio.CancelledError):
@@ -97,28 +108,15 @@ async def test_a_decision_round_cancelled_on_the_store_thread_still_hands_on_its
     store thread: the trigger it writes (and the job it may have claimed) must still reach the
     dispatcher, or a claimed job would be left `running` with nobody following it."""
     h = Harness(store, {"r": {"on": ["landing"], "when": {"min_events": 1, "debounce": "1m"}}})
-    entered, release = threading.Event(), threading.Event()
-
-    async def on_a_thread(fn: Callable[[], Any]) -> Any:
-        return await asyncio.to_thread(fn)
-
-    h.engine.call = on_a_thread
     await h.start()
     await h.engine.submit("landing", [h.event()])
     assert h.fired == []  # waiting for the quiet minute
     h.clock.advance(timedelta(minutes=2))
-    real = store.snapshot
-
-    def slow_snapshot(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        assert release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "snapshot", slow_snapshot)
+    gate = Gate(h, store, "snapshot", monkeypatch)
     round_ = asyncio.create_task(h.engine.evaluate({("r", "")}))
-    assert await asyncio.to_thread(entered.wait, 10)
+    await gate.wait_entered()
     round_.cancel()
-    release.set()
+    gate.release.set()
     with pytest.raises(asyncio.CancelledError):
         await round_
     assert [t.rule for t in h.fired] == ["r"]
