@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,7 +24,6 @@ class Settings(BaseSettings):
 
     config: str = "config/triggerd.yaml"
     store: str | None = None
-    store_password: SecretStr | None = None  # documented here; applied by store.connect
     state_dir: str | None = None
     log_level: str = Field("INFO")
     log_format: Literal["text", "json"] = "text"
