@@ -175,7 +175,7 @@ async def bare_faust(bootstrap: str, topic: str, n: int, take: bool,
 async def through_source(bootstrap: str, topic: str, n: int, workdir: Path,
                          profile: bool) -> float:
     from triggerd.config.loader import load_config
-    from triggerd.daemon import Daemon
+    from triggerd.runtime import Daemon
 
     config_path = workdir / "source.yaml"
     config_path.write_text(textwrap.dedent(f"""

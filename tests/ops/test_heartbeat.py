@@ -14,7 +14,7 @@ from tests_pg import truncate
 
 import triggerd.runtime.housekeeping as daemon_module
 from triggerd.config.loader import load_config
-from triggerd.daemon import Daemon
+from triggerd.runtime import Daemon
 from triggerd.store import Store
 from triggerd.store import tables as t
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from triggerd.config.loader import load_config
-from triggerd.daemon import Daemon
+from triggerd.runtime import Daemon
 
 
 class Receiver(threading.Thread):
