@@ -14,17 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from test_dispatcher import until
 
 from triggerd.ops import http
 from triggerd.ops.http import HttpServer, Response
 
 BIG = 32 * 1024 * 1024  # far more than the kernel buffers of a loopback connection
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 class Listener:

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from test_filesystem import NAME, running, sentinel, write
+from test_filesystem_hard import eventually
 
 import triggerd.sources.filesystem as fs
 from triggerd.sources import _fsscan
@@ -47,13 +48,6 @@ class MemoryRejects:
 
     async def add(self, rejects: Sequence[Reject]) -> None:
         self.rejects.extend(rejects)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition nothing signals (the source's stats) until it holds, or fail."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def aged(path: Path) -> None:
