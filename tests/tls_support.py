@@ -127,7 +127,18 @@ class TlsProxy:
 
     def start(self) -> None:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        try:
+            asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        except BaseException:
+            self._close_loop()  # no loop or thread left behind by a failed start
+            raise
+
+    def _close_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._loop.is_closed():
+            self._loop.close()
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
@@ -169,10 +180,7 @@ class TlsProxy:
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        if not self._loop.is_closed():
-            self._loop.close()
+        self._close_loop()
 
 
 def client_context(cafile: Path, certfile: Path | None = None, keyfile: Path | None = None,

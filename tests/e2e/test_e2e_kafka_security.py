@@ -80,7 +80,9 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
     ]
     started: list[Any] = []
     try:
-        for part in (plain, plain_m, auth, adv, *proxies):
+        # the proxies first: their ports, picked ahead, are bound before the brokers start
+        # (and open their own connections, whose local ports come from the same range)
+        for part in (*proxies, plain, plain_m, auth, adv):
             part.start()
             started.append(part)
         yield Brokers(pki=pki, tls=f"127.0.0.1:{ports['tls']}",
