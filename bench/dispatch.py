@@ -41,8 +41,7 @@ from triggerd.backends.http import HttpBackend, HttpOptions
 from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
-from triggerd.dispatcher import Dispatcher
-from triggerd.engine.engine import Engine
+from triggerd.runtime.flow import Flow
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store
 
@@ -119,8 +118,8 @@ async def run(store_url: str, count: int, warmup: int) -> list[tuple[float, floa
                     sources={"src": CronOptions(type="cron", every="1h")},
                     backends={}, rules={"r": spec})
     clock = SystemClock()
-    dispatcher = Dispatcher(config, store, {"hook": backend}, clock, call, "bench")
-    engine = Engine(config, store, clock, call, lambda t: dispatcher.submit(t.id))
+    flow = Flow(config, store, {"hook": backend}, clock, call, "bench")
+    dispatcher, engine = flow.dispatcher, flow.engine
     called: dict[str, float] = {}
     real_dispatch = backend.dispatch
 

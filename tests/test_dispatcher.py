@@ -23,12 +23,11 @@ from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
 from triggerd.dispatcher import Dispatcher
-from triggerd.engine.engine import Engine
 from triggerd.errors import PermanentDispatchError, TransientDispatchError
 from triggerd.model import DispatchResult, Event, JobStatus
+from triggerd.runtime.flow import Flow
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store, queries
-from triggerd.store.sql import Claim
 from triggerd.testing import RecordingBackend
 
 
@@ -54,18 +53,9 @@ class Rig:
         self.store = store
         self.backend = RecordingBackend("rec")
         clock = SystemClock()
-        self.dispatcher = Dispatcher(self.config, store, {"rec": self.backend}, clock, call,
-                                     "test-owner", self._finished)
-        self.engine = Engine(self.config, store, clock, call,
-                             lambda t: self.dispatcher.submit(t.id))
-        self.dispatcher.on_finished = self._finished
+        flow = Flow(self.config, store, {"rec": self.backend}, clock, call, "test-owner")
+        self.dispatcher, self.engine = flow.dispatcher, flow.engine
         self.n = 0
-        self.pending: set[asyncio.Future[Any]] = set()
-
-    def _finished(self, job: Any) -> None:
-        task = asyncio.ensure_future(self.engine.evaluate_rule(job.rule))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
 
     async def events(self, n: int = 1, **payload: Any) -> None:
         evs = []
@@ -311,7 +301,7 @@ async def test_a_launcher_backend_begins_each_attempt_on_the_store_thread(
 
     backend = Launching(fail_launch)
     rig.dispatcher.backends["rec"] = backend
-    rig.dispatcher.call = threaded
+    rig.dispatcher.call = rig.engine.call = threaded
     try:
         await rig.events(1)
         final = "failed" if fail_launch else "succeeded"
@@ -338,8 +328,9 @@ async def test_once_stopping_a_trigger_written_in_a_trip_under_way_is_not_launch
     backend = Launching()
     rig.dispatcher.backends["rec"] = backend
     rig.dispatcher.stop_starting()
-    await rig.engine.fire("r", "manual")  # the trigger and its queued job, written
-    assert rig.dispatcher.claim("r.1") == Claim(None, None, None)  # the engine's trip
+    # the trigger and its queued job, written; claim_fired ran in the same trip
+    (trig,) = await rig.engine.fire("r", "manual")
+    assert rig.dispatcher.claim_fired([trig]) == {}
     assert rig.jobs() == {"r.1": "queued"} and backend.launches == []
 
     restarted = Dispatcher(rig.config, rig.store, {"rec": backend}, SystemClock(), call,

@@ -27,19 +27,21 @@ next start (which may then retry it: the one case the rule above cannot hold); t
 logged.
 
 A job is claimed on the store thread, in the engine's trip that wrote its trigger when it can
-start at once (else by `run`). A `Launcher` backend (the command backend) begins the attempt
-right there, after the claim's commit (`launch`: its files and the spawn), and the attempt's
-task on the loop follows it (`job.launched`): the way from an event to a running command
-does not pass through the loop and a worker thread first.
+start at once (`claim_fired`, which the runtime runs right after the engine's unit; else by
+`run`), and its attempt is followed on the loop (`follow`). A `Launcher` backend (the command
+backend) begins the attempt right there, after the claim's commit (`launch`: its files and
+the spawn), and the attempt's task on the loop follows it (`job.launched`): the way from an
+event to a running command does not pass through the loop and a worker thread first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -55,7 +57,7 @@ from triggerd.errors import (
     TransientDispatchError,
 )
 from triggerd.interfaces import Backend, Clock, Launcher
-from triggerd.model import DispatchResult, Job, JobStatus, TriggerContext
+from triggerd.model import DispatchResult, Job, JobStatus, Trigger, TriggerContext
 from triggerd.ops import failpoints
 from triggerd.ops.logging import job_fields
 from triggerd.store.runner import Runner
@@ -87,7 +89,8 @@ class _Handle:
 class Dispatcher:
     def __init__(self, config: Config, store: Store, backends: Mapping[str, Backend],
                  clock: Clock, call: Runner, owner: str,
-                 on_finished: Callable[[Job], None] | None = None) -> None:
+                 on_finished: Callable[[Job], None] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
         self.backends = dict(backends)
@@ -99,15 +102,15 @@ class Dispatcher:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopped = False  # stopping (or run() has ended): start nothing more
-        self.metrics: Metrics | None = None  # set by the daemon (triggerd.ops.metrics)
+        self.metrics = metrics  # triggerd.ops.metrics
 
     def submit(self, job_id: str, not_before: datetime | None = None) -> None:
+        """Queue a job for `run` to claim and start (not before `not_before`)."""
         if job_id in self.running:  # started already (claimed with its trigger)
             return
         self.wanted[job_id] = not_before
         self._wake.set()
 
-    # -- the engine's Claimer: a job claimed in the trip that wrote its trigger -----------------
     def stop_starting(self) -> None:
         """The daemon is stopping: claim and start no attempt from now on (a store trip under
         way when its caller is cancelled still ends; what it would claim stays queued for the
@@ -115,19 +118,29 @@ class Dispatcher:
         self._stopped = True
         self._wake.set()
 
-    def claim(self, job_id: str) -> Claim:
-        """Claim a job on the store thread (called by the engine right after its trigger)."""
-        if self._stopped:  # shutting down: the job stays queued for the next start
-            return Claim(None, None, None)
-        return self._claim(job_id, self.clock.now())
+    # -- jobs claimed in the trip that wrote their triggers -------------------------------------
+    def claim_fired(self, fired: Sequence[Trigger]) -> dict[str, Claim]:
+        """On the store thread, right after the engine wrote `fired`: claim each trigger's job
+        where its rule has a free slot (and begin a `Launcher`'s attempt). A job not claimed
+        here (no free slot, a store error, the daemon stopping) stays queued for `run`."""
+        claims: dict[str, Claim] = {}
+        if self._stopped:  # shutting down: the jobs stay queued for the next start
+            return claims
+        for trig in fired:
+            with contextlib.suppress(StoreError):  # queued: `run` claims it later
+                claims[trig.id] = self._claim(trig.id, self.clock.now())
+        return claims
 
-    def claimed(self, claim: Claim) -> None:
-        """Start what `claim` claimed; a job it could not claim goes the usual way."""
-        if claim.job is not None and (not self._stopped or claim.launched is not None):
+    def follow(self, fired: Sequence[Trigger], claims: Mapping[str, Claim]) -> None:
+        """On the loop, with what `claim_fired` claimed: start those attempts, queue the rest."""
+        for trig in fired:
+            claim = claims.get(trig.id)
             # (claimed as the stop began: a launched attempt is followed while the loop runs)
-            self._start(claim.job, claim.context, claim.launched)
-        elif claim.found is not None:
-            self.submit(claim.found.id)
+            if claim is not None and claim.job is not None and (
+                    not self._stopped or claim.launched is not None):
+                self._start(claim.job, claim.context, claim.launched)
+            else:
+                self.submit(trig.id)
 
     def _claim(self, job_id: str, now: datetime) -> Claim:
         """On the store thread: claim the job and, for a `Launcher` backend, begin the attempt

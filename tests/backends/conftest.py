@@ -19,12 +19,11 @@ from backend_rig import RunJob
 from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
-from triggerd.dispatcher import Dispatcher
-from triggerd.engine.engine import Engine
 from triggerd.interfaces import Backend
 from triggerd.model import Job
+from triggerd.runtime.flow import Flow
 from triggerd.sources.cron import CronOptions
-from triggerd.store import Store
+from triggerd.store import Store, queries
 
 
 async def _call(fn: Callable[[], Any]) -> Any:
@@ -46,13 +45,13 @@ async def run_job(tmp_path: Path) -> AsyncIterator[RunJob]:
                         sources={"src": CronOptions(type="cron", every="1h")},
                         backends={}, rules={"r": spec})
         clock = SystemClock()
-        dispatcher = Dispatcher(config, store, {backend.name: backend}, clock, _call, "test")
-        engine = Engine(config, store, clock, _call, lambda t: dispatcher.submit(t.id))
+        flow = Flow(config, store, {backend.name: backend}, clock, _call, "test")
+        dispatcher, engine = flow.dispatcher, flow.engine
         tasks.append(asyncio.create_task(dispatcher.run()))
         (trig,) = await engine.fire("r", "test")
         async with asyncio.timeout(timeout):
             while True:
-                job = store.job(trig.id)
+                job = queries.job(store, trig.id)
                 if job is not None and job.status.final:
                     return job
                 await asyncio.sleep(0.01)

@@ -7,6 +7,7 @@ exactly as the daemon's timer loop would, so hours of policy run in milliseconds
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -17,17 +18,19 @@ from faults import fail_first
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from store_helpers import claim_job
 
 from triggerd.clock import ManualClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
 from triggerd.engine.engine import Engine
+from triggerd.engine.rounds import Round
 from triggerd.errors import StoreError
 from triggerd.model import Event, JobStatus, Trigger
 from triggerd.sources.cron import CronOptions
 from triggerd.store import Store, queries
 from triggerd.store import tables as t
-from triggerd.store.sql import Claim, NewTrigger
+from triggerd.store.sql import NewTrigger
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -53,7 +56,8 @@ class Harness:
         self.clock = ManualClock(T0)
         self.store = store
         self.fired: list[Trigger] = []
-        self.engine = Engine(make_config(rules), store, self.clock, call, self.fired.append)
+        self.engine = Engine(make_config(rules), store, self.clock, call,
+                             lambda done: self.fired.extend(done.fired))
         self.n = 0
         self.done = 0
 
@@ -77,7 +81,7 @@ class Harness:
         while self.done < len(self.fired):
             trig = self.fired[self.done]
             self.done += 1
-            if self.store.claim_job(trig.id, "test", 100, self.clock.now()) is not None:
+            if claim_job(self.store, trig.id, "test", 100, self.clock.now()) is not None:
                 self.store.finish_attempt(trig.id, "test", JobStatus.SUCCEEDED, self.clock.now())
             await self.engine.evaluate({(trig.rule, trig.group)})
 
@@ -354,18 +358,20 @@ async def test_a_retried_manual_fire_request_fires_once(store: Store) -> None:
 
 
 class RecordingClaimer:
-    """The dispatcher's side of claiming with the trigger: claims for real, records starts."""
+    """The dispatcher's side of claiming with the trigger: claims for real (on the store
+    thread, in the engine's trip), records the attempts started (on the loop)."""
 
     def __init__(self, store: Store, clock: ManualClock) -> None:
         self.store, self.clock = store, clock
         self.started: list[str] = []
 
-    def claim(self, job_id: str) -> Claim:
-        return self.store.claim(job_id, "test", lambda _rule: 10, self.clock.now())
+    def claim(self, done: Round) -> Round:
+        return replace(done, claims={t.id: self.store.claim(t.id, "test", lambda _rule: 10,
+                                                            self.clock.now())
+                                     for t in done.fired})
 
-    def claimed(self, claim: Claim) -> None:
-        if claim.job is not None:
-            self.started.append(claim.job.id)
+    def claimed(self, done: Round) -> None:
+        self.started += [c.job.id for c in done.claims.values() if c.job is not None]
 
 
 async def test_a_job_claimed_before_a_store_error_in_the_same_round_still_starts(
@@ -376,7 +382,12 @@ async def test_a_job_claimed_before_a_store_error_in_the_same_round_still_starts
     h = Harness(store, {"r": {"on": ["landing"], "group_by": "{payload.dir}",
                               "dispatch": {"backend": "b", "concurrency": 10}}})
     claimer = RecordingClaimer(store, h.clock)
-    h.engine.claimer = claimer
+    h.engine.then = claimer.claim
+
+    def on_round(done: Round) -> None:
+        claimer.claimed(done)
+        h.fired.extend(done.fired)
+    h.engine.on_round = on_round
     await h.start()
     real = store.create_trigger
     calls = {"n": 0}

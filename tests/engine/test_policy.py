@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from triggerd.config.schema import WhenSpec
-from triggerd.engine.policy import Situation, decide, human_bytes, human_duration
+from triggerd.engine.policy import Situation, decide, human_bytes, human_duration, on_busy
 from triggerd.model import GroupState, Pending, RuleFlags
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -177,3 +177,17 @@ def test_human_units() -> None:
     assert human_bytes(1536) == "1.5 KiB"
     assert human_duration(timedelta(hours=1, minutes=30, seconds=5)) == "1h30m"
     assert human_duration(timedelta(days=7)) == "7d"
+
+
+@pytest.mark.parametrize(("policy", "busy", "supersede", "skipped"), [
+    ("coalesce", True, True, False), ("coalesce", False, True, False),
+    ("skip", True, False, True), ("skip", False, False, False),
+    ("queue", True, False, False), ("queue", False, False, False)])
+def test_what_a_new_trigger_does_to_the_jobs_under_on_busy(
+        policy: str, busy: bool, supersede: bool, skipped: bool) -> None:
+    """coalesce: the new job supersedes the group's queued ones; skip: while busy, the new job
+    is written cancelled, with a detail that says why; queue: neither."""
+    got = on_busy(policy, busy)
+    assert (got[0] is not None, got[1] is not None) == (supersede, skipped)
+    if skipped:
+        assert "busy" in str(got[1]) and "skip" in str(got[1])

@@ -16,6 +16,13 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import OperationalError, StatementError
+from store_helpers import (
+    active_jobs_by_rule,
+    claim_job,
+    rule_flags,
+    trigger_context,
+    trigger_params,
+)
 
 from triggerd.errors import StoreError
 from triggerd.model import Event, JobStatus, Trigger, trigger_id
@@ -286,7 +293,7 @@ def test_payload_with_unicode_and_nesting_round_trips(store: Store) -> None:
     assert store.pending()[("r", "")].bytes == 1234
 
     trig = fire(store, "r")
-    ctx = store.trigger_context(trig.id)
+    ctx = trigger_context(store, trig.id)
     assert ctx is not None
     assert ctx[1][0]["payload"] == PAYLOAD
     assert ctx[1] == [e.to_dict()]
@@ -434,13 +441,13 @@ def test_create_trigger_consumes_its_group_only_and_queues_a_job(store: Store) -
                 for r in rows(store, t.rule_events, t.rule_events.c.trigger_id == trig.id)}
     assert consumed == {ev(f).id for f in ("a1", "a2", "a3", "both", "s1")}
     # the job: queued, same id as the trigger
-    job = store.job(trig.id)
+    job = q.job(store, trig.id)
     assert job is not None
     assert (job.id, job.trigger_id, job.status, job.attempts) == (trig.id, trig.id,
                                                                   JobStatus.QUEUED, 0)
     assert (job.rule, job.group, job.backend, job.created_at) == ("r", "a", "train", T0 + M)
     assert job.finished_at is None and job.started_at is None
-    assert store.trigger_params(trig.id) == {"epochs": 3}
+    assert trigger_params(store, trig.id) == {"epochs": 3}
     # the group state moved on
     st = store.group_states()[("r", "a")]
     assert (st.seq, st.last_trigger_at, st.sustained_count, st.sustained_since) == (
@@ -494,22 +501,24 @@ def test_an_event_is_never_in_two_triggers(store: Store) -> None:
     t3 = fire(store, "r", at=T0 + 4 * M)
 
     assert (t1.events, t2.events, t3.events) == (2, 1, 0)
-    ctx = {tr.id: store.trigger_context(tr.id) for tr in (t1, t2, t3)}
+    ctx = {tr.id: trigger_context(store, tr.id) for tr in (t1, t2, t3)}
     subjects = {tid: [e["subject"] for e in c[1]] for tid, c in ctx.items() if c}
     assert subjects == {t1.id: ["/data/a", "/data/b"], t2.id: ["/data/c"], t3.id: []}
     re_ = rows(store, t.rule_events)
     assert len(re_) == 3 and len({r.event_id for r in re_}) == 3
 
 
-def test_on_busy_skip_cancels_the_new_job_with_a_reason(store: Store) -> None:
+def test_a_skipped_trigger_writes_its_job_cancelled_with_the_reason(store: Store) -> None:
+    """The mechanism of on_busy: skip (the engine's policy says when: engine/policy.on_busy)."""
     add(store, "r", "", "a")
     running = fire(store, "r", at=T0 + M)
-    assert store.claim_job(running.id, "d1", 1, T0 + M) is not None
+    assert claim_job(store, running.id, "d1", 1, T0 + M) is not None
     add(store, "r", "", "b", at=T0 + 2 * M)
 
-    skipped = fire(store, "r", at=T0 + 3 * M, on_busy="skip", busy=True)
+    skipped = fire(store, "r", at=T0 + 3 * M,
+                   skipped="skipped: the rule was busy (on_busy: skip)")
 
-    job = store.job(skipped.id)
+    job = q.job(store, skipped.id)
     assert job is not None
     assert job.status == JobStatus.CANCELLED
     assert job.finished_at == T0 + 3 * M
@@ -517,36 +526,36 @@ def test_on_busy_skip_cancels_the_new_job_with_a_reason(store: Store) -> None:
     # the events were consumed by the skipped trigger: they do not fire again
     assert store.pending() == {}
     assert skipped.events == 1
-    assert store.job(running.id).status == JobStatus.RUNNING  # type: ignore[union-attr]
-    # not busy: skip queues normally
-    third = fire(store, "r", at=T0 + 4 * M, on_busy="skip", busy=False)
-    # on_busy: queue (the default) queues behind the others
-    fourth = fire(store, "r", at=T0 + 5 * M, busy=True)
-    assert [j.id for j in store.active_jobs("r")] == [running.id, third.id, fourth.id]
-    assert [j.status for j in store.active_jobs("r")] == [
+    assert q.job(store, running.id).status == JobStatus.RUNNING  # type: ignore[union-attr]
+    # not skipped: queued behind the others
+    third = fire(store, "r", at=T0 + 4 * M)
+    fourth = fire(store, "r", at=T0 + 5 * M)
+    assert [j.id for j in q.active_jobs(store, "r")] == [running.id, third.id, fourth.id]
+    assert [j.status for j in q.active_jobs(store, "r")] == [
         JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.QUEUED]
-    assert store.active_jobs_by_rule() == {"r": 3}
+    assert active_jobs_by_rule(store) == {"r": 3}
 
 
-def test_on_busy_coalesce_supersedes_the_older_queued_job_of_the_group(store: Store) -> None:
+def test_a_superseding_trigger_cancels_the_older_queued_job_of_the_group(store: Store) -> None:
+    """The mechanism of on_busy: coalesce (engine/policy.on_busy asks for it)."""
     running = fire(store, "r", "g", at=T0)
-    store.claim_job(running.id, "d1", 1, T0)
+    claim_job(store, running.id, "d1", 1, T0)
     older = fire(store, "r", "g", at=T0 + M)
     other_group = fire(store, "r", "h", at=T0 + M)
     other_rule = fire(store, "q", "g", at=T0 + M)
 
-    newer = fire(store, "r", "g", at=T0 + 2 * M, on_busy="coalesce", busy=True)
+    newer = fire(store, "r", "g", at=T0 + 2 * M, supersede="on_busy: coalesce")
 
-    old_job = store.job(older.id)
+    old_job = q.job(store, older.id)
     assert old_job is not None
     assert old_job.status == JobStatus.CANCELLED
     assert old_job.finished_at == T0 + 2 * M
     assert old_job.detail and "superseded" in old_job.detail and newer.id in old_job.detail
-    assert store.job(newer.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+    assert q.job(store, newer.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     # a running job, and queued jobs of other groups and rules, are left alone
-    assert store.job(running.id).status == JobStatus.RUNNING  # type: ignore[union-attr]
-    assert store.job(other_group.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
-    assert store.job(other_rule.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+    assert q.job(store, running.id).status == JobStatus.RUNNING  # type: ignore[union-attr]
+    assert q.job(store, other_group.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+    assert q.job(store, other_rule.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
 
 
 def test_replicas_racing_for_the_same_trigger_create_exactly_one(
@@ -589,11 +598,11 @@ def attempts(store: Store, job_id: str) -> list[Any]:
 
 def test_claim_job_is_a_compare_and_set(store: Store) -> None:
     jid = queued(store)
-    job = store.claim_job(jid, "d1", 5, T0 + S)
+    job = claim_job(store, jid, "d1", 5, T0 + S)
     assert job is not None
     assert (job.status, job.attempts, job.started_at) == (JobStatus.RUNNING, 1, T0 + S)
-    assert store.claim_job(jid, "d2", 5, T0 + 2 * S) is None
-    assert store.claim_job("no-such-job", "d2", 5, T0) is None
+    assert claim_job(store, jid, "d2", 5, T0 + 2 * S) is None
+    assert claim_job(store, "no-such-job", "d2", 5, T0) is None
     (att,) = attempts(store, jid)
     assert (att.n, att.owner, att.started_at, att.finished_at) == (1, "d1", T0 + S, None)
 
@@ -604,19 +613,19 @@ def test_daemons_claiming_at_once_respect_cas_and_concurrency(
     try:
         for n in range(10):
             jid = queued(store, at=T0 + n * M)
-            results = race(store, other, lambda s, jid=jid, n=n: s.claim_job(
+            results = race(store, other, lambda s, jid=jid, n=n: claim_job(s, 
                 jid, f"d{id(s)}", 100, T0 + n * M))
             assert len([r for r in results if r is not None]) == 1, results
             assert len(attempts(store, jid)) == 1
         # two different jobs of a rule with concurrency 1, claimed at once: one runs
         for n in range(10):
             a, b = queued(store, "c", f"a{n}"), queued(store, "c", f"b{n}")
-            results = race(store, other, lambda s, a=a, b=b: s.claim_job(
+            results = race(store, other, lambda s, a=a, b=b: claim_job(s, 
                 a if s is store else b, "d", 1, T0))
             assert len([r for r in results if r is not None]) == 1, results
             (running,) = [r for r in results if r is not None]
             # the loser stays queued; finishing the winner frees the rule for the next round
-            loser = store.job(b if running.id == a else a)
+            loser = q.job(store, b if running.id == a else a)
             assert loser is not None and loser.status == JobStatus.QUEUED
             assert store.finish_attempt(running.id, "d", JobStatus.SUCCEEDED, T0)
     finally:
@@ -626,27 +635,27 @@ def test_daemons_claiming_at_once_respect_cas_and_concurrency(
 def test_claim_respects_the_rules_concurrency(store: Store) -> None:
     first, second = queued(store, "r", "a"), queued(store, "r", "b")
     elsewhere = queued(store, "q")
-    assert store.claim_job(first, "d1", 1, T0) is not None
-    assert store.claim_job(second, "d1", 1, T0) is None
-    assert store.job(second).status == JobStatus.QUEUED  # type: ignore[union-attr]
-    assert store.claim_job(elsewhere, "d1", 1, T0) is not None
-    assert store.claim_job(second, "d1", 2, T0) is not None   # a higher limit lets it run
+    assert claim_job(store, first, "d1", 1, T0) is not None
+    assert claim_job(store, second, "d1", 1, T0) is None
+    assert q.job(store, second).status == JobStatus.QUEUED  # type: ignore[union-attr]
+    assert claim_job(store, elsewhere, "d1", 1, T0) is not None
+    assert claim_job(store, second, "d1", 2, T0) is not None   # a higher limit lets it run
     # when the running one finishes, the slot is free again
     third = queued(store, "r", "c")
-    assert store.claim_job(third, "d1", 2, T0) is None
+    assert claim_job(store, third, "d1", 2, T0) is None
     assert store.finish_attempt(first, "d1", JobStatus.SUCCEEDED, T0 + M)
-    assert store.claim_job(third, "d1", 2, T0 + M) is not None
+    assert claim_job(store, third, "d1", 2, T0 + M) is not None
 
 
 def test_finish_attempt_succeeded(store: Store) -> None:
     jid = queued(store, "r", "g")
-    store.claim_job(jid, "d1", 1, T0 + S)
+    claim_job(store, jid, "d1", 1, T0 + S)
     store.set_external_id(jid, "airflow-run-42")
-    assert store.job(jid).external_id == "airflow-run-42"  # type: ignore[union-attr]
+    assert q.job(store, jid).external_id == "airflow-run-42"  # type: ignore[union-attr]
 
     assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, exit_code=0,
                                 detail="trained")
-    job = store.job(jid)
+    job = q.job(store, jid)
     assert job is not None
     assert (job.status, job.finished_at, job.exit_code, job.detail) == (
         JobStatus.SUCCEEDED, T0 + M, 0, "trained")
@@ -656,24 +665,24 @@ def test_finish_attempt_succeeded(store: Store) -> None:
     (att,) = attempts(store, jid)
     assert (att.finished_at, att.outcome, att.exit_code, att.detail) == (
         T0 + M, "succeeded", 0, "trained")
-    assert store.active_jobs() == []
+    assert q.active_jobs(store) == []
     # finishing twice is refused
     assert not store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + H)
-    assert store.job(jid).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert q.job(store, jid).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
 
 
 def test_finish_attempt_by_another_owner_is_refused(store: Store) -> None:
     jid = queued(store)
     assert not store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0)  # not running yet
-    store.claim_job(jid, "d1", 1, T0)
+    claim_job(store, jid, "d1", 1, T0)
     assert not store.finish_attempt(jid, "d2", JobStatus.SUCCEEDED, T0 + M)
     assert not store.finish_attempt("no-such-job", "d1", JobStatus.SUCCEEDED, T0 + M)
-    job = store.job(jid)
+    job = q.job(store, jid)
     assert job is not None and job.status == JobStatus.RUNNING and job.finished_at is None
     assert attempts(store, jid)[0].finished_at is None
     assert store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + M, exit_code=3,
                                 external_id="pid-77")
-    job = store.job(jid)
+    job = q.job(store, jid)
     assert job is not None
     assert (job.status, job.exit_code, job.external_id, job.finished_at) == (
         JobStatus.FAILED, 3, "pid-77", T0 + M)
@@ -682,17 +691,17 @@ def test_finish_attempt_by_another_owner_is_refused(store: Store) -> None:
 
 def test_retrying_job_waits_for_next_attempt_at(store: Store) -> None:
     jid = queued(store)
-    store.claim_job(jid, "d1", 1, T0)
+    claim_job(store, jid, "d1", 1, T0)
     retry_at = T0 + 10 * M
     assert store.finish_attempt(jid, "d1", JobStatus.RETRYING, T0 + M, exit_code=1,
                                 detail="connection refused", next_attempt_at=retry_at)
-    job = store.job(jid)
+    job = q.job(store, jid)
     assert job is not None
     assert (job.status, job.next_attempt_at, job.finished_at) == (
         JobStatus.RETRYING, retry_at, None)
 
-    assert store.claim_job(jid, "d1", 1, retry_at - S) is None
-    again = store.claim_job(jid, "d1", 1, retry_at)
+    assert claim_job(store, jid, "d1", 1, retry_at - S) is None
+    again = claim_job(store, jid, "d1", 1, retry_at)
     assert again is not None
     assert (again.status, again.attempts, again.next_attempt_at) == (JobStatus.RUNNING, 2, None)
     assert again.started_at == T0   # the job started with its first attempt
@@ -712,7 +721,7 @@ def test_trigger_context_lists_the_consumed_events_in_order(store: Store) -> Non
            item(ev("elsewhere", T0), ("q", "")))
     trig = fire(store, "r", at=T0 + M, reason="3 new events", kind="events")
 
-    ctx = store.trigger_context(trig.id)
+    ctx = trigger_context(store, trig.id)
     assert ctx is not None
     got, events = ctx
     assert got == trig
@@ -721,7 +730,7 @@ def test_trigger_context_lists_the_consumed_events_in_order(store: Store) -> Non
     assert events[0]["payload"]["tags"] == ["a"]
     assert events[0]["observed_at"] == T0.isoformat()
     assert events[0]["id"] == ev("early").id and events[0]["source"] == "src"
-    assert store.trigger_context("no-such-job") is None
+    assert trigger_context(store, "no-such-job") is None
 
 
 # -- recovery after restart -----------------------------------------------------------------------
@@ -737,22 +746,22 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
 
     q_ = queued(store, "r", "q", T0)
     retry = queued(store, "r", "retry", T0 + 1 * S)
-    store.claim_job(retry, "dead", 9, T0)
+    claim_job(store, retry, "dead", 9, T0)
     store.finish_attempt(retry, "dead", JobStatus.RETRYING, T0, next_attempt_at=now + H)
     orphan = queued(store, "r", "orphan", T0 + 2 * S)
-    store.claim_job(orphan, "dead", 9, T0)
+    claim_job(store, orphan, "dead", 9, T0)
     exhausted = queued(store, "r", "exhausted", T0 + 3 * S, max_attempts=1)
-    store.claim_job(exhausted, "dead", 9, T0)
+    claim_job(store, exhausted, "dead", 9, T0)
     of_stopped = queued(store, "r", "stopped", T0 + 4 * S)
-    store.claim_job(of_stopped, "stopped", 9, T0)
+    claim_job(store, of_stopped, "stopped", 9, T0)
     live = queued(store, "r", "live", T0 + 5 * S)
-    store.claim_job(live, "alive", 9, T0)
+    claim_job(store, live, "alive", 9, T0)
     done = queued(store, "r", "done", T0 + 6 * S)
-    store.claim_job(done, "dead", 9, T0)
+    claim_job(store, done, "dead", 9, T0)
     store.finish_attempt(done, "dead", JobStatus.SUCCEEDED, T0 + M)
 
     mine = queued(store, "r", "mine", T0 + 7 * S)
-    store.claim_job(mine, "me", 9, T0)  # a periodic recovery never touches its own jobs
+    claim_job(store, mine, "me", 9, T0)  # a periodic recovery never touches its own jobs
 
     found = store.recover_jobs("me", stale_before, now)
     ids = [job_id for job_id, _ in found]
@@ -760,22 +769,22 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     assert ids == [q_, retry, orphan, exhausted, of_stopped]
     assert dict(found)[retry] == now + H  # a retrying job keeps its not-before time
     assert store.recover_jobs("me", stale_before, now) == found   # idempotent
-    assert store.job(mine).status == JobStatus.RUNNING  # type: ignore[union-attr]
-    job = store.job(orphan)
+    assert q.job(store, mine).status == JobStatus.RUNNING  # type: ignore[union-attr]
+    job = q.job(store, orphan)
     assert job is not None
     assert (job.status, job.attempts) == (JobStatus.RETRYING, 1)
     assert job.detail and "interrupted" in job.detail
     (att,) = attempts(store, orphan)
     assert (att.outcome, att.finished_at) == ("interrupted", now)
     # a crash gives the interrupted attempt back: even a single-attempt job is resumed
-    given_back = store.job(exhausted)
+    given_back = q.job(store, exhausted)
     assert given_back is not None
     assert (given_back.status, given_back.attempts, given_back.max_attempts) == \
         (JobStatus.RETRYING, 1, 2)
-    assert store.job(live).status == JobStatus.RUNNING  # type: ignore[union-attr]
-    assert store.job(done).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert q.job(store, live).status == JobStatus.RUNNING  # type: ignore[union-attr]
+    assert q.job(store, done).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
     # the recovered job can be claimed again by the new daemon
-    again = store.claim_job(orphan, "me", 9, now)
+    again = claim_job(store, orphan, "me", 9, now)
     assert again is not None and again.attempts == 2
     assert [a.n for a in attempts(store, orphan)] == [1, 2]
 
@@ -791,9 +800,9 @@ def test_a_job_that_keeps_crashing_its_daemon_fails_when_its_attempts_run_out(
     for n in range(1, MAX_INTERRUPTED + 2):
         now += M
         store.register_daemon(f"d{n}", now)
-        assert store.claim_job(job, f"d{n}", 9, now) is not None
+        assert claim_job(store, job, f"d{n}", 9, now) is not None
         found = store.recover_jobs("me", now - 3 * M, now, exclusive=True)
-        state = store.job(job)
+        state = q.job(store, job)
         assert state is not None
         if n <= MAX_INTERRUPTED:
             assert found == [(job, None)] and state.status == JobStatus.RETRYING
@@ -812,7 +821,7 @@ def test_clean_stops_never_use_up_a_jobs_attempts(store: Store) -> None:
     for n in range(MAX_INTERRUPTED + 2):
         now += M
         store.register_daemon(f"d{n}", now)
-        assert store.claim_job(job, f"d{n}", 9, now) is not None
+        assert claim_job(store, job, f"d{n}", 9, now) is not None
         store.daemon_stopped(f"d{n}", now)
         assert store.recover_jobs("me", now - 3 * M, now) == [(job, None)]
     assert {a.outcome for a in attempts(store, job)} == {"stopped"}
@@ -824,7 +833,7 @@ def test_recover_jobs_exclusive_treats_every_other_daemon_as_gone(store: Store) 
     now = T0 + M
     store.register_daemon("killed", now)
     job = queued(store, "r", "x", T0)
-    store.claim_job(job, "killed", 9, T0)
+    claim_job(store, job, "killed", 9, T0)
     assert store.recover_jobs("me", now - 3 * M, now) == []
     assert store.recover_jobs("me", now - 3 * M, now, exclusive=True) == [(job, None)]
 
@@ -865,28 +874,28 @@ def test_two_daemons_taking_requests_at_once_take_each_once(
 
 # -- pause, slots, checkpoints, health ------------------------------------------------------------
 def test_pause_flags(store: Store) -> None:
-    assert store.rule_flags() == {}
+    assert rule_flags(store) == {}
     store.ensure_rules(["r", "q"], ["q"], T0)
-    assert store.rule_flags()["r"].is_paused(T0) is False
+    assert rule_flags(store)["r"].is_paused(T0) is False
 
     store.set_paused("r", True, T0 + H, "data migration", T0)
-    flags = store.rule_flags()["r"]
+    flags = rule_flags(store)["r"]
     assert (flags.paused, flags.paused_until, flags.paused_reason) == (
         True, T0 + H, "data migration")
     assert flags.is_paused(T0 + H - S)
     assert not flags.is_paused(T0 + H)
-    assert not store.rule_flags()["q"].paused
+    assert not rule_flags(store)["q"].paused
 
     store.set_paused("unknown-yet", True, None, None, T0)   # creates the rule row
-    assert store.rule_flags()["unknown-yet"].is_paused(T0 + 1000 * D)
+    assert rule_flags(store)["unknown-yet"].is_paused(T0 + 1000 * D)
 
     store.set_paused("r", False, T0 + D, "ignored", T0 + M)
-    flags = store.rule_flags()["r"]
+    flags = rule_flags(store)["r"]
     assert (flags.paused, flags.paused_until, flags.paused_reason) == (False, None, None)
     assert not flags.is_paused(T0)
     # ensure_rules again keeps the flags
     store.ensure_rules(["unknown-yet"], [], T0)
-    assert store.rule_flags()["unknown-yet"].paused
+    assert rule_flags(store)["unknown-yet"].paused
     assert store.group_states(["q"])[("q", "")].seq == 0
 
 
@@ -932,7 +941,7 @@ def test_prune_deletes_old_history_and_keeps_what_is_still_needed(store: Store) 
     # old and done: consumed events, trigger, succeeded job, attempts
     add(store, "done", "", "d1", "d2", at=T0)
     done = fire(store, "done", at=T0 + H)
-    store.claim_job(done.id, "d", 9, T0 + H)
+    claim_job(store, done.id, "d", 9, T0 + H)
     store.finish_attempt(done.id, "d", JobStatus.SUCCEEDED, T0 + 2 * H)
     # old but still pending
     add(store, "waiting", "", "p1", at=T0)
@@ -941,16 +950,16 @@ def test_prune_deletes_old_history_and_keeps_what_is_still_needed(store: Store) 
     slow = fire(store, "slow", at=T0 + H)
     add(store, "busy", "", "b1", at=T0)
     busy = fire(store, "busy", at=T0 + H)
-    store.claim_job(busy.id, "d", 9, T0 + H)
+    claim_job(store, busy.id, "d", 9, T0 + H)
     # an old event consumed by one rule and still pending for another
     ingest(store, item(ev("shared", T0), ("done", ""), ("waiting", "")))
     shared_done = fire(store, "done", at=T0 + 2 * H)
-    store.claim_job(shared_done.id, "d", 9, T0 + 2 * H)
+    claim_job(store, shared_done.id, "d", 9, T0 + 2 * H)
     store.finish_attempt(shared_done.id, "d", JobStatus.CANCELLED, T0 + 3 * H)
     # recent history
     add(store, "done", "", "n1", at=cutoff + D)
     recent = fire(store, "done", at=cutoff + D)
-    store.claim_job(recent.id, "d", 9, cutoff + D)
+    claim_job(store, recent.id, "d", 9, cutoff + D)
     store.finish_attempt(recent.id, "d", JobStatus.FAILED, cutoff + D)
     # requests: old handled, old open, recent handled
     old_req = store.add_request("fire", "done", {}, T0)
@@ -985,9 +994,9 @@ def test_prune_deletes_old_history_and_keeps_what_is_still_needed(store: Store) 
     assert old_req not in {r.id for r in rows(store, t.requests)}
     # what is kept still works
     assert store.pending()[("waiting", "")].count == 2
-    ctx = store.trigger_context(slow.id)
+    ctx = trigger_context(store, slow.id)
     assert ctx is not None and [e["subject"] for e in ctx[1]] == ["/data/s1"]
-    assert store.claim_job(slow.id, "d", 9, cutoff + 2 * D) is not None
+    assert claim_job(store, slow.id, "d", 9, cutoff + 2 * D) is not None
     # a kept event is still recognised as a duplicate
     assert ingest(store, item(ev("p1")), now=cutoff + 2 * D).duplicates == 1
     # pruning again removes nothing more
@@ -1004,7 +1013,7 @@ def test_prune_keeps_the_tables_bounded(store: Store) -> None:
         trig = fire(store, "r", at=now + H)
         psi = fire(store, "psi", at=now + H)
         for jid in (trig.id, psi.id):
-            assert store.claim_job(jid, "d", 9, now + H) is not None
+            assert claim_job(store, jid, "d", 9, now + H) is not None
             store.finish_attempt(jid, "d", JobStatus.SUCCEEDED, now + 2 * H)
         rid = store.add_request("fire", "r", {}, now)
         store.take_requests("d", now)
@@ -1074,7 +1083,7 @@ def test_list_jobs_filters_and_orders_newest_first(store: Store) -> None:
     a1 = queued(store, "a", at=T0)
     b1 = queued(store, "b", at=T0 + M)
     a2 = queued(store, "a", at=T0 + 2 * M)
-    store.claim_job(a1, "d", 9, T0 + 3 * M)
+    claim_job(store, a1, "d", 9, T0 + 3 * M)
     store.finish_attempt(a1, "d", JobStatus.FAILED, T0 + 4 * M, exit_code=2)
 
     def ids(**kw: Any) -> list[str]:
@@ -1099,7 +1108,7 @@ def test_datetimes_come_back_timezone_aware_utc(store: Store) -> None:
            now=local)
     pend = store.pending()[("r", "")]
     trig = fire(store, "r", at=local)
-    store.claim_job(trig.id, "d", 1, local)
+    claim_job(store, trig.id, "d", 1, local)
     store.finish_attempt(trig.id, "d", JobStatus.RETRYING, local, next_attempt_at=local + H)
     store.set_paused("r", True, local + H, None, local)
     store.claim_slot("rule:r", local, local)
@@ -1109,13 +1118,13 @@ def test_datetimes_come_back_timezone_aware_utc(store: Store) -> None:
     utc = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
     assert trig.fired_at == utc   # echoed from the caller; the same instant
     values: list[datetime | None] = [pend.first_at, pend.last_at]
-    job = store.job(trig.id)
+    job = q.job(store, trig.id)
     assert job is not None
     values += [job.created_at, job.started_at, job.next_attempt_at]
     gs = store.group_states()
     values += [gs[("r", "")].created_at, gs[("r", "")].last_trigger_at,
                gs[("psi", "")].sustained_since]
-    values += [store.rule_flags()["r"].paused_until, store.last_slot("rule:r"),
+    values += [rule_flags(store)["r"].paused_until, store.last_slot("rule:r"),
                q.sources(store)["src"]["last_event_at"], q.request_result(store, rid)[0],
                q.list_triggers(store)[0].fired_at, q.list_jobs(store)[0].created_at]
     daemon = q.latest_daemon(store)
@@ -1126,7 +1135,7 @@ def test_datetimes_come_back_timezone_aware_utc(store: Store) -> None:
         assert value.tzinfo == UTC
         assert value in (utc, utc + H)
     assert q.list_events(store)[0]["observed_at"] == "2026-01-01T12:30:00+00:00"
-    ctx = store.trigger_context(trig.id)
+    ctx = trigger_context(store, trig.id)
     assert ctx is not None and ctx[1][0]["observed_at"] == "2026-01-01T12:30:00+00:00"
     # comparisons use the instant, not the wall clock of the caller's zone
     assert len(q.list_events(store, since=datetime(2026, 1, 1, 7, 30,
@@ -1156,9 +1165,9 @@ def test_a_nul_in_a_detail_or_external_id_is_stored_escaped(store: Store) -> Non
     """A command may print NUL, a server may answer with one; PostgreSQL text refuses it (found
     in review: the outcome could not be recorded and the job stayed `running`)."""
     jid = queued(store)
-    store.claim_job(jid, "d1", 1, T0)
+    claim_job(store, jid, "d1", 1, T0)
     store.set_external_id(jid, "run\x00id")
     assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, detail="out\x00put")
-    job = store.job(jid)
+    job = q.job(store, jid)
     assert job is not None and job.status == JobStatus.SUCCEEDED
     assert (job.detail, job.external_id) == ("out\\x00put", "run\\x00id")

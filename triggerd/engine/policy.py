@@ -206,3 +206,15 @@ def _fire_reason(when: WhenSpec, s: Situation, now: datetime) -> str:
     if s.at_slot is not None:
         parts.append(f"scheduled check at {s.at_slot.isoformat()}")
     return ", ".join(parts)
+
+
+def on_busy(policy: str, busy: bool) -> tuple[str | None, str | None]:
+    """What a new trigger's job does to the group's jobs under the rule's `on_busy`, as
+    (`NewTrigger.supersede`, `NewTrigger.skipped`): coalesce supersedes the queued jobs it
+    replaces; skip writes the new job cancelled when the rule is busy; queue changes
+    nothing. (Not firing while busy under coalesce is `decide`'s.)"""
+    if policy == "coalesce":
+        return "on_busy: coalesce", None
+    if policy == "skip" and busy:
+        return None, "skipped: the rule was busy (on_busy: skip)"
+    return None, None

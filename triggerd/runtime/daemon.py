@@ -1,7 +1,8 @@
 """The daemon: the composition root. Builds everything from the config and runs it.
 
-The runtime package holds the rest: `build` (plugins from the config), `supervisor` (sources
-in their tasks), `housekeeping` (heartbeat, CLI requests, recovery, retention) and `reload`
+The runtime package holds the rest: `build` (plugins from the config), `flow` (the engine and
+the dispatcher, connected: the path from an event to its job), `supervisor` (sources in their
+tasks), `housekeeping` (heartbeat, CLI requests, recovery, retention) and `reload`
 (SIGHUP: each component is `reconfigure`d).
 
 Start-up order: open the store (migrate, lock), register with a heartbeat, build backends and
@@ -34,12 +35,12 @@ from triggerd.dispatcher import Dispatcher
 from triggerd.engine.engine import Engine
 from triggerd.errors import StoreError
 from triggerd.interfaces import Clock
-from triggerd.model import Job, Trigger
 from triggerd.ops import looplag, sdnotify
 from triggerd.ops.endpoints import routes
 from triggerd.ops.http import HttpServer
 from triggerd.ops.metrics import Metrics
 from triggerd.runtime.build import Services, build_backends, build_sources
+from triggerd.runtime.flow import Flow
 from triggerd.runtime.housekeeping import heartbeat, housekeeping, recover
 from triggerd.runtime.reload import reload
 from triggerd.runtime.supervisor import SourceContext, Supervisor
@@ -152,11 +153,9 @@ class Daemon:
             log.info("triggerd started: daemon %s, store %s, %d rule(s), %d source(s)",
                      self.id, self.store.safe_url, len(self.config.rules),
                      len(self.config.sources))
-            self.dispatcher = Dispatcher(self.config, self.store, backends,
-                                         self.clock, self.call, self.id, self._job_finished)
-            self.engine = Engine(self.config, self.store, self.clock, self.call,
-                                 self._triggered, claimer=self.dispatcher)
-            self.dispatcher.metrics = self.metrics
+            flow = Flow(self.config, self.store, backends, self.clock, self.call, self.id,
+                        spawn=self.spawn, metrics=self.metrics)
+            self.engine, self.dispatcher = flow.engine, flow.dispatcher
             self.metrics.config_rules.set(len(self.config.rules))
             await recover(self, starting=True)
             workers = [
@@ -215,13 +214,6 @@ class Daemon:
         """The daemon services a source may ask for (`wants`; see interfaces.Source)."""
         return {"files": lambda: StoreFileTable(self.store, self.call),
                 "rejects": lambda: StoreRejectLog(self.store, self.call)}
-
-    def _triggered(self, trig: Trigger) -> None:
-        self.dispatcher.submit(trig.id)
-        self.metrics.triggered(trig.rule, trig.kind or ("manual" if trig.manual else "unknown"))
-
-    def _job_finished(self, job: Job) -> None:
-        self.spawn(self.engine.evaluate_rule(job.rule), f"after:{job.id}")
 
 
 def run_daemon(config: Config, http: str | None = None) -> int:

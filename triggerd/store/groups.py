@@ -49,10 +49,6 @@ class GroupStore(StoreBase):
             if rows:
                 c.execute(self._insert(t.rules).values(rows).on_conflict_do_nothing())
             self._ensure_groups(c, [(r, "") for r in ungrouped], now)
-    def rule_flags(self) -> dict[str, RuleFlags]:
-        with self.read() as c:
-            return self._flags(c, None)
-
     def set_paused(self, rule: str, paused: bool, until: datetime | None, reason: str | None,
                    now: datetime) -> None:
         with self.write() as c:
@@ -117,11 +113,6 @@ class GroupStore(StoreBase):
         with self.read() as c:
             return {(r, k) for r, k in self._q("keys.groups", lambda: select(
                 g.rule, g.grp).where(g.rule == bindparam("rule"))).run(c, {"rule": rule})}
-
-    def active_jobs_by_rule(self, rules: Iterable[str] | None = None) -> dict[str, int]:
-        """Queued, running and retrying jobs per rule (what `concurrency` is measured by)."""
-        with self.read() as c:
-            return self._active(c, rules)
 
     def job_counts(self, rules: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """Active jobs per rule and status (queued, running, retrying)."""

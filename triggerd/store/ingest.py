@@ -225,14 +225,16 @@ class IngestStore(StoreBase):
         for rule, grp, matched, at in streaks:
             reset, n, since = runs.get((rule, grp), (False, 0, None))
             runs[(rule, grp)] = (reset, n + 1, since or at) if matched else (True, 0, None)
+        group = and_(g.rule == bindparam("b_rule"), g.grp == bindparam("b_grp"))
+        n_, since_ = bindparam("b_n", type_=Integer()), bindparam("b_since", type_=TS)
+        restart = self._q("streak.restart", lambda: update(t.rule_groups).where(group).values(
+            sustained_count=n_, sustained_since=since_))
+        extend = self._q("streak.extend", lambda: update(t.rule_groups).where(group).values(
+            sustained_count=g.sustained_count + n_,
+            sustained_since=func.coalesce(g.sustained_since, since_)))
         for (rule, grp), (reset, n, since) in runs.items():
-            where = and_(g.rule == rule, g.grp == grp)
-            if reset:
-                values: dict[str, Any] = {"sustained_count": n, "sustained_since": since}
-            else:
-                values = {"sustained_count": g.sustained_count + n,
-                          "sustained_since": func.coalesce(g.sustained_since, since)}
-            c.execute(update(t.rule_groups).where(where).values(**values))
+            (restart if reset else extend).run(
+                c, {"b_rule": rule, "b_grp": grp, "b_n": n, "b_since": since})
 
     def _count_source(self, c: Connection, source: str, source_type: str, new: int, dups: int,
                       now: datetime) -> None:

@@ -25,7 +25,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from triggerd.model import (
-    ACTIVE_JOB_STATUSES,
     Job,
     JobStatus,
     Trigger,
@@ -49,8 +48,11 @@ class NewTrigger:
     backend: str
     params: dict[str, Any]
     max_attempts: int
-    on_busy: str = "queue"  # coalesce cancels queued jobs of the group; skip cancels this one
-    busy: bool = False
+    # what the rule's policy (on_busy) asks of the jobs: cancel the group's queued jobs, as
+    # superseded by this trigger (the why, for their detail); write this job cancelled
+    # (the why, its detail)
+    supersede: str | None = None
+    skipped: str | None = None
     request_id: int | None = None  # the CLI request behind a manual fire
 
 
@@ -116,23 +118,19 @@ class JobStore(StoreBase):
                     id=tid, rule=nt.rule, grp=nt.group, seq=seq, fired_at=nt.fired_at,
                     reason=nt.reason, kind=nt.kind, manual=nt.kind == "manual",
                     events=consumed, params=nt.params, request_id=nt.request_id))
-                status = JobStatus.QUEUED
-                detail = None
-                if nt.busy and nt.on_busy == "skip":
-                    status = JobStatus.CANCELLED
-                    detail = "skipped: the rule was busy (on_busy: skip)"
-                elif nt.on_busy == "coalesce":
+                status = JobStatus.CANCELLED if nt.skipped else JobStatus.QUEUED
+                if nt.supersede is not None:
                     self._q("trigger.coalesce", lambda: update(t.jobs).where(and_(
                         j.rule == bindparam("b_rule"), j.grp == bindparam("b_grp"),
                         j.status == JobStatus.QUEUED)).values(
                         status=JobStatus.CANCELLED, finished_at=bindparam("b_at", type_=TS),
                         detail=bindparam("b_detail"))).run(
                         c, {**key, "b_at": nt.fired_at,
-                            "b_detail": f"superseded by trigger {tid} (on_busy: coalesce)"})
+                            "b_detail": f"superseded by trigger {tid} ({nt.supersede})"})
                 self._q("trigger.job", lambda: insert(t.jobs)).run(c, dict(
                     id=tid, trigger_id=tid, rule=nt.rule, grp=nt.group, backend=nt.backend,
                     status=status, attempts=0, max_attempts=nt.max_attempts,
-                    created_at=nt.fired_at, detail=detail,
+                    created_at=nt.fired_at, detail=nt.skipped,
                     finished_at=nt.fired_at if status == JobStatus.CANCELLED else None))
         except IntegrityError:
             return None
@@ -140,10 +138,6 @@ class JobStore(StoreBase):
         return Trigger(id=tid, rule=nt.rule, group=nt.group, seq=seq, fired_at=nt.fired_at,
                        reason=nt.reason, manual=nt.kind == "manual", events=consumed,
                        kind=nt.kind)
-
-    def claim_job(self, job_id: str, owner: str, concurrency: int, now: datetime) -> Job | None:
-        """Start an attempt of a queued/retrying job if its rule has a free slot; CAS on status."""
-        return self.claim(job_id, owner, lambda _rule: concurrency, now).job
 
     def claim(self, job_id: str, owner: str, concurrency: Callable[[str], int],
               now: datetime) -> Claim:
@@ -279,24 +273,6 @@ class JobStore(StoreBase):
                 .order_by(j.created_at)).all()
         return [(r[0], r[1]) for r in rows]
 
-    def job(self, job_id: str) -> Job | None:
-        with self.read() as c:
-            row = c.execute(select(t.jobs).where(t.jobs.c.id == job_id)).first()
-        return job_row(row) if row else None
-
-    def active_jobs(self, rule: str | None = None) -> list[Job]:
-        q = select(t.jobs).where(t.jobs.c.status.in_(list(ACTIVE_JOB_STATUSES)))
-        if rule is not None:
-            q = q.where(t.jobs.c.rule == rule)
-        with self.read() as c:
-            return [job_row(r) for r in c.execute(q.order_by(t.jobs.c.created_at))]
-
-    def trigger_context(self, job_id: str) -> tuple[Trigger, list[dict[str, Any]]] | None:
-        """The trigger behind a job and the events it consumed (for the backend's context)."""
-        with self.read() as c:
-            found = self._trigger_context(c, job_id)
-        return None if found is None else (found.trigger, found.events)
-
     def _trigger_context(self, c: Connection, job_id: str) -> JobContext | None:
         tr, ev, re_ = t.triggers.c, t.events.c, t.rule_events.c
         return _context(
@@ -307,10 +283,6 @@ class JobStore(StoreBase):
                 t.rule_events, re_.event_id == ev.id).where(re_.trigger_id == bindparam("b_tid"))
                 .order_by(ev.observed_at, ev.id)))
 
-    def trigger_params(self, tid: str) -> dict[str, Any]:
-        with self.read() as c:
-            value = c.execute(select(t.triggers.c.params).where(t.triggers.c.id == tid)).scalar()
-        return dict(value or {})
 
 
 def _context(c: Connection, job_id: str, q_trigger: Fast, q_events: Fast) -> JobContext | None:

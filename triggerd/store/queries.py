@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import and_, desc, func, select
 
-from triggerd.model import Job, Trigger
+from triggerd.model import ACTIVE_JOB_STATUSES, Job, Trigger
 from triggerd.store import tables as t
 from triggerd.store.jobs import job_row
 from triggerd.store.rejects import count_rejects
@@ -62,6 +62,21 @@ def list_jobs(store: Store, *, rule: str | None = None, status: str | None = Non
     q = q.order_by(desc(j.created_at), desc(j.id)).limit(limit)
     with store.read() as c:
         return [job_row(r) for r in c.execute(q)]
+
+
+def job(store: Store, job_id: str) -> Job | None:
+    with store.read() as c:
+        row = c.execute(select(t.jobs).where(t.jobs.c.id == job_id)).first()
+    return job_row(row) if row else None
+
+
+def active_jobs(store: Store, rule: str | None = None) -> list[Job]:
+    """Queued, running and retrying jobs, oldest first."""
+    q = select(t.jobs).where(t.jobs.c.status.in_(list(ACTIVE_JOB_STATUSES)))
+    if rule is not None:
+        q = q.where(t.jobs.c.rule == rule)
+    with store.read() as c:
+        return [job_row(r) for r in c.execute(q.order_by(t.jobs.c.created_at))]
 
 
 def trigger_counts(store: Store) -> dict[str, tuple[int, datetime | None]]:

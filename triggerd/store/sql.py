@@ -15,6 +15,15 @@ decisions are settled by keys and compare-and-set updates, never by "check then 
 - `jobs.JobStore`: triggers and jobs (claims, attempts, recovery after a crash);
 - `daemons.DaemonStore`: daemons, sources' checkpoints and health, CLI requests, retention.
 
+How SQL runs. The statements on the path from an event to its backend (ingest, a decision's
+snapshot, writing a trigger, a claim) are built once and named (`StoreBase._q`, a
+`fast.Fast`: on SQLite it runs on sqlite3 directly), and a batch's rows go in through one bulk
+insert (`base.sqlite_insert_many` on SQLite, an executemany elsewhere). Everything off that
+path (CLI requests, recovery, retention, start-up) builds its statement where it runs it
+(`Connection.execute`). Two modules are free functions over a `Store` rather than parts of it:
+`files` and `rejects` (the services sources use, `triggerd.plugin`) and `queries`, the read
+model behind the CLI and a `/metrics` scrape.
+
 The names below are re-exported so `triggerd.store.sql` stays the one place to import from.
 """
 
