@@ -1,13 +1,13 @@
-"""The dependency rule, as far as the re-layering has gone: what a package may import.
+"""The dependency rule (the package docstring of `triggerd`): what each part may import.
 
-The aim (README, Development): model/errors <- language <- config <- engine, dispatch <-
-runtime <- cli; the store depends only on model and errors; plugins only on the public plugin
-module. Checked here today: the language package (expressions, globs, regex, templates,
-schedules, units) is a leaf over model and errors; the store knows nothing of config, engine,
-runtime or plugins; config knows only the language (and the registry); engine and dispatcher
-are peers that never import each other, nor the runtime or the CLI; ops knows only the store
-and the model; sources and backends import only `triggerd.plugin` (and their own package's
-modules). Every `import` counts, also one inside a function (and under TYPE_CHECKING).
+model/errors <- language <- config <- engine, dispatcher <- runtime <- cli; the store depends
+only on model and errors; plugins (sources, backends) only on the public plugin module. The
+language package is a leaf over model and errors; config knows only the language (and the
+registry); engine and dispatcher are peers that never import each other, nor the runtime or the
+CLI; the runtime never imports the CLI; ops knows only the store and the model; settings only
+the address parser of ops. Every `import` counts, also one inside a function (and under
+TYPE_CHECKING). `triggerd` alone (`from triggerd import x`) is the package's `__init__`: the
+version, or a module named by `x`, which is then checked where it is used.
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "triggerd"
 
 _BASE = {"triggerd.model", "triggerd.errors"}
+_BELOW_RUNTIME = _BASE | {
+    "triggerd.language", "triggerd.config", "triggerd.store", "triggerd.engine",
+    "triggerd.dispatcher", "triggerd.interfaces", "triggerd.aio", "triggerd.clock",
+    "triggerd.ops", "triggerd.settings", "triggerd"}
 ALLOWED = {
+    "model": _BASE,
+    "errors": _BASE,
+    "aio": set(),
+    "clock": set(),
+    "interfaces": _BASE,
+    "registry": _BASE,
     "language": _BASE | {"triggerd.language"},
     "store": _BASE | {"triggerd.store", "triggerd"},
     # config: the language, and the registry (plugin option models by type)
@@ -33,6 +43,15 @@ ALLOWED = {
                            "triggerd.aio", "triggerd.ops"},
     # ops: metrics, http, logging, sdnotify: over the store and model, nothing above
     "ops": _BASE | {"triggerd.ops", "triggerd.store", "triggerd"},
+    "settings": {"triggerd.ops.http"},
+    # runtime: everything below it (and its own modules), never the CLI
+    "runtime": _BELOW_RUNTIME | {"triggerd.runtime"},
+    # cli: the top: everything but the plugins' own modules (reached through the registry)
+    "cli": _BELOW_RUNTIME | {"triggerd.runtime", "triggerd.cli"},
+    # the one module plugins import: the contracts, the data, the language, option types
+    "plugin": _BASE | {"triggerd.interfaces", "triggerd.language", "triggerd.config.types",
+                       "triggerd.aio",
+                       "triggerd.config.yamlsafe", "triggerd.ops.failpoints", "triggerd"},
     # plugins: the public plugin module, and their own package's private modules
     "sources": {"triggerd.plugin", "triggerd.sources"},
     "backends": {"triggerd.plugin", "triggerd.backends"},
@@ -78,6 +97,9 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert triggerd_imports(sample) == {"triggerd.config.loader"}
     assert not allowed("triggerd.config.loader", ALLOWED["store"])
     assert allowed("triggerd.store.tables", ALLOWED["store"])
+    assert not allowed("triggerd.cli.commands", ALLOWED["runtime"])
+    assert not allowed("triggerd.runtime.daemon", ALLOWED["settings"])
+    assert not allowed("triggerd.dispatcher", ALLOWED["engine"])
 
 
 def test_one_definition_of_a_dead_daemon() -> None:

@@ -16,7 +16,8 @@ module exporting a class with an `Options` model (a `Strict` pydantic model) plu
   config's limits (`load_yaml_file`, `FileTooLargeError`).
 - The language: `Template`, `lookup`, `compile_glob`, `compile_any`, `Schedule`,
   `validate_cron`, `validate_timezone`, `format_duration`.
-- `failpoint`: the fault-injection points of the crash tests.
+- `failpoint`: the fault-injection points of the crash tests; `to_the_end`: await work that
+  must finish even when the caller is cancelled (store writes at shutdown).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from triggerd import __version__
+from triggerd.aio import to_the_end
 from triggerd.config.types import Duration, InheritsEnvironment, Size, Strict
 from triggerd.config.yamlsafe import FileTooLargeError
 from triggerd.config.yamlsafe import load_file as load_yaml_file
@@ -51,7 +53,7 @@ __all__ = [
     "Launcher", "PermanentDispatchError", "Reject", "RejectLog", "Schedule", "Size", "Source",
     "SourceContext", "StoreError", "StoreWork", "Strict", "Template", "TransientDispatchError",
     "TriggerContext", "TriggerdError", "__version__", "compile_any", "compile_glob",
-    "failpoint", "format_duration", "load_yaml_file", "lookup", "validate_cron",
+    "failpoint", "format_duration", "load_yaml_file", "lookup", "to_the_end", "validate_cron",
     "validate_timezone",
 ]
 

@@ -1,4 +1,4 @@
-"""The `filesystem` source: files that land or change under watched roots (SPEC 3, `landing`).
+"""The `filesystem` source: files that land or change under watched roots.
 
 Watching is a hint, the scan is the truth
     watchdog (inotify, or its polling observer with `poll`) only says *which path* to look at.
@@ -8,18 +8,12 @@ Watching is a hint, the scan is the truth
     `rescan`, for a directory created or moved in, and at once after an inotify queue overflow
     (or a full bridge queue), so a lost notification delays an event but never loses it.
 
-Settling
-    A path becomes an event only once it is unchanged for `settle`: a notification (re)arms a
-    timer on the loop (one heap, no polling of idle files); when it falls due the file is stat'ed
-    off the loop. It is settled when (size, mtime_ns) equal those of the previous look, or, on the
-    first look, when its mtime is already `settle` old. Otherwise it is looked at again `settle`
-    later. Natively only creations, close-after-write, moves (and deletes when asked) are
-    watched: watching every write overflowed the kernel queue under load (issue 3); the rescan
-    covers the rest.
-    The destination of a rename is looked at at once rather than `settle` later: a rename is
-    how writers publish (`x.tmp` -> `x`, or `mv` from a staging directory outside the root,
-    which `_fswatch.py` receives as a move with no source), and a file whose mtime is already
-    `settle` old is then an event at once; a fresh one still settles as above.
+Settling and events
+    A path becomes an event only once it is unchanged for `settle`; the destination of a
+    rename is looked at at once. Natively only creations, close-after-write, moves (and deletes
+    when asked) are watched: watching every write overflowed the kernel queue under load
+    (issue 3); the rescan covers the rest. The timers, the verdicts and the events' shape
+    (kinds, fingerprints, payload) are in `_fssettle.py`.
 
 Special files
     A FIFO, socket or device where a file was to be read (one matching the patterns, or one
@@ -30,14 +24,7 @@ Special files
     `triggerd_rejected_messages` in /metrics), once per path (a FIFO is noticed again at each
     write and found again by each rescan). A known file replaced by one is gone.
 
-Events
-    kind: created | modified | moved (the destination of a rename) | deleted; subject: the
-    absolute path; fingerprint: `relpath + ":" + sha256 hex` (or `size:mtime_ns:inode` with
-    `fingerprint: stat`), so the same content at the same path is a duplicate the store counts.
-    payload: path, relpath, dir, name, size, mtime (ISO 8601 UTC), root, and sha256.
-    A name that is not valid UTF-8 arrives readable (`\\xNN` for each bad byte) in subject and
-    path fields, with its exact bytes in `payload.path_b64` (see `_names.py`). A deleted file's
-    fingerprint is `relpath:size:mtime_ns:inode:deleted` of the row it had.
+Batches
     Events are emitted in batches of at most 1,000; the file rows they cover are written in
     the same store transaction (`ctx.emit(events, also=...)`): both are stored or neither, so
     a crash re-emits the batch rather than loses it. (Rows without events, and a file table
@@ -52,10 +39,11 @@ Modules and threads
     `_fswatch.py`: watchdog's handler (observer thread; it only calls `Bridge.put`,
     `_bridge.py`) and scheduling watches. `_fsscan.py`: the in-memory index of known files,
     the reconcile walk (which compares with the index in its thread, a directory at a time)
-    and the settle look. Walking, stat'ing, hashing and scheduling watches run in daemon
-    threads (`_fswatch.in_thread`), never in the loop's default executor, whose threads the
-    daemon's exit joins without a timeout: a stop abandons them, and they end at their next
-    directory or hashed chunk. The observer is stopped and joined in a daemon thread that the
+    and the settle look. `_fssettle.py`: the settle timers and the verdicts on looks.
+    Walking, stat'ing, hashing and scheduling watches run in daemon threads
+    (`_fswatch.in_thread`), never in the loop's default executor, whose threads the daemon's
+    exit joins without a timeout: a stop abandons them, and they end at their next directory
+    or hashed chunk. The observer is stopped and joined in a daemon thread that the
     source waits for at most 5 s (watchdog joins its own threads without a timeout). So a
     stop never waits on the filesystem, whatever a source thread is doing.
 """
@@ -65,31 +53,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from triggerd.plugin import (
-    Event,
-    FileRow,
-    Reject,
-    RejectLog,
-    SourceContext,
-)
+from triggerd.plugin import FileRow, RejectLog, SourceContext, to_the_end
 from triggerd.sources._bridge import Bridge
-from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions, Kind
+from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions
 from triggerd.sources._fsscan import Halted, Known, Look, Matcher, Root, Sig, look, walk
+from triggerd.sources._fssettle import Pending, Settle
 from triggerd.sources._fstable import FileTable, MemoryFileTable
 from triggerd.sources._fswatch import (
     STOP_TIMEOUT,
@@ -102,42 +81,14 @@ from triggerd.sources._fswatch import (
     schedule,
     stop_observer,
 )
-from triggerd.sources._names import display, from_stored, is_text, raw_b64, stored
+from triggerd.sources._names import display, from_stored, stored
 
 __all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "FilesystemSource", "MemoryFileTable",
            "WatchError"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # files looked at and stored together (bench/RESULTS.md: "Design figures")
 T = TypeVar("T")
-_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
-            stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
-
-
-@dataclass(eq=False)
-class _Pending:
-    root: Root
-    hint: str
-    due: float
-    sig: Sig | None = None
-
-
-async def _uncancelled(coro: Coroutine[Any, Any, None]) -> None:
-    """Run `coro` to its end even if the caller is cancelled meanwhile, then re-raise that."""
-    task = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("recording file rows failed during shutdown: %s", task.exception())
-        raise
-
-
-def _iso_ns(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
-
 
 class FilesystemSource:
     """Emits an event per settled new, changed, moved-in (or deleted) file; see the module doc."""
@@ -161,13 +112,8 @@ class FilesystemSource:
         self._roots = [Root(os.path.normpath(os.path.abspath(p))) for p in options.paths]
         self._watches: dict[str, ObservedWatch] = {}  # root path -> its watch
         self.matcher = Matcher(options.patterns, options.ignore, DEFAULT_IGNORES)
-        self._settle = options.settle.total_seconds()
         self._known = Known()
-        self._pending: dict[str, _Pending] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = 0
         self._denied: set[str] = set()
-        self._special: set[str] = set()  # paths of special files already counted and logged
         self._halt = threading.Event()  # set when `run` ends: its threads stop soon after
         self._health: tuple[bool, str | None] | None = None
         self.bridge: Bridge | None = None  # while running (tests inspect its counters)
@@ -178,6 +124,8 @@ class FilesystemSource:
             "last_scan_at": None, "last_scan_seconds": None, "overflows": 0,
             "permission_denied": 0, "bridge_dropped": 0, "not_regular": 0,
         }
+        self._timers = Settle(name, options, self.wanted,
+                              lambda: asyncio.get_running_loop().time(), self.stats)
 
     def wanted(self, rel: str) -> bool:
         """True when the root-relative path `rel` is watched (patterns minus ignores)."""
@@ -196,8 +144,8 @@ class FilesystemSource:
         halt = self._halt = threading.Event()  # this run's: a rerun must not revive old threads
         # A restart after a failure (the supervisor calls run again): start from the table,
         # and look again at whatever was waiting to settle (its event was never stored).
-        leftover = [(path, entry.root, entry.hint) for path, entry in self._pending.items()]
-        self._known, self._pending, self._heap = Known(), {}, []
+        leftover = self._timers.restart()
+        self._known = Known()
         for root in self._roots:  # the old observer is gone with its watches: watch anew
             root.present = False
         self._watches.clear()
@@ -218,7 +166,7 @@ class FilesystemSource:
         try:
             await self._check_roots(ctx, observer, handler, initial=True)
             for path, root, hint in leftover:
-                self._arm(path, root, hint, 0.0, rearm=False)
+                self._timers.arm(path, root, hint, 0.0, rearm=False)
             if self.options.scan_on_start:
                 await self._reconcile(ctx, [(r, r.path) for r in self._roots if r.present])
             await self._settle_due(ctx)
@@ -244,7 +192,7 @@ class FilesystemSource:
                     next_check = loop.time() + self._root_check
                 await self._settle_due(ctx)
                 self._report(ctx)
-                wake = min(next_rescan, next_check, self._heap[0][0] if self._heap else next_check)
+                wake = min(next_rescan, next_check, self._timers.next_due() or next_check)
                 timeout = wake - loop.time()
                 if timeout > 0 and not bridge.ready.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -325,53 +273,28 @@ class FilesystemSource:
                 continue
             rel = root.rel(path)
             if rel and (self.wanted(rel) or path in self._known):
-                self._arm(path, root, hint, 0.0 if hint == "moved" else self._settle,
+                self._timers.arm(path, root, hint, 0.0 if hint == "moved" else self._timers.seconds,
                           rearm=True)
         return subtrees
-
-    def _arm(self, path: str, root: Root, hint: str, delay: float, *, rearm: bool) -> None:
-        entry = self._pending.get(path)
-        if entry is not None and not rearm:
-            return
-        due = asyncio.get_running_loop().time() + delay
-        if entry is None:
-            self._pending[path] = _Pending(root, hint, due)
-        else:
-            entry.due = due
-            if hint in ("moved", "deleted"):
-                entry.hint = hint
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, path))
 
     async def _settle_due(self, ctx: SourceContext) -> None:
         """Look at every file whose timer fell due, in batches, and emit what settled. The
         next batch is looked at (stat, hash: a worker thread) while this one is stored."""
-        due = self._due_batch()
+        due = self._timers.due_batch()
         looking = self._look_at(due)
         while due:
             looks = await looking
-            after, due = due, self._due_batch()
+            after, due = due, self._timers.due_batch()
             looking = self._look_at(due)
             try:
                 await self._conclude(ctx, after, looks)
             except BaseException:
                 # not stored: these files stay pending, to be looked at again by the next run
                 looking.cancel()
-                for path, entry in after:
-                    self._pending.setdefault(path, entry)
+                self._timers.put_back(after)
                 raise
 
-    def _due_batch(self) -> list[tuple[str, _Pending]]:
-        now = asyncio.get_running_loop().time()
-        due: list[tuple[str, _Pending]] = []
-        while self._heap and self._heap[0][0] <= now and len(due) < BATCH:
-            when, _, path = heapq.heappop(self._heap)
-            entry = self._pending.get(path)
-            if entry is not None and entry.due == when:
-                due.append((path, entry))
-        return due
-
-    def _look_at(self, due: list[tuple[str, _Pending]]) -> asyncio.Future[list[Look]]:
+    def _look_at(self, due: list[tuple[str, Pending]]) -> asyncio.Future[list[Look]]:
         if not due:
             done: asyncio.Future[list[Look]] = asyncio.get_running_loop().create_future()
             done.set_result([])
@@ -389,7 +312,7 @@ class FilesystemSource:
         for path, root, prev, known in asks:
             if halted():
                 raise Halted
-            looks.append(look(path, root, prev, known, now_ns, self._settle, by_content,
+            looks.append(look(path, root, prev, known, now_ns, self._timers.seconds, by_content,
                               self._log_denied, linked, halted))
         return looks
 
@@ -401,75 +324,29 @@ class FilesystemSource:
             log.warning("filesystem source %s: cannot read %s: %s (logged once; carrying on)",
                         self.name, display(path), exc.strerror or exc)
 
-    async def _conclude(self, ctx: SourceContext, due: list[tuple[str, _Pending]],
+    async def _conclude(self, ctx: SourceContext, due: list[tuple[str, Pending]],
                         looks: list[Look]) -> None:
         """Turn looks into events; emit them; only then record the file rows."""
-        events: list[Event] = []
-        saves: list[tuple[str, FileRow]] = []
-        gone: list[str] = []
-        rejected: list[Reject] = []
-        rejected_paths: list[str] = []
         now = ctx.clock.now()
-        for (path, entry), seen in zip(due, looks, strict=True):
-            if seen.verdict == "changing":
-                entry.sig = seen.sig
-                self._arm(path, entry.root, entry.hint, max(self._settle, 0.01), rearm=True)
-                continue
-            del self._pending[path]
-            rel = entry.root.rel(path) or ""
-            old = self._known.sig(path)
-            if seen.verdict == "special" and path not in self._special:
-                rejected.append(self._not_regular(now, path, seen.mode))
-                rejected_paths.append(path)
-            elif seen.verdict != "special":
-                self._special.discard(path)  # a special file there again is reported again
-            if seen.verdict in ("gone", "special"):  # a known file replaced by one is gone
-                if old is not None:
-                    gone.append(path)
-                    if "deleted" in self.options.events:
-                        size, mtime_ns, inode = old
-                        events.append(self._event(
-                            now, "deleted", path, entry.root, rel, size, mtime_ns, None,
-                            f"{stored(rel)}:{size}:{mtime_ns}:{inode}:deleted"))
-                continue
-            if seen.verdict != "settled" or seen.sig is None or not self.wanted(rel):
-                continue
-            kind: Kind = ("moved" if entry.hint == "moved"
-                          else "created" if old is None else "modified")
-            size, mtime_ns, inode = seen.sig
-            fingerprint = f"{stored(rel)}:{seen.content}"
-            saves.append((path, FileRow(stored(path), inode, size, mtime_ns, fingerprint, now)))
-            if kind in self.options.events:
-                events.append(self._event(now, kind, path, entry.root, rel, size, mtime_ns,
-                                          seen.sha256, fingerprint))
-        if rejected and self.rejects is not None:
+        found = self._timers.conclude(due, looks, self._known, now)
+        if found.rejected and self.rejects is not None:
             try:
-                await self.rejects.add(rejected)
-            except BaseException:
-                self._special.difference_update(rejected_paths)  # not recorded: again later
+                await self.rejects.add(found.rejected)
+            except BaseException:  # not recorded: reported again later
+                self._timers.special.difference_update(found.rejected_paths)
                 raise
         joined = None
-        if events:
+        if found.events:
             # the rows go into the events' own transaction where the table can join it: both
             # are stored or neither (one commit per batch, nothing left to save afterwards)
-            joined = self.files.with_events(self.name, [row for _path, row in saves],
-                                            [stored(p) for p in gone])
-            await ctx.emit(events, also=joined)
+            joined = self.files.with_events(self.name, [row for _path, row in found.saves],
+                                            [stored(p) for p in found.gone])
+            await ctx.emit(found.events, also=joined)
             self.stats["last_event_at"] = now.isoformat()
         # The events are stored (with their rows, if joined): record the rest even if shutdown
         # cancels us meanwhile, so a clean stop leaves no duplicate to re-emit.
-        await _uncancelled(self._record(saves, gone, stored_already=joined is not None))
-
-    def _not_regular(self, now: datetime, path: str, mode: int) -> Reject:
-        """Count and log a special file where a regular one was to be read, once per path: a
-        FIFO is looked at again whenever it is written to, and found again by every rescan."""
-        what = _SPECIAL.get(stat.S_IFMT(mode), "a special file")
-        self.stats["not_regular"] += 1
-        self._special.add(path)
-        log.warning("filesystem source %s: %s is %s, not a regular file: skipped (logged "
-                    "once; counted as not_regular)", self.name, display(path), what)
-        return Reject(self.name, display(path), "not_regular",
-                      f"{what} where a regular file was expected: skipped", None, now)
+        await to_the_end(self._record(found.saves, found.gone,
+                                      stored_already=joined is not None), _failed_late)
 
     async def _record(self, saves: list[tuple[str, FileRow]], gone: list[str], *,
                       stored_already: bool = False) -> None:
@@ -485,20 +362,6 @@ class FilesystemSource:
                 self._known.drop(p)
         self.stats["files_tracked"] = len(self._known)
 
-    def _event(self, now: datetime, kind: str, path: str, root: Root, rel: str,
-               size: int, mtime_ns: int, sha256: str | None, fingerprint: str) -> Event:
-        directory, _, name = rel.rpartition("/")
-        payload: dict[str, Any] = {"path": display(path), "relpath": display(rel),
-                                   "dir": display(directory), "name": display(name),
-                                   "size": size, "mtime": _iso_ns(mtime_ns),
-                                   "root": display(root.path)}
-        if not is_text(path):
-            payload["path_b64"] = raw_b64(path)
-        if self.options.fingerprint == "sha256" and sha256 is not None:
-            payload["sha256"] = sha256
-        return Event(source=self.name, kind=kind, subject=display(path),
-                     fingerprint=fingerprint, payload=payload, observed_at=now)
-
     # -- reconcile ------------------------------------------------------------------------
     async def _reconcile(self, ctx: SourceContext, targets: Sequence[tuple[Root, str]]) -> None:
         """Compare the trees under `targets` with the file table; arm what is new, changed or
@@ -511,18 +374,23 @@ class FilesystemSource:
             if found is None:
                 continue  # the root itself is missing: never take that as "everything deleted"
             for path in found.changed:
-                self._arm(path, root, "created", 0.0, rearm=False)
+                self._timers.arm(path, root, "created", 0.0, rearm=False)
             for path in found.gone:
-                self._arm(path, root, "deleted", 0.0, rearm=False)
+                self._timers.arm(path, root, "deleted", 0.0, rearm=False)
             for path in found.special:  # counted at its look, once per path
-                if path not in self._special:
-                    self._arm(path, root, "created", 0.0, rearm=False)
+                if path not in self._timers.special:
+                    self._timers.arm(path, root, "created", 0.0, rearm=False)
             # known files of directories that the walk did not list (removed, or now ignored)
             for directory in self._known.dirs_below(start):
                 if directory not in found.listed:
                     for path in self._known.in_dir(directory):
                         if root.rel(path):
-                            self._arm(path, root, "deleted", 0.0, rearm=False)
+                            self._timers.arm(path, root, "deleted", 0.0, rearm=False)
         self.stats["last_scan_at"] = started.isoformat()
         self.stats["last_scan_seconds"] = round(time.monotonic() - t0, 3)
 
+
+
+def _failed_late(recording: asyncio.Future[None]) -> None:
+    if recording.exception() is not None:
+        log.warning("recording file rows failed during shutdown: %s", recording.exception())
