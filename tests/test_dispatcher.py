@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 from faults import fail_first
+from store_helpers import claim_job
 
+from triggerd import dispatcher as dispatcher_module
 from triggerd.clock import SystemClock
 from triggerd.config.loader import Config
 from triggerd.config.schema import RuleSpec
@@ -430,3 +432,63 @@ async def test_a_bookkeeping_bug_after_dispatch_fails_the_job_instead_of_strandi
     await rig.events(1)
     await until(lambda: rig.jobs() == {"r.1": "failed", "r.2": "succeeded"})
     assert not rig.dispatcher.running
+
+
+def take_over(store: Store, job_id: str, by: str) -> Any:
+    """Another replica, `by`, finds this daemon ("test-owner", never registered: silent) dead,
+    gives its running job back and claims it: attempt 2 is `by`'s."""
+    now = datetime.now(UTC)
+    store.register_daemon(by, now)
+    store.recover_jobs(by, now, now)
+    return claim_job(store, job_id, by, 10, now)
+
+
+async def test_an_attempt_whose_job_was_taken_over_is_abandoned_not_recorded_nor_retried(
+        rig_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Fencing, deterministically: the attempt is under way when another replica takes the
+    job over (this daemon was paused past the cutoff) and claims it. When the old attempt
+    ends (here with a retryable failure) its outcome is refused by the store, and this daemon
+    neither records it nor schedules a retry: the job is the other replica's."""
+    rig = rig_factory({"retry": {"attempts": 3, "backoff": "10ms"}})
+    rig.backend.hold = True
+    rig.backend.script = ["transient"]
+    await rig.events(1)
+    await asyncio.wait_for(rig.backend.started.wait(), 10)
+    theirs = take_over(rig.store, "r.1", "replica-b")
+    assert theirs is not None and theirs.attempts == 2
+    rig.backend.release()
+    await until(lambda: not rig.dispatcher.running)
+    job = queries.job(rig.store, "r.1")
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.RUNNING, 2)
+    assert rig.store.holds("r.1", "replica-b", 2) and job.detail != "scripted transient failure"
+    assert "r.1" not in rig.dispatcher.wanted  # no retry from here
+    assert any("taken over by another daemon as it ended" in r.getMessage()
+               for r in caplog.records)
+    assert rig.store.finish_attempt("r.1", "replica-b", JobStatus.SUCCEEDED,
+                                    datetime.now(UTC), attempt=2)
+
+
+async def test_a_claim_taken_over_before_its_attempt_began_never_reaches_the_backend(
+        rig_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon paused between claiming a job and starting its attempt (here: the takeover
+    happens in the claim's own trip, and the claim is treated as old) checks the claim first
+    and, finding it gone, does not call the backend."""
+    monkeypatch.setattr(dispatcher_module, "FENCE_AFTER", -1.0)
+    rig = rig_factory({})
+    real = rig.engine.call
+    lost: list[str] = []
+
+    async def claim_then_lose_it(fn: Callable[[], Any]) -> Any:
+        done = await real(fn)  # the trip that wrote the trigger and claimed its job
+        for job_id, claim in done.claims.items():
+            if claim.job is not None:
+                take_over(rig.store, job_id, "replica-b")
+                lost.append(job_id)
+        return done
+    rig.engine.call = claim_then_lose_it
+    await rig.events(1)
+    assert lost == ["r.1"]
+    await until(lambda: not rig.dispatcher.running)
+    assert rig.store.holds("r.1", "replica-b", 2)
+    assert rig.backend.calls == []

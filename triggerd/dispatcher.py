@@ -26,6 +26,14 @@ a store outage, does the job stay `running`, to be given back by `Store.recover_
 next start (which may then retry it: the one case the rule above cannot hold); the first is
 logged.
 
+Fencing: every write about a running job carries the claim it was made under (this daemon's
+id and the attempt number, compared in the same statement: `Store.finish_attempt`,
+`Store.set_external_id`). A daemon paused or cut off from the store past the takeover cutoff,
+whose job another replica gave back (and perhaps claimed again) meanwhile, finds its writes
+refused and abandons the attempt (logged; `triggerd_job_attempts_abandoned_total`): it neither
+records nor retries it. An attempt whose task starts more than `FENCE_AFTER` after its claim
+(the loop stalled, or the process was stopped) checks the claim before calling the backend.
+
 A job is claimed on the store thread, in the engine's trip that wrote its trigger when it can
 start at once (`claim_fired`, which the runtime runs right after the engine's unit; else by
 `run`), and its attempt is followed on the loop (`follow`). A `Launcher` backend (the command
@@ -68,6 +76,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("triggerd.dispatch")
 SLOT_POLL = 5.0  # seconds: how often parked jobs look for a slot freed elsewhere
+# seconds from a claim to its attempt's start after which the claim is checked first (the loop
+# was stalled or the process paused meanwhile: the job may have been taken over)
+FENCE_AFTER = 1.0
 
 
 class _Handle:
@@ -79,11 +90,17 @@ class _Handle:
         self.launched = launched
 
     async def set_external_id(self, external_id: str) -> None:
+        d = self._d
         try:
-            await self._d.call(lambda: self._d.store.set_external_id(self.job_id, external_id))
+            held = await d.call(lambda: d.store.set_external_id(
+                self.job_id, d.owner, self.attempt, external_id))
         except StoreError as exc:  # the side effect happened: never fail the attempt for this
             log.warning("job %s: could not record external id %s yet (%s); the outcome "
                         "records it", self.job_id, external_id, exc)
+            return
+        if not held:
+            log.warning("job %s: attempt %d was taken over by another daemon; its external "
+                        "id %s is not recorded", self.job_id, self.attempt, external_id)
 
 
 class Dispatcher:
@@ -138,7 +155,7 @@ class Dispatcher:
             # (claimed as the stop began: a launched attempt is followed while the loop runs)
             if claim is not None and claim.job is not None and (
                     not self._stopped or claim.launched is not None):
-                self._start(claim.job, claim.context, claim.launched)
+                self._start(claim.job, claim)
             else:
                 self.submit(trig.id)
 
@@ -146,7 +163,8 @@ class Dispatcher:
         """On the store thread: claim the job and, for a `Launcher` backend, begin the attempt
         right here (the latency from an event to a running command: no hop to the loop and
         on to a worker thread first)."""
-        claim = self.store.claim(job_id, self.owner, self._concurrency, now)
+        claim = replace(self.store.claim(job_id, self.owner, self._concurrency, now),
+                        claimed_at=time.monotonic())
         job, found = claim.job, claim.context
         if job is None:
             return claim
@@ -226,10 +244,9 @@ class Dispatcher:
             due = current.next_attempt_at
             self.wanted[job_id] = due if due is not None and due > now else None
             return
-        self._start(job, claim.context, claim.launched)
+        self._start(job, claim)
 
-    def _start(self, job: Job, context: JobContext | None,
-               launched: Future[Any] | None = None) -> None:
+    def _start(self, job: Job, claim: Claim) -> None:
         self.wanted.pop(job.id, None)
         rule = self.config.rules.get(job.rule)
         log.info("job %s: attempt %d/%s started on backend %s", job.id, job.attempts,
@@ -239,15 +256,14 @@ class Dispatcher:
             claimed_at = job.started_at or self.clock.now()  # the first claim's time
             self.metrics.attempt_started(job.backend, job.attempts,
                                          (claimed_at - job.created_at).total_seconds())
-        self.running[job.id] = asyncio.create_task(self._attempt(job, context, launched),
+        self.running[job.id] = asyncio.create_task(self._attempt(job, claim),
                                                    name=f"job:{job.id}")
 
-    async def _attempt(self, job: Job, context: JobContext | None,
-                       launched: Future[Any] | None) -> None:
+    async def _attempt(self, job: Job, claim: Claim) -> None:
         retry_at: datetime | None = None
         try:
             try:
-                retry_at = await self._run_attempt(job, context, launched)
+                retry_at = await self._run_attempt(job, claim)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the safety net: see the module docstring
@@ -272,8 +288,8 @@ class Dispatcher:
         try:
             # a no-op when the outcome was already recorded (compare-and-set on `running`)
             await self._until_stored(lambda: self.store.finish_attempt(
-                job.id, self.owner, JobStatus.FAILED, self.clock.now(), detail=detail),
-                f"job {job.id}: recording the internal error")
+                job.id, self.owner, JobStatus.FAILED, self.clock.now(), attempt=job.attempts,
+                detail=detail), f"job {job.id}: recording the internal error")
         except asyncio.CancelledError:
             raise
         except Exception as again:
@@ -281,12 +297,15 @@ class Dispatcher:
                       "running until the next start gives it back", job.id,
                       type(again).__name__, again, extra=job_fields(job))
 
-    async def _run_attempt(self, job: Job, context: JobContext | None,
-                           launched: Future[Any] | None) -> datetime | None:
+    async def _run_attempt(self, job: Job, claim: Claim) -> datetime | None:
         """Run one attempt and record its outcome; the time of the retry, if one is due."""
         started = time.monotonic()
         retry_at: datetime | None = None
-        status, result, error = await self._dispatch(job, context, launched)
+        if claim.launched is None and started - claim.claimed_at > FENCE_AFTER and not \
+                await self.call(lambda: self.store.holds(job.id, self.owner, job.attempts)):
+            self._taken_over(job, "before it began")
+            return None
+        status, result, error = await self._dispatch(job, claim.context, claim.launched)
         now = self.clock.now()
         rule = self.config.rules.get(job.rule)
         next_at = None
@@ -301,9 +320,12 @@ class Dispatcher:
         detail = result.detail if result else (error.detail if error else None)
         exit_code = result.exit_code if result else (error.exit_code if error else None)
         ext = result.external_id if result else (error.external_id if error else None)
-        await self._until_stored(lambda: self.store.finish_attempt(
-            job.id, self.owner, status, now, exit_code=exit_code, detail=detail,
-            external_id=ext, next_attempt_at=next_at), f"job {job.id}: recording outcome")
+        if not await self._until_stored(lambda: self.store.finish_attempt(
+                job.id, self.owner, status, now, attempt=job.attempts, exit_code=exit_code,
+                detail=detail, external_id=ext, next_attempt_at=next_at),
+                f"job {job.id}: recording outcome"):
+            self._taken_over(job, f"as it ended ({status.value}: {detail})")
+            return None
         if status == JobStatus.RETRYING:
             log.warning("job %s: attempt %d failed, retrying at %s: %s", job.id,
                         job.attempts, next_at.isoformat() if next_at else "?", detail,
@@ -316,6 +338,16 @@ class Dispatcher:
             log.error("job %s: failed after %d attempt(s): %s", job.id, job.attempts, detail,
                       extra=job_fields(job))
         return retry_at
+
+    def _taken_over(self, job: Job, when: str) -> None:
+        """Fencing: this daemon's claim on the job is gone (it was paused or cut off from the
+        store past the takeover cutoff, and another daemon gave the job back or claimed it).
+        The attempt is abandoned: its outcome is not recorded, it is not retried from here."""
+        log.warning("job %s: attempt %d was taken over by another daemon %s; abandoning it "
+                    "here (its outcome is not recorded, nor retried by this daemon)", job.id,
+                    job.attempts, when, extra=job_fields(job))
+        if self.metrics is not None:
+            self.metrics.attempt_abandoned(job.backend)
 
     async def _until_stored(self, fn: Callable[[], Any], what: str) -> Any:
         """An outcome must not be lost to a passing store outage: retry it with backoff."""

@@ -81,8 +81,10 @@ class Harness:
         while self.done < len(self.fired):
             trig = self.fired[self.done]
             self.done += 1
-            if claim_job(self.store, trig.id, "test", 100, self.clock.now()) is not None:
-                self.store.finish_attempt(trig.id, "test", JobStatus.SUCCEEDED, self.clock.now())
+            job = claim_job(self.store, trig.id, "test", 100, self.clock.now())
+            if job is not None:
+                self.store.finish_attempt(trig.id, "test", JobStatus.SUCCEEDED,
+                                          self.clock.now(), attempt=job.attempts)
             await self.engine.evaluate({(trig.rule, trig.group)})
 
     async def advance(self, delta: timedelta) -> None:

@@ -627,7 +627,7 @@ def test_daemons_claiming_at_once_respect_cas_and_concurrency(
             # the loser stays queued; finishing the winner frees the rule for the next round
             loser = q.job(store, b if running.id == a else a)
             assert loser is not None and loser.status == JobStatus.QUEUED
-            assert store.finish_attempt(running.id, "d", JobStatus.SUCCEEDED, T0)
+            assert store.finish_attempt(running.id, "d", JobStatus.SUCCEEDED, T0, attempt=1)
     finally:
         other.close()
 
@@ -643,17 +643,17 @@ def test_claim_respects_the_rules_concurrency(store: Store) -> None:
     # when the running one finishes, the slot is free again
     third = queued(store, "r", "c")
     assert claim_job(store, third, "d1", 2, T0) is None
-    assert store.finish_attempt(first, "d1", JobStatus.SUCCEEDED, T0 + M)
+    assert store.finish_attempt(first, "d1", JobStatus.SUCCEEDED, T0 + M, attempt=1)
     assert claim_job(store, third, "d1", 2, T0 + M) is not None
 
 
 def test_finish_attempt_succeeded(store: Store) -> None:
     jid = queued(store, "r", "g")
     claim_job(store, jid, "d1", 1, T0 + S)
-    store.set_external_id(jid, "airflow-run-42")
+    store.set_external_id(jid, "d1", 1, "airflow-run-42")
     assert q.job(store, jid).external_id == "airflow-run-42"  # type: ignore[union-attr]
 
-    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, exit_code=0,
+    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, attempt=1, exit_code=0,
                                 detail="trained")
     job = q.job(store, jid)
     assert job is not None
@@ -667,20 +667,22 @@ def test_finish_attempt_succeeded(store: Store) -> None:
         T0 + M, "succeeded", 0, "trained")
     assert q.active_jobs(store) == []
     # finishing twice is refused
-    assert not store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + H)
+    assert not store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + H, attempt=1)
     assert q.job(store, jid).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
 
 
 def test_finish_attempt_by_another_owner_is_refused(store: Store) -> None:
     jid = queued(store)
-    assert not store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0)  # not running yet
+    # not running yet
+    assert not store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0, attempt=1)
     claim_job(store, jid, "d1", 1, T0)
-    assert not store.finish_attempt(jid, "d2", JobStatus.SUCCEEDED, T0 + M)
-    assert not store.finish_attempt("no-such-job", "d1", JobStatus.SUCCEEDED, T0 + M)
+    assert not store.finish_attempt(jid, "d2", JobStatus.SUCCEEDED, T0 + M, attempt=1)
+    assert not store.finish_attempt("no-such-job", "d1", JobStatus.SUCCEEDED, T0 + M,
+                                    attempt=1)
     job = q.job(store, jid)
     assert job is not None and job.status == JobStatus.RUNNING and job.finished_at is None
     assert attempts(store, jid)[0].finished_at is None
-    assert store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + M, exit_code=3,
+    assert store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + M, attempt=1, exit_code=3,
                                 external_id="pid-77")
     job = q.job(store, jid)
     assert job is not None
@@ -689,11 +691,43 @@ def test_finish_attempt_by_another_owner_is_refused(store: Store) -> None:
     assert store.group_states()[("r", "")].last_success_at is None
 
 
+def test_a_taken_over_claim_writes_nothing_even_when_its_owner_claims_again(
+        store: Store) -> None:
+    """Fencing: daemon d1 claims attempt 1, is paused past the takeover cutoff, d2 gives the
+    job back (recover_jobs) and d1 itself, awake again, claims attempt 2. What d1's first
+    attempt then writes (its outcome, its external id) must not land on attempt 2: every
+    write carries the claim it was made under (owner and attempt number)."""
+    jid = queued(store)
+    store.register_daemon("d1", T0)
+    store.register_daemon("d2", T0)
+    assert claim_job(store, jid, "d1", 1, T0) is not None
+    assert store.holds(jid, "d1", 1)
+    store.heartbeat("d2", T0 + H)  # d1 silent for an hour: dead to d2
+    store.recover_jobs("d2", T0 + H - M, T0 + H)
+    assert not store.holds(jid, "d1", 1)
+    assert not store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + H, attempt=1)
+    again = claim_job(store, jid, "d1", 1, T0 + H)
+    assert again is not None and again.attempts == 2
+    # the stale attempt 1 wakes and reports: refused, nothing written
+    assert not store.set_external_id(jid, "d1", 1, "stale-run")
+    assert not store.finish_attempt(jid, "d1", JobStatus.FAILED, T0 + H + M, attempt=1,
+                                    detail="stale")
+    job = q.job(store, jid)
+    assert job is not None
+    assert (job.status, job.attempts, job.external_id) == (JobStatus.RUNNING, 2, None)
+    assert job.detail != "stale" and attempts(store, jid)[1].finished_at is None
+    # the current claim writes as usual
+    assert store.set_external_id(jid, "d1", 2, "run-2")
+    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + H + M, attempt=2)
+    assert [(a.n, a.outcome) for a in attempts(store, jid)] == [
+        (1, "interrupted"), (2, "succeeded")]
+
+
 def test_retrying_job_waits_for_next_attempt_at(store: Store) -> None:
     jid = queued(store)
     claim_job(store, jid, "d1", 1, T0)
     retry_at = T0 + 10 * M
-    assert store.finish_attempt(jid, "d1", JobStatus.RETRYING, T0 + M, exit_code=1,
+    assert store.finish_attempt(jid, "d1", JobStatus.RETRYING, T0 + M, attempt=1, exit_code=1,
                                 detail="connection refused", next_attempt_at=retry_at)
     job = q.job(store, jid)
     assert job is not None
@@ -705,7 +739,7 @@ def test_retrying_job_waits_for_next_attempt_at(store: Store) -> None:
     assert again is not None
     assert (again.status, again.attempts, again.next_attempt_at) == (JobStatus.RUNNING, 2, None)
     assert again.started_at == T0   # the job started with its first attempt
-    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, retry_at + M)
+    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, retry_at + M, attempt=2)
 
     att = attempts(store, jid)
     assert [(a.n, a.outcome, a.exit_code, a.detail) for a in att] == [
@@ -747,7 +781,8 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     q_ = queued(store, "r", "q", T0)
     retry = queued(store, "r", "retry", T0 + 1 * S)
     claim_job(store, retry, "dead", 9, T0)
-    store.finish_attempt(retry, "dead", JobStatus.RETRYING, T0, next_attempt_at=now + H)
+    store.finish_attempt(retry, "dead", JobStatus.RETRYING, T0, attempt=1,
+                         next_attempt_at=now + H)
     orphan = queued(store, "r", "orphan", T0 + 2 * S)
     claim_job(store, orphan, "dead", 9, T0)
     exhausted = queued(store, "r", "exhausted", T0 + 3 * S, max_attempts=1)
@@ -758,7 +793,7 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     claim_job(store, live, "alive", 9, T0)
     done = queued(store, "r", "done", T0 + 6 * S)
     claim_job(store, done, "dead", 9, T0)
-    store.finish_attempt(done, "dead", JobStatus.SUCCEEDED, T0 + M)
+    store.finish_attempt(done, "dead", JobStatus.SUCCEEDED, T0 + M, attempt=1)
 
     mine = queued(store, "r", "mine", T0 + 7 * S)
     claim_job(store, mine, "me", 9, T0)  # a periodic recovery never touches its own jobs
@@ -942,7 +977,7 @@ def test_prune_deletes_old_history_and_keeps_what_is_still_needed(store: Store) 
     add(store, "done", "", "d1", "d2", at=T0)
     done = fire(store, "done", at=T0 + H)
     claim_job(store, done.id, "d", 9, T0 + H)
-    store.finish_attempt(done.id, "d", JobStatus.SUCCEEDED, T0 + 2 * H)
+    store.finish_attempt(done.id, "d", JobStatus.SUCCEEDED, T0 + 2 * H, attempt=1)
     # old but still pending
     add(store, "waiting", "", "p1", at=T0)
     # old trigger whose job is still queued / running
@@ -955,12 +990,13 @@ def test_prune_deletes_old_history_and_keeps_what_is_still_needed(store: Store) 
     ingest(store, item(ev("shared", T0), ("done", ""), ("waiting", "")))
     shared_done = fire(store, "done", at=T0 + 2 * H)
     claim_job(store, shared_done.id, "d", 9, T0 + 2 * H)
-    store.finish_attempt(shared_done.id, "d", JobStatus.CANCELLED, T0 + 3 * H)
+    store.finish_attempt(shared_done.id, "d", JobStatus.CANCELLED, T0 + 3 * H,
+                         attempt=1)
     # recent history
     add(store, "done", "", "n1", at=cutoff + D)
     recent = fire(store, "done", at=cutoff + D)
     claim_job(store, recent.id, "d", 9, cutoff + D)
-    store.finish_attempt(recent.id, "d", JobStatus.FAILED, cutoff + D)
+    store.finish_attempt(recent.id, "d", JobStatus.FAILED, cutoff + D, attempt=1)
     # requests: old handled, old open, recent handled
     old_req = store.add_request("fire", "done", {}, T0)
     store.take_requests("d", T0)
@@ -1014,7 +1050,7 @@ def test_prune_keeps_the_tables_bounded(store: Store) -> None:
         psi = fire(store, "psi", at=now + H)
         for jid in (trig.id, psi.id):
             assert claim_job(store, jid, "d", 9, now + H) is not None
-            store.finish_attempt(jid, "d", JobStatus.SUCCEEDED, now + 2 * H)
+            store.finish_attempt(jid, "d", JobStatus.SUCCEEDED, now + 2 * H, attempt=1)
         rid = store.add_request("fire", "r", {}, now)
         store.take_requests("d", now)
         store.finish_request(rid, "ok")
@@ -1084,7 +1120,7 @@ def test_list_jobs_filters_and_orders_newest_first(store: Store) -> None:
     b1 = queued(store, "b", at=T0 + M)
     a2 = queued(store, "a", at=T0 + 2 * M)
     claim_job(store, a1, "d", 9, T0 + 3 * M)
-    store.finish_attempt(a1, "d", JobStatus.FAILED, T0 + 4 * M, exit_code=2)
+    store.finish_attempt(a1, "d", JobStatus.FAILED, T0 + 4 * M, attempt=1, exit_code=2)
 
     def ids(**kw: Any) -> list[str]:
         return [j.id for j in q.list_jobs(store, **kw)]
@@ -1109,7 +1145,8 @@ def test_datetimes_come_back_timezone_aware_utc(store: Store) -> None:
     pend = store.pending()[("r", "")]
     trig = fire(store, "r", at=local)
     claim_job(store, trig.id, "d", 1, local)
-    store.finish_attempt(trig.id, "d", JobStatus.RETRYING, local, next_attempt_at=local + H)
+    store.finish_attempt(trig.id, "d", JobStatus.RETRYING, local, attempt=1,
+                         next_attempt_at=local + H)
     store.set_paused("r", True, local + H, None, local)
     store.claim_slot("rule:r", local, local)
     rid = store.add_request("fire", "r", {}, local)
@@ -1166,8 +1203,9 @@ def test_a_nul_in_a_detail_or_external_id_is_stored_escaped(store: Store) -> Non
     in review: the outcome could not be recorded and the job stayed `running`)."""
     jid = queued(store)
     claim_job(store, jid, "d1", 1, T0)
-    store.set_external_id(jid, "run\x00id")
-    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, detail="out\x00put")
+    store.set_external_id(jid, "d1", 1, "run\x00id")
+    assert store.finish_attempt(jid, "d1", JobStatus.SUCCEEDED, T0 + M, attempt=1,
+                                detail="out\x00put")
     job = q.job(store, jid)
     assert job is not None and job.status == JobStatus.SUCCEEDED
     assert (job.detail, job.external_id) == ("out\\x00put", "run\\x00id")

@@ -102,6 +102,10 @@ class Metrics:
                                     "Job attempts finished, by backend and outcome "
                                     "(succeeded, failed, retrying)", ["backend", "outcome"],
                                     registry=r)
+        self.attempts_abandoned = Counter(
+            "triggerd_job_attempts_abandoned",
+            "Job attempts abandoned because another daemon took their job over (this one was "
+            "paused or cut off from the store), by backend", ["backend"], registry=r)
         self.dispatch_latency = Histogram(
             "triggerd_dispatch_latency_seconds",
             "From a trigger firing to the first attempt of its job starting, by backend",
@@ -161,6 +165,11 @@ class Metrics:
     def attempt_finished(self, backend: str, outcome: str, seconds: float) -> None:
         self.job_attempts.labels(backend, outcome).inc()
         self.attempt_duration.labels(backend).observe(max(0.0, seconds))
+
+    def attempt_abandoned(self, backend: str) -> None:
+        """An attempt whose job another daemon took over (fencing): not recorded, not
+        retried by this daemon."""
+        self.attempts_abandoned.labels(backend).inc()
 
     def loop_lag(self, seconds: float) -> None:
         self.loop_lag_seconds.observe(seconds)

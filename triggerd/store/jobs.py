@@ -70,8 +70,10 @@ class Claim:
     job: Job | None  # claimed: now running, attempts incremented
     found: Job | None  # not claimed: the job as it is (None: there is no such job)
     context: JobContext | None  # with a claimed job (None if its trigger is gone)
-    # set by the dispatcher, not the store: the backend's launch of the claimed attempt
+    # set by the dispatcher, not the store: the backend's launch of the claimed attempt, and
+    # when (time.monotonic) the claim was made
     launched: Future[Any] | None = None
+    claimed_at: float = 0.0
 
 
 class JobStore(StoreBase):
@@ -182,16 +184,31 @@ class JobStore(StoreBase):
             context = self._trigger_context(c, job_id)
         return Claim(job_row(fresh), None, context)
 
-    def set_external_id(self, job_id: str, external_id: str) -> None:
+    # -- writes under a claim: each is fenced by the claim it was made under --------------------
+    def set_external_id(self, job_id: str, owner: str, attempt: int, external_id: str) -> bool:
+        """Record the outside system's id for the running attempt; False (nothing written) if
+        this claim no longer holds (see `holds`)."""
         with self.write() as c:
-            c.execute(update(t.jobs).where(t.jobs.c.id == job_id)
-                      .values(external_id=_no_nul(external_id)))
+            res = c.execute(update(t.jobs).where(_held(job_id, owner, attempt))
+                            .values(external_id=_no_nul(external_id)))
+        return res.rowcount == 1
+
+    def holds(self, job_id: str, owner: str, attempt: int) -> bool:
+        """Whether the claim (`owner`, `attempt`) still holds: the job is running attempt
+        `attempt` for `owner`. A daemon that was paused or cut off past the takeover cutoff
+        finds it does not (another took the job over, and may have claimed it again)."""
+        with self.read() as c:
+            return c.execute(select(t.jobs.c.id).where(_held(job_id, owner, attempt))
+                             ).first() is not None
 
     def finish_attempt(self, job_id: str, owner: str, status: JobStatus, now: datetime, *,
-                       exit_code: int | None = None, detail: str | None = None,
+                       attempt: int, exit_code: int | None = None, detail: str | None = None,
                        external_id: str | None = None,
                        next_attempt_at: datetime | None = None) -> bool:
-        """Record the outcome of the running attempt (CAS on owner); False if not ours."""
+        """Record the outcome of attempt `attempt`, claimed by `owner`: a compare-and-set on
+        the claim (status running, owner, attempt number) in the same statement, so the
+        outcome of an attempt whose job was taken over (and perhaps claimed again, even by the
+        same daemon) is never recorded. False, with nothing written, if the claim is gone."""
         j = t.jobs.c
         detail = _no_nul(detail) if detail is not None else None  # output, answers: anything
         values: dict[str, Any] = {"status": status, "exit_code": exit_code, "detail": detail,
@@ -203,8 +220,7 @@ class JobStore(StoreBase):
         with self.write() as c:
             row = self._q("job.by_id", lambda: select(t.jobs).where(
                 j.id == bindparam("b_id"))).run(c, {"b_id": job_id}).first()
-            res = c.execute(update(t.jobs).where(and_(
-                j.id == job_id, j.status == JobStatus.RUNNING, j.owner == owner)).values(**values))
+            res = c.execute(update(t.jobs).where(_held(job_id, owner, attempt)).values(**values))
             if res.rowcount != 1 or row is None:
                 return False
             a = t.job_attempts.c
@@ -212,7 +228,7 @@ class JobStore(StoreBase):
                 a.job_id == bindparam("b_id"), a.n == bindparam("b_n"))).values(
                     finished_at=bindparam("b_now"), outcome=bindparam("b_outcome"),
                     exit_code=bindparam("b_code"), detail=bindparam("b_detail"))).run(
-                c, {"b_id": job_id, "b_n": row.attempts, "b_now": now, "b_outcome": status,
+                c, {"b_id": job_id, "b_n": attempt, "b_now": now, "b_outcome": status,
                     "b_code": exit_code, "b_detail": detail})
             if status == JobStatus.SUCCEEDED:
                 # the periodic floor counts from the trigger whose job succeeded (its fired_at,
@@ -297,6 +313,14 @@ def _context(c: Connection, job_id: str, q_trigger: Fast, q_events: Fast) -> Job
                               "subject": e.subject, "fingerprint": e.fingerprint,
                               "observed_at": e.observed_at.isoformat(), "payload": e.payload}
                              for e in evs], dict(row.params or {}))
+
+
+def _held(job_id: str, owner: str, attempt: int) -> Any:
+    """The claim (`owner`, `attempt`) of a job, as a WHERE clause: running, that owner, that
+    attempt (the fencing token: attempts only grow, a new claim always moves it on)."""
+    j = t.jobs.c
+    return and_(j.id == job_id, j.status == JobStatus.RUNNING, j.owner == owner,
+                j.attempts == attempt)
 
 
 def _no_nul(text: str) -> str:
