@@ -26,6 +26,7 @@ from triggerd.model import (
     Event,
     event_ref,
 )
+from triggerd.store import pgbulk
 from triggerd.store import tables as t
 from triggerd.store.base import TS, Key, StoreBase, sqlite_insert_many
 
@@ -104,8 +105,7 @@ class IngestStore(StoreBase):
                 sqlite_insert_many(c, t.events, rows)
                 new_ids = {ev.id for ev in fresh}
             elif rows:  # replicas may race: the database says which rows were new
-                stmt = self._insert(t.events).on_conflict_do_nothing().returning(t.events.c.id)
-                new_ids = set(c.execute(stmt, rows).scalars().all())
+                new_ids = pgbulk.insert_events(c, rows)
             result.duplicates = len(events) - len(new_ids)
             pending_rows = []
             streaks: list[tuple[str, str, bool, datetime]] = []
@@ -132,8 +132,7 @@ class IngestStore(StoreBase):
                 if self.dialect == "sqlite":
                     sqlite_insert_many(c, t.rule_events, pending_rows)
                 else:
-                    c.execute(self._insert(t.rule_events).on_conflict_do_nothing(),
-                              pending_rows)
+                    pgbulk.insert_rule_events(c, pending_rows)
                 self._add_pending(c, pending_rows)
             if streaks:
                 self._update_streaks(c, streaks)
@@ -161,6 +160,10 @@ class IngestStore(StoreBase):
                 s[1] += row["size"]
                 s[2], s[3] = min(s[2], at), max(s[3], at)
 
+        if self.dialect == "postgresql":
+            pgbulk.add_pending(c, sorted(sums.items()))
+            return
+
         def build() -> Executable:
             g = t.rule_groups.c
             first, last = bindparam("b_first", type_=TS), bindparam("b_last", type_=TS)
@@ -181,6 +184,8 @@ class IngestStore(StoreBase):
     def _pending_keys(self, c: Connection, rules: list[str], ids: list[str]) -> set[Key]:
         """The (rule, group) pairs of `rules` in which any of the events `ids` is still
         pending (a lookup on the primary key, rule then event)."""
+        if self.dialect == "postgresql":
+            return pgbulk.pending_keys(c, rules, ids)
         keys: set[Key] = set()
         stmt = self._q("ingest.pending_keys", lambda: select(
             t.rule_events.c.rule, t.rule_events.c.grp).distinct().where(
@@ -197,6 +202,8 @@ class IngestStore(StoreBase):
         seen: set[str] = set()
         if not ids:
             return seen
+        if self.dialect == "postgresql":
+            return pgbulk.known_ids(c, ids)
         known = self._q("ingest.known", lambda: select(t.events.c.id).where(
             t.events.c.id.in_(bindparam("ids", expanding=True))))
         for i in range(0, len(ids), 1000):
