@@ -18,7 +18,8 @@ decisions are settled by keys and compare-and-set updates, never by "check then 
 How SQL runs. The statements on the path from an event to its backend (ingest, a decision's
 snapshot, writing a trigger, a claim) are built once and named (`StoreBase._q`, a
 `fast.Fast`: on SQLite it runs on sqlite3 directly), and a batch's rows go in through one bulk
-insert (`base.sqlite_insert_many` on SQLite, an executemany elsewhere). Everything off that
+insert (`base.sqlite_insert_many` on SQLite; on PostgreSQL `pgbulk`: whole columns as binary
+array parameters, one statement per step). Everything off that
 path (CLI requests, recovery, retention, start-up) builds its statement where it runs it
 (`Connection.execute`). Two modules are free functions over a `Store` rather than parts of it:
 `files` and `rejects` (the services sources use, `triggerd.plugin`) and `queries`, the read
