@@ -3,7 +3,8 @@
 - /healthz (liveness): 200 while the event loop answers; it needs nothing else, so a slow or
   unreachable store never gets a live daemon killed.
 - /readyz (readiness): 200 when start-up is done, the store answers a trivial query within
-  `STORE_TIMEOUT` and every source reports itself healthy; else 503. The JSON body says which.
+  `STORE_TIMEOUT`, its last write did not fail (a full disk refuses writes while reads still
+  work) and every source reports itself healthy; else 503. The JSON body says which.
 - /metrics: the daemon's Prometheus registry; store-derived gauges are read at scrape time on
   the store thread (never on the loop), and omitted with `triggerd_store_up 0` when the store
   does not answer in time.
@@ -54,14 +55,18 @@ def _json(status: int, body: dict[str, Any]) -> Response:
     return status, "application/json", (json.dumps(body, sort_keys=True) + "\n").encode()
 
 
-async def _store_problem(daemon: DaemonView) -> str | None:
+async def _store_problem(daemon: DaemonView) -> tuple[str, str] | None:
+    """What is wrong with the store, as (state, detail): "unreachable" or "failing writes"."""
     try:
         async with asyncio.timeout(STORE_TIMEOUT):
             await daemon.call(lambda: ping(daemon.store))
     except TimeoutError:
-        return f"store did not answer within {STORE_TIMEOUT:g}s"
+        return "unreachable", f"did not answer within {STORE_TIMEOUT:g}s"
     except StoreError as exc:
-        return str(exc)
+        return "unreachable", str(exc)
+    failed = daemon.store.write_failure
+    if failed is not None:
+        return "failing writes", f"since {failed[0].isoformat(timespec='seconds')}: {failed[1]}"
     return None
 
 
@@ -107,12 +112,12 @@ def routes(daemon: DaemonView) -> dict[str, Handler]:
             problems.append("starting up")
         store = await _store_problem(daemon)
         if store is not None:
-            problems.append(f"store unreachable: {store}")
+            problems.append(f"store {store[0]}: {store[1]}")
         sources = {name: {"healthy": h.healthy, "error": h.error}
                    for name, h in sorted(daemon.source_health().items())}
         problems += [f"source {name} unhealthy: {s['error'] or 'no detail'}"
                      for name, s in sources.items() if not s["healthy"]]
-        body = {"ready": not problems, "store": "ok" if store is None else "unreachable",
+        body = {"ready": not problems, "store": "ok" if store is None else store[0],
                 "sources": sources, "problems": problems}
         return _json(200 if not problems else 503, body)
 

@@ -47,6 +47,9 @@ class StoreBase:
         self._known_sources: set[str] = set()  # rows known to exist (saves a statement)
         self._stmts: dict[str, Fast] = {}  # hot-path statements, built once (see _q)
         self._pinned: tuple[int, Connection] | None = None  # see pin
+        # the last write the database refused (disk full, read-only, connection lost), as
+        # (when, what), until a write succeeds: readiness reports it (a read may still work)
+        self.write_failure: tuple[datetime, str] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def upgrade(self) -> None:
@@ -117,8 +120,10 @@ class StoreBase:
             self._known_groups.clear()
             self._known_sources.clear()
             if isinstance(exc, OperationalError):
+                self.write_failure = (datetime.now(UTC), str(exc.orig))
                 raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
             raise
+        self.write_failure = None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

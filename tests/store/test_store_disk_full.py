@@ -1,0 +1,83 @@
+"""A full disk under a SQLite store: writes are refused and remembered, reads go on, and the
+first write that succeeds once space returns clears the failure (readiness reads it).
+
+Runs the store on a real 2 MiB tmpfs (mounting needs root, as in CI here; skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from triggerd.errors import StoreError
+from triggerd.model import Event
+from triggerd.store import Store
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full; return it (delete it to free the space)."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512):  # to the last block
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def events(n: int, start: int) -> list[Event]:
+    now = datetime.now(UTC)
+    return [Event(source="landing", kind="created", subject=f"/data/f{i}",
+                  fingerprint=f"f{i}:" + "x" * 2000, payload={"pad": "y" * 4000},
+                  observed_at=now) for i in range(start, start + n)]
+
+
+def test_a_full_disk_fails_writes_visibly_and_nothing_is_lost_once_space_returns(
+        tiny_fs: Path) -> None:
+    store = Store(f"sqlite:///{tiny_fs / 'state.db'}")
+    store.upgrade()
+    try:
+        store.ingest("landing", "filesystem", events(5, 0), datetime.now(UTC))
+        assert store.write_failure is None
+        ballast = fill(tiny_fs)
+        with pytest.raises(StoreError, match="full"):
+            for i in range(50):  # the pages left fill up within a few batches
+                store.ingest("landing", "filesystem", events(20, 100 + 20 * i),
+                             datetime.now(UTC))
+        assert store.write_failure is not None and "full" in store.write_failure[1]
+        with store.read() as c:  # reads go on (readiness pings with one)
+            c.exec_driver_sql("SELECT 1")
+        ballast.unlink()
+        again = events(20, 10_000)
+        result = store.ingest("landing", "filesystem", again, datetime.now(UTC))
+        assert store.write_failure is None
+        assert len(result.new) == 20
+        with store.read() as c:
+            ids = {r[0] for r in c.exec_driver_sql("SELECT id FROM events")}
+        assert {e.id for e in events(5, 0) + again} <= ids
+    finally:
+        store.close()
