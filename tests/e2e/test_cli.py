@@ -136,6 +136,7 @@ def test_fire_pause_resume_explain(td: Triggerd) -> None:
     explained = td.json("explain", "periodic")
     assert explained["groups"][0]["conditions"][0] == {
         "name": "paused", "value": "yes", "required": "not paused", "ok": False}
+    assert [n["what"] for n in explained["groups"][0]["next"]] == ["pause ends"]
     assert td.cli("resume", "periodic").returncode == 0
     explained = td.json("explain", "periodic")
     group = explained["groups"][0]
@@ -143,6 +144,7 @@ def test_fire_pause_resume_explain(td: Triggerd) -> None:
     assert {c["name"] for c in group["conditions"]} == {"min_events"}
     text = td.cli("explain", "manual-only")
     assert text.returncode == 0 and "cooldown" in text.stdout
+    assert "next: cooldown ends at" in text.stdout, text.stdout
     assert td.cli("explain", "nope").returncode == 1
     assert td.stop(proc) == 0
 

@@ -191,3 +191,22 @@ def test_what_a_new_trigger_does_to_the_jobs_under_on_busy(
     assert (got[0] is not None, got[1] is not None) == (supersede, skipped)
     if skipped:
         assert "busy" in str(got[1]) and "skip" in str(got[1])
+
+
+def test_explain_says_what_comes_next_for_every_kind_of_wait() -> None:
+    """The end of a debounce and of a cooldown, the next scheduled check and the periodic
+    floor's due time, soonest first; the end of a pause."""
+    hour = timedelta(hours=1)
+    w = when(debounce="10m", cooldown="1h", at_least_every="1d", schedule="0 2 * * *")
+    d = decide(w, sit(3, first=T0 - M, last=T0 - M, last_trigger_at=T0 - 20 * M,
+                      last_success_at=T0 - 3 * hour, scheduled=True,
+                      next_slot=T0 + 5 * hour), T0)
+    assert not d.fire
+    assert d.upcoming == [("debounce ends", T0 + 9 * M), ("cooldown ends", T0 + 40 * M),
+                          ("scheduled check", T0 + 5 * hour),
+                          ("periodic floor due", T0 + 21 * hour)]
+    paused = decide(w, sit(3, flags=RuleFlags(True, T0 + hour, "maintenance")), T0)
+    assert paused.upcoming == [("pause ends", T0 + hour)]
+    # nothing waits on a met condition: a due floor fires, and is not "next"
+    due = decide(when(at_least_every="1h"), sit(last_success_at=T0 - 2 * hour), T0)
+    assert due.fire and due.upcoming == []

@@ -170,7 +170,8 @@ def _explain_group(a: Any) -> dict[str, Any]:
         "last_trigger_at": iso(a.state.last_trigger_at),
         "last_success_at": iso(a.state.last_success_at),
         "conditions": [{"name": c.name, "value": c.value, "required": c.required, "ok": c.ok}
-                       for c in a.decision.conditions]}
+                       for c in a.decision.conditions],
+        "next": [{"what": what, "at": iso(at)} for what, at in a.decision.upcoming]}
 
 
 def explain_json(rule: str, now: datetime, groups: list[Any]) -> dict[str, Any]:
@@ -190,6 +191,8 @@ def print_explain(out: dict[str, Any]) -> None:
         print(f"{title}: {verdict}")
         print(table([[c["name"], c["value"], c["required"], "ok" if c["ok"] else "NO"]
                      for c in g["conditions"]], ["condition", "now", "required", "verdict"]))
+        for item in g.get("next", []):
+            print(f"next: {item['what']} at {item['at']}")
         if g["next_check_at"]:
             print(f"next check: {g['next_check_at']}")
         print()

@@ -1,4 +1,4 @@
-"""The firing policy (SPEC 3.1) as one pure function: state and time in, decision out.
+"""The firing policy as one pure function: state and time in, decision out.
 
 `decide` never reads a clock, a database or a file: it is given the rule's `when`, the group's
 pending-event summary and stored state, the operator's flags and the time, and returns whether
@@ -32,6 +32,10 @@ class Decision:
     reason: str  # why it fires, or what it waits for, in words
     next_check_at: datetime | None = None
     conditions: list[Condition] = field(default_factory=list)
+    # what happens next without a new event, soonest first (for `triggerd explain`): the end of
+    # a debounce, cooldown or pause, a sustained match's hold, the next scheduled check, the
+    # periodic floor falling due
+    upcoming: list[tuple[str, datetime]] = field(default_factory=list)
 
     @property
     def waiting_for(self) -> str | None:
@@ -85,6 +89,7 @@ def decide(when: WhenSpec, s: Situation, now: datetime) -> Decision:
     conds: list[Condition] = []
     waits: list[str] = []
     timers: list[datetime | None] = []
+    upcoming: list[tuple[str, datetime]] = []
 
     def check(name: str, value: str, required: str, ok: bool, wait: str | None = None,
               at: datetime | None = None) -> None:
@@ -93,12 +98,14 @@ def decide(when: WhenSpec, s: Situation, now: datetime) -> Decision:
             if wait:
                 waits.append(wait)
             timers.append(at)
+            if at is not None:
+                upcoming.append((_NEXT.get(name, name), at))
 
     if s.flags.is_paused(now):
         until = s.flags.paused_until
         conds.append(Condition("paused", "yes", "not paused", False))
         return Decision(False, "", "paused" + (f" until {until.isoformat()}" if until else ""),
-                        until, conds)
+                        until, conds, [("pause ends", until)] if until else [])
 
     # -- the periodic floor, counted from the last success (or floor trigger, or creation) ----
     floor_due = False
@@ -170,21 +177,29 @@ def decide(when: WhenSpec, s: Situation, now: datetime) -> Decision:
                                floor_due))
 
     gate_ok = cooldown_ok and not busy_wait
+    if floor_at is not None and not floor_due:
+        upcoming.append(("periodic floor due", floor_at))
+    upcoming.sort(key=lambda item: item[1])
     if events_ok and gate_ok and slot_ok:
         return Decision(True, "schedule" if s.at_slot else "events",
-                        _fire_reason(when, s, now), None, conds)
+                        _fire_reason(when, s, now), None, conds, upcoming)
     if floor_due and gate_ok:
         reason = (f"periodic floor: no successful job for {human_duration(now - base)} "
                   f"(at_least_every {human_duration(when.at_least_every or timedelta(0))})")
         if p.count:
             reason += f"; {p.count} pending event(s)"
-        return Decision(True, "floor", reason, None, conds)
+        return Decision(True, "floor", reason, None, conds, upcoming)
     if not floor_due:
         timers.append(floor_at)
     wait = "; ".join(dict.fromkeys(waits)) or "new events"
     if p.count == 0 and when.sustained is None and not s.busy:
         wait = "new events"
-    return Decision(False, "", wait, _earliest(*timers), conds)
+    return Decision(False, "", wait, _earliest(*timers), conds, upcoming)
+
+
+# what a condition's time means, said as what happens then
+_NEXT = {"debounce": "debounce ends", "cooldown": "cooldown ends",
+         "sustained": "sustained match has held", "schedule": "scheduled check"}
 
 
 def _fire_reason(when: WhenSpec, s: Situation, now: datetime) -> str:
