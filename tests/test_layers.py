@@ -46,8 +46,14 @@ ALLOWED = {
     "settings": {"triggerd.ops.http"},
     # runtime: everything below it (and its own modules), never the CLI
     "runtime": _BELOW_RUNTIME | {"triggerd.runtime"},
+    # simulate (`triggerd test`, replay): beside the runtime, never the CLI; it builds events
+    # with the built-in sources' own pure code (their modules, named one by one)
+    "simulate": _BELOW_RUNTIME | {"triggerd.simulate", "triggerd.sources.cron",
+                                  "triggerd.sources._fssettle", "triggerd.sources._fsscan",
+                                  "triggerd.sources._fsoptions", "triggerd.sources._kafka.decode",
+                                  "triggerd.sources._kafka.options"},
     # cli: the top: everything but the plugins' own modules (reached through the registry)
-    "cli": _BELOW_RUNTIME | {"triggerd.runtime", "triggerd.cli"},
+    "cli": _BELOW_RUNTIME | {"triggerd.runtime", "triggerd.cli", "triggerd.simulate"},
     # the one module plugins import: the contracts, the data, the language, option types
     "plugin": _BASE | {"triggerd.interfaces", "triggerd.language", "triggerd.config.types",
                        "triggerd.aio",

@@ -10,8 +10,10 @@ checks every import, also those inside functions):
     store                  the SQL state store: depends only on model and errors
     engine | dispatcher    deciding when a rule fires | running its jobs: peers that never
                            import each other (the runtime connects them: `runtime.flow`)
-    runtime                the daemon: building, wiring, supervising sources, housekeeping,
-                           reloading; never the CLI
+    runtime | simulate     the daemon: building, wiring, supervising sources, housekeeping,
+                           reloading | the engine driven through a timeline with a manual
+                           clock (`triggerd test`); neither imports the CLI. simulate builds
+                           events with the built-in sources' own code (named modules)
     cli                    the `triggerd` command, over everything above
 
 Beside them: `interfaces` (the contracts) and `plugin` (the one module a source or a backend

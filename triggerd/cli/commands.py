@@ -107,6 +107,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    """`triggerd test FILE...`: exit 0 all passed, 1 a test failed, 2 a bad test file (or a
+    bad config under test), every problem of every file printed as `file:line: ...`."""
+    from triggerd.simulate import report
+    from triggerd.simulate.runner import run_loaded
+    from triggerd.simulate.testfile import load_test_file
+
+    loaded, problems = [], []
+    for path in args.files:  # every file checked before any test runs
+        try:
+            loaded.append(load_test_file(path))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    reports = [run_loaded(one) for one in loaded]
+    if args.json:
+        views.print_json(report.as_json(reports))
+    else:
+        for found in reports:
+            print("\n".join(report.text(found, verbose=args.verbose)))
+        print(report.summary(reports))
+    return EXIT_NOTHING if any(r.failed for r in reports) else EXIT_OK
+
+
 def cmd_schema(_args: argparse.Namespace) -> int:
     from triggerd.config.schema import json_schema
 

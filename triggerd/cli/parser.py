@@ -24,6 +24,7 @@ from triggerd.cli.commands import (
     cmd_run,
     cmd_schema,
     cmd_status,
+    cmd_test,
     cmd_triggers,
 )
 
@@ -63,6 +64,11 @@ def _json_option() -> argparse.ArgumentParser:
 def _add_daemon_commands(cmds: _Subcommands) -> None:
     cmds.add("run", cmd_run, "run the daemon in the foreground")
     cmds.add("check", cmd_check, "validate the config and rule files")
+    p = cmds.add("test", cmd_test, "unit-test rules: run test files' timelines through the "
+                 "engine and compare the triggers and explain verdicts", json=True)
+    p.add_argument("files", nargs="+", metavar="FILE", help="test files (YAML)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also list the triggers of passing tests")
 
 
 def _add_query_commands(cmds: _Subcommands) -> None:

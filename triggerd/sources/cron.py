@@ -41,7 +41,7 @@ from triggerd.plugin import (
     validate_timezone,
 )
 
-__all__ = ["CronOptions", "CronSource", "tick_fingerprint"]
+__all__ = ["CronOptions", "CronSource", "tick_event", "tick_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,22 @@ class CronSource:
             await self._sleep(min(delay, self._max_sleep))
 
     def _tick(self, ctx: SourceContext, slot: datetime, *, catch_up: bool) -> Event:
-        return Event(
-            source=self.name,
-            kind="tick",
-            subject=self.name,
-            fingerprint=tick_fingerprint(self.name, slot),
-            payload={
-                "scheduled_for": _iso(slot),
-                "schedule": self.schedule.description,
-                "catch_up": catch_up,
-            },
-            observed_at=ctx.clock.now(),
-        )
+        return tick_event(self.name, self.schedule, slot, ctx.clock.now(), catch_up=catch_up)
+
+
+def tick_event(source: str, schedule: Schedule, slot: datetime, now: datetime, *,
+               catch_up: bool = False) -> Event:
+    """The `tick` event of `source` for `slot`, observed at `now`: pure, so that `triggerd
+    test` (triggerd.simulate) builds exactly the ticks this source emits."""
+    return Event(
+        source=source,
+        kind="tick",
+        subject=source,
+        fingerprint=tick_fingerprint(source, slot),
+        payload={
+            "scheduled_for": _iso(slot),
+            "schedule": schedule.description,
+            "catch_up": catch_up,
+        },
+        observed_at=now,
+    )

@@ -30,6 +30,7 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
 
 from triggerd.errors import StoreError, StoreLockedError
 from triggerd.store.fast import sqlite_errors
@@ -121,6 +122,11 @@ def make_engine(url: str | URL, *, create_dir: bool = True) -> Engine:
                     f"cannot create the store directory {path.parent}: {exc.strerror}") from exc
         engine = create_engine(parsed,
                                connect_args={"timeout": 30, "check_same_thread": False})
+        _sqlite_setup(engine)
+        return engine
+    if parsed.get_backend_name() == "sqlite":  # in memory: one connection, or no database
+        engine = create_engine(parsed, poolclass=StaticPool,
+                               connect_args={"check_same_thread": False})
         _sqlite_setup(engine)
         return engine
     try:

@@ -1,7 +1,8 @@
-"""A full disk under a SQLite store: writes are refused and remembered, reads go on, and the
-first write that succeeds once space returns clears the failure (readiness reads it).
+"""The SQLite store in odd places: a full disk under it, and no file at all (in memory).
 
-Runs the store on a real 2 MiB tmpfs (mounting needs root, as in CI here; skipped otherwise).
+A full disk: writes are refused and remembered, reads go on, and the first write that
+succeeds once space returns clears the failure (readiness reads it). It runs on a real 2 MiB
+tmpfs (mounting needs root, as in CI here; skipped otherwise).
 """
 
 from __future__ import annotations
@@ -79,5 +80,23 @@ def test_a_full_disk_fails_writes_visibly_and_nothing_is_lost_once_space_returns
         with store.read() as c:
             ids = {r[0] for r in c.exec_driver_sql("SELECT id FROM events")}
         assert {e.id for e in events(5, 0) + again} <= ids
+    finally:
+        store.close()
+
+
+def test_an_in_memory_store_opens_and_keeps_its_data_across_threads() -> None:
+    """`sqlite://` (no file): one connection that every thread shares, so the store thread
+    and the caller see the same database (`triggerd test` and tools use such stores)."""
+    import threading
+
+    store = Store("sqlite://")
+    try:
+        store.upgrade()
+        worker = threading.Thread(target=lambda: store.ingest(
+            "landing", "filesystem", events(3, 0), datetime.now(UTC)))
+        worker.start()
+        worker.join()
+        with store.read() as c:
+            assert c.exec_driver_sql("SELECT count(*) FROM events").scalar() == 3
     finally:
         store.close()

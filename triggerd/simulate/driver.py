@@ -1,0 +1,232 @@
+"""Driving the real engine through a timeline, with a manual clock: the simulator.
+
+`Simulation` builds the daemon's own `Engine` over a store, and moves its clock from one due
+moment to the next: the next input of the timeline, the next timer the engine armed (debounce,
+cooldown, floors, `max_delay`, the end of a pause: `Engine.due`), the next scheduled check
+(`Engine.slot_due`), the next tick a cron source makes by itself, the end of a job attempt or
+a retry. What happens at each moment is what the daemon's loops do, in this order: attempts
+that end are recorded and their rule decided again (`Engine.evaluate_rule`, as the runtime's
+`Flow.job_finished`); scheduled checks and due timers run (`Engine.scheduled_check`,
+`Engine.evaluate`, as `Engine.run_timers`); then the inputs at that time, in the order written
+(a source's batch is `Engine.submit`, a manual fire `Engine.fire`); then the `explain` checks
+at that time (`assess`, what `triggerd explain` shows). No thread, no sleep: the store work
+runs inline (`call`), so a day of policy takes milliseconds. `triggerd replay` drives it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+
+from triggerd.clock import ManualClock
+from triggerd.config.loader import Config
+from triggerd.engine.assess import assess
+from triggerd.engine.engine import Engine
+from triggerd.engine.rounds import Round
+from triggerd.errors import TriggerdError
+from triggerd.model import Trigger
+from triggerd.simulate.inputs import Builder, Named
+from triggerd.simulate.jobs import JobRunner
+from triggerd.simulate.spec import Input, Jobs
+from triggerd.sources.cron import CronOptions
+from triggerd.store import queries
+from triggerd.store import tables as t
+from triggerd.store.sql import Store
+
+T = TypeVar("T")
+MAX_STEPS = 100_000  # moments in one simulation (~a minute): `every: 1s` over days is a mistake
+
+
+class SimulationError(TriggerdError):
+    """The timeline cannot be simulated (too many moments)."""
+
+
+async def _inline(fn: Callable[[], T]) -> T:
+    """The engine's `call`: store work runs right here (no store thread in a simulation)."""
+    return fn()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A rule group's decision at a time, as `triggerd explain` shows it."""
+
+    at: datetime
+    fires: bool
+    text: str  # "would fire now: ..." or "not firing: waiting for ..."
+    conditions: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A trigger written during the simulation, with its events and its job's final status."""
+
+    trigger: Trigger
+    events: list[Named]
+    job: str
+
+
+@dataclass
+class Timeline:
+    """What to feed the engine: inputs and explain checks at times, and when to stop."""
+
+    inputs: list[tuple[datetime, Input]]
+    checks: list[tuple[datetime, str, str]]  # (at, rule, group)
+    until: datetime
+
+
+@dataclass
+class Result:
+    fired: list[Fired] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # one per check, in order
+    notes: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    """One run of the engine over a fresh store, from `start`."""
+
+    def __init__(self, config: Config, store: Store, start: datetime, jobs: Jobs, *,
+                 auto_ticks: bool, show: Callable[[datetime], str]) -> None:
+        self.config = config
+        self.store = store
+        self.clock = ManualClock(start)
+        self.jobs = JobRunner(config, store, self.clock, jobs)
+        self.engine = Engine(config, store, self.clock, _inline, self._on_round,
+                             then=self._claim)
+        self.builder = Builder(config.sources, start, show)
+        self.named: dict[str, Named] = {}
+        self.fired: list[Trigger] = []
+        listened = {s for spec in config.rules.values() for s in spec.on}
+        self.crons = {name: opts for name, opts in config.sources.items()
+                      if isinstance(opts, CronOptions) and name in listened and auto_ticks}
+        self.next_tick: dict[str, datetime | None] = {}
+
+    def _claim(self, done: Round) -> Round:
+        self.jobs.claim_fired(done.fired)
+        return done
+
+    def _on_round(self, done: Round) -> None:
+        self.fired.extend(done.fired)
+
+    async def run(self, timeline: Timeline) -> Result:
+        """Run the timeline to its end; what fired, the verdicts and notes."""
+        await self.engine.start()
+        now = self.clock.now()
+        self.next_tick = {n: o.build_schedule().next_after(now) for n, o in self.crons.items()}
+        inputs = sorted(timeline.inputs, key=lambda x: x[0])  # stable: written order
+        checks = sorted(enumerate(timeline.checks), key=lambda x: x[1][0])
+        verdicts: dict[int, Verdict] = {}
+        for _step in range(MAX_STEPS):
+            moment = self._next([a for a, _ in inputs[:1]] + [c[0] for _, c in checks[:1]])
+            if moment is None or moment > timeline.until:
+                break
+            self.clock.set(max(moment, self.clock.now()))
+            await self._moment()
+            while inputs and inputs[0][0] <= self.clock.now():
+                await self._input(inputs.pop(0)[1])
+                await self._jobs_due()  # a job that ends at once ends before the checks
+            while checks and checks[0][1][0] <= self.clock.now():
+                n, (_at, rule, group) = checks.pop(0)
+                verdicts[n] = self._explain(rule, group)
+        else:
+            raise SimulationError(f"more than {MAX_STEPS} moments to simulate before "
+                                  f"{timeline.until.isoformat()}; shorten the test")
+        self.clock.set(max(timeline.until, self.clock.now()))
+        return Result(self._results(), [verdicts[n] for n in sorted(verdicts)],
+                      self.builder.notes)
+
+    def _next(self, extra: Iterable[datetime]) -> datetime | None:
+        times = [*self.engine.due.values(), *self.engine.slot_due.values(), *extra,
+                 *(t for t in self.next_tick.values() if t is not None)]
+        job_time = self.jobs.next_time()
+        if job_time is not None:
+            times.append(job_time)
+        return min(times, default=None)
+
+    async def _moment(self) -> None:
+        """Everything the daemon does by itself at this time (see the module docstring)."""
+        now = self.clock.now()
+        await self._jobs_due()
+        for rule, slot in [(r, s) for r, s in self.engine.slot_due.items() if s <= now]:
+            await self.engine.scheduled_check(rule, slot)
+        due = {k for k, at in self.engine.due.items() if at <= now}
+        if due:
+            await self.engine.evaluate(due)
+            for key in due:  # as run_timers: drop a key whose evaluation set no new time
+                if key in self.engine.due and self.engine.due[key] <= now:
+                    del self.engine.due[key]
+        for name, tick in list(self.next_tick.items()):
+            if tick is not None and tick <= now:
+                await self._submit(name, [self.builder.tick(name, self.crons[name], tick, now)])
+                self.next_tick[name] = self.builder.schedules[name].next_after(tick)
+        await self._jobs_due()  # the jobs of what fired just now, when they end at once
+
+    async def _jobs_due(self) -> None:
+        """End the attempts due now, start what waited for them, and decide for their rules
+        again; until none is due (a job that ends at once may be followed by another)."""
+        now = self.clock.now()
+        for _round in range(MAX_STEPS):
+            ended = self.jobs.finish_due()
+            self.jobs.claim_waiting()
+            for rule in dict.fromkeys(ended):
+                await self.engine.evaluate_rule(rule)
+            due = self.jobs.next_time()
+            if due is None or due > now:
+                return
+
+    async def _input(self, item: Input) -> None:
+        if item.fire is not None:
+            await self.engine.fire(item.fire.rule, f"manual: {item.fire.reason}")
+        elif item.job is not None:
+            self.jobs.plan(item.job.rule, item.job.outcome, item.job.duration)
+        elif item.pause is not None or item.resume is not None:
+            await self._pause(item)
+        else:
+            source, named = self.builder.build(item, self.clock.now())
+            if named:
+                await self._submit(source, named)
+
+    async def _pause(self, item: Input) -> None:
+        """`triggerd pause` / `resume`: the flag in the store, then the rule decided again
+        (as the daemon does when it handles the request)."""
+        now = self.clock.now()
+        if item.pause is not None:
+            p = item.pause
+            until = now + p.for_ if p.for_ is not None else None
+            self.store.set_paused(p.rule, True, until, p.reason, now)
+            await self.engine.evaluate_rule(p.rule)
+        elif item.resume is not None:
+            self.store.set_paused(item.resume.rule, False, None, None, now)
+            await self.engine.evaluate_rule(item.resume.rule)
+
+    async def _submit(self, source: str, named: list[Named]) -> None:
+        for n in named:
+            self.named.setdefault(n.event.id, n)
+        await self.engine.submit(source, [n.event for n in named])
+
+    def _explain(self, rule: str, group: str) -> Verdict:
+        now = self.clock.now()
+        found = assess(self.config, self.store, now, {(rule, group)})[(rule, group)]
+        d = found.decision
+        text = f"would fire now: {d.reason}" if d.fire else f"not firing: waiting for {d.reason}"
+        return Verdict(now, d.fire, text, {c.name: c.ok for c in d.conditions})
+
+    def _results(self) -> list[Fired]:
+        out = []
+        for trig in self.fired:
+            job = queries.job(self.store, trig.id)
+            events = [self.named[e] for e in _event_ids(self.store, trig.id) if e in self.named]
+            out.append(Fired(trig, events, str(job.status) if job else "none"))
+        return out
+
+
+def _event_ids(store: Store, trigger_id: str) -> list[str]:
+    """The events a trigger consumed, in the order they were observed."""
+    re_, ev = t.rule_events.c, t.events.c
+    query: Any = (select(re_.event_id).join(t.events, ev.id == re_.event_id)
+                  .where(re_.trigger_id == trigger_id).order_by(ev.observed_at, ev.id))
+    with store.read() as c:
+        return [row[0] for row in c.execute(query)]

@@ -1,0 +1,183 @@
+"""The events of a test's inputs, built by the sources' own code, so that they are exactly the
+events the daemon would store: same kinds, subjects, fingerprints and payloads.
+
+- files: the filesystem source's verdicts (`_fssettle.Settle.conclude`), given the look a
+  settled file gets (size, an mtime `settle` before the input's time, a sha256 of `content`
+  or of the path, size and time), so created / modified / moved / deleted, the `events`,
+  `patterns` and `ignore` options and the fingerprints are the source's;
+- Kafka messages: the Kafka source's decoder (`_kafka.decode.Decoder`), which also rejects
+  what the source rejects (a note in the result, no event);
+- cron ticks: the cron source's `tick_event`;
+- `event`: any event, as given (for source plugins).
+Each event also gets the names a test may call it by (`Named`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import count
+from typing import Any
+
+from pydantic import BaseModel
+
+from triggerd.language.schedules import Schedule
+from triggerd.model import Event
+from triggerd.simulate.spec import EventIn, FileIn, Input, MessageIn, TickIn
+from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions
+from triggerd.sources._fsscan import Known, Look, Matcher, Root
+from triggerd.sources._fssettle import Settle
+from triggerd.sources._kafka.decode import Decoder, Record
+from triggerd.sources._kafka.options import KafkaOptions
+from triggerd.sources.cron import CronOptions, tick_event
+
+
+@dataclass(frozen=True)
+class Named:
+    """An event and what a test calls it: `shown` in reports, any of `names` in `events:`."""
+
+    event: Event
+    shown: str
+    names: frozenset[str]
+
+
+class FileSide:
+    """One filesystem source: its matcher, roots, settle verdicts and known files."""
+
+    def __init__(self, name: str, options: FilesystemOptions) -> None:
+        self.options = options
+        self.roots = [Root(os.path.normpath(os.path.abspath(p))) for p in options.paths]
+        matcher = Matcher(options.patterns, options.ignore, DEFAULT_IGNORES)
+        self.settle = Settle(name, options, matcher.wanted, lambda: 0.0, {"not_regular": 0})
+        self.known = Known()
+        self.inodes: dict[str, int] = {}
+
+    def events(self, f: FileIn, now: datetime) -> list[Event]:
+        root = next(r for r in self.roots if r.rel(f.path))
+        inode = self.inodes.setdefault(f.path, 1000 + len(self.inodes))
+        mtime_ns = int((now - self.options.settle).timestamp() * 1e9)
+        sig = (f.size, mtime_ns, inode)
+        if f.kind in ("modified", "deleted") and self.known.sig(f.path) is None:
+            self.known.put(f.path, sig)  # a file the test says was there before
+        elif f.kind == "created":
+            self.known.drop(f.path)
+        self.settle.arm(f.path, root, f.kind if f.kind in ("moved", "deleted") else "created",
+                        0.0, rearm=True)
+        found = self.settle.conclude(self.settle.due_batch(), [self._look(f, sig)],
+                                     self.known, now)
+        for path, row in found.saves:
+            self.known.put(path, row.sig)
+        for path in found.gone:
+            self.known.drop(path)
+        return found.events
+
+    def _look(self, f: FileIn, sig: tuple[int, int, int]) -> Look:
+        if f.kind == "deleted":
+            return Look("gone")
+        if self.options.fingerprint == "stat":
+            return Look("settled", sig, f"{sig[0]}:{sig[1]}:{sig[2]}")
+        text = f.content if f.content is not None else f"{f.path}\0{sig[0]}\0{sig[1]}"
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        return Look("settled", sig, digest, digest)
+
+
+class Builder:
+    """Builds the events of inputs for the sources of one config, remembering what the
+    sources remember (known files, Kafka offsets) across a test's timeline."""
+
+    def __init__(self, sources: dict[str, BaseModel], start: datetime,
+                 show: Callable[[datetime], str]) -> None:
+        self.sources = sources
+        self.start = start
+        self.show = show
+        self.files: dict[str, FileSide] = {}
+        self.decoders: dict[str, Decoder] = {}
+        self.offsets: dict[tuple[str, str, int], int] = {}
+        self.numbers = count(1)
+        self.schedules: dict[str, Schedule] = {}
+        self.notes: list[str] = []
+
+    def build(self, item: Input, now: datetime) -> tuple[str, list[Named]]:
+        """The source and the events of a file, message, tick or event input."""
+        if item.file is not None:
+            return item.file.source, self._files(item.file, item.id, now)
+        if item.message is not None:
+            return item.message.source, self._message(item.message, item.id, now)
+        if item.tick is not None:
+            return item.tick.source, [self._tick(item.tick, item.id, now)]
+        assert item.event is not None  # noqa: S101 - the caller passes event inputs only
+        return item.event.source, [self._event(item.event, item.id, now)]
+
+    def _files(self, f: FileIn, label: str | None, now: datetime) -> list[Named]:
+        side = self.files.get(f.source)
+        if side is None:
+            options = self.sources[f.source]
+            assert isinstance(options, FilesystemOptions)  # noqa: S101 - cross-checked
+            side = self.files[f.source] = FileSide(f.source, options)
+        out = []
+        for event in side.events(f, now):
+            p = event.payload
+            names = {p["path"], p["relpath"], p["name"]} | ({label} if label else set())
+            out.append(Named(event, label or p["name"], frozenset(names)))
+        if not out:
+            self.notes.append(f"{f.path}: no event (not watched by source {f.source}'s "
+                              "patterns, or a kind its `events` leave out)")
+        return out
+
+    def _message(self, m: MessageIn, label: str | None, now: datetime) -> list[Named]:
+        options = self.sources[m.source]
+        assert isinstance(options, KafkaOptions)  # noqa: S101 - cross-checked
+        decoder = self.decoders.setdefault(m.source, Decoder(m.source, options))
+        topic = m.topic or options.topics[0]
+        where = (m.source, topic, m.partition)
+        offset = m.offset if m.offset is not None else self.offsets.get(where, 0)
+        self.offsets[where] = offset + 1
+        record = Record(topic, m.partition, offset, now.timestamp(), _bytes(m.key),
+                        _value(m, options.format), [(k, v.encode()) for k, v in m.headers.items()])
+        found = decoder.decode(record, now)
+        if not isinstance(found, Event):
+            self.notes.append(f"message {record.ref} rejected by source {m.source} "
+                              f"({found.kind}): {found.error}")
+            return []
+        names = {record.ref, found.subject} | ({m.key} if m.key else set()) | (
+            {label} if label else set())
+        return [Named(found, label or record.ref, frozenset(names))]
+
+    def _tick(self, t: TickIn, label: str | None, now: datetime) -> Named:
+        options = self.sources[t.source]
+        assert isinstance(options, CronOptions)  # noqa: S101 - cross-checked
+        slot = now if t.slot is None else (
+            t.slot if isinstance(t.slot, datetime) else self.start + t.slot)
+        return self.tick(t.source, options, slot, now, label)
+
+    def tick(self, source: str, options: CronOptions, slot: datetime, now: datetime,
+             label: str | None = None) -> Named:
+        """A tick of `source` for `slot` (also the ticks a cron source makes by itself)."""
+        schedule = self.schedules.get(source)
+        if schedule is None:
+            schedule = self.schedules[source] = options.build_schedule()
+        event = tick_event(source, schedule, slot, now)
+        shown = f"{source}@{self.show(slot)}"
+        return Named(event, label or shown, frozenset({shown, *([label] if label else [])}))
+
+    def _event(self, e: EventIn, label: str | None, now: datetime) -> Named:
+        fingerprint = e.fingerprint or f"{e.subject}#{next(self.numbers)}"
+        event = Event(source=e.source, kind=e.kind, subject=e.subject, fingerprint=fingerprint,
+                      payload=dict(e.payload), observed_at=now)
+        names = {e.subject, fingerprint} | ({label} if label else set())
+        return Named(event, label or e.subject, frozenset(names))
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
+
+
+def _value(m: MessageIn, fmt: str) -> bytes:
+    if m.raw is not None:
+        return m.raw.encode()
+    value: Any = m.value
+    return json.dumps(value).encode() if fmt == "json" else str(value).encode()

@@ -1,0 +1,122 @@
+"""Jobs in a simulation: claimed as the dispatcher claims them, ended as the test says.
+
+A fired trigger's job is claimed in the engine's own trip (`claim_fired`, as the runtime's
+`Flow.claim_fired` has the dispatcher do), with the store's compare-and-set and the rule's
+`concurrency`; a job without a free slot waits, and is claimed when one of its rule's jobs
+ends. Each attempt ends after the duration and with the outcome of the next `job` input for
+its rule (else the test's `jobs` default). A failed attempt with attempts left is retried
+after the rule's `retry.backoff`, doubled per attempt and capped at `max_backoff`, as the
+dispatcher computes it, without its jitter (the dispatcher waits 75-100% of that).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from triggerd.clock import ManualClock
+from triggerd.config.loader import Config
+from triggerd.dispatcher import backoff_delay
+from triggerd.model import Job, JobStatus, Trigger
+from triggerd.simulate.spec import Jobs, Outcome
+from triggerd.store import queries
+from triggerd.store.sql import Claim, Store
+
+OWNER = "triggerd-test"
+
+
+@dataclass(frozen=True)
+class Plan:
+    outcome: Outcome
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class Attempt:
+    job: Job
+    ends_at: datetime
+    outcome: Outcome
+
+
+class JobRunner:
+    """The attempts running, the jobs waiting for a slot or a retry, and the test's plans."""
+
+    def __init__(self, config: Config, store: Store, clock: ManualClock, default: Jobs) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.default = Plan(default.outcome, default.duration)
+        self.plans: dict[str, deque[Plan]] = defaultdict(deque)
+        self.running: dict[str, Attempt] = {}
+        self.waiting: list[str] = []  # job ids, oldest first: no free slot, or a retry
+        self.retry_at: dict[str, datetime] = {}
+
+    def plan(self, rule: str, outcome: Outcome, duration: timedelta) -> None:
+        """How the next attempt of `rule` to start ends (a `job` input)."""
+        self.plans[rule].append(Plan(outcome, duration))
+
+    def claim_fired(self, fired: Sequence[Trigger]) -> None:
+        """In the engine's trip: claim the jobs of the triggers just written."""
+        for trig in fired:
+            if not self._claim(trig.id) and self._queued(trig.id):
+                self.waiting.append(trig.id)
+
+    def _claim(self, job_id: str) -> bool:
+        """Claim a job and start its attempt; False when it stays waiting (no free slot)."""
+        now = self.clock.now()
+        claim: Claim = self.store.claim(job_id, OWNER, self._concurrency, now)
+        if claim.job is None:
+            return False
+        plans = self.plans[claim.job.rule]
+        plan = plans.popleft() if plans else self.default
+        self.running[job_id] = Attempt(claim.job, now + plan.duration, plan.outcome)
+        return True
+
+    def _concurrency(self, rule: str) -> int:
+        spec = self.config.rules.get(rule)
+        return spec.dispatch.concurrency if spec else 1
+
+    def next_time(self) -> datetime | None:
+        """When the next attempt ends or the next retry is due."""
+        times = [a.ends_at for a in self.running.values()] + list(self.retry_at.values())
+        return min(times, default=None)
+
+    def finish_due(self) -> list[str]:
+        """End the attempts due now (oldest first); the rules whose job ended."""
+        now = self.clock.now()
+        ended = []
+        for job_id, attempt in sorted(self.running.items(), key=lambda kv: kv[1].ends_at):
+            if attempt.ends_at <= now:
+                del self.running[job_id]
+                self._finish(attempt, now)
+                ended.append(attempt.job.rule)
+        return ended
+
+    def _finish(self, attempt: Attempt, now: datetime) -> None:
+        job = attempt.job
+        status = JobStatus.SUCCEEDED if attempt.outcome == "succeeded" else JobStatus.FAILED
+        next_at = None
+        spec = self.config.rules.get(job.rule)
+        budget = job.max_attempts or (spec.dispatch.retry.attempts if spec else 1)
+        if attempt.outcome == "failed" and spec is not None and job.attempts < budget:
+            retry = spec.dispatch.retry
+            next_at = now + backoff_delay(retry.backoff, retry.max_backoff, job.attempts)
+            status = JobStatus.RETRYING
+            self.retry_at[job.id] = next_at
+        self.store.finish_attempt(job.id, OWNER, status, now, attempt=job.attempts,
+                                  detail=f"{attempt.outcome} (triggerd test)",
+                                  next_attempt_at=next_at)
+
+    def claim_waiting(self) -> None:
+        """Claim what waits and may start now: retries due, jobs of rules with a free slot."""
+        now = self.clock.now()
+        for job_id in [j for j, at in self.retry_at.items() if at <= now]:
+            del self.retry_at[job_id]
+            self.waiting.append(job_id)
+        self.waiting = [j for j in self.waiting if not self._claim(j) and self._queued(j)]
+
+    def _queued(self, job_id: str) -> bool:
+        job = queries.job(self.store, job_id)
+        return job is not None and job.status in (JobStatus.QUEUED, JobStatus.RETRYING)
