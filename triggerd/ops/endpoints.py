@@ -3,8 +3,8 @@
 - /healthz (liveness): 200 while the event loop answers; it needs nothing else, so a slow or
   unreachable store never gets a live daemon killed.
 - /readyz (readiness): 200 when start-up is done, the store answers a trivial query within
-  `STORE_TIMEOUT`, its last write did not fail (a full disk refuses writes while reads still
-  work) and every source reports itself healthy; else 503. The JSON body says which.
+  `STORE_TIMEOUT`, no write failed in the last 30 s (a full disk refuses writes while reads
+  still work) and every source reports itself healthy; else 503. The JSON body says which.
 - /metrics: the daemon's Prometheus registry; store-derived gauges are read at scrape time on
   the store thread (never on the loop), and omitted with `triggerd_store_up 0` when the store
   does not answer in time.
@@ -64,9 +64,9 @@ async def _store_problem(daemon: DaemonView) -> tuple[str, str] | None:
         return "unreachable", f"did not answer within {STORE_TIMEOUT:g}s"
     except StoreError as exc:
         return "unreachable", str(exc)
-    failed = daemon.store.write_failure
+    failed = daemon.store.failing_writes(daemon.now())
     if failed is not None:
-        return "failing writes", f"since {failed[0].isoformat(timespec='seconds')}: {failed[1]}"
+        return "failing writes", f"last at {failed[0].isoformat(timespec='seconds')}: {failed[1]}"
     return None
 
 

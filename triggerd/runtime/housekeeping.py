@@ -25,7 +25,11 @@ log = logging.getLogger("triggerd.daemon")
 HEARTBEAT = model.HEARTBEAT  # (a module global, so a test can beat faster)
 REQUEST_POLL = 0.25  # seconds: `triggerd fire` is picked up well within a second
 PRUNE_EVERY = timedelta(hours=1)
-RECOVER_EVERY = timedelta(seconds=10)  # look for work orphaned by a dead replica
+# how often to look for work orphaned by a dead replica: a killed daemon is dead DEAD_AFTER
+# after its last heartbeat (0-5 s before the kill), so its jobs resume elsewhere within
+# DEAD_AFTER + RECOVER_EVERY of the kill (the chaos suite's target: DEAD_AFTER + 5 s). One
+# short transaction per look.
+RECOVER_EVERY = timedelta(seconds=2)
 DETAILS_EVERY = timedelta(seconds=1)  # how often sources' reported figures are written
 
 

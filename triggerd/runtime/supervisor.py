@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from triggerd.errors import StoreError
 from triggerd.interfaces import Source, StoreWork
 from triggerd.model import Event
 
@@ -93,17 +94,46 @@ class Supervisor:
     async def _supervise(self, name: str, source: Source) -> None:
         ctx = SourceContext(self.daemon, name, self.daemon.config.source_type(name))
         self.contexts[name] = ctx
-        delay = 1.0
+        restarts = Restarts()
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await source.run(ctx)
+                delay = restarts.after(loop.time() - started)
                 log.warning("source %s stopped by itself; restarting in %.0fs", name, delay,
                             extra={"source": name})
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # an outage, not a bug: no traceback
+                delay = restarts.after(loop.time() - started)
+                log.error("source %s failed: store unavailable (%s); restarting in %.0fs",
+                          name, exc, delay, extra={"source": name})
+                ctx.set_health(False, f"{type(exc).__name__}: {exc}")
             except Exception as exc:
+                delay = restarts.after(loop.time() - started)
                 log.exception("source %s failed; restarting in %.0fs", name, delay,
                               extra={"source": name})
                 ctx.set_health(False, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+
+
+class Restarts:
+    """The wait before a stopped or failed source runs again: 1 s, doubling up to 60 s, and
+    1 s again after a run that lasted `STABLE` seconds (a source that worked for a while is
+    not kept down for the failures before it: after a few store outages it would otherwise
+    sit out every later blip for a minute)."""
+
+    STABLE = 30.0
+    FIRST, MOST = 1.0, 60.0
+
+    def __init__(self) -> None:
+        self._next = self.FIRST
+
+    def after(self, ran: float) -> float:
+        """The delay after a run that lasted `ran` seconds."""
+        if ran >= self.STABLE:
+            self._next = self.FIRST
+        delay = self._next
+        self._next = min(delay * 2, self.MOST)
+        return delay

@@ -10,7 +10,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,9 @@ Key = tuple[str, str]  # (rule, group)
 TS = t.UTCDateTime()  # the type of a bound timestamp that no column gives its type to
 
 
+WRITE_FAILURE_RECENT = timedelta(seconds=30)
+
+
 class StoreBase:
     """The database and its transactions: the engine, the daemon lock, the pinned SQLite
     connection, `write`/`read`, compiled hot-path statements (`_q`), and the group and source
@@ -48,7 +51,7 @@ class StoreBase:
         self._stmts: dict[str, Fast] = {}  # hot-path statements, built once (see _q)
         self._pinned: tuple[int, Connection] | None = None  # see pin
         # the last write the database refused (disk full, read-only, connection lost), as
-        # (when, what), until a write succeeds: readiness reports it (a read may still work)
+        # (when, what): readiness reports it while recent (`failing_writes`)
         self.write_failure: tuple[datetime, str] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -123,7 +126,13 @@ class StoreBase:
                 self.write_failure = (datetime.now(UTC), str(exc.orig))
                 raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
             raise
-        self.write_failure = None
+
+    def failing_writes(self, now: datetime) -> tuple[datetime, str] | None:
+        """The last refused write, if it was within `WRITE_FAILURE_RECENT` of `now`. Not
+        cleared by the next write that succeeds: on a full disk small writes (a heartbeat)
+        still fit while a batch of events does not."""
+        failed = self.write_failure
+        return failed if failed is not None and now - failed[0] < WRITE_FAILURE_RECENT else None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
