@@ -30,6 +30,7 @@ PRUNE_EVERY = timedelta(hours=1)
 # DEAD_AFTER + RECOVER_EVERY of the kill (the chaos suite's target: DEAD_AFTER + 5 s). One
 # short transaction per look.
 RECOVER_EVERY = timedelta(seconds=2)
+CHECKPOINT_EVERY = timedelta(seconds=10)  # SQLite: the write-ahead log holds ~10 s of writes
 DETAILS_EVERY = timedelta(seconds=1)  # how often sources' reported figures are written
 
 
@@ -59,7 +60,7 @@ async def heartbeat(daemon: Daemon) -> None:
 async def housekeeping(daemon: Daemon) -> None:
     """CLI requests (fire, pause, resume), job recovery, source details and retention
     pruning (the heartbeat is its own task: `heartbeat`)."""
-    next_prune = next_details = daemon.clock.now()
+    next_prune = next_details = next_checkpoint = daemon.clock.now()
     next_recover = next_prune + RECOVER_EVERY
     while not daemon.stopping.is_set():
         now = daemon.clock.now()
@@ -67,6 +68,9 @@ async def housekeeping(daemon: Daemon) -> None:
             if now >= next_recover:
                 await recover(daemon)
                 next_recover = now + RECOVER_EVERY
+            if now >= next_checkpoint:  # SQLite: keep its write-ahead log small
+                await daemon.call(daemon.store.checkpoint)
+                next_checkpoint = now + CHECKPOINT_EVERY
             if now >= next_details:
                 for ctx in list(daemon.supervisor.contexts.values()):
                     await ctx.flush()

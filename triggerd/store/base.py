@@ -53,6 +53,7 @@ class StoreBase:
         # the last write the database refused (disk full, read-only, connection lost), as
         # (when, what): readiness reports it while recent (`failing_writes`)
         self.write_failure: tuple[datetime, str] | None = None
+        self._fold_pending = False  # a full disk: fold the WAL once space is back (_fold_wal)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def upgrade(self) -> None:
@@ -124,8 +125,39 @@ class StoreBase:
             self._known_sources.clear()
             if isinstance(exc, OperationalError):
                 self.write_failure = (datetime.now(UTC), str(exc.orig))
+                if self.dialect == "sqlite" and "full" in str(exc.orig):
+                    self._fold_pending = not self._fold_wal()
                 raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
             raise
+        if self._fold_pending:  # the first write since the disk was full: space is back
+            self._fold_pending = not self._fold_wal()
+
+    def _fold_wal(self) -> bool:
+        """SQLite after a full disk: fold the write-ahead log into the database and truncate
+        it; True if that was done. Tried when a write finds the disk full (the fold itself
+        may need space) and, until it succeeds, after each write that succeeds."""
+        return self._checkpoint("TRUNCATE") == 0
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database without waiting for readers
+        (PASSIVE), so the log is reused from its start rather than growing until
+        `wal_autocheckpoint` pages (tens of MB: more than a small state volume holds, which
+        would then stay full). The daemon calls it every few seconds; a no-op elsewhere."""
+        if self.dialect == "sqlite":
+            self._checkpoint("PASSIVE")
+
+    def _checkpoint(self, mode: str) -> int | None:
+        """`PRAGMA wal_checkpoint(mode)` outside any transaction (SQLAlchemy would BEGIN
+        one): its busy flag (0: done), or None if it failed (still full)."""
+        raw = self.engine.raw_connection()
+        try:
+            row = raw.driver_connection.execute(  # type: ignore[union-attr]
+                f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except Exception:  # still full, or busy: tried again later
+            return None
+        finally:
+            raw.close()
+        return int(row[0]) if row else None
 
     def failing_writes(self, now: datetime) -> tuple[datetime, str] | None:
         """The last refused write, if it was within `WRITE_FAILURE_RECENT` of `now`. Not
