@@ -27,6 +27,7 @@ from triggerd.cli.commands import (
     cmd_test,
     cmd_triggers,
 )
+from triggerd.cli.replay import cmd_replay
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -69,6 +70,26 @@ def _add_daemon_commands(cmds: _Subcommands) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="test files (YAML)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="also list the triggers of passing tests")
+    p = cmds.add("replay", cmd_replay, "run the rules (and candidates) over the stored events "
+                 "or an arrivals log, and compare retrains per day and data staleness",
+                 json=True)
+    p.add_argument("--since", help="replay from this time: a duration back (30d) or an ISO "
+                   "time (default: the first event)")
+    p.add_argument("--until", help="replay up to this ISO time (default: now for the store; "
+                   "for a log, its last arrival plus the longest debounce)")
+    p.add_argument("--arrivals", metavar="FILE",
+                   help="an arrivals log (JSON lines, or CSV by its .csv name) instead of the "
+                        "store's events")
+    p.add_argument("--candidate", metavar="FILE", action="append", default=[],
+                   help="another config to replay beside the current one (repeatable)")
+    p.add_argument("--sweep", metavar="when.KEY=V1,V2,...",
+                   help="replay the current config once per value of one `when` key")
+    p.add_argument("--rule", action="append", help="only this rule (repeatable)")
+    p.add_argument("--job-duration", metavar="DURATION",
+                   help="every replayed job takes this long and succeeds (default: the "
+                        "stored jobs' attempts)")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained page: a "
+                   "timeline per rule and the sweep's trade-off chart")
 
 
 def _add_query_commands(cmds: _Subcommands) -> None:

@@ -30,10 +30,9 @@ from triggerd.engine.rounds import Round
 from triggerd.errors import TriggerdError
 from triggerd.model import Trigger
 from triggerd.simulate.inputs import Builder, Named
-from triggerd.simulate.jobs import JobRunner
+from triggerd.simulate.jobs import JobRunner, Plan
 from triggerd.simulate.spec import Input, Jobs
 from triggerd.sources.cron import CronOptions
-from triggerd.store import queries
 from triggerd.store import tables as t
 from triggerd.store.sql import Store
 
@@ -89,11 +88,15 @@ class Simulation:
     """One run of the engine over a fresh store, from `start`."""
 
     def __init__(self, config: Config, store: Store, start: datetime, jobs: Jobs, *,
-                 auto_ticks: bool, show: Callable[[datetime], str]) -> None:
+                 auto_ticks: bool, show: Callable[[datetime], str],
+                 planner: Callable[[str], Plan] | None = None,
+                 max_steps: int | None = None, batches: bool = False) -> None:
         self.config = config
         self.store = store
         self.clock = ManualClock(start)
-        self.jobs = JobRunner(config, store, self.clock, jobs)
+        self.jobs = JobRunner(config, store, self.clock, jobs, planner)
+        self.max_steps = max_steps or MAX_STEPS
+        self.batches = batches  # source inputs at one time from one source: one batch
         self.engine = Engine(config, store, self.clock, _inline, self._on_round,
                              then=self._claim)
         self.builder = Builder(config.sources, start, show)
@@ -119,20 +122,25 @@ class Simulation:
         inputs = sorted(timeline.inputs, key=lambda x: x[0])  # stable: written order
         checks = sorted(enumerate(timeline.checks), key=lambda x: x[1][0])
         verdicts: dict[int, Verdict] = {}
-        for _step in range(MAX_STEPS):
+        for _step in range(self.max_steps):
             moment = self._next([a for a, _ in inputs[:1]] + [c[0] for _, c in checks[:1]])
             if moment is None or moment > timeline.until:
                 break
             self.clock.set(max(moment, self.clock.now()))
             await self._moment()
             while inputs and inputs[0][0] <= self.clock.now():
-                await self._input(inputs.pop(0)[1])
+                at, item = inputs.pop(0)
+                batch = [item]
+                while self.batches and inputs and inputs[0][0] == at and _same_source(
+                        item, inputs[0][1]):
+                    batch.append(inputs.pop(0)[1])
+                await (self._batch(batch) if len(batch) > 1 else self._input(item))
                 await self._jobs_due()  # a job that ends at once ends before the checks
             while checks and checks[0][1][0] <= self.clock.now():
                 n, (_at, rule, group) = checks.pop(0)
                 verdicts[n] = self._explain(rule, group)
         else:
-            raise SimulationError(f"more than {MAX_STEPS} moments to simulate before "
+            raise SimulationError(f"more than {self.max_steps} moments to simulate before "
                                   f"{timeline.until.isoformat()}; shorten the test")
         self.clock.set(max(timeline.until, self.clock.now()))
         return Result(self._results(), [verdicts[n] for n in sorted(verdicts)],
@@ -189,6 +197,15 @@ class Simulation:
             if named:
                 await self._submit(source, named)
 
+    async def _batch(self, items: list[Input]) -> None:
+        """Source inputs at one time from one source: one batch, as the source delivers it."""
+        source, named = "", []
+        for item in items:
+            source, some = self.builder.build(item, self.clock.now())
+            named += some
+        if named:
+            await self._submit(source, named)
+
     async def _pause(self, item: Input) -> None:
         """`triggerd pause` / `resume`: the flag in the store, then the rule decided again
         (as the daemon does when it handles the request)."""
@@ -215,18 +232,37 @@ class Simulation:
         return Verdict(now, d.fire, text, {c.name: c.ok for c in d.conditions})
 
     def _results(self) -> list[Fired]:
-        out = []
-        for trig in self.fired:
-            job = queries.job(self.store, trig.id)
-            events = [self.named[e] for e in _event_ids(self.store, trig.id) if e in self.named]
-            out.append(Fired(trig, events, str(job.status) if job else "none"))
-        return out
+        consumed = consumed_events(self.store)
+        statuses = job_statuses(self.store)
+        return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
+                      statuses.get(trig.id, "none")) for trig in self.fired]
 
 
-def _event_ids(store: Store, trigger_id: str) -> list[str]:
-    """The events a trigger consumed, in the order they were observed."""
+def _source_of(item: Input) -> str | None:
+    one = item.file or item.message or item.event
+    return one.source if one is not None else None
+
+
+def _same_source(a: Input, b: Input) -> bool:
+    source = _source_of(a)
+    return source is not None and source == _source_of(b)
+
+
+def consumed_events(store: Store) -> dict[str, list[str]]:
+    """Each trigger's events (ids), in the order they were observed: one read."""
     re_, ev = t.rule_events.c, t.events.c
-    query: Any = (select(re_.event_id).join(t.events, ev.id == re_.event_id)
-                  .where(re_.trigger_id == trigger_id).order_by(ev.observed_at, ev.id))
+    query: Any = (select(re_.trigger_id, re_.event_id).join(t.events, ev.id == re_.event_id)
+                  .where(re_.trigger_id.is_not(None)).order_by(ev.observed_at, ev.id))
+    out: dict[str, list[str]] = {}
     with store.read() as c:
-        return [row[0] for row in c.execute(query)]
+        for trigger_id, event_id in c.execute(query):
+            out.setdefault(trigger_id, []).append(event_id)
+    return out
+
+
+def job_statuses(store: Store) -> dict[str, str]:
+    """Each trigger's job status (by trigger id): one read."""
+    j = t.jobs.c
+    with store.read() as c:
+        return {trigger_id: str(status) for trigger_id, status in
+                c.execute(select(j.trigger_id, j.status))}

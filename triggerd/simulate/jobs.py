@@ -12,7 +12,7 @@ dispatcher computes it, without its jitter (the dispatcher waits 75-100% of that
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,15 +43,19 @@ class Attempt:
 class JobRunner:
     """The attempts running, the jobs waiting for a slot or a retry, and the test's plans."""
 
-    def __init__(self, config: Config, store: Store, clock: ManualClock, default: Jobs) -> None:
+    def __init__(self, config: Config, store: Store, clock: ManualClock, default: Jobs,
+                 planner: Callable[[str], Plan] | None = None) -> None:
         self.config = config
         self.store = store
         self.clock = clock
-        self.default = Plan(default.outcome, default.duration)
+        default_plan = Plan(default.outcome, default.duration)
+        self.planner = planner or (lambda _rule: default_plan)  # when no `job` input says
         self.plans: dict[str, deque[Plan]] = defaultdict(deque)
         self.running: dict[str, Attempt] = {}
         self.waiting: list[str] = []  # job ids, oldest first: no free slot, or a retry
         self.retry_at: dict[str, datetime] = {}
+        self.started: dict[str, datetime] = {}  # job id: its first attempt's start
+        self.ended: dict[str, tuple[datetime, JobStatus]] = {}  # job id: its final state
 
     def plan(self, rule: str, outcome: Outcome, duration: timedelta) -> None:
         """How the next attempt of `rule` to start ends (a `job` input)."""
@@ -70,8 +74,9 @@ class JobRunner:
         if claim.job is None:
             return False
         plans = self.plans[claim.job.rule]
-        plan = plans.popleft() if plans else self.default
+        plan = plans.popleft() if plans else self.planner(claim.job.rule)
         self.running[job_id] = Attempt(claim.job, now + plan.duration, plan.outcome)
+        self.started.setdefault(job_id, now)
         return True
 
     def _concurrency(self, rule: str) -> int:
@@ -105,6 +110,8 @@ class JobRunner:
             next_at = now + backoff_delay(retry.backoff, retry.max_backoff, job.attempts)
             status = JobStatus.RETRYING
             self.retry_at[job.id] = next_at
+        else:
+            self.ended[job.id] = (now, status)
         self.store.finish_attempt(job.id, OWNER, status, now, attempt=job.attempts,
                                   detail=f"{attempt.outcome} (triggerd test)",
                                   next_attempt_at=next_at)
