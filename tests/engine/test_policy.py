@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from triggerd.config.schema import WhenSpec
 from triggerd.engine.policy import Situation, decide, human_bytes, human_duration, on_busy
@@ -210,3 +212,56 @@ def test_explain_says_what_comes_next_for_every_kind_of_wait() -> None:
     # nothing waits on a met condition: a due floor fires, and is not "next"
     due = decide(when(at_least_every="1h"), sit(last_success_at=T0 - 2 * hour), T0)
     assert due.fire and due.upcoming == []
+
+
+_MINUTES = st.integers(min_value=0, max_value=600).map(lambda m: m * M)
+_OPTIONAL = st.one_of(st.none(), st.integers(min_value=1, max_value=240).map(lambda m: m * M))
+
+
+@st.composite
+def _policies(draw: st.DrawFn) -> WhenSpec:
+    spec: dict[str, Any] = {"min_events": draw(st.integers(min_value=1, max_value=20))}
+    for key in ("debounce", "cooldown", "at_least_every"):
+        spec[key] = draw(_OPTIONAL)
+    if spec["debounce"] is not None and draw(st.booleans()):
+        spec["max_delay"] = spec["debounce"] * draw(st.integers(min_value=1, max_value=4))
+    if draw(st.booleans()):
+        spec["min_bytes"] = draw(st.integers(min_value=1, max_value=10_000))
+    spec["sustained"] = draw(st.one_of(st.none(), st.integers(min_value=1, max_value=5),
+                                       st.integers(min_value=1, max_value=60).map(
+                                           lambda m: m * M)))
+    return WhenSpec.model_validate({k: v for k, v in spec.items() if v is not None})
+
+
+@st.composite
+def _situations(draw: st.DrawFn) -> Situation:
+    count = draw(st.integers(min_value=0, max_value=25))
+    first = T0 - draw(_MINUTES) if count else None
+    last = (max(first, T0 - draw(_MINUTES)) if first else None)
+    ago = st.one_of(st.none(), _MINUTES.map(lambda d: T0 - d))
+    state = GroupState(rule="r", group="", seq=1, created_at=T0 - timedelta(days=2),
+                       last_trigger_at=draw(ago), last_success_at=draw(ago),
+                       sustained_count=draw(st.integers(min_value=0, max_value=6)),
+                       sustained_since=draw(ago))
+    paused = draw(st.sampled_from([None, T0 + 5 * M, T0 - 5 * M]))
+    flags = RuleFlags(paused is not None, paused, None)
+    slot = draw(st.sampled_from([None, T0]))
+    return Situation(Pending(count, draw(st.integers(min_value=0, max_value=20_000)),
+                             first, last), state, flags, busy=draw(st.booleans()),
+                     on_busy=draw(st.sampled_from(["coalesce", "queue", "skip"])),
+                     scheduled=slot is not None or draw(st.booleans()), at_slot=slot,
+                     next_slot=T0 + 30 * M)
+
+
+@given(_policies(), _situations(), _MINUTES)
+@settings(max_examples=400, deadline=None)
+def test_a_decision_without_words_is_the_same_decision(w: WhenSpec, s: Situation,
+                                                       later: timedelta) -> None:
+    """`explain=False` (the replay's lookahead, the engine's rounds) leaves out the words
+    only: whether to fire, the kind and the next time to look are those of the full
+    decision, in every situation."""
+    now = T0 + later
+    full, brief = decide(w, s, now), decide(w, s, now, explain=False)
+    assert (brief.fire, brief.kind, brief.next_check_at, brief.upcoming) == (
+        full.fire, full.kind, full.next_check_at, full.upcoming)
+    assert full.reason  # the words are there when asked for

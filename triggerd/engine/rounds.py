@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from triggerd.config.loader import Config
-from triggerd.engine.assess import assess
+from triggerd.engine.assess import assess, explained
 from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, on_busy
 from triggerd.errors import StoreError
@@ -99,15 +99,17 @@ class Rounds:
         for _round in range(MAX_ROUNDS):
             now = self.clock.now()
             again: set[Key] = set()
-            for key, a in assess(self.config, self.store, now, todo, at_slot).items():
+            found = assess(self.config, self.store, now, todo, at_slot, explain=False)
+            for key, a in found.items():
                 done.decisions[key] = a.decision
                 if not a.decision.fire:
                     continue
+                decision = explained(self.config, a, now)  # the words, for the trigger
                 spec = self.config.rules[key[0]].dispatch
                 supersede, skipped = on_busy(spec.on_busy, a.active_jobs >= spec.concurrency)
                 trig = self.store.create_trigger(NewTrigger(
                     rule=key[0], group=key[1], expected_seq=a.state.seq, fired_at=now,
-                    reason=a.decision.reason, kind=a.decision.kind, backend=spec.backend,
+                    reason=decision.reason, kind=decision.kind, backend=spec.backend,
                     params=dict(spec.params), max_attempts=spec.retry.attempts,
                     supersede=supersede, skipped=skipped))
                 if trig is None:
@@ -117,7 +119,7 @@ class Rounds:
                 failpoint("after-trigger-write")  # crash tests (store thread)
                 # the group's next timer is decided shortly by the timer task: not here,
                 # where it would delay the trigger's job (the latency)
-                done.decisions[key] = replace(a.decision, next_check_at=now)
+                done.decisions[key] = replace(decision, next_check_at=now)
             if not again:
                 return
             todo, at_slot = again, None

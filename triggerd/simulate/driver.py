@@ -10,15 +10,20 @@ that end are recorded and their rule decided again (`Engine.evaluate_rule`, as t
 `Engine.evaluate`, as `Engine.run_timers`); then the inputs at that time, in the order written
 (a source's batch is `Engine.submit`, a manual fire `Engine.fire`); then the `explain` checks
 at that time (`assess`, what `triggerd explain` shows). No thread, no sleep: the store work
-runs inline (`call`), so a day of policy takes milliseconds. `triggerd replay` drives it too.
+runs inline (`call`), so a day of policy takes milliseconds. `triggerd replay` drives it too,
+with two options: `batches` (the inputs of one source at one time are one batch, as the
+source delivered them: stored events share their batch's time) and `fast` (arrivals are
+collected into one batch for as long as the engine would decide the same: lookahead.py).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import TypeVar
 
 from sqlalchemy import select
 
@@ -31,6 +36,7 @@ from triggerd.errors import TriggerdError
 from triggerd.model import Trigger
 from triggerd.simulate.inputs import Builder, Named
 from triggerd.simulate.jobs import JobRunner, Plan
+from triggerd.simulate.lookahead import Lookahead, Step
 from triggerd.simulate.spec import Input, Jobs
 from triggerd.sources.cron import CronOptions
 from triggerd.store import tables as t
@@ -90,7 +96,8 @@ class Simulation:
     def __init__(self, config: Config, store: Store, start: datetime, jobs: Jobs, *,
                  auto_ticks: bool, show: Callable[[datetime], str],
                  planner: Callable[[str], Plan] | None = None,
-                 max_steps: int | None = None, batches: bool = False) -> None:
+                 max_steps: int | None = None, batches: bool = False,
+                 fast: bool = False) -> None:
         self.config = config
         self.store = store
         self.clock = ManualClock(start)
@@ -102,6 +109,8 @@ class Simulation:
         self.builder = Builder(config.sources, start, show)
         self.named: dict[str, Named] = {}
         self.fired: list[Trigger] = []
+        self.lookahead = (Lookahead(config, store, self.engine.rules, self.named) if fast
+                          else None)  # the fast lane: arrivals batched where it is the same
         listened = {s for spec in config.rules.values() for s in spec.on}
         self.crons = {name: opts for name, opts in config.sources.items()
                       if isinstance(opts, CronOptions) and name in listened and auto_ticks}
@@ -119,22 +128,24 @@ class Simulation:
         await self.engine.start()
         now = self.clock.now()
         self.next_tick = {n: o.build_schedule().next_after(now) for n, o in self.crons.items()}
-        inputs = sorted(timeline.inputs, key=lambda x: x[0])  # stable: written order
+        inputs = deque(sorted(timeline.inputs, key=lambda x: x[0]))  # stable: written order
         checks = sorted(enumerate(timeline.checks), key=lambda x: x[1][0])
         verdicts: dict[int, Verdict] = {}
         for _step in range(self.max_steps):
-            moment = self._next([a for a, _ in inputs[:1]] + [c[0] for _, c in checks[:1]])
+            moment = self._next([a for a, _ in islice(inputs, 1)] +
+                                [c[0] for _, c in checks[:1]])
             if moment is None or moment > timeline.until:
                 break
             self.clock.set(max(moment, self.clock.now()))
             await self._moment()
             while inputs and inputs[0][0] <= self.clock.now():
-                at, item = inputs.pop(0)
-                batch = [item]
-                while self.batches and inputs and inputs[0][0] == at and _same_source(
-                        item, inputs[0][1]):
-                    batch.append(inputs.pop(0)[1])
-                await (self._batch(batch) if len(batch) > 1 else self._input(item))
+                at, items = self._unit(inputs)
+                if self.lookahead is not None and _source_of(items[0]) is not None:
+                    limit = self._next([c[0] for _, c in checks[:1]])
+                    await self._collect(at, items, inputs, min(
+                        limit or timeline.until, timeline.until + timedelta(microseconds=1)))
+                else:
+                    await (self._batch(items) if len(items) > 1 else self._input(items[0]))
                 await self._jobs_due()  # a job that ends at once ends before the checks
             while checks and checks[0][1][0] <= self.clock.now():
                 n, (_at, rule, group) = checks.pop(0)
@@ -178,7 +189,7 @@ class Simulation:
         now = self.clock.now()
         for _round in range(MAX_STEPS):
             ended = self.jobs.finish_due()
-            self.jobs.claim_waiting()
+            self.jobs.claim_waiting(freed=bool(ended))
             for rule in dict.fromkeys(ended):
                 await self.engine.evaluate_rule(rule)
             due = self.jobs.next_time()
@@ -196,6 +207,49 @@ class Simulation:
             source, named = self.builder.build(item, self.clock.now())
             if named:
                 await self._submit(source, named)
+
+    def _unit(self, inputs: deque[tuple[datetime, Input]]) -> tuple[datetime, list[Input]]:
+        """The next input; with `batches`, with the inputs of its source at its time."""
+        at, item = inputs.popleft()
+        items = [item]
+        while self.batches and inputs and inputs[0][0] == at and _same_source(
+                item, inputs[0][1]):
+            items.append(inputs.popleft()[1])
+        return at, items
+
+    async def _collect(self, at: datetime, items: list[Input],
+                       inputs: deque[tuple[datetime, Input]], limit: datetime) -> None:
+        """The fast lane (`lookahead`): this source's arrivals from `at` on, as one batch for as
+        long as the engine would decide the same; every arrival before `limit`, the next
+        moment the simulator has anyway."""
+        assert self.lookahead is not None  # noqa: S101 - the caller checks
+        source = _source_of(items[0])
+        self.lookahead.open(sorted(self.engine.rules.listening(source or "")))
+        batch: list[Named] = []
+        sent_at = at
+        while True:
+            named = [n for item in items for n in self.builder.build(item, at)[1]]
+            step = self.lookahead.add([n.event for n in named], at) if named else Step.MORE
+            if step is Step.ALONE:  # a duplicate: its groups are decided again, on its own
+                await self._send(source, batch, sent_at)
+                await self._send(source, named, at)
+                return
+            if named:
+                batch += named
+                sent_at = at
+            if step is Step.LAST or not inputs:
+                break
+            at = inputs[0][0]
+            if at >= limit or _source_of(inputs[0][1]) != source or \
+                    not self.lookahead.admits(at):
+                break
+            at, items = self._unit(inputs)
+        await self._send(source, batch, sent_at)
+
+    async def _send(self, source: str | None, named: list[Named], at: datetime) -> None:
+        if named and source is not None:
+            self.clock.set(max(at, self.clock.now()))
+            await self._submit(source, named)
 
     async def _batch(self, items: list[Input]) -> None:
         """Source inputs at one time from one source: one batch, as the source delivers it."""
@@ -232,7 +286,7 @@ class Simulation:
         return Verdict(now, d.fire, text, {c.name: c.ok for c in d.conditions})
 
     def _results(self) -> list[Fired]:
-        consumed = consumed_events(self.store)
+        consumed = consumed_events(self.store, self.named)
         statuses = job_statuses(self.store)
         return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
                       statuses.get(trig.id, "none")) for trig in self.fired]
@@ -248,16 +302,21 @@ def _same_source(a: Input, b: Input) -> bool:
     return source is not None and source == _source_of(b)
 
 
-def consumed_events(store: Store) -> dict[str, list[str]]:
-    """Each trigger's events (ids), in the order they were observed: one read."""
-    re_, ev = t.rule_events.c, t.events.c
-    query: Any = (select(re_.trigger_id, re_.event_id).join(t.events, ev.id == re_.event_id)
-                  .where(re_.trigger_id.is_not(None)).order_by(ev.observed_at, ev.id))
+def consumed_events(store: Store, named: dict[str, Named]) -> dict[str, list[str]]:
+    """Each trigger's events (ids), in the order they were observed (`named`: every event
+    the simulation submitted, with its time): one read of the memberships."""
+    re_ = t.rule_events.c
     out: dict[str, list[str]] = {}
     with store.read() as c:
-        for trigger_id, event_id in c.execute(query):
+        for trigger_id, event_id in c.execute(select(re_.trigger_id, re_.event_id)
+                                              .where(re_.trigger_id.is_not(None))):
             out.setdefault(trigger_id, []).append(event_id)
+    for ids in out.values():
+        ids.sort(key=lambda e: (named[e].event.observed_at, e) if e in named else (_NEVER, e))
     return out
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def job_statuses(store: Store) -> dict[str, str]:

@@ -70,7 +70,8 @@ class JobRunner:
     def _claim(self, job_id: str) -> bool:
         """Claim a job and start its attempt; False when it stays waiting (no free slot)."""
         now = self.clock.now()
-        claim: Claim = self.store.claim(job_id, OWNER, self._concurrency, now)
+        claim: Claim = self.store.claim(job_id, OWNER, self._concurrency, now,
+                                        context=False)  # no backend runs
         if claim.job is None:
             return False
         plans = self.plans[claim.job.rule]
@@ -116,13 +117,16 @@ class JobRunner:
                                   detail=f"{attempt.outcome} (triggerd test)",
                                   next_attempt_at=next_at)
 
-    def claim_waiting(self) -> None:
-        """Claim what waits and may start now: retries due, jobs of rules with a free slot."""
+    def claim_waiting(self, freed: bool) -> None:
+        """Claim what waits and may start now: retries due, and (when an attempt ended just
+        now, `freed`: the only way a slot frees) jobs of rules with a free slot."""
         now = self.clock.now()
-        for job_id in [j for j, at in self.retry_at.items() if at <= now]:
+        due = [j for j, at in self.retry_at.items() if at <= now]
+        for job_id in due:
             del self.retry_at[job_id]
             self.waiting.append(job_id)
-        self.waiting = [j for j in self.waiting if not self._claim(j) and self._queued(j)]
+        if freed or due:
+            self.waiting = [j for j in self.waiting if not self._claim(j) and self._queued(j)]
 
     def _queued(self, job_id: str) -> bool:
         job = queries.job(self.store, job_id)

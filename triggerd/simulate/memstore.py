@@ -53,6 +53,7 @@ def fresh_store() -> Store:
             source.close()
         store = _open(name)
         store.upgrade()  # a no-op at the head: checks the copy
+        store.pin()  # a simulation runs its store work on one thread: keep its connection
     finally:
         target.close()  # the store's own connection keeps the database alive
     return store

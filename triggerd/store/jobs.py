@@ -142,10 +142,11 @@ class JobStore(StoreBase):
                        kind=nt.kind)
 
     def claim(self, job_id: str, owner: str, concurrency: Callable[[str], int],
-              now: datetime) -> Claim:
+              now: datetime, *, context: bool = True) -> Claim:
         """`claim_job` for the dispatcher, in one transaction: the claimed job with the context
-        its backend needs, or (when not claimed) the job as found, so the caller can tell "not
-        due yet / no free slot" from "gone"."""
+        its backend needs (unless `context` is False: a simulation runs no backend), or (when
+        not claimed) the job as found, so the caller can tell "not due yet / no free slot" from
+        "gone"."""
         j = t.jobs.c
         by_id = self._q("job.by_id", lambda: select(t.jobs).where(j.id == bindparam("b_id")))
         with self.write() as c:
@@ -181,8 +182,8 @@ class JobStore(StoreBase):
             self._q("claim.attempt", lambda: insert(t.job_attempts)).run(
                 c, dict(job_id=job_id, n=row.attempts + 1, owner=owner, started_at=now))
             fresh = by_id.run(c, {"b_id": job_id}).one()
-            context = self._trigger_context(c, job_id)
-        return Claim(job_row(fresh), None, context)
+            found_context = self._trigger_context(c, job_id) if context else None
+        return Claim(job_row(fresh), None, found_context)
 
     # -- writes under a claim: each is fenced by the claim it was made under --------------------
     def set_external_id(self, job_id: str, owner: str, attempt: int, external_id: str) -> bool:
