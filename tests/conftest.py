@@ -17,6 +17,7 @@ import pytest
 from kafka_support import kafka_broker  # noqa: F401  (session fixture: one tansu broker)
 from kube_server import KubeApi
 from pg_fresh import fresh_database
+from s3_server import s3_server  # noqa: F401  (session fixture: one S3-protocol server)
 from tests_pg import truncate
 from webhook_server import Webhook
 

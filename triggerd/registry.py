@@ -16,6 +16,7 @@ from typing import Any
 from triggerd.errors import ConfigError
 
 SOURCES: dict[str, str] = {
+    "bucket": "triggerd.sources.bucket:BucketSource",
     "cron": "triggerd.sources.cron:CronSource",
     "filesystem": "triggerd.sources.filesystem:FilesystemSource",
     "kafka": "triggerd.sources.kafka:KafkaSource",

@@ -525,7 +525,7 @@ rules:
 
 
 @pytest.mark.parametrize(("section", "type_name", "message"), [
-    ("sources", "carrier-pigeon", "unknown source type 'carrier-pigeon' (known: cron, "),
+    ("sources", "carrier-pigeon", "unknown source type 'carrier-pigeon' (known: bucket, cron, "),
     ("backends", "fax", "unknown backend type 'fax' (known: airflow, command"),
 ])
 def test_unknown_types_are_reported_at_the_type_line(

@@ -1,0 +1,54 @@
+"""A real S3-protocol server for the tests: moto's `ThreadedMotoServer` (moto implements the
+Amazon S3 REST API: ListObjectsV2 with pagination, PutObject with ETags, the error codes),
+one per test session, on a free loopback port, and a boto3 client to land objects with."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+KEY, SECRET = "triggerd-test-key", "triggerd-test-secret"  # moto accepts any
+
+
+@dataclass
+class S3:
+    endpoint: str
+    client: Any
+
+    def bucket(self, name: str) -> str:
+        """Create an empty bucket `name` (emptied if it exists)."""
+        try:
+            self.client.create_bucket(Bucket=name)
+        except self.client.exceptions.BucketAlreadyOwnedByYou:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                for obj in page.get("Contents", []):
+                    self.client.delete_object(Bucket=name, Key=obj["Key"])
+        return name
+
+    def put(self, bucket: str, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY,
+                          aws_secret_access_key=SECRET, region_name="us-east-1")
+    try:
+        yield S3(endpoint, client)
+    finally:
+        server.stop()

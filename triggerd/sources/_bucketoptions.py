@@ -1,0 +1,126 @@
+"""The options of a `type: bucket` source (an object-store prefix), checked when the config is
+loaded: the URL's scheme and its extra installed, globs compiled, `poll` within bounds. The
+source itself: `triggerd.sources.bucket`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import timedelta
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from triggerd.plugin import Duration, ExpressionError, Strict, compile_glob
+
+__all__ = ["SCHEMES", "BucketOptions", "Kind", "Store"]
+
+Kind = Literal["created", "modified", "deleted"]
+
+
+class Store:
+    """What a URL scheme needs: the fsspec protocol, the package and the extra that has it."""
+
+    def __init__(self, protocol: str, package: str, extra: str) -> None:
+        self.protocol, self.package, self.extra = protocol, package, extra
+
+
+SCHEMES = {
+    "s3": Store("s3", "s3fs", "s3"),
+    "gs": Store("gcs", "gcsfs", "gcs"),
+    "gcs": Store("gcs", "gcsfs", "gcs"),
+    "az": Store("abfs", "adlfs", "azure"),
+    "abfs": Store("abfs", "adlfs", "azure"),
+}
+
+
+def _default_events() -> list[Kind]:
+    return ["created", "modified"]
+
+
+class Credentials(Strict):
+    """Names of environment variables holding the credentials (their values are never
+    written in the config, and never logged). Unset: the library's own chain (environment,
+    profile, instance or workload identity)."""
+
+    key: str | None = None  # S3: access key id; Azure: account name
+    secret: str | None = None  # S3: secret access key; Azure: account key
+    token: str | None = None  # S3: session token; GCS: a service-account JSON file's path
+
+
+class BucketOptions(Strict):
+    """Options of a `type: bucket` source: objects landing under a prefix of a bucket."""
+
+    type: Literal["bucket"]
+    url: str = Field(description="s3://bucket/prefix/, gs://bucket/prefix/ or "
+                                 "az://container/prefix/ (abfs:// too)")
+    poll: Duration = Field(description="the listing interval (an object store sends no "
+                                       "notifications of its own)")
+    patterns: list[str] = Field(default_factory=lambda: ["**/*"])
+    """An object is watched when its key relative to the prefix matches one of these."""
+    ignore: list[str] = Field(default_factory=list)
+    events: list[Kind] = Field(default_factory=_default_events, min_length=1)
+    fingerprint: Literal["etag", "stat"] = "etag"
+    """etag: the content (with versioning, the version id); stat: size and last-modified."""
+    settle: bool = True
+    """Emit an object once two listings in a row saw it unchanged (else at first sight)."""
+    endpoint_url: str | None = None
+    """An S3-compatible store (MinIO, Ceph, a local server)."""
+    region: str | None = None
+    credentials: Credentials = Field(default_factory=Credentials)
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Passed to the fsspec filesystem as they are (e.g. `anon: true`)."""
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        store = SCHEMES.get(parts.scheme)
+        if store is None:
+            raise ValueError(f"{value!r}: the URL must start with one of "
+                             f"{', '.join(s + '://' for s in SCHEMES)}")
+        if not parts.netloc:
+            raise ValueError(f"{value!r}: no bucket (or container) in the URL")
+        if importlib.util.find_spec(store.package) is None:
+            raise ValueError(f"{parts.scheme}:// needs the package {store.package}: install "
+                             f"triggerd with the {store.extra} extra "
+                             f"(pip install 'triggerd[{store.extra}]')")
+        return value
+
+    @field_validator("patterns", "ignore")
+    @classmethod
+    def _valid_globs(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                compile_glob(pattern)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("poll")
+    @classmethod
+    def _valid_poll(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("`poll` must be at least 1s (each listing is paid for)")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_for_s3(self) -> BucketOptions:
+        if self.endpoint_url is not None and urlsplit(self.url).scheme != "s3":
+            raise ValueError("endpoint_url applies to s3:// URLs only")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def bucket(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, '' or ending with '/'."""
+        path = urlsplit(self.url).path.lstrip("/")
+        return path if not path or path.endswith("/") else path + "/"

@@ -1,0 +1,175 @@
+"""The `bucket` source: objects that land or change under a prefix of an object store
+(S3 and S3-compatible stores, Google Cloud Storage, Azure Blob Storage), through fsspec.
+
+The listing is the truth
+    An object store sends no notifications of its own, so the source lists the prefix every
+    `poll` (and at start) and reconciles the listing against its object table (the daemon's
+    file table, `"files"`, one row per object: its URL, size, last-modified time and
+    fingerprint), as the filesystem source reconciles a tree: a new object is `created`, one
+    whose fingerprint changed `modified`, one gone `deleted` (when asked). Objects that landed
+    while the daemon was down are found by the first listing; nothing is lost. Notifications
+    (S3 event notifications, GCS Pub/Sub, Event Grid) arriving on Kafka make it faster; the
+    listing still finds what a lost one missed.
+
+Settling
+    With `settle` (the default) an object becomes an event once two listings in a row saw it
+    with the same fingerprint: a writer that rewrites a key in quick succession makes one event.
+    Uploads are atomic in every object store, so `settle: false` is safe when keys are written
+    once; it saves one `poll` of latency.
+
+Events
+    kinds created / modified / deleted; subject: the object's URL; fingerprint: see
+    `_bucketlist`; payload: url, bucket, key, relpath (the key below the prefix), dir, name,
+    size, mtime (last-modified, ISO 8601 UTC), etag and version_id when the store gives them.
+    Emitted in batches of at most 1,000, with their rows in the same store transaction.
+
+Failures
+    A missing bucket, denied access, throttling (S3's 503 SlowDown) or an unreachable endpoint
+    make the source unhealthy with what to fix (`triggerd status`), and the next listing waits
+    longer (doubling, up to 10 `poll`s or 5 minutes, whichever is longer); the table is
+    untouched, so nothing is lost. Messages never carry a credential: the options name
+    environment variables, whose values are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from triggerd.plugin import FileRow, SourceContext, to_the_end
+from triggerd.sources._bucketlist import Lister, Obj, compare, matcher_for
+from triggerd.sources._bucketoptions import BucketOptions
+from triggerd.sources._fstable import FileTable, MemoryFileTable
+from triggerd.sources._fswatch import in_thread
+
+__all__ = ["BucketOptions", "BucketSource"]
+
+log = logging.getLogger("triggerd.sources.bucket")
+BATCH = 1000
+MAX_BACKOFF = timedelta(minutes=5)
+
+
+class BucketSource:
+    Options = BucketOptions
+    wants = ("files",)
+
+    def __init__(self, name: str, options: BucketOptions, *,
+                 files: FileTable | None = None, lister: Lister | None = None) -> None:
+        """`files`: the daemon's object table; `lister` exists for tests."""
+        self.name = name
+        self.options = options
+        self.files: FileTable = files if files is not None else MemoryFileTable()
+        self.matcher = matcher_for(options)
+        self._lister = lister
+        self._health: tuple[bool, str | None] | None = None
+        self.listed = asyncio.Event()  # set after each listing that was reconciled (tests)
+        self.stats: dict[str, Any] = {
+            "url": options.url, "objects_tracked": 0, "waiting_to_settle": 0,
+            "last_listing_at": None, "last_listing_seconds": None, "listings": 0,
+            "listing_failures": 0, "last_event_at": None,
+        }
+
+    async def run(self, ctx: SourceContext) -> None:
+        rows = await self.files.load(self.name)
+        waiting: dict[str, str] = {}
+        failures = 0
+        poll = self.options.poll
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                listing = await in_thread(self._list, f"triggerd-bucket-{self.name}")
+            except Exception as exc:
+                failures += 1
+                self.stats["listing_failures"] += 1
+                wait = min(poll * 2 ** failures, max(poll * 10, MAX_BACKOFF))
+                self._set_health(ctx, False, f"{_what_to_fix(self.options, exc)}; next "
+                                             f"listing in {wait.total_seconds():.0f}s")
+                self._report(ctx)
+                await asyncio.sleep(wait.total_seconds())
+                continue
+            failures = 0
+            self._set_health(ctx, True, None)
+            now = ctx.clock.now()
+            found = compare(self.name, self.options, self.matcher, listing, rows, waiting, now)
+            await self._emit(ctx, found.events, found.saves, found.gone)
+            for row in found.saves:
+                rows[row.path] = row
+            for path in found.gone:
+                rows.pop(path, None)
+            waiting = found.waiting
+            self.stats.update(objects_tracked=len(rows), waiting_to_settle=len(waiting),
+                              last_listing_at=now.isoformat(), listings=self.stats["listings"] + 1,
+                              last_listing_seconds=round(
+                                  asyncio.get_running_loop().time() - started, 3))
+            self._report(ctx)
+            self.listed.set()
+            await asyncio.sleep(poll.total_seconds())
+
+    def _list(self) -> list[Obj]:
+        """One listing (blocking). The filesystem is opened at the first (it may read
+        credential files, and a credential variable that is not set is reported like any
+        listing failure)."""
+        if self._lister is None:
+            self._lister = Lister(self.options)
+        return self._lister.list()
+
+    async def _emit(self, ctx: SourceContext, events: Sequence[Any], saves: list[FileRow],
+                    gone: list[str]) -> None:
+        """Emit the events in batches with their rows; then record rows that had none."""
+        by_path = {e.subject: e for e in events}
+        with_event = [r for r in saves if r.path in by_path]
+        quiet = [r for r in saves if r.path not in by_path]
+        gone_events = [p for p in gone if p in by_path]
+        gone_quiet = [p for p in gone if p not in by_path]
+        for i in range(0, len(events), BATCH):
+            batch = list(events[i:i + BATCH])
+            paths = {e.subject for e in batch}
+            rows = [r for r in with_event if r.path in paths]
+            dropped = [p for p in gone_events if p in paths]
+            joined = self.files.with_events(self.name, rows, dropped)
+            await ctx.emit(batch, also=joined)
+            self.stats["last_event_at"] = ctx.clock.now().isoformat()
+            if joined is None:
+                await to_the_end(self._record(rows, dropped), None)
+        if quiet or gone_quiet:
+            await to_the_end(self._record(quiet, gone_quiet), None)
+
+    async def _record(self, saves: list[FileRow], gone: list[str]) -> None:
+        if saves:
+            await self.files.save(self.name, saves)
+        if gone:
+            await self.files.delete(self.name, gone)
+
+    def _report(self, ctx: SourceContext) -> None:
+        report = getattr(ctx, "report", None)
+        if report is not None:
+            report(dict(self.stats))
+
+    def _set_health(self, ctx: SourceContext, healthy: bool, error: str | None) -> None:
+        if self._health != (healthy, error):
+            if error is not None:
+                log.warning("bucket source %s: %s", self.name, error,
+                            extra={"source": self.name})
+            elif self._health is not None:
+                log.info("bucket source %s: listing again", self.name,
+                         extra={"source": self.name})
+            self._health = (healthy, error)
+            ctx.set_health(healthy, error)
+
+
+def _what_to_fix(options: BucketOptions, exc: BaseException) -> str:
+    """The listing's failure as what to fix (never a credential: only names appear)."""
+    where = options.url
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return (f"{where}: the bucket does not exist (or is not visible with these "
+                "credentials): check `url`")
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        return (f"{where}: access denied: check the credentials and that they may list the "
+                "bucket (s3:ListBucket, storage.objects.list, or a reader role)")
+    if "SlowDown" in text or "503" in text or "Throttl" in text or "TooManyRequests" in text:
+        return f"{where}: the store is throttling listings (SlowDown): raise `poll`"
+    return f"{where}: listing failed: {type(exc).__name__}: {text[:300]}"
