@@ -36,10 +36,28 @@ class S3:
         self.client.delete_object(Bucket=bucket, Key=key)
 
 
+def _one_server_header() -> None:
+    """moto's responses carry their own `server: amazon.com` header, and werkzeug's server
+    adds `Server: Werkzeug/...` before it: two Server headers, which aiohttp (s3fs's HTTP
+    client) refuses in its strict mode (PYTHONASYNCIODEBUG, as `make test` runs): 400
+    "Duplicate 'Server' header found". Amazon S3 sends one. So werkzeug's own is left out
+    (Date stays)."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    def send_response(self: WSGIRequestHandler, code: int, message: str | None = None) -> None:
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+
+    WSGIRequestHandler.send_response = send_response  # type: ignore[method-assign]
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3]:
     import boto3
     from moto.server import ThreadedMotoServer
+
+    _one_server_header()
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -74,8 +74,10 @@ def test_objects_uploaded_while_running_and_while_down_each_retrain_once(
     assert new["payload"]["bucket"] == bucket and new["payload"]["relpath"] == "sales/2.parquet"
     assert new["payload"]["size"] == 6 and new["payload"]["etag"]
     assert any(e["kind"] == "modified" and e["payload"]["size"] == 17 for e in listed)
-    source = _source(td)
-    assert source["healthy"] and source["details"]["objects_tracked"] == 3
+    # the source's figures reach the store about once a second
+    source = wait_for(lambda: (s := _source(td)) and s["details"].get("objects_tracked") == 3
+                      and s, 20, "the figures of the last listing")
+    assert source["healthy"] and source["details"]["listing_failures"] == 0
     assert td.stop(proc) == 0
     assert SECRET not in td.log()
 
@@ -86,13 +88,13 @@ def test_a_missing_bucket_is_reported_and_found_once_it_exists(
     _config(td, s3_server, bucket)
     proc = td.start(env=ENV)
     td.wait_running(proc)
-    source = wait_for(lambda: (s := _source(td)) and not s["healthy"] and s, 20,
-                      "the source to be unhealthy")
+    source = wait_for(lambda: (s := _source(td)) and not s["healthy"] and s["error"] and s,
+                      20, "the source to say what is wrong")
     assert "the bucket does not exist" in source["error"]
     assert "check `url`" in source["error"]
     s3_server.bucket(bucket)
     s3_server.put(bucket, "landing/a.parquet", b"a")
     wait_for(lambda: _keys(td) == ["a.parquet"], 30, "the object, once the bucket exists")
-    assert _source(td)["healthy"]
+    wait_for(lambda: _source(td)["healthy"], 20, "the source healthy again")
     assert td.stop(proc) == 0
     assert SECRET not in td.log()

@@ -85,7 +85,7 @@ def _facts(result: RunResult) -> Any:
 
 
 @given(configs(), arrivals(), job_plans())
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_batching_arrivals_changes_nothing_the_engine_decides(
         config_text: str, log: list[Arrival], plans: JobPlans) -> None:

@@ -138,3 +138,12 @@ def test_a_bad_sweep_is_a_usage_error(rp: Replay, sweep: str, says: str) -> None
     log = write_log(rp, bursts(days=1)[:4])
     code, _out, err = rp.run("--arrivals", str(log), "--sweep", sweep, "--rule", "on-data")
     assert code == 2 and says in err
+
+
+def test_events_a_rule_rejects_are_counted_per_error(rp: Replay) -> None:
+    rp.file("triggerd.yaml", CONFIG.replace(
+        "when: {debounce: 10m}", 'when: {debounce: 10m}\n        group_by: "{payload.team}"'))
+    report = rp.json("--arrivals", str(write_log(rp, bursts(days=1)[:5])), "--rule", "on-data")
+    run = report["runs"][0]
+    assert run["rejected"] == {"rule on-data: group_by: no value for payload.team": 5}
+    assert run["rules"]["on-data"]["triggers"] == 0

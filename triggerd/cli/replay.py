@@ -30,9 +30,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     variants += [(v, "sweep", str(config.path)) for v in sweep]
     stored: dict[str, list[Plan]] = {}
     happened = None
+    since = _since(args.since)
     if args.arrivals:
         arrivals = history.read_log(args.arrivals)
-        start = _since(args.since) or (arrivals[0].at if arrivals else datetime.now(UTC))
+        start = since or (arrivals[0].at if arrivals else datetime.now(UTC))
         until = _until(args.until) or _tail([v.config for v, _k, _p in variants],
                                             arrivals[-1].at if arrivals else start)
         arrivals = [a for a in arrivals if start <= a.at < until]
@@ -41,8 +42,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         store = _open_store(config)
         try:
             until = _until(args.until) or datetime.now(UTC)
-            arrivals = history.stored_arrivals(store, _since(args.since), until)
-            start = _since(args.since) or (arrivals[0].at if arrivals else until)
+            arrivals = history.stored_arrivals(store, since, until)
+            start = since or (arrivals[0].at if arrivals else until)
             stored = replay.stored_plans(store, start, until) if fixed is None else {}
             happened = actual(store, start, until)
         finally:

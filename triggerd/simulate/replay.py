@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import cycle
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -69,6 +69,7 @@ class RunResult:
     triggers: list[TriggerFact] = field(default_factory=list)
     pending: dict[str, list[datetime]] = field(default_factory=dict)  # rule: observed times
     left_out: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # error: count (`where`, group_by)
     events: int = 0  # inputs replayed
     seconds: float = 0.0  # wall time of the simulation
 
@@ -89,7 +90,7 @@ class JobPlans:
             return f"the stored jobs' attempts ({n}, in turn per rule; 0s for other rules)"
         return "none stored and no --job-duration: every job succeeds at once"
 
-    def planner(self) -> Any:
+    def planner(self) -> Callable[[str], Plan]:
         turns = {rule: cycle(plans) for rule, plans in self.stored.items() if plans}
         instant = Plan("succeeded", self.fixed or timedelta(0))
 
@@ -144,6 +145,7 @@ def run_variant(variant: Variant, arrivals: list[Arrival], start: datetime, unti
                 str(end[1]) if end else ("running" if trig.id in sim.jobs.started
                                          else "not started")))
         out.pending = pending_events(store)
+        out.rejected = rejected(store)
     finally:
         store.close()
     out.seconds = time.perf_counter() - started
@@ -154,6 +156,17 @@ async def _run(sim: Simulation, timeline: Timeline) -> None:
     """Run the simulation, returning nothing: at its end `asyncio.run` (3.11) formats the
     main task's repr, result included, which for a month of triggers takes most a second."""
     await sim.run(timeline)
+
+
+def rejected(store: Store) -> dict[str, int]:
+    """What the rules rejected (a `where` or `group_by` that failed on an event), per error
+    (its rule and message: the store keeps one row per event and error)."""
+    r = t.rejects.c
+    out: dict[str, int] = defaultdict(int)
+    with store.read() as c:
+        for (error,) in c.execute(select(r.error)):
+            out[error.split(" on event ")[0]] += 1
+    return dict(out)
 
 
 def pending_events(store: Store) -> dict[str, list[datetime]]:

@@ -78,6 +78,8 @@ class Report:
                              f"{run.result.seconds:.2f}s")
             for why, n in sorted(run.result.left_out.items()):
                 lines.append(f"  {run.name}: left out {n}: {why}")
+            for error, n in sorted(run.result.rejected.items()):
+                lines.append(f"  {run.name}: {n} event(s) rejected: {error}")
         table = [r for r in self.runs if r.kind != "sweep"]
         for rule in self.rules:
             lines += ["", *_rule_table(rule, table)]
@@ -90,7 +92,7 @@ def _run_json(run: Run) -> dict[str, Any]:
     return {
         "name": run.name, "kind": run.kind, "config": run.config,
         "events": run.result.events, "seconds": round(run.result.seconds, 3),
-        "left_out": run.result.left_out,
+        "left_out": run.result.left_out, "rejected": run.result.rejected,
         "rules": {rule: f.as_json() for rule, f in run.figures.items()},
         "triggers": [{"id": f.id, "rule": f.rule, "group": f.group, "at": f.at.isoformat(),
                       "kind": f.kind, "reason": f.reason, "events": [e for e, _ in f.events],
