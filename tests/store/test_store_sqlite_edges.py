@@ -106,3 +106,20 @@ def test_an_in_memory_store_opens_and_keeps_its_data_across_threads() -> None:
             assert c.exec_driver_sql("SELECT count(*) FROM events").scalar() == 3
     finally:
         store.close()
+
+
+def test_a_write_refused_for_another_reason_stops_counting_once_writes_go_through(
+        tmp_path: Path) -> None:
+    """A lost connection (here: any refusal that is not for space) is news only until a
+    write succeeds again: readiness must not stay 503 for 30 s after the store is back."""
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.upgrade()
+    try:
+        with pytest.raises(StoreError, match="no such table"), store.write() as c:
+            c.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
+        failed = store.failing_writes(datetime.now(UTC))
+        assert failed is not None and "no such table" in failed[1]
+        store.ingest("landing", "filesystem", events(1, 0), datetime.now(UTC))
+        assert store.failing_writes(datetime.now(UTC)) is None
+    finally:
+        store.close()

@@ -129,6 +129,8 @@ class StoreBase:
                     self._fold_pending = not self._fold_wal()
                 raise StoreError(f"store {self.safe_url}: {exc.orig}") from exc
             raise
+        if self.write_failure is not None and not _out_of_space(self.write_failure[1]):
+            self.write_failure = None  # the connection is back: writes go through again
         if self._fold_pending:  # the first write since the disk was full: space is back
             self._fold_pending = not self._fold_wal()
 
@@ -160,9 +162,10 @@ class StoreBase:
         return int(row[0]) if row else None
 
     def failing_writes(self, now: datetime) -> tuple[datetime, str] | None:
-        """The last refused write, if it was within `WRITE_FAILURE_RECENT` of `now`. Not
-        cleared by the next write that succeeds: on a full disk small writes (a heartbeat)
-        still fit while a batch of events does not."""
+        """The last refused write, if it was within `WRITE_FAILURE_RECENT` of `now`. One
+        refused for want of space is not cleared by the next write that succeeds: on a full
+        disk small writes (a heartbeat) still fit while a batch of events does not. Any other
+        (a lost connection) is cleared by the next write that succeeds."""
         failed = self.write_failure
         return failed if failed is not None and now - failed[0] < WRITE_FAILURE_RECENT else None
 
@@ -235,6 +238,13 @@ def sqlite_value(value: Any) -> Any:
     if isinstance(value, dict | list):
         return json.dumps(value)
     return value
+
+
+def _out_of_space(error: str) -> bool:
+    """Whether a refused write's error says the disk (or quota) is full: SQLite's "database
+    or disk is full", PostgreSQL's "No space left on device" / "disk quota exceeded"."""
+    text = error.lower()
+    return "full" in text or "no space left" in text or "quota" in text
 
 
 def sqlite_insert_many(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
