@@ -141,9 +141,9 @@ class Simulation:
             while inputs and inputs[0][0] <= self.clock.now():
                 at, items = self._unit(inputs)
                 if self.lookahead is not None and _source_of(items[0]) is not None:
-                    limit = self._next([c[0] for _, c in checks[:1]])
-                    await self._collect(at, items, inputs, min(
-                        limit or timeline.until, timeline.until + timedelta(microseconds=1)))
+                    end = timeline.until + timedelta(microseconds=1)  # until is included
+                    limit = self._next([c[0] for _, c in checks[:1]]) or end
+                    await self._collect(at, items, inputs, min(limit, end))
                 else:
                     await (self._batch(items) if len(items) > 1 else self._input(items[0]))
                 await self._jobs_due()  # a job that ends at once ends before the checks
