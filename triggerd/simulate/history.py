@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,16 @@ def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
 def _under(options: FilesystemOptions, subject: str) -> str | None:
     """The absolute path of a file row (a relative one is under the source's first path), or
     None when it is under none of the source's paths."""
-    roots = [os.path.normpath(os.path.abspath(p)) for p in options.paths]
+    roots = _roots(tuple(options.paths))
     path = os.path.normpath(os.path.join(roots[0], subject))
     if any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
         return path
     return None
+
+
+@lru_cache(maxsize=64)
+def _roots(paths: tuple[str, ...]) -> list[str]:
+    return [os.path.normpath(os.path.abspath(p)) for p in paths]
 
 
 def _input(**one: Any) -> Input:

@@ -175,7 +175,7 @@ def compare(source: str, options: BucketOptions, matcher: Matcher, listing: list
             continue
         out.gone.append(path)
         if "deleted" in options.events:
-            key = path.split("/", 3)[3] if path.count("/") >= 3 else path
+            key = path.removeprefix(url_of(options, ""))
             rel = key[len(prefix):]
             obj = Obj(key, row.size, row.mtime_ns, None, None)
             out.events.append(_event(source, options, "deleted", obj, rel,

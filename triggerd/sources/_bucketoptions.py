@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from triggerd.plugin import Duration, ExpressionError, Strict, compile_glob
+from triggerd.plugin import Duration, Strict
+from triggerd.sources._fsoptions import valid_globs
 
 __all__ = ["SCHEMES", "BucketOptions", "Kind", "Store"]
 
@@ -91,12 +92,7 @@ class BucketOptions(Strict):
     @field_validator("patterns", "ignore")
     @classmethod
     def _valid_globs(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                compile_glob(pattern)
-            except ExpressionError as exc:
-                raise ValueError(str(exc)) from exc
-        return value
+        return valid_globs(value)
 
     @field_validator("poll")
     @classmethod

@@ -11,11 +11,21 @@ from pydantic import Field, field_validator
 
 from triggerd.plugin import Duration, ExpressionError, Strict, compile_glob
 
-__all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "Kind"]
+__all__ = ["DEFAULT_IGNORES", "FilesystemOptions", "Kind", "valid_globs"]
 
 DEFAULT_IGNORES = ("*.tmp", "*.part", ".*", "*~", "*.swp", ".goutputstream-*")
 """Partial-write and editor files, matched against every component of a relative path."""
 Kind = Literal["created", "modified", "moved", "deleted"]
+
+
+def valid_globs(value: list[str]) -> list[str]:
+    """`patterns` and `ignore` as a validator checks them (also the bucket source's)."""
+    for pattern in value:
+        try:
+            compile_glob(pattern)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from exc
+    return value
 
 
 def _default_events() -> list[Kind]:
@@ -44,12 +54,7 @@ class FilesystemOptions(Strict):
     @field_validator("patterns", "ignore")
     @classmethod
     def _valid_globs(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                compile_glob(pattern)
-            except ExpressionError as exc:
-                raise ValueError(str(exc)) from exc
-        return value
+        return valid_globs(value)
 
     @field_validator("rescan")
     @classmethod

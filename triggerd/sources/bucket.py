@@ -34,12 +34,13 @@ Failures
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from triggerd.plugin import FileRow, SourceContext, to_the_end
+from triggerd.plugin import Event, FileRow, SourceContext, to_the_end
 from triggerd.sources._bucketlist import Lister, Obj, compare, matcher_for
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fstable import FileTable, MemoryFileTable
@@ -65,7 +66,6 @@ class BucketSource:
         self.matcher = matcher_for(options)
         self._lister = lister
         self._health: tuple[bool, str | None] | None = None
-        self.listed = asyncio.Event()  # set after each listing that was reconciled (tests)
         self.stats: dict[str, Any] = {
             "url": options.url, "objects_tracked": 0, "waiting_to_settle": 0,
             "last_listing_at": None, "last_listing_seconds": None, "listings": 0,
@@ -93,7 +93,11 @@ class BucketSource:
             failures = 0
             self._set_health(ctx, True, None)
             now = ctx.clock.now()
-            found = compare(self.name, self.options, self.matcher, listing, rows, waiting, now)
+            # a large prefix takes seconds to compare: off the loop too (`rows` and `waiting`
+            # change only on the loop, after it)
+            found = await in_thread(functools.partial(
+                compare, self.name, self.options, self.matcher, listing, rows, waiting, now),
+                f"triggerd-bucket-{self.name}")
             await self._emit(ctx, found.events, found.saves, found.gone)
             for row in found.saves:
                 rows[row.path] = row
@@ -105,7 +109,6 @@ class BucketSource:
                               last_listing_seconds=round(
                                   asyncio.get_running_loop().time() - started, 3))
             self._report(ctx)
-            self.listed.set()
             await asyncio.sleep(poll.total_seconds())
 
     def _list(self) -> list[Obj]:
@@ -116,24 +119,26 @@ class BucketSource:
             self._lister = Lister(self.options)
         return self._lister.list()
 
-    async def _emit(self, ctx: SourceContext, events: Sequence[Any], saves: list[FileRow],
+    async def _emit(self, ctx: SourceContext, events: Sequence[Event], saves: list[FileRow],
                     gone: list[str]) -> None:
-        """Emit the events in batches with their rows; then record rows that had none."""
-        by_path = {e.subject: e for e in events}
-        with_event = [r for r in saves if r.path in by_path]
-        quiet = [r for r in saves if r.path not in by_path]
-        gone_events = [p for p in gone if p in by_path]
-        gone_quiet = [p for p in gone if p not in by_path]
+        """Emit the events in batches, each with the rows of its objects in the same store
+        transaction; then record the rows no event covers."""
+        row_of = {r.path: r for r in saves}
+        gone_set = set(gone)
+        covered: set[str] = set()
         for i in range(0, len(events), BATCH):
             batch = list(events[i:i + BATCH])
-            paths = {e.subject for e in batch}
-            rows = [r for r in with_event if r.path in paths]
-            dropped = [p for p in gone_events if p in paths]
+            paths = [e.subject for e in batch]
+            covered.update(paths)
+            rows = [row_of[p] for p in paths if p in row_of]
+            dropped = [p for p in paths if p in gone_set]
             joined = self.files.with_events(self.name, rows, dropped)
             await ctx.emit(batch, also=joined)
             self.stats["last_event_at"] = ctx.clock.now().isoformat()
             if joined is None:
                 await to_the_end(self._record(rows, dropped), None)
+        quiet = [r for r in saves if r.path not in covered]
+        gone_quiet = [p for p in gone if p not in covered]
         if quiet or gone_quiet:
             await to_the_end(self._record(quiet, gone_quiet), None)
 
