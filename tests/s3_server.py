@@ -35,6 +35,39 @@ class S3:
     def delete(self, bucket: str, key: str) -> None:
         self.client.delete_object(Bucket=bucket, Key=key)
 
+    def notify(self, bucket: str, events: tuple[str, ...] = ("s3:ObjectCreated:*",)) -> str:
+        """Have the bucket send event notifications (S3's `Records` JSON) to a new SQS queue
+        on the same server; returns the queue's URL (read it with `notifications`)."""
+        sqs = self.sqs()
+        queue: str = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"]
+                                       )["Attributes"]["QueueArn"]
+        self.client.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [
+                {"QueueArn": arn, "Events": list(events)}]})
+        return queue
+
+    def notifications(self, queue: str, count: int = 1) -> list[str]:
+        """The next `count` message bodies of the queue (long polls; deleted once read)."""
+        sqs = self.sqs()
+        bodies: list[str] = []
+        for _ in range(20):
+            if len(bodies) >= count:
+                break
+            got = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2,
+                                      MaxNumberOfMessages=10).get("Messages", [])
+            for m in got:
+                bodies.append(m["Body"])
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+        assert len(bodies) >= count, f"{len(bodies)} of {count} notification(s) arrived"
+        return bodies
+
+    def sqs(self) -> Any:
+        import boto3
+
+        return boto3.client("sqs", endpoint_url=self.endpoint, aws_access_key_id=KEY,
+                            aws_secret_access_key=SECRET, region_name="us-east-1")
+
 
 def _one_server_header() -> None:
     """moto's responses carry their own `server: amazon.com` header, and werkzeug's server

@@ -51,7 +51,10 @@ ALLOWED = {
     "simulate": _BELOW_RUNTIME | {"triggerd.simulate", "triggerd.sources.cron",
                                   "triggerd.sources._fssettle", "triggerd.sources._fsscan",
                                   "triggerd.sources._fsoptions", "triggerd.sources._kafka.decode",
-                                  "triggerd.sources._kafka.options"},
+                                  "triggerd.sources._kafka.options",
+                                  "triggerd.sources._bucketlist",
+                                  "triggerd.sources._bucketoptions",
+                                  "triggerd.sources._bucketnotify"},
     # cli: the top: everything but the plugins' own modules (reached through the registry)
     "cli": _BELOW_RUNTIME | {"triggerd.runtime", "triggerd.cli", "triggerd.simulate"},
     # the one module plugins import: the contracts, the data, the language, option types

@@ -10,7 +10,8 @@ Sources
     to its constructor as a keyword argument. Today: `"files"`, a store-backed table of
     what the source has seen (the filesystem source's own protocol,
     `triggerd.sources._fstable.FileTable`), and `"rejects"`, where input that cannot become
-    an event is recorded (`triggerd.plugin.RejectLog`).
+    an event is recorded (`triggerd.plugin.RejectLog`), and `"sources"`, the options of every
+    source of the config (a Kafka source reading a bucket's notifications needs the bucket's).
     `run` returns or raises only when the source cannot go on; the supervisor restarts it with
     backoff. Cancellation (daemon shutdown) must be honoured promptly. Blocking work (hashing,
     scanning, thread joins) runs off the loop, in a thread a stop need not wait for where it

@@ -9,7 +9,8 @@ module exporting a class with an `Options` model (a `Strict` pydantic model) plu
 - Data: `Event`, `TriggerContext`, `DispatchResult`, and the rows of daemon services
   (`FileRow`, `Reject`, `HEAD_CHARS`).
 - Daemon services a source may ask for with `wants`: `"files"` (see
-  `triggerd.sources._fstable.FileTable`) and `"rejects"` (`RejectLog`, below).
+  `triggerd.sources._fstable.FileTable`), `"rejects"` (`RejectLog`, below) and `"sources"`
+  (every source's options, by name).
 - Errors: `TriggerdError`, `ConfigError`, `ExpressionError`, `StoreError`, `DispatchError`
   and its `TransientDispatchError`, `PermanentDispatchError`.
 - Options: `Strict`, `InheritsEnvironment`, `Duration`, `Size`; YAML files read within the

@@ -317,3 +317,47 @@ def test_on_busy_queue_runs_jobs_in_turn_and_skip_cancels(tt: TestRunner) -> Non
                 - {at: 1m, rule: skipped, job: cancelled, events: [2.parquet]}
                 - {at: 6m, rule: skipped, job: succeeded}
     """)
+
+
+def test_object_store_notifications_are_the_bucket_sources_events(tt: TestRunner) -> None:
+    """A message of a notification source (`format: s3`) is tested as the daemon reads it:
+    the bucket source's event for the object, by its relpath; another prefix's makes none."""
+    tt.write("""
+        state_dir: state
+        sources:
+          landing: {type: bucket, url: "s3://data/landing/", poll: 10m,
+                    patterns: ["**/*.parquet"]}
+          notes: {type: kafka, brokers: ["k:9092"], topic: s3-events, format: s3,
+                  bucket: landing}
+        backends:
+          train: {type: command, argv: [echo]}
+        rules:
+          fresh-data:
+            on: [landing]
+            when: {min_events: 2}
+            dispatch: {backend: train}
+    """, "triggerd.yaml", header=False)
+
+    def put(key: str) -> str:
+        return ('{"Records": [{"eventName": "ObjectCreated:Put", "eventTime": '
+                '"2026-03-02T00:00:00Z", "s3": {"bucket": {"name": "data"}, '
+                f'"object": {{"key": "{key}", "size": 5, "eTag": "e-{key}"}}}}}}]}}')
+
+    ran = tt.run_files(tt.write(f"""
+        config: triggerd.yaml
+        start: 2026-03-02T00:00:00Z
+        tests:
+          - name: two notified objects retrain once
+            input:
+              - {{at: 0s, message: {{source: notes, raw: '{put("landing/a.parquet")}'}}}}
+              - {{at: 1m, message: {{source: notes, raw: '{put("other/b.parquet")}'}}}}
+              - {{at: 2m, message: {{source: notes, raw: '{put("landing/c+d.parquet")}'}}}}
+            until: 1h
+            expect:
+              triggers:
+                - {{at: 2m, rule: fresh-data, events: [a.parquet, "c d.parquet"]}}
+    """, header=False), "--json")
+    assert ran.code == 0, ran.out + ran.err
+    case = ran.json()["files"][0]["tests"][0]
+    assert case["notes"] == ["message s3-events/0/1: no event (no object of bucket source "
+                             "landing it watches)"]

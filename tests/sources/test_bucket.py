@@ -106,13 +106,19 @@ def test_known_changed_gone_and_ignored_objects() -> None:
 
 
 def test_stat_fingerprints_and_version_ids() -> None:
+    """The content tag is the fingerprint when there is one (a notification carries it too,
+    so push and scan agree); the version id is in the payload, and the fingerprint only where
+    a store gives no tag."""
     stat = options(settle=False, fingerprint="stat")
     (event,) = compare("b", stat, matcher_for(stat), [_obj("landing/a")], {}, {}, NOW).events
     assert event.fingerprint == "a:10:1700000000000000000"
     versioned = options(settle=False)
     obj = Obj("landing/a", 10, 0, "e1", "v7")
     (event,) = compare("b", versioned, matcher_for(versioned), [obj], {}, {}, NOW).events
-    assert event.fingerprint == "a:v7" and event.payload["version_id"] == "v7"
+    assert event.fingerprint == "a:e1" and event.payload["version_id"] == "v7"
+    untagged = Obj("landing/a", 10, 0, None, "v7")
+    (event,) = compare("b", versioned, matcher_for(versioned), [untagged], {}, {}, NOW).events
+    assert event.fingerprint == "a:v7"
 
 
 def test_the_same_bytes_uploaded_again_make_an_event_with_the_same_fingerprint() -> None:

@@ -127,6 +127,7 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, *,
     secrets |= _store_secrets(env) | reader.store_vars
     sources, backends = _withholding(sources, secrets), _withholding(backends, secrets)
     _check_rules(cfg, merged, reader, default)
+    _check_notified_buckets(sources, merged, reader, default)
     if problems:
         raise ConfigError(problems)
 
@@ -273,6 +274,31 @@ def _plugins(kind: str, entries: Mapping[str, BaseModel], reader: Reader,
             continue
         out[name] = options
     return out
+
+
+def _check_notified_buckets(sources: Mapping[str, BaseModel],
+                            defined: Mapping[str, Mapping[str, Any]], reader: Reader,
+                            default: Pos) -> None:
+    """A source reading object-store notifications (`bucket: NAME`) names a bucket source
+    whose events can be deduplicated against them (content fingerprints)."""
+    for name, options in sources.items():
+        bucket = getattr(options, "bucket", None)  # (a bucket source's is its own bucket)
+        if getattr(options, "type", None) != "kafka" or not isinstance(bucket, str):
+            continue
+        fname, line = position(reader.positions, ("sources", name, "bucket"), default)
+        where = f"{fname}:{line}: sources.{name}.bucket"
+        target = sources.get(bucket)
+        if bucket not in defined["sources"]:
+            reader.problems.append(
+                f"{where}: unknown source {bucket!r} (defined: "
+                f"{', '.join(sorted(map(str, defined['sources'])))})")
+        elif target is not None and getattr(target, "type", None) != "bucket":
+            reader.problems.append(f"{where}: source {bucket!r} is not a bucket source")
+        elif target is not None and getattr(target, "fingerprint", None) != "etag":
+            reader.problems.append(
+                f"{where}: bucket source {bucket!r} fingerprints by `stat`: a notification "
+                "and a listing agree only on content (`fingerprint: etag`), so every notified "
+                "object would be reported twice")
 
 
 def _check_rules(cfg: ConfigFile, defined: Mapping[str, Mapping[str, Any]], reader: Reader,

@@ -68,9 +68,11 @@ class Rounds:
         it touched. A store error while storing raises (nothing is stored: the source retries);
         one while deciding is the round's `failed` (the events are stored)."""
         rules = self.rules
+        owners = {e.source for e in events}  # a notification source stores a bucket's events
+        listening = (rules.listening(source) if owners <= {source}
+                     else set().union(*map(rules.listening, owners)))
         result = self.store.ingest(source, self.config.source_type(source), events,
-                                   self.clock.now(), rules.classify, also,
-                                   rules.listening(source))
+                                   self.clock.now(), rules.classify, also, listening)
         if not result.touched:
             return Round(ingested=result)
         return replace(self.decide(result.touched, None), ingested=result)

@@ -210,9 +210,12 @@ class Daemon:
             await self.call(self.store.close)
             self._executor.shutdown(wait=True)
 
-    def services(self) -> Services:
-        """The daemon services a source may ask for (`wants`; see interfaces.Source)."""
+    def services(self, config: Config | None = None) -> Services:
+        """The daemon services a source may ask for (`wants`; see interfaces.Source);
+        `sources`: the options of every source of `config` (default the running one)."""
+        config = config if config is not None else self.config
         return {"files": lambda: StoreFileTable(self.store, self.call),
+                "sources": lambda: dict(config.sources),
                 "rejects": lambda: StoreRejectLog(self.store, self.call)}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from triggerd.config.loader import Config, load_config
@@ -56,6 +56,15 @@ class Change:
         return f"{what} {' '.join(parts)}" if parts else ""
 
 
+def _following(new: Config, sources: Change) -> set[str]:
+    """Kept sources built with the options of a source that changed (a Kafka source reading
+    notifications for a bucket source): built again too."""
+    touched = set(sources.changed) | set(sources.added)
+    return {name for name, options in new.sources.items()
+            if name not in sources.added and getattr(options, "type", None) == "kafka"
+            and getattr(options, "bucket", None) in touched}
+
+
 def read_config(current: Config) -> Config:
     """Load the config again as `triggerd run` did (blocking: call it off the loop)."""
     settings = Settings()
@@ -84,6 +93,7 @@ async def reload(daemon: Daemon) -> bool:
         return _refused(daemon, why)
     rules = Change.between(old.rules, new.rules)
     sources = Change.between(old.sources, new.sources)
+    sources = replace(sources, changed=sorted(set(sources.changed) | _following(new, sources)))
     backends = Change.between(old.backends, new.backends)
     if not (rules or sources or backends or new.retention != old.retention):
         log.info("reload: no change in %s", ", ".join(str(f) for f in new.files))
@@ -92,7 +102,7 @@ async def reload(daemon: Daemon) -> bool:
     try:  # build everything new before touching what runs
         built_backends = {n: build_backend(new, n, new.backends[n])
                           for n in backends.added + backends.changed}
-        built_sources = {n: build_source(n, new.sources[n], daemon.services())
+        built_sources = {n: build_source(n, new.sources[n], daemon.services(new))
                          for n in sources.added + sources.changed}
     except Exception as exc:  # a plugin that cannot be built: nothing was changed yet
         return _refused(daemon, f"cannot build a plugin: {type(exc).__name__}: {exc}")

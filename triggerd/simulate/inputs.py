@@ -6,7 +6,9 @@ events the daemon would store: same kinds, subjects, fingerprints and payloads.
   or of the path, size and time), so created / modified / moved / deleted, the `events`,
   `patterns` and `ignore` options and the fingerprints are the source's;
 - Kafka messages: the Kafka source's decoder (`_kafka.decode.Decoder`), which also rejects
-  what the source rejects (a note in the result, no event);
+  what the source rejects (a note in the result, no event); with a notification format,
+  the bucket source's events of its notices (`_bucketlist.notice_event`: an object the test
+  has not seen before is `created`, a removal of one it never saw makes no event);
 - cron ticks: the cron source's `tick_event`;
 - `event`: any event, as given (for source plugins).
 Each event also gets the names a test may call it by (`Named`).
@@ -28,6 +30,8 @@ from pydantic import BaseModel
 from triggerd.language.schedules import Schedule
 from triggerd.model import Event
 from triggerd.simulate.spec import EventIn, FileIn, Input, MessageIn, TickIn
+from triggerd.sources._bucketlist import matcher_for, notice_event
+from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions
 from triggerd.sources._fsscan import Known, Look, Matcher, Root
 from triggerd.sources._fssettle import Settle
@@ -138,6 +142,8 @@ class Builder:
         self.offsets[where] = offset + 1
         record = Record(topic, m.partition, offset, now.timestamp(), _bytes(m.key),
                         _value(m, options.format), [(k, v.encode()) for k, v in m.headers.items()])
+        if options.bucket is not None:
+            return self._notified(m.source, options.bucket, decoder, record, label, now)
         found = decoder.decode(record, now)
         if not isinstance(found, Event):
             self.notes.append(f"message {record.ref} rejected by source {m.source} "
@@ -146,6 +152,27 @@ class Builder:
         names = {record.ref, found.subject} | ({m.key} if m.key else set()) | (
             {label} if label else set())
         return [Named(found, label or record.ref, frozenset(names))]
+
+    def _notified(self, source: str, bucket: str, decoder: Decoder, record: Record,
+                  label: str | None, now: datetime) -> list[Named]:
+        found = decoder.notices(record, now)
+        if not isinstance(found, list):
+            self.notes.append(f"message {record.ref} rejected by source {source} "
+                              f"({found.kind}): {found.error}")
+            return []
+        options = self.sources[bucket]
+        assert isinstance(options, BucketOptions)  # noqa: S101 - cross-checked by the loader
+        out = []
+        for notice in found:
+            event = notice_event(bucket, options, matcher_for(options), notice, None, now)
+            if event is not None:
+                names = {record.ref, event.subject, event.payload["relpath"]} | (
+                    {label} if label else set())
+                out.append(Named(event, label or event.payload["relpath"], frozenset(names)))
+        if not out:
+            self.notes.append(f"message {record.ref}: no event (no object of bucket source "
+                              f"{bucket} it watches)")
+        return out
 
     def _tick(self, t: TickIn, label: str | None, now: datetime) -> Named:
         options = self.sources[t.source]

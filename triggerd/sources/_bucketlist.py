@@ -9,8 +9,13 @@ a thread of its own.
 URL, `inode` 0, `mtime_ns` its last-modified time) and the previous listing (for settling). It
 returns the events and the row changes, as data; nothing here touches the store or a clock.
 
+`notice_event` is the same for one object a notification tells of (`_bucketnotify`), given
+the object's row: the event the listing would make of it, with the same fingerprint, so push and
+scan deduplicate against each other in the store.
+
 Fingerprints (the dedup key, the same whichever way an object is found):
-`relpath:etag` (`relpath:version_id` on a versioned bucket), or `relpath:size:mtime_ns` with
+`relpath:tag`, the object's content tag (`_bucketnotify.content_tag`: S3's ETag, GCS's md5Hash,
+Azure's ETag; the version id where a store gives no tag), or `relpath:size:mtime_ns` with
 `fingerprint: stat`; a deleted object: `relpath:size:mtime_ns:deleted` of its row. So the same
 bytes uploaded again to the same key make a duplicate the store counts.
 """
@@ -24,11 +29,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from triggerd.plugin import Event, FileRow
+from triggerd.sources._bucketnotify import Notice, content_tag
 from triggerd.sources._bucketoptions import SCHEMES, BucketOptions
 from triggerd.sources._fsoptions import DEFAULT_IGNORES
 from triggerd.sources._fsscan import Matcher
 
-__all__ = ["Found", "Lister", "Obj", "compare"]
+__all__ = ["Found", "Lister", "Obj", "compare", "notice_event"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ class Lister:
                                     use_listings_cache=False,
                                     **_storage_options(options, env or os.environ))
         self.root = f"{options.bucket}/{options.prefix}"
+        self.protocol = store.protocol
 
     def list(self) -> list[Obj]:
         found = self.fs.find(self.root, detail=True, withdirs=False)
@@ -63,7 +70,8 @@ class Lister:
             if info.get("type", "file") != "file":
                 continue
             out.append(Obj(name[cut:], int(info.get("size") or 0), _mtime_ns(info),
-                           _etag(info), info.get("VersionId") or info.get("version_id")))
+                           content_tag(self.protocol, info),
+                           info.get("VersionId") or info.get("version_id")))
         return out
 
 
@@ -118,14 +126,6 @@ def _mtime_ns(info: Mapping[str, Any]) -> int:
     return 0
 
 
-def _etag(info: Mapping[str, Any]) -> str | None:
-    for name in ("ETag", "etag", "md5Hash", "content_md5"):
-        tag = info.get(name)
-        if tag:
-            return str(tag).strip('"')
-    return None
-
-
 @dataclass
 class Found:
     """What a listing means: events to emit, rows to save, rows gone, and objects waiting to
@@ -175,17 +175,44 @@ def compare(source: str, options: BucketOptions, matcher: Matcher, listing: list
             continue
         out.gone.append(path)
         if "deleted" in options.events:
-            key = path.removeprefix(url_of(options, ""))
-            rel = key[len(prefix):]
-            obj = Obj(key, row.size, row.mtime_ns, None, None)
-            out.events.append(_event(source, options, "deleted", obj, rel,
-                                     f"{rel}:{row.size}:{row.mtime_ns}:deleted", now))
+            out.events.append(_deleted(source, options, row, now))
     return out
 
 
+def notice_event(source: str, options: BucketOptions, matcher: Matcher, notice: Notice,
+                 row: FileRow | None, now: datetime) -> Event | None:
+    """The event the listing would make of the object `notice` tells of (`row`: its row in
+    the object table, if any), or None: another bucket, outside the prefix, not watched, a
+    kind `events` leaves out, or the removal of an object the table never held (the listing
+    never reported it either)."""
+    prefix = options.prefix
+    if notice.bucket != options.bucket or not notice.key.startswith(prefix):
+        return None
+    rel = notice.key[len(prefix):]
+    if not rel or not matcher.wanted(rel):
+        return None
+    if notice.removed:
+        if row is None or "deleted" not in options.events:
+            return None
+        return _deleted(source, options, row, now)
+    kind = "created" if row is None else "modified"
+    if kind not in options.events:
+        return None
+    obj = Obj(notice.key, notice.size, notice.mtime_ns, notice.tag, notice.version_id)
+    return _event(source, options, kind, obj, rel, _fingerprint(options, rel, obj), now)
+
+
+def _deleted(source: str, options: BucketOptions, row: FileRow, now: datetime) -> Event:
+    key = row.path.removeprefix(url_of(options, ""))
+    rel = key[len(options.prefix):]
+    obj = Obj(key, row.size, row.mtime_ns, None, None)
+    return _event(source, options, "deleted", obj, rel,
+                  f"{rel}:{row.size}:{row.mtime_ns}:deleted", now)
+
+
 def _fingerprint(options: BucketOptions, rel: str, obj: Obj) -> str:
-    if options.fingerprint == "etag" and (obj.version_id or obj.etag):
-        return f"{rel}:{obj.version_id or obj.etag}"
+    if options.fingerprint == "etag" and (obj.etag or obj.version_id):
+        return f"{rel}:{obj.etag or obj.version_id}"
     return f"{rel}:{obj.size}:{obj.mtime_ns}"
 
 

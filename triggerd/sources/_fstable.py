@@ -23,6 +23,9 @@ class FileTable(Protocol):
     async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
         """(path, size, mtime_ns, inode) of every row: what a start-up needs, fast."""
 
+    async def lookup(self, source: str, paths: Sequence[str]) -> dict[str, FileRow]:
+        """The rows of these paths (those the table has), keyed by path."""
+
     async def save(self, source: str, rows: Sequence[FileRow]) -> None: ...
 
     async def delete(self, source: str, paths: Sequence[str]) -> None: ...
@@ -44,6 +47,10 @@ class MemoryFileTable:
 
     async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
         return [(r.path, r.size, r.mtime_ns, r.inode) for r in self.rows.get(source, {}).values()]
+
+    async def lookup(self, source: str, paths: Sequence[str]) -> dict[str, FileRow]:
+        table = self.rows.get(source, {})
+        return {p: table[p] for p in paths if p in table}
 
     async def save(self, source: str, rows: Sequence[FileRow]) -> None:
         self.rows.setdefault(source, {}).update((r.path, r) for r in rows)

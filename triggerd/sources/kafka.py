@@ -4,6 +4,10 @@ Built on faust-streaming (aiokafka underneath); see `_kafka/app.py` for how faus
 the daemon's loop and why an offset is committed only after its event is stored, and
 `_kafka/decode.py` for the event shape and the kinds of bad message.
 
+With a notification `format:` (s3, gcs, eventgrid), messages are object-store notifications
+and their events are those of the bucket source `bucket` names (`_bucketpush`): the Kafka
+source counts the messages, the bucket source owns the events.
+
 Bad messages never stop the stream: each is recorded in the store's `rejects` table (before
 its offset is committed), counted by kind in the source's status details, logged once per
 kind with topic/partition/offset, and the stream moves on.
@@ -23,11 +27,15 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from triggerd.plugin import Event, Reject, RejectLog, SourceContext, StoreError, failpoint
+from triggerd.sources._bucketnotify import Notice
+from triggerd.sources._bucketoptions import BucketOptions
+from triggerd.sources._bucketpush import BucketPush
+from triggerd.sources._fstable import FileTable, MemoryFileTable
 from triggerd.sources._kafka.app import (
     BrokerRefused,
     BrokerUnreachable,
@@ -76,20 +84,32 @@ class _Batch:
     messages: list[Any]  # faust events, acknowledged once `events` and `rejects` are stored
     events: list[Event]
     rejects: list[Reject]
+    notices: list[Notice]  # with a notification format: become events when stored
 
 
 class KafkaSource:
     """Consumes `topic` in consumer group `group`; see the module docstring."""
 
     Options = KafkaOptions
-    wants = ("rejects",)
+    wants = ("rejects", "files", "sources")
 
     def __init__(self, name: str, options: KafkaOptions, *,
-                 rejects: RejectLog | None = None) -> None:
+                 rejects: RejectLog | None = None, files: FileTable | None = None,
+                 sources: Mapping[str, Any] | None = None) -> None:
+        """`sources`: the config's source options (a notification format's bucket source)."""
         self.name = name
         self.options = options
         self.rejects = rejects
         self.decoder = Decoder(name, options)
+        self.push: BucketPush | None = None
+        if options.bucket is not None:
+            bucket = (sources or {}).get(options.bucket)
+            if not isinstance(bucket, BucketOptions):
+                raise ValueError(f"kafka source {name}: `bucket` {options.bucket!r} is not a "
+                                 "bucket source")
+            self.push = BucketPush(options.bucket, bucket,
+                                   files if files is not None else MemoryFileTable())
+        self.notified: Counter[str] = Counter()  # objects, ignored
         self.messages = 0
         self.bad: Counter[str] = Counter()
         self._logged: set[str] = set()
@@ -191,10 +211,15 @@ class KafkaSource:
             pos = self._positions.get((tp.topic, tp.partition))
             if with_hw is not None and pos is not None:
                 lag += max(0, with_hw - pos)
-        return {"topics": self.options.topics, "group": self.options.group,
-                "partitions": [f"{tp.topic}/{tp.partition}" for tp in assigned],
-                "messages": self.messages, "bad_messages": sum(self.bad.values()),
-                "bad": dict(self.bad), "lag": lag}
+        details = {"topics": self.options.topics, "group": self.options.group,
+                   "partitions": [f"{tp.topic}/{tp.partition}" for tp in assigned],
+                   "messages": self.messages, "bad_messages": sum(self.bad.values()),
+                   "bad": dict(self.bad), "lag": lag}
+        if self.push is not None:  # notices that became the bucket source's events, or not
+            details["notifications"] = {"bucket": self.push.source,
+                                        "objects": self.notified["objects"],
+                                        "ignored": self.notified["ignored"]}
+        return details
 
     async def _take(self, ctx: SourceContext, batch: Sequence[Any]) -> None:
         """In the faust agent: decode a batch and hand it to the writer. Batches that arrive
@@ -203,8 +228,15 @@ class KafkaSource:
         stream; only past `MAX_PENDING_BATCHES` full batches of messages does the agent
         wait."""
         now = ctx.clock.now()
-        item = _Batch(list(batch), [], [])
+        item = _Batch(list(batch), [], [], [])
         for fe in batch:
+            if self.push is not None:
+                notices = self.decoder.notices(record_of(fe), now)
+                if isinstance(notices, Reject):
+                    item.rejects.append(notices)
+                else:
+                    item.notices.extend(notices)
+                continue
             found = self.decoder.decode(record_of(fe), now)
             if isinstance(found, Event):
                 item.events.append(found)
@@ -229,7 +261,8 @@ class KafkaSource:
             if not items:
                 continue
             rejects = [r for item in items for r in item.rejects]
-            await self._durably(ctx, rejects, [e for item in items for e in item.events])
+            await self._durably(ctx, rejects, [e for item in items for e in item.events],
+                                [n for item in items for n in item.notices])
             failpoint("kafka-after-store")
             for item in items:
                 for fe in item.messages:
@@ -246,14 +279,21 @@ class KafkaSource:
                                 self.name, r.ref, r.kind, r.error)
 
     async def _durably(self, ctx: SourceContext, rejects: list[Reject],
-                       events: list[Event]) -> None:
-        """Store rejects and events, retrying with backoff while the store is unavailable."""
+                       events: list[Event], notices: list[Notice]) -> None:
+        """Store rejects and events (and the events of `notices`), retrying with backoff
+        while the store is unavailable."""
         delay = 0.5
         while True:
             try:
                 if rejects and self.rejects is not None:
                     await self.rejects.add(rejects)
                     rejects = []
+                if notices and self.push is not None:
+                    pushed = await self.push.events(notices, ctx.clock.now())
+                    await ctx.emit(pushed)
+                    self.notified["objects"] += len(pushed)
+                    self.notified["ignored"] += len(notices) - len(pushed)
+                    notices = []
                 await ctx.emit(events)
                 if delay > 0.5:  # it was down: say it is back (the broker side is separate)
                     ctx.set_health(True)

@@ -25,7 +25,7 @@ from triggerd.store.fast import sqlite_executemany
 from triggerd.store.runner import Runner, to_thread
 from triggerd.store.sql import Store, sqlite_value
 
-__all__ = ["FileRow", "StoreFileTable", "delete_files", "load_files", "load_sigs",
+__all__ = ["FileRow", "StoreFileTable", "delete_files", "files_at", "load_files", "load_sigs",
            "save_files", "write_files"]
 
 _CHUNK = 500
@@ -38,6 +38,18 @@ def load_files(store: Store, source: str) -> dict[str, FileRow]:
         result = c.execute(select(f.path, f.inode, f.size, f.mtime_ns, f.fingerprint)
                            .where(f.source == source))
         return {r[0]: FileRow(*r) for r in result}
+
+
+def files_at(store: Store, source: str, paths: Sequence[str]) -> dict[str, FileRow]:
+    """The rows of `source` for `paths` (those it has), keyed by path."""
+    f = t.files.c
+    out: dict[str, FileRow] = {}
+    with store.read() as c:
+        for i in range(0, len(paths), _CHUNK):
+            result = c.execute(select(f.path, f.inode, f.size, f.mtime_ns, f.fingerprint)
+                               .where(f.source == source, f.path.in_(paths[i:i + _CHUNK])))
+            out.update((r[0], FileRow(*r)) for r in result)
+    return out
 
 
 def load_sigs(store: Store, source: str) -> list[tuple[str, int, int, int]]:
@@ -118,6 +130,10 @@ class StoreFileTable:
 
     async def load_sigs(self, source: str) -> list[tuple[str, int, int, int]]:
         return await self._run(lambda: load_sigs(self.store, source))
+
+    async def lookup(self, source: str, paths: Sequence[str]) -> dict[str, FileRow]:
+        paths = list(paths)
+        return await self._run(lambda: files_at(self.store, source, paths))
 
     async def save(self, source: str, rows: Sequence[FileRow]) -> None:
         rows = list(rows)

@@ -6,9 +6,13 @@ and `headers` ({name: text}); subject from the `subject` template (default the k
 `topic/partition` when there is none); fingerprint from the `fingerprint` template (default
 `topic/partition/offset`, so a redelivery is a duplicate).
 
+With a notification format (s3, gcs, eventgrid) a record is read into `Notice`s instead
+(`Decoder.notices`; `_bucketnotify`), which become the bucket source's events.
+
 Rejects (kind): `tombstone` (null value), `too_large` (over `max_bytes`), `utf8` (json/text
 that is not UTF-8), `json` (not valid JSON), `template` (a subject or fingerprint template
-names a field the message lacks).
+names a field the message lacks), `notification` (valid JSON, but not a notification of the
+format: the error says what is missing).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from triggerd.plugin import HEAD_CHARS, Event, ExpressionError, Reject, Template
+from triggerd.sources._bucketnotify import NotANotification, Notice, notices
 from triggerd.sources._kafka.options import KafkaOptions
 
 __all__ = ["Decoder", "Record", "head_of"]
@@ -88,6 +93,10 @@ class _Bad(Exception):
         self.error = error
 
 
+_NAMES = {"s3": "an S3 event notification", "gcs": "a GCS object notification",
+          "eventgrid": "an Event Grid blob event"}
+
+
 class Decoder:
     """Decodes records of one source; see the module docstring."""
 
@@ -126,6 +135,21 @@ class Decoder:
                           storable(f"{type(exc).__name__}: {exc}")[:500],
                           head_of(record.value), now)
         return event
+
+    def notices(self, record: Record, now: datetime) -> list[Notice] | Reject:
+        """The notices of a record of a notification format (see the module docstring)."""
+        try:
+            value = self._value(record.value)
+            return notices(self.format, value,
+                           {name: _text(data) for name, data in record.headers})
+        except _Bad as bad:
+            error, kind = bad.error, bad.kind
+        except NotANotification as exc:
+            error, kind = f"not {_NAMES[self.format]}: {exc}", "notification"
+        except Exception as exc:  # any other surprise in a message: rejected, never fatal
+            error, kind = f"{type(exc).__name__}: {exc}", "decode"
+        return Reject(self.source, record.ref, kind, storable(error)[:500],
+                      head_of(record.value), now)
 
     def _value(self, data: bytes | None) -> Any:
         if data is None:

@@ -167,6 +167,9 @@ def _seconds(td: timedelta) -> float:
     return td.total_seconds()
 
 
+NOTIFICATIONS = ("s3", "gcs", "eventgrid")  # formats whose messages are object-store news
+
+
 class KafkaOptions(Strict):
     """Options of a `type: kafka` source (SPEC 3, source `metrics`)."""
 
@@ -176,7 +179,14 @@ class KafkaOptions(Strict):
     topic: str | list[str]
     group: str = "triggerd"
     """Consumer group: daemons in one group share the partitions."""
-    format: Literal["json", "text", "bytes"] = "json"
+    format: Literal["json", "text", "bytes", "s3", "gcs", "eventgrid"] = "json"
+    """json | text | bytes: the value as it is; s3 | gcs | eventgrid: object-store
+    notifications (S3 event notifications, GCS Pub/Sub, Azure Event Grid) read as the
+    events of the bucket source `bucket` names (see `sources/_bucketnotify.py`)."""
+    bucket: str | None = None
+    """With a notification format: the `type: bucket` source these notifications are about.
+    Their events are that source's, with the fingerprints its listing gives, so push and scan
+    deduplicate against each other."""
     subject: str | None = None
     """Template for the event subject; default the message key."""
     fingerprint: str | None = None
@@ -236,6 +246,21 @@ class KafkaOptions(Strict):
             except ExpressionError as exc:
                 raise ValueError(str(exc)) from exc
         return value
+
+    @model_validator(mode="after")
+    def _notifications_name_a_bucket(self) -> KafkaOptions:
+        if self.format in NOTIFICATIONS:
+            if self.bucket is None:
+                raise ValueError(f"`format: {self.format}` needs `bucket`: the name of the "
+                                 "bucket source the notifications are about (its listing "
+                                 "finds what a lost notification missed)")
+            if self.subject is not None or self.fingerprint is not None:
+                raise ValueError(f"with `format: {self.format}` the events are the bucket "
+                                 "source's: leave out `subject` and `fingerprint`")
+        elif self.bucket is not None:
+            raise ValueError("`bucket` applies to the notification formats "
+                             f"({', '.join(NOTIFICATIONS)}) only")
+        return self
 
     @model_validator(mode="after")
     def _valid_timers(self) -> KafkaOptions:
