@@ -1,5 +1,9 @@
 """Shared fixtures: the store on both databases, and the PostgreSQL server of this machine.
 
+Object stores (session scope, started when a test asks): `s3_server` (moto's S3 REST API),
+`gcs_server` (gcp-storage-emulator, the GCS JSON API), `azure_server` (Azurite, the Azure
+Blob REST API; skipped without it, failed with CI=true).
+
 `hook` (a scripted webhook receiver) and `kube` (a Job API stand-in) are loopback servers for
 the backend tests and the e2e ones.
 
@@ -14,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure_server import azure_server  # noqa: F401  (session fixture: one Azurite)
+from gcs_server import gcs_server  # noqa: F401  (session fixture: one GCS JSON API server)
 from kafka_support import kafka_broker  # noqa: F401  (session fixture: one tansu broker)
 from kube_server import KubeApi
 from pg_fresh import fresh_database

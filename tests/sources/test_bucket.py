@@ -13,7 +13,7 @@ import pytest
 from triggerd.config.loader import load_config
 from triggerd.errors import ConfigError
 from triggerd.model import FileRow
-from triggerd.sources._bucketlist import Obj, compare, matcher_for
+from triggerd.sources._bucketlist import Obj, compare, matcher_for, watched
 from triggerd.sources._bucketoptions import BucketOptions
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
@@ -51,6 +51,10 @@ def test_check_names_the_extra_a_url_needs(tmp_path: Path,
     ("{type: bucket, url: 's3://x/y'}", "sources.b: missing required key 'poll'"),
     ("{type: bucket, url: 's3://x/y', poll: 100ms}", "`poll` must be at least 1s"),
     ("{type: bucket, url: 's3://x/y', poll: 1m, patterns: ['[']}", "sources.b.patterns"),
+    # a URL as a filesystem path would watch a local directory named "s3:"
+    ("{type: filesystem, paths: ['s3://x/y/'], poll: 1m, fingerprint: etag}",
+     "triggerd.yaml:3: sources.b: paths: 's3://x/y/' is an object-store URL, not a directory: "
+     "watch it with a source of `type: bucket` and `url: s3://x/y/`"),
 ])
 def test_bad_options_are_named(tmp_path: Path, source: str, says: str) -> None:
     assert says in _check(tmp_path, source)
@@ -134,3 +138,20 @@ def test_the_same_bytes_uploaded_again_make_an_event_with_the_same_fingerprint()
                     {row.path: row}, {}, NOW)
     assert [(e.kind, e.fingerprint) for e in again.events] == [("modified", "a:e1")]
     assert [r.mtime_ns for r in again.saves] == [9]
+
+
+def test_rows_the_options_no_longer_watch_are_not_reported_deleted() -> None:
+    """After `patterns` (or the URL) changed, the table still holds rows of objects the
+    source no longer watches: they are left out when it loads (`watched`), so the first
+    listing neither reports them deleted nor matches the unchanged watched ones again."""
+    opts = options(settle=False, patterns=["**/*.parquet"], events=["created", "deleted"])
+    keep = FileRow("s3://data/landing/a.parquet", 0, 10, T, "a.parquet:e1")
+    rows = {keep.path: keep,
+            "s3://data/landing/a.csv": FileRow("s3://data/landing/a.csv", 0, 10, T, "a.csv:e1"),
+            "s3://data/elsewhere/b.parquet": FileRow("s3://data/elsewhere/b.parquet", 0, 10, T,
+                                                     "b.parquet:e1")}
+    loaded = watched(opts, matcher_for(opts), rows)
+    assert list(loaded) == [keep.path]
+    found = compare("b", opts, matcher_for(opts),
+                    [_obj("landing/a.parquet"), _obj("landing/a.csv")], loaded, {}, NOW)
+    assert found.events == [] and found.gone == [] and found.saves == []

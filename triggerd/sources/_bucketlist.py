@@ -22,8 +22,10 @@ bytes uploaded again to the same key make a duplicate the store counts.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +36,7 @@ from triggerd.sources._bucketoptions import SCHEMES, BucketOptions
 from triggerd.sources._fsoptions import DEFAULT_IGNORES
 from triggerd.sources._fsscan import Matcher
 
-__all__ = ["Found", "Lister", "Obj", "compare", "notice_event"]
+__all__ = ["Found", "Lister", "Obj", "compare", "next_mark", "notice_event", "watched"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,36 +50,157 @@ class Obj:
     version_id: str | None
 
 
+FAN_OUT = 8  # sub-prefixes listed at once
+FAN_DEPTH = 3  # levels descended to find FAN_OUT sub-prefixes
+
+
 class Lister:
-    """Lists the objects under the options' prefix (blocking; see the module docstring)."""
+    """Lists the objects under the options' prefix (blocking; see the module docstring).
+
+    A listing is paged (1,000 keys a request on S3), so one long listing is a chain of round
+    trips. Where the prefix has sub-prefixes ("folders", e.g. `dt=2026-11-01/`), up to
+    `FAN_OUT` of them are listed at once: the sub-prefixes are found by delimiter listings,
+    descending up to `FAN_DEPTH` levels until there are `FAN_OUT` of them (objects met on
+    the way are part of the listing). Each sub-prefix's listing is turned into `Obj`s as it
+    arrives, so the library's per-object dicts are held for at most `FAN_OUT` sub-prefixes,
+    not for the whole prefix (a flat prefix is one listing). On S3 the responses' timestamps
+    are parsed by `datetime.fromisoformat` (`_s3_session`)."""
 
     def __init__(self, options: BucketOptions, env: Mapping[str, str] | None = None) -> None:
         import fsspec  # an extra: imported when a bucket source starts
 
         self.options = options
         store = SCHEMES[options.scheme]
+        storage = _storage_options(options, env or os.environ)
+        if store.protocol == "s3" and "session" not in storage:
+            storage["session"] = _s3_session(storage.pop("profile", None))
+        if store.protocol == "abfs":  # the Azure SDK logs every request at INFO
+            logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
+                logging.WARNING)
         self.fs = fsspec.filesystem(store.protocol, skip_instance_cache=True,
-                                    use_listings_cache=False,
-                                    **_storage_options(options, env or os.environ))
-        self.root = f"{options.bucket}/{options.prefix}"
+                                    use_listings_cache=False, **storage)
+        self.root = f"{options.bucket}/{options.prefix}".rstrip("/")
         self.protocol = store.protocol
+        self.requests = 0  # listing calls of the last listing (delimiter lists and finds)
 
-    def list(self) -> list[Obj]:
-        found = self.fs.find(self.root, detail=True, withdirs=False)
+    async def _fanned(self) -> list[Obj]:
+        out: list[Obj] = []
+        level = [self.root]
+        self.requests = 0
+        for _ in range(FAN_DEPTH):
+            if len(level) >= FAN_OUT:
+                break
+            self.requests += len(level)
+            found = await asyncio.gather(*(self._ls(d) for d in level))
+            level = []
+            for infos in found:
+                level.extend(i["name"] for i in infos if i.get("type") == "directory")
+                out.extend(self._objs(infos))
+            if not level:
+                return out
+        self.requests += len(level)
+        room = asyncio.Semaphore(FAN_OUT)
+
+        async def under(prefix: str) -> list[Obj]:
+            async with room:
+                found = await self.fs._find(prefix, detail=True, withdirs=False)
+                return self._objs(found.values())
+
+        for objs in await asyncio.gather(*(under(d) for d in level)):
+            out.extend(objs)
+        return out
+
+    async def _ls(self, prefix: str) -> list[dict[str, Any]]:
+        """One level below `prefix`. A prefix without objects is "not found" to the library:
+        at the root that is an empty listing (or, from `find`, a missing bucket's error);
+        below it, a sub-prefix emptied since the level above was listed."""
+        try:
+            found: list[dict[str, Any]] = await self.fs._ls(prefix, detail=True)
+        except FileNotFoundError:
+            if prefix != self.root:
+                return []
+            return list((await self.fs._find(prefix, detail=True, withdirs=False)).values())
+        return found
+
+    def _objs(self, infos: Iterable[Mapping[str, Any]]) -> list[Obj]:
         out = []
         cut = len(self.options.bucket) + 1
-        for name, info in found.items():
+        for info in infos:
             if info.get("type", "file") != "file":
                 continue
-            out.append(Obj(name[cut:], int(info.get("size") or 0), _mtime_ns(info),
+            out.append(Obj(info["name"][cut:], int(info.get("size") or 0), _mtime_ns(info),
                            content_tag(self.protocol, info),
                            info.get("VersionId") or info.get("version_id")))
         return out
 
+    async def _after(self, key: str) -> list[Obj]:
+        """The objects under the prefix whose keys sort after `key` (ListObjectsV2 with
+        StartAfter, page by page)."""
+        out: list[Obj] = []
+        bucket, prefix = self.options.bucket, self.options.prefix
+        asked: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "StartAfter": key}
+        self.requests = 0
+        while True:
+            self.requests += 1
+            page = await self.fs._call_s3("list_objects_v2", **asked)
+            for info in page.get("Contents", ()):
+                out.append(Obj(info["Key"], int(info.get("Size") or 0), _mtime_ns(info),
+                               content_tag(self.protocol, info), info.get("VersionId")))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return out
+            asked["ContinuationToken"] = token
+
+    def list(self, after: str | None = None) -> list[Obj]:
+        """The objects under the prefix; with `after`, only those whose keys sort after it
+        (S3 only: `listing: new_keys`). A full listing that finds nothing checks that the
+        bucket exists (adlfs lists a missing container as empty): FileNotFoundError if not,
+        never an empty listing that would make every tracked object gone."""
+        if after is not None:
+            from fsspec.asyn import sync
+
+            newer: list[Obj] = sync(self.fs.loop, self._after, after)
+            return newer
+        if getattr(self.fs, "async_impl", False):
+            from fsspec.asyn import sync
+
+            out: list[Obj] = sync(self.fs.loop, self._fanned)
+        else:
+            self.requests = 1
+            out = self._objs(self.fs.find(self.root, detail=True, withdirs=False).values())
+        if not out and not self.fs.exists(self.options.bucket):
+            raise FileNotFoundError(f"{self.options.bucket}: no such bucket or container")
+        return out
+
+
+def _s3_session(profile: Any) -> Any:
+    """An aiobotocore session whose response timestamps are parsed by `fromisoformat`:
+    botocore's default (dateutil's parser, per object) was 60 % of the CPU of listing
+    100,000 objects. Anything it cannot read goes to botocore's own parser."""
+    from aiobotocore.session import AioSession
+    from botocore.utils import parse_timestamp
+
+    def timestamp(value: Any) -> datetime:
+        try:
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except (AttributeError, ValueError):
+            return parse_timestamp(value)  # type: ignore[no-any-return]
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+    session = AioSession(profile=profile)
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=timestamp)
+    return session
+
 
 def _storage_options(options: BucketOptions, env: Mapping[str, str]) -> dict[str, Any]:
     """fsspec's options for the store: the explicit ones, the endpoint, and credentials read
-    from the environment variables the options name (a missing one is an error naming it)."""
+    from the environment variables the options name (a missing one is an error naming it).
+
+    With `endpoint_url` (an S3-compatible store, a GCS or Azure emulator): s3fs takes it as
+    it is; gcsfs too (`_gcs_endpoint`), with anonymous requests unless a token is named; adlfs
+    has no endpoint option of its own, so it gets a connection string (`_azure_connection`).
+    """
     out: dict[str, Any] = dict(options.options)
     creds = options.credentials
 
@@ -101,12 +224,47 @@ def _storage_options(options: BucketOptions, env: Mapping[str, str]) -> dict[str
     elif scheme in ("gs", "gcs"):
         if creds.token is not None:
             out["token"] = value(creds.token)
+        if options.endpoint_url:
+            _gcs_endpoint(out, options.endpoint_url)
     else:  # az, abfs
-        if creds.key is not None:
-            out["account_name"] = value(creds.key)
-        if creds.secret is not None:
-            out["account_key"] = value(creds.secret)
+        account, account_key = value(creds.key), value(creds.secret)
+        if options.endpoint_url:
+            out["connection_string"] = _azure_connection(options.endpoint_url, account,
+                                                         account_key)
+        else:
+            if account is not None:
+                out["account_name"] = account
+            if account_key is not None:
+                out["account_key"] = account_key
     return out
+
+
+def _gcs_endpoint(out: dict[str, Any], url: str) -> None:
+    """gcsfs's options for a GCS JSON API server at `url` (an emulator, as a rule).
+
+    - `token: anon` unless a token was given: gcsfs's default chain would try the gcloud
+      credentials and Google's metadata server, which an emulator does not need (and which
+      is not there).
+    - `retry_timeout: 0`: gcsfs 2026.3 and later (`ExtendedGcsFileSystem`, on unless
+      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false) asks the endpoint for each bucket's storage
+      layout over gRPC (the Storage Control API, which emulators do not serve) and retries
+      for 60 s before listing the plain way: one attempt here, so a listing does not wait a
+      minute. The failed attempt is logged by gcsfs ("Could not determine bucket type").
+    """
+    out["endpoint_url"] = url.rstrip("/")
+    out.setdefault("token", "anon")
+    out.setdefault("retry_timeout", 0)
+
+
+def _azure_connection(url: str, account: str | None, key: str | None) -> str:
+    """An Azure Storage connection string for the Blob endpoint `url` (adlfs builds its
+    endpoint from the account name, always https://<account>.blob.core.windows.net or
+    `account_host` over https; a connection string's BlobEndpoint is taken as it is):
+    signed with the account key when one is given, else anonymous."""
+    parts = [f"BlobEndpoint={url.rstrip('/')}"]
+    if account is not None and key is not None:
+        parts += [f"AccountName={account}", f"AccountKey={key}"]
+    return ";".join(parts) + ";"
 
 
 def _mtime_ns(info: Mapping[str, Any]) -> int:
@@ -129,12 +287,28 @@ def _mtime_ns(info: Mapping[str, Any]) -> int:
 @dataclass
 class Found:
     """What a listing means: events to emit, rows to save, rows gone, and objects waiting to
-    settle (path -> fingerprint@mtime_ns, for the next listing)."""
+    settle (path -> fingerprint@mtime_ns, for the next listing).
 
-    events: list[Event] = field(default_factory=list)
+    The events are built when asked for (`batches`, or all at once: `events`), not by the
+    reconcile: a first listing of 100,000 new objects would otherwise hold 100,000 events
+    (~1.3 KB each) at once."""
+
+    source: str
+    options: BucketOptions
+    now: datetime
+    news: list[tuple[str, Obj, str, str]] = field(default_factory=list)  # kind, obj, rel, fp
     saves: list[FileRow] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)
+
+    def batches(self, size: int) -> Iterator[list[Event]]:
+        for i in range(0, len(self.news), size):
+            yield [_event(self.source, self.options, kind, obj, rel, fingerprint, self.now)
+                   for kind, obj, rel, fingerprint in self.news[i:i + size]]
+
+    @property
+    def events(self) -> list[Event]:
+        return [e for batch in self.batches(len(self.news) or 1) for e in batch]
 
 
 def url_of(options: BucketOptions, key: str) -> str:
@@ -142,21 +316,26 @@ def url_of(options: BucketOptions, key: str) -> str:
 
 
 def compare(source: str, options: BucketOptions, matcher: Matcher, listing: list[Obj],
-            rows: Mapping[str, FileRow], previous: Mapping[str, str], now: datetime) -> Found:
-    """The reconcile of one listing (see the module docstring)."""
-    out = Found()
+            rows: Mapping[str, FileRow], previous: Mapping[str, str], now: datetime,
+            *, partial: bool = False) -> Found:
+    """The reconcile of one listing (see the module docstring). `rows` are of watched objects
+    only (`watched`): an object whose row is unchanged is not matched again, which is most of
+    a listing. `partial`: the listing holds only some keys (`listing: new_keys`), so a row
+    it does not hold is not gone."""
+    out = Found(source, options, now)
     seen: set[str] = set()
     prefix = options.prefix
+    cut = len(prefix)
     for obj in listing:
         if not obj.key.startswith(prefix):
             continue  # a listing returns only the prefix's keys; never trust it blindly
-        rel = obj.key[len(prefix):]
-        if not rel or not matcher.wanted(rel):
-            continue
+        rel = obj.key[cut:]
         path = url_of(options, obj.key)
-        seen.add(path)
-        fingerprint = _fingerprint(options, rel, obj)
         row = rows.get(path)
+        if row is None and (not rel or not matcher.wanted(rel)):
+            continue
+        seen.add(path if row is None else row.path)  # (the row's string: this one is freed)
+        fingerprint = _fingerprint(options, rel, obj)
         if row is not None and (row.fingerprint, row.size, row.mtime_ns) == (
                 fingerprint, obj.size, obj.mtime_ns):
             continue
@@ -169,14 +348,39 @@ def compare(source: str, options: BucketOptions, matcher: Matcher, listing: list
         kind = "created" if row is None else "modified"
         out.saves.append(FileRow(path, 0, obj.size, obj.mtime_ns, fingerprint, now))
         if kind in options.events:
-            out.events.append(_event(source, options, kind, obj, rel, fingerprint, now))
-    for path, row in rows.items():
+            out.news.append((kind, obj, rel, fingerprint))
+    for path, row in () if partial else rows.items():
         if path in seen:
             continue
         out.gone.append(path)
         if "deleted" in options.events:
-            out.events.append(_deleted(source, options, row, now))
+            out.news.append(_deletion(options, row))
     return out
+
+
+def next_mark(options: BucketOptions, listing: list[Obj], waiting: Mapping[str, str],
+              mark: str | None) -> str | None:
+    """Where the next `listing: new_keys` listing starts after: the greatest key listed (or
+    the mark it started after), but below every key still waiting to settle, so that the
+    next listing sees those again; None (the next listing is a full one) when there is no
+    such key."""
+    base = len(url_of(options, ""))
+    low = min((path[base:] for path in waiting), default=None)
+    below = [o.key for o in listing if low is None or o.key < low]
+    if mark is not None and (low is None or mark < low):
+        below.append(mark)
+    return max(below, default=None)
+
+
+def watched(options: BucketOptions, matcher: Matcher, rows: Mapping[str, FileRow]
+            ) -> dict[str, FileRow]:
+    """The rows of objects the options watch. Rows the table keeps from other options (a
+    pattern or the URL changed since) are left out, not reported deleted: the objects are
+    not gone, they are no longer watched."""
+    base = url_of(options, options.prefix)
+    cut = len(base)
+    return {path: row for path, row in rows.items()
+            if path.startswith(base) and len(path) > cut and matcher.wanted(path[cut:])}
 
 
 def notice_event(source: str, options: BucketOptions, matcher: Matcher, notice: Notice,
@@ -194,7 +398,8 @@ def notice_event(source: str, options: BucketOptions, matcher: Matcher, notice: 
     if notice.removed:
         if row is None or "deleted" not in options.events:
             return None
-        return _deleted(source, options, row, now)
+        kind, obj, rel, fingerprint = _deletion(options, row)
+        return _event(source, options, kind, obj, rel, fingerprint, now)
     kind = "created" if row is None else "modified"
     if kind not in options.events:
         return None
@@ -202,12 +407,11 @@ def notice_event(source: str, options: BucketOptions, matcher: Matcher, notice: 
     return _event(source, options, kind, obj, rel, _fingerprint(options, rel, obj), now)
 
 
-def _deleted(source: str, options: BucketOptions, row: FileRow, now: datetime) -> Event:
+def _deletion(options: BucketOptions, row: FileRow) -> tuple[str, Obj, str, str]:
     key = row.path.removeprefix(url_of(options, ""))
     rel = key[len(options.prefix):]
-    obj = Obj(key, row.size, row.mtime_ns, None, None)
-    return _event(source, options, "deleted", obj, rel,
-                  f"{rel}:{row.size}:{row.mtime_ns}:deleted", now)
+    return ("deleted", Obj(key, row.size, row.mtime_ns, None, None), rel,
+            f"{rel}:{row.size}:{row.mtime_ns}:deleted")
 
 
 def _fingerprint(options: BucketOptions, rel: str, obj: Obj) -> str:

@@ -65,7 +65,11 @@ class Notice:
 # the fields a listing or a notification holds an object's content tag in, by fsspec protocol:
 # S3's ETag (the MD5 of the bytes, or of the parts' MD5s for a multipart upload); GCS's
 # md5Hash (crc32c for composite objects, which have none); Azure's ETag (which changes on
-# every write: on Azure a re-upload of the same bytes is not recognised as one)
+# every write: on Azure a re-upload of the same bytes is not recognised as one). The listing's
+# names are the libraries': gcsfs gives the object resource's fields (md5Hash, crc32c, etag),
+# adlfs `etag` in quotes ('"0x8DC..."'), s3fs `ETag` in quotes; notifications' are the
+# documented ones (S3 `eTag`, the object resource, Event Grid `eTag`). Checked against the
+# servers in tests/sources/test_bucket_gcs.py and test_bucket_azure.py.
 TAG_FIELDS = {
     "s3": ("ETag", "etag", "eTag"),
     "gcs": ("md5Hash", "crc32c", "etag"),

@@ -63,11 +63,27 @@ class BucketOptions(Strict):
     ignore: list[str] = Field(default_factory=list)
     events: list[Kind] = Field(default_factory=_default_events, min_length=1)
     fingerprint: Literal["etag", "stat"] = "etag"
-    """etag: the content (with versioning, the version id); stat: size and last-modified."""
+    """etag: the content tag (S3 ETag, GCS md5Hash, Azure ETag; the version id where there is
+    no tag); stat: size and last-modified."""
     settle: bool = True
     """Emit an object once two listings in a row saw it unchanged (else at first sight)."""
+    listing: Literal["full", "new_keys"] = "full"
+    """full: every listing lists the whole prefix. new_keys: a listing asks only for the keys
+    after the greatest key seen (S3's StartAfter), for prefixes whose new keys sort last
+    (date-partitioned `dt=2026-12-06/...`, timestamps, sequence numbers); every
+    `full_listing_every`-th listing is a full one, which finds changed and deleted objects
+    and keys that sorted earlier."""
+    full_listing_every: int = Field(10, ge=1, le=10_000)
     endpoint_url: str | None = None
-    """An S3-compatible store (MinIO, Ceph, a local server)."""
+    """The store's endpoint instead of the provider's (an http:// or https:// URL).
+    s3://: an S3-compatible store (MinIO, Ceph, a local server). gs://: a server of the GCS
+    JSON API at `scheme://host:port`, no path (an emulator: fake-gcs-server,
+    gcp-storage-emulator); its requests are anonymous unless `credentials.token` names a
+    service-account file (emulators take no credentials). az://: the Blob service endpoint,
+    the account in the path where the server wants it (Azurite:
+    `http://127.0.0.1:10000/devstoreaccount1`); requests are signed with the account key
+    (`credentials: {key: <account name var>, secret: <account key var>}`), else anonymous
+    (a public container)."""
     region: str | None = None
     credentials: Credentials = Field(default_factory=Credentials)
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -101,10 +117,41 @@ class BucketOptions(Strict):
             raise ValueError("`poll` must be at least 1s (each listing is paid for)")
         return value
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _valid_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint_url {value!r}: an http:// or https:// URL with a host "
+                             "(e.g. http://127.0.0.1:9000)")
+        try:
+            _ = parts.port  # a port that is not a number raises
+        except ValueError as exc:
+            raise ValueError(f"endpoint_url {value!r}: {exc}") from None
+        return value
+
     @model_validator(mode="after")
-    def _endpoint_for_s3(self) -> BucketOptions:
-        if self.endpoint_url is not None and urlsplit(self.url).scheme != "s3":
-            raise ValueError("endpoint_url applies to s3:// URLs only")
+    def _endpoint_for_the_store(self) -> BucketOptions:
+        """What an endpoint means depends on the store (see `endpoint_url`)."""
+        if self.endpoint_url is None:
+            return self
+        scheme, parts = self.scheme, urlsplit(self.endpoint_url)
+        if scheme in ("gs", "gcs") and parts.path.strip("/"):
+            raise ValueError(f"endpoint_url {self.endpoint_url!r}: for {scheme}:// the "
+                             "server's root, scheme://host:port without a path (gcsfs "
+                             "adds /storage/v1/)")
+        if scheme in ("az", "abfs") and "connection_string" in self.options:
+            raise ValueError(f"endpoint_url and options.connection_string both say where "
+                             f"the {scheme}:// store is: give one")
+        return self
+
+    @model_validator(mode="after")
+    def _new_keys_on_s3(self) -> BucketOptions:
+        if self.listing == "new_keys" and urlsplit(self.url).scheme != "s3":
+            raise ValueError("`listing: new_keys` needs an s3:// URL (ListObjectsV2's "
+                             "StartAfter); use `listing: full` here")
         return self
 
     @property

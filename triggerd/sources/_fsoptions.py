@@ -5,9 +5,9 @@ compile, `rescan` and `poll` within bounds). The source itself: `triggerd.source
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from triggerd.plugin import Duration, ExpressionError, Strict, compile_glob
 
@@ -50,6 +50,21 @@ class FilesystemOptions(Strict):
     """An interval to poll instead of inotify (NFS, CIFS, FUSE)."""
     scan_on_start: bool = True
     rescan: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_urls(cls, data: Any) -> Any:
+        """An object-store URL among `paths` (as in `paths: ["s3://bucket/prefix/"]`) is not a
+        directory: it gets the one error that says which source watches it, not errors about
+        this source's other options."""
+        paths = data.get("paths") if isinstance(data, dict) else None
+        for path in paths if isinstance(paths, list) else ():
+            if isinstance(path, str) and "://" in path:
+                raise ValueError(
+                    f"paths: {path!r} is an object-store URL, not a directory: watch it with "
+                    f"a source of `type: bucket` and `url: {path}` (it takes poll, patterns, "
+                    "ignore, events, settle, and fingerprint etag or stat)")
+        return data
 
     @field_validator("patterns", "ignore")
     @classmethod

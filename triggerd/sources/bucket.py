@@ -11,6 +11,13 @@ The listing is the truth
     (S3 event notifications, GCS Pub/Sub, Event Grid) arriving on Kafka make it faster; the
     listing still finds what a lost one missed.
 
+Cheaper listings
+    Sub-prefixes are listed at once (`_bucketlist.Lister`). With `listing: new_keys` (S3), a
+    listing asks only for the keys after the greatest key seen (StartAfter), below any key
+    still waiting to settle; every `full_listing_every`-th listing (the first included) is a
+    full one, so changed and deleted objects and keys that sort earlier are found within that
+    many polls. For prefixes whose new keys sort last (date partitions, timestamps).
+
 Settling
     With `settle` (the default) an object becomes an event once two listings in a row saw it
     with the same fingerprint: a writer that rewrites a key in quick succession makes one event.
@@ -36,12 +43,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from triggerd.plugin import Event, FileRow, SourceContext, to_the_end
-from triggerd.sources._bucketlist import Lister, Obj, compare, matcher_for
+from triggerd.plugin import FileRow, SourceContext, to_the_end
+from triggerd.sources._bucketlist import (
+    Found,
+    Lister,
+    Obj,
+    compare,
+    matcher_for,
+    next_mark,
+    watched,
+)
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fstable import FileTable, MemoryFileTable
 from triggerd.sources._fswatch import in_thread
@@ -69,18 +83,22 @@ class BucketSource:
         self.stats: dict[str, Any] = {
             "url": options.url, "objects_tracked": 0, "waiting_to_settle": 0,
             "last_listing_at": None, "last_listing_seconds": None, "listings": 0,
-            "listing_failures": 0, "last_event_at": None,
+            "listing_failures": 0, "last_event_at": None, "full_listings": 0,
+            "partial_listings": 0, "last_listing_objects": 0,
         }
 
     async def run(self, ctx: SourceContext) -> None:
-        rows = await self.files.load(self.name)
+        rows = watched(self.options, self.matcher, await self.files.load(self.name))
         waiting: dict[str, str] = {}
         failures = 0
         poll = self.options.poll
+        mark: str | None = None  # `listing: new_keys`: list after this key (None: in full)
         while True:
             started = asyncio.get_running_loop().time()
+            after = mark if self._partial_now() else None
             try:
-                listing = await in_thread(self._list, f"triggerd-bucket-{self.name}")
+                listing = await in_thread(functools.partial(self._list, after),
+                                          f"triggerd-bucket-{self.name}")
             except Exception as exc:
                 failures += 1
                 self.stats["listing_failures"] += 1
@@ -96,14 +114,19 @@ class BucketSource:
             # a large prefix takes seconds to compare: off the loop too (`rows` and `waiting`
             # change only on the loop, after it)
             found = await in_thread(functools.partial(
-                compare, self.name, self.options, self.matcher, listing, rows, waiting, now),
-                f"triggerd-bucket-{self.name}")
-            await self._emit(ctx, found.events, found.saves, found.gone)
+                compare, self.name, self.options, self.matcher, listing, rows, waiting, now,
+                partial=after is not None), f"triggerd-bucket-{self.name}")
+            await self._emit(ctx, found)
             for row in found.saves:
                 rows[row.path] = row
             for path in found.gone:
                 rows.pop(path, None)
             waiting = found.waiting
+            if self.options.listing == "new_keys":
+                mark = next_mark(self.options, listing, waiting, after)
+            self.stats["full_listings" if after is None else "partial_listings"] += 1
+            self.stats["last_listing_objects"] = len(listing)
+            del listing
             self.stats.update(objects_tracked=len(rows), waiting_to_settle=len(waiting),
                               last_listing_at=now.isoformat(), listings=self.stats["listings"] + 1,
                               last_listing_seconds=round(
@@ -111,23 +134,29 @@ class BucketSource:
             self._report(ctx)
             await asyncio.sleep(poll.total_seconds())
 
-    def _list(self) -> list[Obj]:
-        """One listing (blocking). The filesystem is opened at the first (it may read
-        credential files, and a credential variable that is not set is reported like any
-        listing failure)."""
+    def _partial_now(self) -> bool:
+        """Whether this listing lists only new keys (`listing: new_keys`, and not the
+        `full_listing_every`-th listing)."""
+        if self.options.listing != "new_keys":
+            return False
+        listings: int = self.stats["listings"]
+        return listings % self.options.full_listing_every != 0
+
+    def _list(self, after: str | None) -> list[Obj]:
+        """One listing (blocking); `after`: only the keys after it. The filesystem is opened
+        at the first (it may read credential files, and a credential variable that is not
+        set is reported like any listing failure)."""
         if self._lister is None:
             self._lister = Lister(self.options)
-        return self._lister.list()
+        return self._lister.list(after)
 
-    async def _emit(self, ctx: SourceContext, events: Sequence[Event], saves: list[FileRow],
-                    gone: list[str]) -> None:
+    async def _emit(self, ctx: SourceContext, found: Found) -> None:
         """Emit the events in batches, each with the rows of its objects in the same store
         transaction; then record the rows no event covers."""
-        row_of = {r.path: r for r in saves}
-        gone_set = set(gone)
+        row_of = {r.path: r for r in found.saves}
+        gone_set = set(found.gone)
         covered: set[str] = set()
-        for i in range(0, len(events), BATCH):
-            batch = list(events[i:i + BATCH])
+        for batch in found.batches(BATCH):
             paths = [e.subject for e in batch]
             covered.update(paths)
             rows = [row_of[p] for p in paths if p in row_of]
@@ -137,8 +166,8 @@ class BucketSource:
             self.stats["last_event_at"] = ctx.clock.now().isoformat()
             if joined is None:
                 await to_the_end(self._record(rows, dropped), None)
-        quiet = [r for r in saves if r.path not in covered]
-        gone_quiet = [p for p in gone if p not in covered]
+        quiet = [r for r in found.saves if r.path not in covered]
+        gone_quiet = [p for p in found.gone if p not in covered]
         if quiet or gone_quiet:
             await to_the_end(self._record(quiet, gone_quiet), None)
 
@@ -172,7 +201,8 @@ def _what_to_fix(options: BucketOptions, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return (f"{where}: the bucket does not exist (or is not visible with these "
                 "credentials): check `url`")
-    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+    if isinstance(exc, PermissionError) or any(word in text for word in (
+            "AccessDenied", "Forbidden", "AuthorizationFailure", "AuthenticationFailed")):
         return (f"{where}: access denied: check the credentials and that they may list the "
                 "bucket (s3:ListBucket, storage.objects.list, or a reader role)")
     if "SlowDown" in text or "503" in text or "Throttl" in text or "TooManyRequests" in text:

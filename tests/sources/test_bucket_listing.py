@@ -1,0 +1,157 @@
+"""The bucket source's listing (`Lister`) against a real S3-protocol server (moto's
+ThreadedMotoServer, the Amazon S3 REST API: ListObjectsV2 with a delimiter, pagination):
+the sub-prefixes it lists at once add up to exactly the objects a plain recursive listing
+finds, at any depth, and nothing of a sibling prefix that shares the name's first letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from s3_server import KEY, S3, SECRET
+
+from triggerd.sources._bucketlist import FAN_OUT, Lister
+from triggerd.sources._bucketoptions import BucketOptions
+
+
+def lister(s3: S3, url: str) -> Lister:
+    options = BucketOptions.model_validate({
+        "type": "bucket", "url": url, "poll": "1m", "endpoint_url": s3.endpoint,
+        "credentials": {"key": "K", "secret": "S"}})
+    return Lister(options, {"K": KEY, "S": SECRET})
+
+
+def _fill(s3: S3, bucket: str, keys: list[str]) -> None:
+    for key in keys:
+        s3.put(bucket, key, key.encode())
+
+
+LAYOUTS: dict[str, list[str]] = {
+    # date partitions: more sub-prefixes than FAN_OUT at the first level
+    "partitions": [f"landing/dt=2026-11-{d:02d}/part-{p}.parquet"
+                   for d in range(1, FAN_OUT + 4) for p in range(3)] + ["landing/_SUCCESS"],
+    # year/month/day: one sub-prefix per level until the days
+    "nested": [f"landing/2026/{m:02d}/{d:02d}/x.parquet" for m in (11, 12)
+               for d in range(1, 6)] + ["landing/2026/readme.txt", "landing/top.parquet"],
+    # no sub-prefixes at all
+    "flat": [f"landing/{i}.parquet" for i in range(25)],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_the_fanned_out_listing_is_the_whole_prefix(s3_server: Any, layout: str) -> None:
+    bucket = s3_server.bucket(f"listing-{layout}")
+    keys = LAYOUTS[layout]
+    _fill(s3_server, bucket, [*keys, "landing2/not-mine.parquet", "other/x.parquet"])
+    listed = lister(s3_server, f"s3://{bucket}/landing/")
+    objs = listed.list()
+    assert sorted(o.key for o in objs) == sorted(keys)
+    assert all(o.etag and o.size > 0 and o.mtime_ns > 0 for o in objs)
+    assert listed.requests >= 1
+    whole = lister(s3_server, f"s3://{bucket}/")
+    assert len(whole.list()) == len(keys) + 2
+
+
+def test_an_empty_prefix_lists_nothing_and_a_missing_bucket_says_so(s3_server: Any) -> None:
+    bucket = s3_server.bucket("listing-empty")
+    assert lister(s3_server, f"s3://{bucket}/landing/").list() == []
+    with pytest.raises(FileNotFoundError):
+        lister(s3_server, "s3://no-such-bucket-here/landing/").list()
+
+
+def test_new_keys_listings_ask_only_after_the_greatest_key_seen(s3_server: Any) -> None:
+    """`listing: new_keys`: a listing after a mark returns only later keys (ListObjectsV2's
+    StartAfter, page by page), and the mark stays below a key still waiting to settle."""
+    from datetime import UTC, datetime
+
+    from triggerd.sources._bucketlist import compare, matcher_for, next_mark
+
+    bucket = s3_server.bucket("listing-new-keys")
+    old = [f"landing/dt=2026-11-{d:02d}/part-0.parquet" for d in (1, 2, 3)]
+    _fill(s3_server, bucket, old)
+    listed = lister(s3_server, f"s3://{bucket}/landing/")
+    full = listed.list()
+    opts = listed.options
+    mark = next_mark(opts, full, {}, None)
+    assert mark == old[-1]
+    new = [f"landing/dt=2026-11-04/part-{p}.parquet" for p in range(3)]
+    _fill(s3_server, bucket, [*new, old[0]])  # three new keys, and an old one rewritten
+    later = listed.list(after=mark)
+    assert sorted(o.key for o in later) == new
+    now = datetime.now(UTC)
+    rows = {r.path: r for r in compare("b", opts.model_copy(update={"settle": False}),
+                                       matcher_for(opts), full, {}, {}, now).saves}
+    settling = compare("b", opts, matcher_for(opts), later, rows, {}, now, partial=True)
+    assert settling.gone == [] and len(settling.waiting) == 3  # the old rows are not gone
+    assert next_mark(opts, later, settling.waiting, mark) == mark  # all three wait
+    assert next_mark(opts, later, {k: v for k, v in settling.waiting.items()
+                                   if not k.endswith("part-0.parquet")}, mark) == new[0]
+    # a full listing is what finds the rewritten old key
+    assert {o.key for o in listed.list()} >= {old[0], *new}
+
+
+def test_new_keys_is_refused_where_the_store_has_no_start_after() -> None:
+    with pytest.raises(ValueError, match="`listing: new_keys` needs an s3:// URL"):
+        BucketOptions.model_validate({"type": "bucket", "url": "gs://b/p/", "poll": "1m",
+                                      "listing": "new_keys"})
+
+
+class _Ctx:
+    """What the bucket source needs of a SourceContext: emits recorded, figures kept."""
+
+    def __init__(self) -> None:
+        from triggerd.clock import SystemClock
+
+        self.clock = SystemClock()
+        self.events: list[Any] = []
+        self.details: dict[str, Any] = {}
+
+    async def emit(self, events: Any, also: Any = None) -> None:
+        self.events.extend(events)
+
+    def set_health(self, healthy: bool, error: str | None = None) -> None:
+        assert healthy, error
+
+    def report(self, details: dict[str, Any]) -> None:
+        self.details = details
+
+
+async def test_the_source_lists_new_keys_between_full_listings(s3_server: Any) -> None:
+    """The bucket source with `listing: new_keys` and `full_listing_every: 3`: new keys are
+    found by the partial listings, a rewritten old key only by the next full one."""
+    import asyncio
+
+    from triggerd.sources.bucket import BucketSource
+
+    bucket = s3_server.bucket("source-new-keys")
+    _fill(s3_server, bucket, ["landing/dt=01/a.parquet"])
+    options = BucketOptions.model_validate({
+        "type": "bucket", "url": f"s3://{bucket}/landing/", "poll": "2s", "settle": False,
+        "listing": "new_keys", "full_listing_every": 3, "endpoint_url": s3_server.endpoint,
+        "credentials": {"key": "K", "secret": "S"}})
+    source = BucketSource("landing", options, lister=Lister(options, {"K": KEY, "S": SECRET}))
+    ctx = _Ctx()
+    task = asyncio.create_task(source.run(ctx))  # type: ignore[arg-type]
+
+    async def until(predicate: Any, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+
+    def keys() -> list[str]:
+        return sorted(e.payload["relpath"] for e in ctx.events)
+
+    try:
+        await until(lambda: keys() == ["dt=01/a.parquet"])
+        s3_server.put(bucket, "landing/dt=02/b.parquet", b"b")
+        s3_server.put(bucket, "landing/dt=01/a.parquet", b"a, rewritten")
+        # (the first listing was full; the next two, 2 s apart, are partial)
+        await until(lambda: "dt=02/b.parquet" in keys())
+        assert keys() == ["dt=01/a.parquet", "dt=02/b.parquet"]  # a partial one found b only
+        await until(lambda: len(keys()) == 3)  # the third listing after the first: full
+        assert ctx.details["partial_listings"] == 2
+        assert [e.kind for e in ctx.events if e.payload["relpath"] == "dt=01/a.parquet"] == [
+            "created", "modified"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
