@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from replaytest import CONFIG, START, Replay, bursts, write_log
 
+from triggerd.model import event_id
+
 
 def figures(report: dict[str, Any], run: str, rule: str) -> dict[str, Any]:
     found: dict[str, Any] = next(r for r in report["runs"] if r["name"] == run)["rules"][rule]
@@ -147,3 +149,38 @@ def test_events_a_rule_rejects_are_counted_per_error(rp: Replay) -> None:
     run = report["runs"][0]
     assert run["rejected"] == {"rule on-data: group_by: no value for payload.team": 5}
     assert run["rules"]["on-data"]["triggers"] == 0
+
+
+def test_a_bucket_sources_log_is_replayed_as_its_listing_makes_events(rp: Replay) -> None:
+    """Rows of a bucket source (subject: the object's URL or its key below the prefix) become
+    the events its listing makes: watched patterns only, payload and fingerprint as listed,
+    the same content tag twice at one key a duplicate."""
+    rp.file("triggerd.yaml", """
+        state_dir: state
+        sources:
+          raw: {type: bucket, url: "s3://data/landing/", poll: 5m,
+                patterns: ["**/*.parquet"]}
+        backends:
+          train: {type: command, argv: [echo]}
+        rules:
+          fresh:
+            on: [raw]
+            when: {min_events: 2}
+            dispatch: {backend: train}
+    """)
+    at = [(START + timedelta(minutes=m)).isoformat() for m in range(4)]
+    log = write_log(rp, [
+        {"time": at[0], "source": "raw", "subject": "s3://data/landing/a.parquet",
+         "fingerprint": "e1"},
+        {"time": at[1], "source": "raw", "subject": "a.parquet", "fingerprint": "e1"},
+        {"time": at[2], "source": "raw", "subject": "notes.txt"},
+        {"time": at[3], "source": "raw", "subject": "dt=1/b.parquet", "size": 7},
+    ])
+    report = rp.json("--arrivals", str(log), "--job-duration", "1m")
+    (trigger,) = next(r for r in report["runs"] if r["name"] == "current")["triggers"]
+    # a.parquet's second row is a duplicate (same tag), notes.txt is not watched: the two
+    # events come only with b.parquet, whose fingerprint is its size and time (no tag)
+    assert trigger["at"] == at[3]
+    b_mtime = int((START + timedelta(minutes=3)).timestamp() * 1e9)
+    assert sorted(trigger["events"]) == sorted([
+        event_id("raw", "a.parquet:e1"), event_id("raw", f"dt=1/b.parquet:7:{b_mtime}")])

@@ -16,9 +16,11 @@ skipped silently.
 sources' own code (`inputs.Builder`): a filesystem source's rows are files (its `patterns`,
 `ignore` and `events` apply; a row's `fingerprint` stands for the file's content, so the same
 fingerprint at the same path is a duplicate), a Kafka source's rows are messages whose value
-is the payload and whose key is the subject, stored events and other sources' rows are events
-as given. Cron sources tick by themselves in a replay, on each config's own schedule, so a
-log's or the store's ticks are left out (and counted).
+is the payload and whose key is the subject, a bucket source's rows are objects (their
+subject the URL or the key below the prefix, `fingerprint` the content tag) made into the
+listing's events, stored events and other sources' rows are events as given. Cron sources
+tick by themselves in a replay, on each config's own schedule, so a log's or the store's ticks
+are left out (and counted).
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ from sqlalchemy import select
 
 from triggerd.config.loader import Config
 from triggerd.errors import ConfigError
+from triggerd.model import Event, FileRow
 from triggerd.simulate.spec import EventIn, FileIn, Input, MessageIn
+from triggerd.sources._bucketlist import matcher_for, notice_event
+from triggerd.sources._bucketnotify import Notice
+from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fsoptions import FilesystemOptions
 from triggerd.sources._kafka.options import KafkaOptions
 from triggerd.sources.cron import CronOptions
@@ -207,11 +213,34 @@ def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
         elif isinstance(options, KafkaOptions):
             out.items.append((a.at, _input(message=MessageIn(
                 source=a.source, value=a.payload, key=a.subject))))
+        elif isinstance(options, BucketOptions):
+            event = _object_event(a, options)
+            if event is None:
+                out.leave_out(f"rows of bucket source {a.source} it does not watch")
+                continue
+            out.items.append((a.at, _input(event=EventIn(
+                source=a.source, kind=event.kind, subject=event.subject,
+                fingerprint=event.fingerprint, payload=event.payload))))
         else:
             out.items.append((a.at, _input(event=EventIn(
                 source=a.source, kind=a.kind, subject=a.subject, fingerprint=a.fingerprint,
                 payload=a.payload))))
     return out
+
+
+def _object_event(a: Arrival, options: BucketOptions) -> Event | None:
+    """A bucket source's row as the event its listing makes (`notice_event`): the subject is
+    the object's URL or its key below the prefix; a row's `fingerprint` stands for the
+    object's content tag; `kind` created, modified or deleted."""
+    base = f"{options.scheme}://{options.bucket}/"
+    key = (a.subject[len(base):] if a.subject.startswith(base)
+           else options.prefix + a.subject.lstrip("/"))
+    mtime_ns = int(a.at.timestamp() * 1e9)
+    url = base + key
+    row = None if a.kind == "created" else FileRow(url, 0, a.size, mtime_ns, "")
+    notice = Notice(a.kind == "deleted", options.bucket, key, a.size, mtime_ns,
+                    a.fingerprint or None, None)
+    return notice_event(a.source, options, matcher_for(options), notice, row, a.at)
 
 
 def _under(options: FilesystemOptions, subject: str) -> str | None:
