@@ -26,6 +26,7 @@ Two measurements:
 
     .venv/bin/python bench/bucket.py --objects 100000
     .venv/bin/python bench/bucket.py --objects 100000 --daemon
+    .venv/bin/python bench/bucket.py --objects 100000 --daemon --sqlite-cache-mb 16
     .venv/bin/python bench/bucket.py --objects 1000000 --daemon
     .venv/bin/python bench/bucket.py --objects 100000 --server moto
 """
@@ -189,7 +190,8 @@ def in_process(server: Server) -> None:
     print(f"server peak RSS {proc_mb(server.proc.pid):.0f} MB")
 
 
-def daemon(server: Server, n: int, work: Path, store: str | None) -> None:
+def daemon(server: Server, n: int, work: Path, store: str | None,
+           cache_mb: int | None) -> None:
     state = work / "state"
     config = work / "triggerd.yaml"
     config.write_text(f"""state_dir: {state}
@@ -211,6 +213,8 @@ rules:
     dispatch: {{backend: noop}}
 """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERD_")} | ENV
+    if cache_mb is not None:
+        env["TRIGGERD_SQLITE_CACHE_MB"] = str(cache_mb)
     log = work / "daemon.log"
     db = state / "state.db"
     engine = None
@@ -281,6 +285,8 @@ def main() -> None:
     parser.add_argument("--layout", choices=("partitions", "flat"), default="partitions")
     parser.add_argument("--daemon", action="store_true",
                         help="measure the real daemon instead of the listing in this process")
+    parser.add_argument("--sqlite-cache-mb", type=int,
+                        help="the daemon's TRIGGERD_SQLITE_CACHE_MB (default: its own, 64)")
     parser.add_argument("--store", help="the daemon's store URL (default: SQLite in a "
                         "temporary directory); a PostgreSQL database is emptied first")
     args = parser.parse_args()
@@ -288,7 +294,7 @@ def main() -> None:
     server = Server(args.server, keys(args.objects, args.layout), work)
     try:
         if args.daemon:
-            daemon(server, args.objects, work, args.store)
+            daemon(server, args.objects, work, args.store, args.sqlite_cache_mb)
         else:
             in_process(server)
     finally:

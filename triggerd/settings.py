@@ -9,6 +9,9 @@
     TRIGGERD_LOG_LEVEL   DEBUG, INFO, WARNING, ERROR (default INFO)
     TRIGGERD_LOG_FORMAT  text | json                 (default text)
     TRIGGERD_HTTP        host:port for /metrics and /healthz (off by default)
+    TRIGGERD_SQLITE_CACHE_MB  SQLite's page cache per connection, MiB (default 64; less
+                         memory, slower ingest into a large store). Read where a SQLite store
+                         is opened (triggerd.store.connect)
 """
 
 from __future__ import annotations

@@ -123,3 +123,26 @@ def test_a_write_refused_for_another_reason_stops_counting_once_writes_go_throug
         assert store.failing_writes(datetime.now(UTC)) is None
     finally:
         store.close()
+
+
+def test_the_sqlite_page_cache_is_what_the_environment_asks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRIGGERD_SQLITE_CACHE_MB sets each connection's page cache (64 MiB by default); a value
+    out of range is refused naming the variable."""
+    from sqlalchemy import text
+
+    def cache_kib() -> int:
+        store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+        try:
+            with store.engine.connect() as c:
+                return -int(c.execute(text("PRAGMA cache_size")).scalar_one())
+        finally:
+            store.close()
+
+    monkeypatch.delenv("TRIGGERD_SQLITE_CACHE_MB", raising=False)
+    assert cache_kib() == 64 * 1024
+    monkeypatch.setenv("TRIGGERD_SQLITE_CACHE_MB", "16")
+    assert cache_kib() == 16 * 1024
+    monkeypatch.setenv("TRIGGERD_SQLITE_CACHE_MB", "0")
+    with pytest.raises(StoreError, match="TRIGGERD_SQLITE_CACHE_MB='0': a whole number of MiB"):
+        cache_kib()
