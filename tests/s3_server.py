@@ -103,3 +103,78 @@ def s3_server() -> Iterator[S3]:
         yield S3(endpoint, client)
     finally:
         server.stop()
+
+
+S3_ERRORS = {  # the S3 REST API's error responses (RESTErrorResponses: status, Code, Message)
+    "SlowDown": (503, "Please reduce your request rate."),
+    "AccessDenied": (403, "Access Denied"),
+}
+
+
+class FaultyS3:
+    """A reverse proxy in front of the S3 server that answers every request with one of S3's
+    error responses while `fault` names it (`S3_ERRORS`), and forwards requests otherwise:
+    throttling and a revoked permission, as a client of Amazon S3 sees them."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.fault: str | None = None
+        self.refused = 0  # requests answered with the fault
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy.fault
+                if fault is not None:
+                    proxy.refused += 1
+                    status, message = S3_ERRORS[fault]
+                    xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault}</Code>'
+                           f"<Message>{message}</Message><RequestId>triggerd-test</RequestId>"
+                           "</Error>").encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    self.wfile.write(xml)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = self.headers.get("Host", target.netloc)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response_only(answer.status, answer.reason)
+                head = self.command == "HEAD"  # its Content-Length is the object's; no body
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection") and (
+                            head or name.lower() != "content-length"):
+                        self.send_header(name, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

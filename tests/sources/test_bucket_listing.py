@@ -155,3 +155,60 @@ async def test_the_source_lists_new_keys_between_full_listings(s3_server: Any) -
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_throttling_and_a_denied_listing_say_what_to_fix_back_off_and_lose_nothing(
+        s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 server behind a proxy that answers with S3's own error responses (503 SlowDown,
+    403 AccessDenied): the source turns unhealthy saying what to fix, waits longer after each
+    failed listing (poll x 2, x 4, ...), and finds what landed meanwhile once it is let in."""
+    import asyncio
+
+    from s3_server import FaultyS3
+
+    from triggerd.sources.bucket import BucketSource
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries: s3fs's are enough
+    bucket = s3_server.bucket("source-faults")
+    _fill(s3_server, bucket, ["landing/a.parquet"])
+    proxy = FaultyS3(s3_server.endpoint)
+    options = BucketOptions.model_validate({
+        "type": "bucket", "url": f"s3://{bucket}/landing/", "poll": "1s", "settle": False,
+        "endpoint_url": proxy.endpoint, "options": {"retries": 2},
+        "credentials": {"key": "K", "secret": "S"}})
+    source = BucketSource("landing", options, lister=Lister(options, {"K": KEY, "S": SECRET}))
+    ctx = _Ctx()
+    health: list[tuple[bool, str | None]] = []
+    ctx.set_health = lambda ok, error=None: health.append((ok, error))  # type: ignore[method-assign]
+    task = asyncio.create_task(source.run(ctx))  # type: ignore[arg-type]
+
+    async def until(predicate: Any, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+
+    def errors() -> list[str]:
+        return [e for ok, e in health if not ok and e]
+
+    try:
+        await until(lambda: [e.payload["relpath"] for e in ctx.events] == ["a.parquet"])
+        proxy.fault = "SlowDown"
+        await until(lambda: len(errors()) >= 1)
+        assert errors()[0] == (f"s3://{bucket}/landing/: the store is throttling listings "
+                               "(SlowDown): raise `poll`; next listing in 2s")
+        proxy.fault = "AccessDenied"
+        await until(lambda: any("access denied" in e for e in errors()))
+        said = next(e for e in errors() if "access denied" in e)
+        assert said.startswith(f"s3://{bucket}/landing/: access denied: check the credentials")
+        assert said.endswith("; next listing in 4s")  # backing off: poll x 2, x 4, ...
+        assert SECRET not in " ".join(errors())
+        s3_server.put(bucket, "landing/b.parquet", b"landed while refused")
+        proxy.fault = None
+        await until(lambda: health[-1] == (True, None)
+                    and len(ctx.events) == 2, timeout=30)
+        assert ctx.events[-1].payload["relpath"] == "b.parquet"
+        assert ctx.details["listing_failures"] >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        proxy.close()

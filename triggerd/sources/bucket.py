@@ -41,6 +41,7 @@ Failures
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 from datetime import timedelta
@@ -197,7 +198,7 @@ class BucketSource:
 def _what_to_fix(options: BucketOptions, exc: BaseException) -> str:
     """The listing's failure as what to fix (never a credential: only names appear)."""
     where = options.url
-    text = str(exc)
+    text = f"{exc} {exc.__cause__ or ''}"  # s3fs raises OSError from the ClientError
     if isinstance(exc, FileNotFoundError):
         return (f"{where}: the bucket does not exist (or is not visible with these "
                 "credentials): check `url`")
@@ -205,6 +206,8 @@ def _what_to_fix(options: BucketOptions, exc: BaseException) -> str:
             "AccessDenied", "Forbidden", "AuthorizationFailure", "AuthenticationFailed")):
         return (f"{where}: access denied: check the credentials and that they may list the "
                 "bucket (s3:ListBucket, storage.objects.list, or a reader role)")
-    if "SlowDown" in text or "503" in text or "Throttl" in text or "TooManyRequests" in text:
+    if (isinstance(exc, OSError) and exc.errno == errno.EBUSY) or any(word in text for word in (
+            "SlowDown", "reduce your request rate", "503", "Throttl", "TooManyRequests")):
+        # (s3fs turns S3's SlowDown into EBUSY "Please reduce your request rate.")
         return f"{where}: the store is throttling listings (SlowDown): raise `poll`"
-    return f"{where}: listing failed: {type(exc).__name__}: {text[:300]}"
+    return f"{where}: listing failed: {type(exc).__name__}: {str(exc)[:300]}"
