@@ -1,5 +1,6 @@
 # triggerd — the two commands that matter (tests run with asyncio debug mode on):
-#   make run    create .venv, install, start the daemon on config/triggerd.example.yaml
+#   make run    create .venv, install what running needs, start the daemon on
+#               config/triggerd.example.yaml (drop files into ./data/landing to see a retrain)
 #   make test   install, then ruff, mypy --strict and the whole pytest suite
 
 PYTHON ?= python3
@@ -18,9 +19,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# `make run` needs only what running needs (no test tools)
+RUN_STAMP = $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 install: $(STAMP)
 
-run: install
+run: $(RUN_STAMP)
+	mkdir -p data/landing
 	$(BIN)/triggerd run --config $(CONFIG)
 
 lint: install

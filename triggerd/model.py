@@ -41,7 +41,7 @@ class Event:
     """One observation from a source.
 
     `fingerprint` is the dedup key within the source: an event whose (source, fingerprint) is
-    already stored is a duplicate. `payload` is JSON-serialisable (see SPEC section 2).
+    already stored is a duplicate. `payload` is JSON-serialisable.
     """
 
     source: str
@@ -166,7 +166,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class TriggerContext:
-    """What every backend receives (SPEC section 6)."""
+    """What every backend receives (the README's "Backends": the trigger context)."""
 
     trigger_id: str
     rule: str

@@ -492,7 +492,7 @@ async def test_dispatch_follows_what_the_dispatcher_launched(tmp_path: Path) -> 
         await backend.dispatch(make_ctx(), FakeJob(launched=failed))
 
 
-# -- secrets named for other components (SPEC 3: the config names secrets by variable) -------
+# -- secrets named for other components (the config names secrets by variable) -------
 SECRETS_CONFIG = """
 store: postgresql+psycopg://svc:${API_DB_PASSWORD}@db.internal/triggerd
 sources:

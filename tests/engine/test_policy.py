@@ -1,4 +1,4 @@
-"""The firing policy (SPEC 3.1), decided purely from state and time: no sleeping anywhere."""
+"""The firing policy, decided purely from state and time: no sleeping anywhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `where` language (SPEC 3.2): what rule authors write, and what hostile input cannot do."""
+"""The `where` language: what rule authors write, and what hostile input cannot do."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_event_env_has_the_documented_names() -> None:
     assert FILE["path"] == "/data/landing/churn/2024/part-0.parquet"
 
 
-# --- the SPEC's examples and the everyday language ----------------------------------------------
+# --- the documented examples and the everyday language -----------------------------------------
 
 
 def test_spec_example_payload_size() -> None:

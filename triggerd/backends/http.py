@@ -2,7 +2,7 @@
 
 Contract (see `triggerd.interfaces.Backend`):
 
-- Body: the trigger context as JSON (SPEC section 6), or `body`, a YAML value whose string
+- Body: the trigger context as JSON, or `body`, a YAML value whose string
   leaves are templates over the context (`trigger_id`, `rule`, `params.*`, `events`, `attempt`,
   ...), rendered leaf by leaf and then serialised with `json.dumps`: an event value can never
   change the JSON around it. A leaf that is exactly one field (`"{events}"`, `"{params.epochs}"`)

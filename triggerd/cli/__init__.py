@@ -1,4 +1,4 @@
-"""The `triggerd` command (SPEC section 5). Thin: parse, open the store, print.
+"""The `triggerd` command. Thin: parse, open the store, print.
 
 Exit codes: 0 success; 1 a query found nothing or the rule is unknown; 2 bad usage or config.
 Queries print a table by default and exact JSON with --json; times are ISO 8601 with offset.

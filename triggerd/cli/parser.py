@@ -27,6 +27,7 @@ from triggerd.cli.commands import (
     cmd_test,
     cmd_triggers,
 )
+from triggerd.cli.init import PATTERNS, cmd_init
 from triggerd.cli.replay import cmd_replay
 
 Command = Callable[[argparse.Namespace], int]
@@ -64,6 +65,17 @@ def _json_option() -> argparse.ArgumentParser:
 
 def _add_daemon_commands(cmds: _Subcommands) -> None:
     cmds.add("run", cmd_run, "run the daemon in the foreground")
+    help_ = "write a commented starter config for a pattern (check passes it)"
+    p = cmds.sub.add_parser("init", help=help_, description=help_)
+    p.set_defaults(func=cmd_init)
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR",
+                   help="where to write triggerd.yaml (default: here; made if missing)")
+    p.add_argument("--pattern", "-p", default="landing", choices=sorted(PATTERNS),
+                   help="landing: files landing in a folder (the default); periodic: a "
+                        "nightly retrain only if new data came; kafka-drift: sustained drift "
+                        "on a metrics topic; bucket: objects landing under an S3 prefix")
+    p.add_argument("--print", action="store_true", help="print it instead of writing it")
+    p.add_argument("--force", action="store_true", help="replace an existing triggerd.yaml")
     cmds.add("check", cmd_check, "validate the config and rule files")
     p = cmds.add("test", cmd_test, "unit-test rules: run test files' timelines through the "
                  "engine and compare the triggers and explain verdicts", json=True)

@@ -1,4 +1,4 @@
-"""The configuration file's schema (SPEC section 3), as strict pydantic models.
+"""The configuration file's schema, as strict pydantic models.
 
 Rules, policies and the top level are defined here. Source and backend options belong to their
 plugin modules (each plugin class carries an `Options` model with a `type` literal); the loader
@@ -38,11 +38,13 @@ class MatchSpec(Strict):
 
     kinds: list[EventKind] | None = None
     subject: str | None = Field(None, description="glob over the event subject (`**` recursive)")
-    where: str | None = Field(None, description="safe expression over the event (SPEC 3.2)")
+    where: str | None = Field(None, description=(
+        "a safe expression over the event (the where language: event and payload fields, "
+        "comparisons, and/or/not, a fixed list of functions)"))
 
 
 class WhenSpec(Strict):
-    """The firing policy (SPEC 3.1). Present conditions must all hold."""
+    """The firing policy. Present conditions must all hold."""
 
     min_events: int = Field(1, ge=1)
     min_bytes: Size | None = None

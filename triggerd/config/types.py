@@ -46,7 +46,8 @@ class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable, and
     validation errors never echo input values (they may hold secrets)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
+                              use_attribute_docstrings=True)  # descriptions in the schema
 
 
 class InheritsEnvironment(Strict):

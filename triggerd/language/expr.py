@@ -1,4 +1,4 @@
-"""The safe `where` language (SPEC 3.2): `Expression`, `event_env`, `NAMES`.
+"""The safe `where` language: `Expression`, `event_env`, `NAMES`.
 
 An expression is a Python expression over the event, checked when it is compiled and evaluated
 by `simpleeval` over the checked syntax tree. The contract:

@@ -33,7 +33,7 @@ def _default_events() -> list[Kind]:
 
 
 class FilesystemOptions(Strict):
-    """Options of a `type: filesystem` source (SPEC 3, source `landing`)."""
+    """Options of a `type: filesystem` source."""
 
     type: Literal["filesystem"]
     paths: list[str] = Field(min_length=1)

@@ -1,4 +1,4 @@
-"""The `cron` source: one `tick` event per slot of a schedule (SPEC 3, source `nightly`).
+"""The `cron` source: one `tick` event per slot of a schedule.
 
 Contracts
     * Each slot becomes at most one stored event, whoever emits it: the fingerprint is

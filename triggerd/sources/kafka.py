@@ -1,4 +1,4 @@
-"""The `kafka` source: messages on Kafka topics become `message` events (SPEC 3, `metrics`).
+"""The `kafka` source: messages on Kafka topics become `message` events.
 
 Built on faust-streaming (aiokafka underneath); see `_kafka/app.py` for how faust runs inside
 the daemon's loop and why an offset is committed only after its event is stored, and

@@ -171,7 +171,7 @@ NOTIFICATIONS = ("s3", "gcs", "eventgrid")  # formats whose messages are object-
 
 
 class KafkaOptions(Strict):
-    """Options of a `type: kafka` source (SPEC 3, source `metrics`)."""
+    """Options of a `type: kafka` source."""
 
     type: Literal["kafka"]
     brokers: list[str] = Field(min_length=1)
@@ -182,7 +182,7 @@ class KafkaOptions(Strict):
     format: Literal["json", "text", "bytes", "s3", "gcs", "eventgrid"] = "json"
     """json | text | bytes: the value as it is; s3 | gcs | eventgrid: object-store
     notifications (S3 event notifications, GCS Pub/Sub, Azure Event Grid) read as the
-    events of the bucket source `bucket` names (see `sources/_bucketnotify.py`)."""
+    events of the bucket source `bucket` names."""
     bucket: str | None = None
     """With a notification format: the `type: bucket` source these notifications are about.
     Their events are that source's, with the fingerprints its listing gives, so push and scan
