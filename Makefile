@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 CONFIG ?= config/triggerd.example.yaml
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean bench fuzz ops-tools browser azurite
+.PHONY: run test lint typecheck pytest install clean bench fuzz ops-tools browser azurite refs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ run: $(RUN_STAMP)
 	$(BIN)/triggerd run --config $(CONFIG)
 
 lint: install
-	$(BIN)/ruff check triggerd tests bench
+	$(BIN)/ruff check triggerd tests bench docs
+
+# the generated reference pages (docs/reference/): config keys from the schema, the CLI's help
+refs: install
+	$(BIN)/python docs/gen_refs.py
 
 typecheck: install
 	$(BIN)/mypy --strict triggerd
