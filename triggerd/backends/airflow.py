@@ -80,17 +80,24 @@ _PAUSED_RECHECK = 60.0  # seconds between two checks of a queued run's DAG being
 
 class AirflowOptions(Strict):
     type: Literal["airflow"]
+    """Triggers a DAG run through Airflow's stable REST API, dag_run_id = trigger id."""
     url: str = Field(description="Airflow's base URL (the API is below /api/v1 or /api/v2)")
     dag_id: str = Field(description="template, e.g. retrain_{params.model}")
     api: Literal["auto", "v1", "v2"] = "auto"
+    """v2 for Airflow 3, v1 for Airflow 2; auto detects it."""
     username: str | None = None
+    """Basic auth (v1) or the token endpoint's user (v2), with `password_env`."""
     password_env: str | None = Field(None, pattern=_ENV_NAME)
+    """The variable holding the password."""
     token_env: str | None = Field(None, pattern=_ENV_NAME)
+    """The variable holding a bearer token (instead of a user and password)."""
     wait: bool = False
+    """Follow the run to its end: success -> succeeded, failed -> failed."""
     poll_interval: Duration = timedelta(seconds=5)
     timeout: Duration | None = Field(None, description="give up waiting for the run after this")
     request_timeout: Duration = timedelta(seconds=30)
     verify_tls: bool = True
+    """Check Airflow's certificate."""
 
     @field_validator("url")
     @classmethod

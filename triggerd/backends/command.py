@@ -77,15 +77,29 @@ _GROUP_POLL = 0.05
 
 class CommandOptions(InheritsEnvironment):
     type: Literal["command"]
+    """Runs a program for each job (never through a shell)."""
     argv: Annotated[list[str], Field(min_length=1)]
+    """The program and its arguments; each item a template (`{params.model}`, `{trigger_id}`), one
+    argument whatever it holds."""
     workdir: str | None = None
+    """Working directory (a template); default: where the daemon runs."""
     env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables (values are templates); TRIGGERD_TRIGGER_ID, TRIGGERD_RULE,
+    TRIGGERD_TRIGGER_FILE and TRIGGERD_ATTEMPT are always set."""
     inherit_env: bool = True
+    """Start from the daemon's environment (minus the secrets the config names for other parts);
+    false: an empty one, with only `env` and the TRIGGERD_* variables."""
     timeout: Duration | None = None
+    """Kill the process group after this long (the attempt fails, and may be retried)."""
     kill_grace: Duration = timedelta(seconds=10)
+    """After SIGTERM, wait this long before SIGKILL."""
     output_limit: Size = 1024 * 1024
+    """Bytes of output (stdout and stderr) kept in <state_dir>/jobs/<trigger id>/output.log:
+    the first ones of the latest attempt."""
     tail: Annotated[int, Field(ge=0)] = 2000
+    """Characters of the output's end kept in the job's `detail`."""
     success_codes: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    """Exit codes that mean success."""
 
     @model_validator(mode="after")
     def _templates_compile(self) -> CommandOptions:

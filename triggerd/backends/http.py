@@ -82,22 +82,31 @@ class EnvHeader(Strict):
     """A header value taken from an environment variable (a token), with a literal prefix."""
 
     env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable holding the value (never written in the config)."""
     prefix: str = ""
+    """Literal text before the value, e.g. `Bearer `."""
 
 
 class HttpOptions(Strict):
     type: Literal["http"]
+    """POSTs the trigger context (or `body`) with an Idempotency-Key header."""
     url: str
+    """Where to POST (http:// or https://); redirects are not followed."""
     headers: dict[str, str | EnvHeader] = Field(default_factory=dict)
+    """Extra headers: a literal value, or {env: VAR, prefix: ...}."""
     body: Any = Field(None, description="YAML value whose string leaves are templates; "
                                         "default: the trigger context")
     secret_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The variable holding an HMAC key: X-Triggerd-Signature: sha256=<HMAC of the body>."""
     connect_timeout: Duration = timedelta(seconds=10)
     read_timeout: Duration = timedelta(seconds=30)
     timeout: Duration = timedelta(seconds=60)
     response_bytes: Annotated[int, Field(ge=0, le=65536)] = 1024
+    """Bytes of the response body kept in the job's `detail`."""
     verify_tls: bool = True
+    """Check the server's certificate (false only for a test server)."""
     ca_file: str | None = None
+    """A PEM file of CAs to trust instead of the system's."""
 
     @field_validator("url")
     @classmethod

@@ -112,13 +112,20 @@ def _allowed(field: str) -> bool:
 
 class KubernetesOptions(Strict):
     type: Literal["kubernetes"]
+    """Creates a Job named from the rule and trigger id (a retry finds it: one Job per trigger)."""
     manifest: dict[str, Any] | None = Field(None, description="the Job manifest, inline")
     manifest_file: str | None = Field(None, description="a YAML file holding the Job manifest")
     namespace: str | None = None
+    """Default: the manifest's, else the kubeconfig context's (or the pod's), else `default`."""
     kubeconfig: str | None = None
+    """A kubeconfig file; default: ~/.kube/config, unless running in the cluster."""
     context: str | None = None
+    """The kubeconfig context to use."""
     in_cluster: bool | None = None
+    """Use the pod's service account (true) or a kubeconfig (false); default: in the cluster
+    when KUBERNETES_SERVICE_HOST is set and no `kubeconfig` is given."""
     wait: bool = False
+    """Follow the Job to completion or failure."""
     poll: Duration = timedelta(seconds=5)
     request_timeout: Duration = timedelta(seconds=30)
     context_limit: Annotated[Size, Field(ge=1024)] = 256 * 1024

@@ -37,6 +37,8 @@ class MatchSpec(Strict):
     """Which events a rule listens to, beyond its `on` sources."""
 
     kinds: list[EventKind] | None = None
+    """Event kinds the rule takes (created, modified, moved, deleted, message, tick, manual);
+    default: every kind its sources emit."""
     subject: str | None = Field(None, description="glob over the event subject (`**` recursive)")
     where: str | None = Field(None, description=(
         "a safe expression over the event (the where language: event and payload fields, "
@@ -47,13 +49,20 @@ class WhenSpec(Strict):
     """The firing policy. Present conditions must all hold."""
 
     min_events: int = Field(1, ge=1)
+    """Fire only with at least this many new, distinct pending events."""
     min_bytes: Size | None = None
+    """... and at least this much pending data (the events' sizes)."""
     debounce: Duration | None = None
+    """Wait until no new matching event came for this long (the batch is complete)."""
     max_delay: Duration | None = None
+    """Bound on a debounce's wait, counted from the first pending event: a steady stream
+    still fires."""
     cooldown: Duration | None = None
+    """At least this long between two triggers of the rule (per group); events wait."""
     schedule: str | None = Field(
         None, description="cron expression, or the name of a cron source: a periodic check")
     at_least_every: Duration | None = None
+    """A periodic floor: fire anyway when nothing fired for this long."""
     sustained: int | Duration | None = Field(
         None, description="N consecutive matching events, or a duration the match must hold")
 
@@ -81,26 +90,42 @@ class WhenSpec(Strict):
 
 
 class RetrySpec(Strict):
+    """How a failed job is tried again (doubling delays)."""
+
     attempts: int = Field(1, ge=1, le=100, description="total attempts, including the first")
     backoff: Duration = Field(timedelta(seconds=30), description="delay before the 2nd attempt")
     max_backoff: Duration = Field(timedelta(hours=1), description="cap of the doubling delay")
 
 
 class DispatchSpec(Strict):
+    """What a trigger starts, and how."""
+
     backend: str
+    """The name of a backend of the config."""
     params: dict[str, Any] = Field(default_factory=dict)
+    """Values for the backend's templates (`{params.model}`); each string may itself be a
+    template over the trigger (`{group}`)."""
     concurrency: int = Field(1, ge=1)
+    """Jobs of this rule running at once (all groups together)."""
     on_busy: Literal["coalesce", "queue", "skip"] = "coalesce"
+    """When a trigger fires while the rule's jobs are all running: coalesce (one waiting job
+    takes the new events), queue (every trigger waits its turn) or skip (dropped, its events
+    stay pending)."""
     retry: RetrySpec = Field(default_factory=RetrySpec)
+    """Attempts and backoff for failed jobs."""
 
 
 class RuleSpec(Strict):
     on: list[str] = Field(min_length=1, description="names of the sources the rule listens to")
     match: MatchSpec = Field(default_factory=MatchSpec)
+    """Which of the sources' events count (kinds, subject glob, where)."""
     group_by: str | None = Field(None, description="template over the event, e.g. {payload.dir}")
     when: WhenSpec = Field(default_factory=WhenSpec)
+    """When the rule fires; without `when`, every new matching event fires it."""
     dispatch: DispatchSpec
+    """What a trigger starts: the backend, its params, concurrency, on_busy and retry."""
     description: str | None = None
+    """Free text, shown by `triggerd status`."""
 
 
 class SourceEntry(Strict):
@@ -135,12 +160,17 @@ class ConfigFile(Strict):
         None, description="where the default SQLite store and job files live (relative to this "
                           "file); default $STATE_DIRECTORY or /var/lib/triggerd")
     retention: Duration = timedelta(days=30)
+    """Consumed events, triggers and jobs older than this are deleted (pending events stay)."""
     include: list[str | IncludeSpec] = Field(
         default_factory=list,
         description='rule files: globs, or {path: glob, only: rules} to allow only rules')
     sources: dict[Name, SourceEntry] = Field(default_factory=dict)
+    """What to watch, by name: each entry has a `type` (filesystem, bucket, kafka, cron)."""
     backends: dict[Name, BackendEntry] = Field(default_factory=dict)
+    """What runs a retrain, by name: each entry has a `type` (command, http, airflow,
+    kubernetes)."""
     rules: dict[Name, RuleSpec] = Field(default_factory=dict)
+    """When to retrain, by name: the sources a rule listens to, when it fires, what it starts."""
 
 
 class IncludedFile(Strict):
@@ -180,12 +210,14 @@ def json_schema() -> dict[str, Any]:
             out.append({"$ref": f"#/$defs/{cls.Options.__name__}"})
         return out
 
+    described = {key: schema["properties"][key].get("description")
+                 for key in ("sources", "backends")}
     schema["properties"]["sources"] = {
-        "type": "object", "additionalProperties": {"oneOf": variants("source",
-                                                                     registry.source_types())}}
+        "type": "object", "description": described["sources"],
+        "additionalProperties": {"oneOf": variants("source", registry.source_types())}}
     schema["properties"]["backends"] = {
-        "type": "object", "additionalProperties": {"oneOf": variants("backend",
-                                                                     registry.backend_types())}}
+        "type": "object", "description": described["backends"],
+        "additionalProperties": {"oneOf": variants("backend", registry.backend_types())}}
     defs.pop("SourceEntry", None)
     defs.pop("BackendEntry", None)
     schema["title"] = "triggerd configuration"

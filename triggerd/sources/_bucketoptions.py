@@ -46,14 +46,19 @@ class Credentials(Strict):
     profile, instance or workload identity)."""
 
     key: str | None = None  # S3: access key id; Azure: account name
+    """S3: the access key id's variable; Azure: the account name's."""
     secret: str | None = None  # S3: secret access key; Azure: account key
+    """S3: the secret access key's variable; Azure: the account key's."""
     token: str | None = None  # S3: session token; GCS: a service-account JSON file's path
+    """S3: the session token's variable; GCS: the variable holding a service-account JSON file's
+    path."""
 
 
 class BucketOptions(Strict):
     """Options of a `type: bucket` source: objects landing under a prefix of a bucket."""
 
     type: Literal["bucket"]
+    """Objects landing under a prefix of an object store (S3, GCS, Azure Blob), found by listing."""
     url: str = Field(description="s3://bucket/prefix/, gs://bucket/prefix/ or "
                                  "az://container/prefix/ (abfs:// too)")
     poll: Duration = Field(description="the listing interval (an object store sends no "
@@ -61,7 +66,10 @@ class BucketOptions(Strict):
     patterns: list[str] = Field(default_factory=lambda: ["**/*"])
     """An object is watched when its key relative to the prefix matches one of these."""
     ignore: list[str] = Field(default_factory=list)
+    """Globs of keys (relative to the prefix) to skip, on top of the editor and partial-upload
+    defaults."""
     events: list[Kind] = Field(default_factory=_default_events, min_length=1)
+    """The kinds to emit: created, modified, deleted."""
     fingerprint: Literal["etag", "stat"] = "etag"
     """etag: the content tag (S3 ETag, GCS md5Hash, Azure ETag; the version id where there is
     no tag); stat: size and last-modified."""
@@ -74,6 +82,7 @@ class BucketOptions(Strict):
     `full_listing_every`-th listing is a full one, which finds changed and deleted objects
     and keys that sorted earlier."""
     full_listing_every: int = Field(10, ge=1, le=10_000)
+    """With `listing: new_keys`: every Nth listing (the first included) lists the whole prefix."""
     endpoint_url: str | None = None
     """The store's endpoint instead of the provider's (an http:// or https:// URL).
     s3://: an S3-compatible store (MinIO, Ceph, a local server). gs://: a server of the GCS
@@ -85,7 +94,9 @@ class BucketOptions(Strict):
     (`credentials: {key: <account name var>, secret: <account key var>}`), else anonymous
     (a public container)."""
     region: str | None = None
+    """The S3 region (default: the library's: environment, profile)."""
     credentials: Credentials = Field(default_factory=Credentials)
+    """Names of environment variables holding the credentials: key, secret, token."""
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """Passed to the fsspec filesystem as they are (e.g. `anon: true`)."""
 

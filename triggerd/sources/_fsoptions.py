@@ -36,6 +36,8 @@ class FilesystemOptions(Strict):
     """Options of a `type: filesystem` source."""
 
     type: Literal["filesystem"]
+    """Files landing or changing under local directories (inotify, or polling), reconciled by
+    scans."""
     paths: list[str] = Field(min_length=1)
     """Roots to watch; globs are relative to each."""
     patterns: list[str] = Field(default_factory=lambda: ["**/*"])
@@ -43,12 +45,16 @@ class FilesystemOptions(Strict):
     ignore: list[str] = Field(default_factory=list)
     """Relative-path globs to skip, on top of DEFAULT_IGNORES (any path component)."""
     events: list[Kind] = Field(default_factory=_default_events, min_length=1)
+    """The kinds to emit: created, modified, moved, deleted."""
     settle: Duration = timedelta(seconds=5)
     """Emit only once a file's size and mtime are unchanged this long."""
     fingerprint: Literal["sha256", "stat"] = "sha256"
+    """sha256: the content (the same bytes again are a duplicate); stat: size, mtime and inode."""
     poll: Literal[False] | Duration = False
     """An interval to poll instead of inotify (NFS, CIFS, FUSE)."""
     scan_on_start: bool = True
+    """Reconcile the tree against the file table at start: what changed while the daemon was
+    down."""
     rescan: Duration = timedelta(minutes=10)
 
     @model_validator(mode="before")

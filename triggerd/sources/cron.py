@@ -50,6 +50,7 @@ class CronOptions(Strict):
     """Options of a `type: cron` source: exactly one of `schedule` (cron) or `every` (interval)."""
 
     type: Literal["cron"]
+    """One `tick` event per slot of a schedule (`schedule` or `every`)."""
     schedule: str | None = None
     """A standard 5-field cron expression read in `timezone`, e.g. "0 2 * * *"."""
     every: Duration | None = None

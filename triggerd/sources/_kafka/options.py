@@ -47,8 +47,11 @@ class KafkaSecurity(Strict):
     certificate), `SASL_SSL` (PLAIN or SCRAM over TLS) or `SASL_PLAINTEXT` (SCRAM only)."""
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """PLAINTEXT, SSL (TLS), SASL_SSL (SASL over TLS) or SASL_PLAINTEXT (SCRAM only)."""
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """The SASL mechanism (with a SASL protocol)."""
     username: str | None = None
+    """The SASL user."""
     password_env: str | None = None
     """The environment variable holding the SASL password."""
     cafile: str | None = None
@@ -56,8 +59,11 @@ class KafkaSecurity(Strict):
     certfile: str | None = None
     """TLS client certificate (PEM), for brokers that authenticate clients by certificate."""
     keyfile: str | None = None
+    """The client certificate's private key (PEM), with `certfile`."""
     key_password_env: str | None = None
+    """The environment variable holding the key file's password, if it has one."""
     check_hostname: bool = True
+    """Check that the broker's certificate names the host connected to."""
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSecurity:
@@ -174,9 +180,11 @@ class KafkaOptions(Strict):
     """Options of a `type: kafka` source."""
 
     type: Literal["kafka"]
+    """Messages on Kafka topics become `message` events (offsets committed once stored)."""
     brokers: list[str] = Field(min_length=1)
     """Bootstrap brokers as host:port."""
     topic: str | list[str]
+    """A topic, or a list of topics."""
     group: str = "triggerd"
     """Consumer group: daemons in one group share the partitions."""
     format: Literal["json", "text", "bytes", "s3", "gcs", "eventgrid"] = "json"
@@ -196,6 +204,7 @@ class KafkaOptions(Strict):
     max_bytes: Size = 1 << 20
     """Messages larger than this are rejected (counted and recorded, not decoded)."""
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    """TLS and SASL: protocol, mechanism, username, password_env, cafile, certfile, keyfile."""
     batch: int = Field(500, ge=1, le=100_000)
     """At most this many messages are stored in one transaction."""
     batch_wait: Duration = timedelta(milliseconds=50)
