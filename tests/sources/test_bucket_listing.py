@@ -35,6 +35,9 @@ LAYOUTS: dict[str, list[str]] = {
                for d in range(1, 6)] + ["landing/2026/readme.txt", "landing/top.parquet"],
     # no sub-prefixes at all
     "flat": [f"landing/{i}.parquet" for i in range(25)],
+    # sub-prefixes whose names begin other sub-prefixes' names (p1/ and p10/): each listed once
+    "prefix-names": [f"landing/p{i}/x.parquet" for i in (1, 10, 11, 100, 2, 20, 3, 30, 4)]
+    + ["landing/p1.parquet", "landing/p10x.parquet"],
 }
 
 
