@@ -89,7 +89,11 @@ class BucketSource:
         }
 
     async def run(self, ctx: SourceContext) -> None:
-        rows = watched(self.options, self.matcher, await self.files.load(self.name))
+        loaded = await self.files.load(self.name)
+        # matching every row (100,000: ~1 s) is kept off the loop, as the compare is
+        rows = await in_thread(functools.partial(watched, self.options, self.matcher, loaded),
+                               f"triggerd-bucket-{self.name}")
+        del loaded
         waiting: dict[str, str] = {}
         failures = 0
         poll = self.options.poll
