@@ -65,6 +65,13 @@ def test_two_daemons_on_one_postgresql_dispatch_each_tick_once(td: Triggerd, tmp
     td.wait_running(a)
     td.wait_running(b)
     wait_for(lambda: len(td.calls_made()) >= 6, 30, "six ticks dispatched")
+    # stopped once no job runs (the rule paused, its jobs ended): a job a stop interrupts is
+    # run again by the other daemon with the same trigger id (allowed), which would count
+    # here as a second dispatch
+    td.cli("pause", "periodic", check=True)
+    wait_for(lambda: td.json("status")["rules"][0]["state"] == "paused", 20, "the pause")
+    wait_for(lambda: all(j["status"] in ("succeeded", "failed") for j in td.json("jobs")),
+             30, "the started jobs to end")
     assert td.stop(a) == 0 and td.stop(b) == 0
 
     calls = td.calls_made()
