@@ -27,3 +27,16 @@ def test_the_config_reference_names_every_source_and_backend_type_and_key() -> N
     for model in json_schema()["$defs"].values():
         for key in model.get("properties", {}):
             assert f"| `{key}` |" in page
+
+
+def test_list_defaults_made_by_a_factory_are_in_the_schema_and_the_reference() -> None:
+    """A key whose default is a list (a filesystem source's `events`, a command's
+    `success_codes`) shows it, in editors and on the reference page, like any other default."""
+    from triggerd.config.schema import json_schema
+
+    defs = json_schema()["$defs"]
+    assert defs["FilesystemOptions"]["properties"]["events"]["default"] == [
+        "created", "modified", "moved"]
+    assert defs["CommandOptions"]["properties"]["success_codes"]["default"] == [0]
+    page = (REPO / "docs" / "reference" / "config.md").read_text()
+    assert '| `success_codes` | list of integer | `[0]` |' in page

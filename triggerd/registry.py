@@ -13,6 +13,8 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+from pydantic import BaseModel
+
 from triggerd.errors import ConfigError
 
 SOURCES: dict[str, str] = {
@@ -48,15 +50,29 @@ def backend_types() -> dict[str, str]:
 
 
 def _load(target: str, kind: str, type_name: str) -> Any:
+    """The class `target` ("module:Class") names, checked to be usable: a broken plugin is a
+    config error naming its entry point, never a traceback."""
+    builtin = target in (SOURCES if kind == "source" else BACKENDS).values()
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        fix = ("install triggerd with the matching extra" if builtin else
+               f"install the dependencies of the plugin that provides it ({target})")
         raise ConfigError([
             f"{kind} type {type_name!r} needs a package that is not installed ({exc.name}); "
-            f"install triggerd with the matching extra"
-        ]) from exc
-    return getattr(module, attr)
+            f"{fix}"]) from exc
+    except Exception as exc:
+        raise ConfigError([f"{kind} type {type_name!r}: its module {module_name} fails on "
+                           f"import: {type(exc).__name__}: {exc}"]) from exc
+    cls = getattr(module, attr, None)
+    options = getattr(cls, "Options", None)
+    if cls is None or not (isinstance(options, type) and issubclass(options, BaseModel)):
+        what = (f"{module_name} has no {attr!r}" if cls is None else
+                f"{target} has no `Options` pydantic model")
+        raise ConfigError([f"{kind} type {type_name!r} is not a usable plugin: {what} "
+                           f"(entry point {target})"])
+    return cls
 
 
 def source_class(type_name: str) -> Any:

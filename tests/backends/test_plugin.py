@@ -127,3 +127,25 @@ def test_triggerd_check_accepts_the_plugin_type_when_it_is_installed(installed_p
     env["PYTHONPATH"] = str(installed_plugin)
     found = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert found.returncode == 0, found.stderr
+
+
+@pytest.mark.parametrize(("entry", "module", "says"), [
+    ("triggerd_ledger:NoSuchClass", PLUGIN, "triggerd_ledger has no 'NoSuchClass'"),
+    ("triggerd_ledger:Options", PLUGIN, "triggerd_ledger:Options has no `Options` pydantic"),
+    ("triggerd_ledger:LedgerBackend", "import numpy_that_is_not_here\n",
+     "not installed (numpy_that_is_not_here); install the dependencies of the plugin"),
+    ("triggerd_ledger:LedgerBackend", "raise RuntimeError('half-installed')\n",
+     "its module triggerd_ledger fails on import: RuntimeError: half-installed"),
+])
+def test_a_broken_plugin_is_a_config_error_naming_it_not_a_traceback(
+        installed_plugin: Path, tmp_path: Path, entry: str, module: str, says: str) -> None:
+    """An entry point naming a missing class, a class without `Options`, a module missing a
+    dependency or failing on import: `check` says which, at the backend's line."""
+    (installed_plugin / "triggerd_ledger" / "__init__.py").write_text(module)
+    (installed_plugin / "triggerd_ledger-0.1.dist-info" / "entry_points.txt").write_text(
+        f"[triggerd.backends]\nledger = {entry}\n")
+    registry.backend_types.cache_clear()
+    with pytest.raises(ConfigError) as caught:
+        load_config(config(tmp_path))
+    (problem,) = caught.value.problems
+    assert says in problem and ":6: backends.books" in problem, problem

@@ -97,6 +97,21 @@ def test_at_least_every_fires_without_events_counted_from_last_success() -> None
     assert not not_yet.fire and not_yet.next_check_at == T0 + timedelta(days=5)
 
 
+def test_explain_says_what_the_floor_counts_from() -> None:
+    """`explain` names the moment the periodic floor counts from: a rule that never succeeded
+    counts from its start, not from a "last success" it never had."""
+    w = when(at_least_every="1h")
+
+    def shown(**state: Any) -> str:
+        d = decide(w, sit(0, created_at=T0 - 5 * M, **state), T0)
+        return next(c.value for c in d.conditions if c.name == "at_least_every")
+
+    assert shown() == "rule started 5m ago"
+    assert shown(last_success_at=T0 - 2 * M) == "last success 2m ago"
+    assert shown(last_success_at=T0 - 4 * M, last_floor_at=T0 - 3 * M) == (
+        "last floor trigger 3m ago")
+
+
 def test_floor_is_not_refired_right_after_a_floor_trigger() -> None:
     w = when(at_least_every="1d")
     d = decide(w, sit(0, last_success_at=T0 - timedelta(days=3), last_floor_at=T0 - M), T0)

@@ -88,18 +88,21 @@ sources:
   metrics:
     type: kafka
     brokers: ["127.0.0.1:9092"]
-    topic: model-metrics                 # JSON like {"model": "churn", "metric": "psi", ...}
-    group: triggerd
+    topic: drift-reports                 # one JSON report per model and check, like
+    group: triggerd                      #   {"model": "churn", "psi": 0.31}
     subject: "{value.model}"
     start: latest
 """ + _BACKEND + """
 rules:
   drift:
     on: [metrics]
-    match: {where: "value.metric == 'psi' and value.score > 0.25"}
+    match: {where: "value.psi > 0.25"}
     group_by: "{value.model}"            # one streak, cooldown and retrain per model
     when:
-      sustained: 3                       # 3 drifting reports in a row (no flapping)
+      # 3 drifting reports of the model in a row (no flapping). Every report of the model
+      # counts: one below the threshold resets the streak. So the topic should carry only
+      # drift reports; on a topic of other metrics too, their reports would reset it.
+      sustained: 3
       cooldown: 1d
     dispatch:
       backend: train

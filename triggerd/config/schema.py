@@ -108,9 +108,10 @@ class DispatchSpec(Strict):
     concurrency: int = Field(1, ge=1)
     """Jobs of this rule running at once (all groups together)."""
     on_busy: Literal["coalesce", "queue", "skip"] = "coalesce"
-    """When a trigger fires while the rule's jobs are all running: coalesce (one waiting job
-    takes the new events), queue (every trigger waits its turn) or skip (dropped, its events
-    stay pending)."""
+    """When the rule is due while its jobs are all busy: coalesce (no new trigger while a job
+    of the rule is queued or running; the events keep accumulating and fire as one trigger
+    when it ends), queue (every trigger is written and waits its turn) or skip (the trigger is
+    written with a cancelled job)."""
     retry: RetrySpec = Field(default_factory=RetrySpec)
     """Attempts and backoff for failed jobs."""
 
@@ -180,7 +181,16 @@ class IncludedFile(Strict):
 
 
 class _Generator(GenerateJsonSchema):
-    """Writes duration defaults the way users write them ("30s"), not as ISO 8601 ("PT30S")."""
+    """Writes duration defaults the way users write them ("30s"), not as ISO 8601 ("PT30S"),
+    and shows the defaults of list and map keys made by a factory (`patterns`, `events`)."""
+
+    def get_default_value(self, schema: Any) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            value = factory()
+            if isinstance(value, (list, dict)):
+                return value
+        return super().get_default_value(schema)
 
     def encode_default(self, dft: Any) -> Any:
         if isinstance(dft, timedelta):

@@ -162,8 +162,10 @@ def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True)
               lambda: f"the scheduled check at {next_slot.isoformat()}" if next_slot else
               "the next scheduled check", next_slot)
     if floor_at is not None and when.at_least_every is not None and explain:
+        since = ("last success" if base == st.last_success_at else
+                 "last floor trigger" if base == st.last_floor_at else "rule started")
         conds.append(Condition("at_least_every",
-                               f"last success {human_duration(now - base)} ago",
+                               f"{since} {human_duration(now - base)} ago",
                                f"fires anyway after {human_duration(when.at_least_every)}",
                                floor_due))
 

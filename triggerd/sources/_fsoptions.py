@@ -43,7 +43,8 @@ class FilesystemOptions(Strict):
     patterns: list[str] = Field(default_factory=lambda: ["**/*"])
     """A file is watched when its path relative to the root matches one of these."""
     ignore: list[str] = Field(default_factory=list)
-    """Relative-path globs to skip, on top of DEFAULT_IGNORES (any path component)."""
+    """Relative-path globs to skip, on top of the partial-write and editor files always skipped
+    (`*.tmp`, `*.part`, `.*`, `*~`, `*.swp`, `.goutputstream-*`, in any path component)."""
     events: list[Kind] = Field(default_factory=_default_events, min_length=1)
     """The kinds to emit: created, modified, moved, deleted."""
     settle: Duration = timedelta(seconds=5)
@@ -56,6 +57,8 @@ class FilesystemOptions(Strict):
     """Reconcile the tree against the file table at start: what changed while the daemon was
     down."""
     rescan: Duration = timedelta(minutes=10)
+    """Reconcile the tree against the file table this often (and at once after an inotify
+    overflow): finds what a lost notification missed."""
 
     @model_validator(mode="before")
     @classmethod
