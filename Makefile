@@ -1,7 +1,8 @@
 # triggerd — the two commands that matter (tests run with asyncio debug mode on):
 #   make run    create .venv, install what running needs, start the daemon on
 #               config/triggerd.example.yaml (drop files into ./data/landing to see a retrain)
-#   make test   install, then ruff, mypy --strict and the whole pytest suite
+#   make test   install, then ruff, mypy --strict, the docs build and the whole pytest suite
+#   make docs   serve the docs site (docs/, MkDocs Material) on http://127.0.0.1:8000
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +10,8 @@ BIN     = $(VENV)/bin
 CONFIG ?= config/triggerd.example.yaml
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean bench fuzz ops-tools browser azurite refs
+.PHONY: run test lint typecheck pytest install clean bench fuzz ops-tools browser azurite refs \
+        docs docs-build
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +42,16 @@ refs: install
 
 typecheck: install
 	$(BIN)/mypy --strict triggerd
+	$(BIN)/mypy --strict docs/examples/plugin/triggerd_example
+
+# the docs site: `docs-build` fails on a broken link or anchor, a missing page or snippet
+# (--strict; not with --quiet, which hides the warnings strict mode counts)
+MKDOCS = NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+docs-build: install
+	$(MKDOCS) build --strict --site-dir site
+
+docs: install
+	$(MKDOCS) serve --dev-addr 127.0.0.1:8000
 
 # the systemd unit's checks need systemd-analyze (Debian's systemd package): installed here when
 # missing and we can (root with apt-get); else those tests skip (and fail under CI=true)
@@ -81,7 +93,7 @@ azurite: $(AZURITE)
 pytest: install ops-tools browser azurite
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck docs-build pytest
 
 bench: install
 	$(BIN)/python bench/ingest.py
@@ -93,4 +105,4 @@ fuzz: install
 	$(BIN)/python bench/fuzz.py --seconds $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(VENV) .triggerd .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .triggerd site .mypy_cache .ruff_cache .pytest_cache

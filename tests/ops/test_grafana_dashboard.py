@@ -26,7 +26,8 @@ def exposed_names() -> set[str]:
     m.reloads.labels("applied").inc()
     now = datetime.now(UTC)
     snap = StoreSnapshot(at=now, pending={"r": (2, 10, now - timedelta(seconds=5))},
-                         last_success={"r": now}, jobs={("b", "succeeded"): 1})
+                         last_success={"r": now}, jobs={("b", "succeeded"): 1},
+                         rejects={"landing": {"where": 1}})
     text = m.render(snap, ["r"]).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "triggerd.service"
-INSTALLED = "/opt/triggerd/bin/triggerd"  # where systemd/README.md installs the venv
+INSTALLED = "/opt/triggerd/bin/triggerd"  # where docs/operations.md (systemd) installs the venv
 
 
 def analyze() -> str:
