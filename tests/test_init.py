@@ -21,6 +21,9 @@ def test_each_pattern_writes_a_config_check_passes(
     config = load_config(path)
     assert config.rules and config.backends and config.sources
     assert main(["check", "--config", str(path)]) == 0
+    for options in config.sources.values():  # run from DIR, as init says, its folder exists
+        for root in getattr(options, "paths", []):
+            assert (path.parent / root).is_dir(), root
 
 
 def test_an_existing_file_is_kept_unless_forced(

@@ -122,6 +122,7 @@ class Trigger:
             "reason": self.reason,
             "events": self.events,
             "manual": self.manual,
+            "kind": self.kind,
         }
 
 
@@ -166,7 +167,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class TriggerContext:
-    """What every backend receives (the README's "Backends": the trigger context)."""
+    """What every backend receives (docs/backends.md: the trigger context)."""
 
     trigger_id: str
     rule: str

@@ -93,6 +93,7 @@ def test_daemon_fires_periodic_rule_and_queries_show_it(td: Triggerd) -> None:
     assert triggers and set(triggers[0]) >= {"id", "rule", "fired_at", "reason", "events",
                                              "manual"}
     assert triggers[0]["reason"] == "1 new event (≥1)" and triggers[0]["manual"] is False
+    assert triggers[0]["kind"] == "events"
     wait_for(lambda: any(j["status"] == "succeeded" for j in td.json("jobs")), 20,
              "a succeeded job")
     jobs = td.json("jobs", "--status", "succeeded")
@@ -125,6 +126,7 @@ def test_fire_pause_resume_explain(td: Triggerd) -> None:
              "the manual job")
     trig = td.json("triggers", "--rule", "manual-only")[0]
     assert trig["manual"] is True and trig["reason"] == "manual: retrain now"
+    assert trig["kind"] == "manual"
 
     unknown = td.cli("fire", "no-such-rule")
     assert unknown.returncode == 1 and "unknown rule 'no-such-rule'" in unknown.stderr
@@ -172,8 +174,10 @@ def test_queries_on_empty_store_find_nothing(td: Triggerd) -> None:
 def test_missing_store_directory(td: Triggerd) -> None:
     basic_config(td)
     res = td.cli("status")
-    assert res.returncode == 1
-    assert "store directory" in res.stderr and "does not exist" in res.stderr
+    # a store not created yet, as for a missing file: exit 2, saying what to run
+    assert res.returncode == 2
+    assert "does not exist yet" in res.stderr and "triggerd db upgrade --config" in res.stderr
+    assert not (td.root / "state").exists()  # a query creates nothing
     # the daemon creates its state directory (as systemd's StateDirectory= would)
     proc = td.start()
     td.wait_running(proc)

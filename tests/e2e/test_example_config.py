@@ -37,9 +37,11 @@ def _conditions(explain_text: str) -> list[tuple[str, str]]:
 
 def test_every_command_on_the_getting_started_page_is_one_the_cli_accepts() -> None:
     parser = build_parser()
-    commands = [shlex.split(line.split("#")[0]) for block in _blocks("sh")
-                for line in block.splitlines() if line.startswith(".venv/bin/triggerd ")]
-    assert len(commands) >= 8
+    lines = [line.split("#")[0] for block in _blocks("sh") for line in block.splitlines()]
+    lines += re.findall(r"`(\.venv/bin/triggerd [^`]+)`", PAGE.read_text())  # inline ones
+    commands = [shlex.split(line) for line in lines
+                if line.startswith((".venv/bin/triggerd ", "../.venv/bin/triggerd "))]
+    assert len(commands) >= 9
     for argv in commands:
         parser.parse_args(argv[1:])  # exits (fails the test) on an unknown command or option
 

@@ -233,6 +233,54 @@ async def test_manual_fire_ignores_cooldown_and_pause(store: Store) -> None:
     assert fired[0].events == 1  # the event that waited out the cooldown
 
 
+@pytest.mark.parametrize(("on_busy", "first_left"), [
+    ("coalesce", JobStatus.CANCELLED), ("queue", JobStatus.QUEUED), ("skip", JobStatus.QUEUED)])
+async def test_a_manual_fire_behind_a_running_job_supersedes_a_waiting_one_under_coalesce(
+        store: Store, on_busy: str, first_left: JobStatus) -> None:
+    """`triggerd fire` twice while the rule's one job slot is taken: under coalesce the second
+    request replaces the first one still waiting (one retrain, not two in a row); under queue
+    both wait their turn; under skip a manual fire is never skipped."""
+    h = Harness(store, {"r": {"on": ["landing"],
+                              "dispatch": {"backend": "b", "on_busy": on_busy}}})
+    await h.start()
+    (running,) = await h.engine.fire("r", "manual: first")
+    assert claim_job(store, running.id, "d1", 1, h.clock.now()) is not None
+    (waiting,) = await h.engine.fire("r", "manual: second")
+    (latest,) = await h.engine.fire("r", "manual: third")
+    jobs = {j.id: j for j in queries.list_jobs(store, rule="r")}
+    assert jobs[running.id].status == JobStatus.RUNNING
+    assert jobs[waiting.id].status == first_left
+    assert jobs[latest.id].status == JobStatus.QUEUED
+    if first_left == JobStatus.CANCELLED:
+        assert f"superseded by trigger {latest.id} (manual fire)" in (jobs[waiting.id].detail
+                                                                      or "")
+
+
+async def test_an_event_a_where_or_a_group_by_fails_on_is_rejected_under_that_name(
+        store: Store) -> None:
+    """`triggerd events --rejected` and the reject counts say which part of the rule failed:
+    kind `where` for the expression, `group_by` for the template."""
+    from triggerd.store.rejects import count_rejects
+
+    h = Harness(store, {"w": {"on": ["landing"], "match": {"where": "payload.score > 1"}},
+                        "g": {"on": ["metrics"], "group_by": "{payload.model}"}})
+    await h.start()
+    await h.submit(h.event())  # no payload.score
+    await h.submit(h.event(source="metrics"))  # no payload.model
+    assert count_rejects(store) == {"landing": {"where": 1}, "metrics": {"group_by": 1}}
+    # `events --rejected --rule R`: its sources' rejects that are about R (or no rule at all)
+    from triggerd.model import Reject
+    from triggerd.store.rejects import list_rejects, save_rejects
+
+    save_rejects(store, [Reject("landing", "x.csv", "not_regular", "a FIFO", None,
+                                h.clock.now())])
+    assert [r.kind for r in list_rejects(store, rule=("w", ["landing"]))] == [
+        "not_regular", "where"]
+    assert [r.kind for r in list_rejects(store, rule=("g", ["metrics"]))] == ["group_by"]
+    assert list_rejects(store, rule=("g_", ["landing"])) == [r for r in list_rejects(
+        store, source="landing") if not r.error.startswith("rule ")]
+
+
 async def test_pause_keeps_events_pending_and_resume_fires(store: Store) -> None:
     h = Harness(store, {"r": {"on": ["landing"]}})
     await h.start()

@@ -280,3 +280,15 @@ def test_a_decision_without_words_is_the_same_decision(w: WhenSpec, s: Situation
     assert (brief.fire, brief.kind, brief.next_check_at, brief.upcoming) == (
         full.fire, full.kind, full.next_check_at, full.upcoming)
     assert full.reason  # the words are there when asked for
+
+
+def test_the_verdict_line_of_a_paused_rule_says_paused_not_waiting_for_paused() -> None:
+    from triggerd.engine.policy import verdict_line
+
+    paused = decide(when(), sit(1, flags=RuleFlags(paused=True, paused_until=T0 + M,
+                                                    paused_reason="backfill")), T0)
+    assert [(c.name, c.value) for c in paused.conditions] == [("paused", "yes: backfill")]
+    assert verdict_line(paused.fire, paused.waiting_for or "") == (
+        f"not firing: paused until {(T0 + M).isoformat()}")
+    assert verdict_line(False, "1 more event(s)") == "not firing: waiting for 1 more event(s)"
+    assert verdict_line(True, "1 new event (≥1)") == "would fire now: 1 new event (≥1)"

@@ -53,8 +53,15 @@ def _open_store(config: Config) -> Any:
     """The store for a query: it must already be at this triggerd's schema (never migrated
     here; see SchemaNotCurrentError in main)."""
     from triggerd.store import Store
+    from triggerd.store.connect import sqlite_path
     from triggerd.store.migrate import SchemaNotCurrentError, check_current
 
+    hint = (f"run `triggerd db upgrade --config {config.path}`, or start the daemon "
+            "(`triggerd run`), which upgrades it; query commands never change the schema")
+    path = sqlite_path(config.store_url)
+    if path is not None and not path.parent.exists():  # not even its state directory yet
+        raise SchemaNotCurrentError(f"the store {path} does not exist yet (nor its directory "
+                                    f"{path.parent}): {hint}", "missing", None)
     store = Store(config.store_url, create_dir=False)
     try:
         check_current(store.engine, store.safe_url)
@@ -62,8 +69,6 @@ def _open_store(config: Config) -> Any:
         store.close()
         if exc.state == "ahead":  # the message already says: upgrade triggerd
             raise
-        hint = (f"run `triggerd db upgrade --config {config.path}`, or start the daemon "
-                "(`triggerd run`), which upgrades it; query commands never change the schema")
         raise SchemaNotCurrentError(f"{exc}: {hint}", exc.state, exc.revision) from None
     except BaseException:
         store.close()
@@ -241,9 +246,11 @@ def _rejected(args: argparse.Namespace) -> int:
     """`events --rejected`: input a source could not turn into an event, newest first."""
     from triggerd.store.rejects import list_rejects
 
+    config = _load(args)
+    rule = (args.rule, config.rules[args.rule].on) if args.rule in config.rules else None
     return _history(
         args, lambda store: list_rejects(store, source=args.source, since=_since(args.since),
-                                         limit=args.limit),
+                                         limit=args.limit, rule=rule),
         views.REJECTS)
 
 

@@ -22,7 +22,10 @@ _BACKEND = """
 backends:
   train:
     type: command                        # or http, airflow, kubernetes
-    argv: [python3, train.py, --model, "{params.model}"]   # never through a shell
+    # YOUR training command (train.py is a placeholder): an argv list, never a shell; it
+    # finds the trigger (its files) in the JSON file $TRIGGERD_TRIGGER_FILE
+    argv: [python3, train.py, --model, "{params.model}"]
+    # workdir: /srv/training             # default: where triggerd runs
     timeout: 2h
 """
 
@@ -30,6 +33,8 @@ PATTERNS: dict[str, str] = {
     "landing": """\
 # triggerd: retrain when new training data lands in a folder (not on a clock).
 #   triggerd check --config triggerd.yaml && triggerd run --config triggerd.yaml
+# run from this file's directory: state_dir is relative to this file, the source's paths
+# and the command to where triggerd runs
 state_dir: .triggerd                     # the SQLite store and job files
 
 sources:
@@ -137,6 +142,9 @@ rules:
 }
 
 
+_LANDING = ("landing", "periodic")  # the patterns watching ./data/landing
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Write the pattern's config to DIR/triggerd.yaml (never over an existing file without
     `--force`; written whole, then moved into place), or print it with `--print`."""
@@ -158,6 +166,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"triggerd: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.pattern in _LANDING:  # the folder the starter watches (relative to DIR)
+        (directory / "data" / "landing").mkdir(parents=True, exist_ok=True)
     where = "" if directory == Path(".") else f"cd {directory} && "
-    print(f"wrote {path} ({args.pattern}); next: {where}triggerd check --config triggerd.yaml")
+    print(f"wrote {path} ({args.pattern}); edit its backend's argv (your training command), "
+          f"then: {where}triggerd check --config triggerd.yaml")
     return EXIT_OK

@@ -112,7 +112,8 @@ def _add_query_commands(cmds: _Subcommands) -> None:
     p.add_argument("--since", help="a duration (2h) or an ISO time")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--rejected", action="store_true",
-                   help="list input sources rejected (bad Kafka messages, failed `where`)")
+                   help="list input sources rejected (bad Kafka messages, failed `where`); "
+                        "with --rule, those of its sources and its own")
     p = cmds.add("triggers", cmd_triggers, "trigger history with reasons", json=True)
     p.add_argument("--rule")
     p.add_argument("--since", help="a duration (2h) or an ISO time")

@@ -15,6 +15,7 @@ from typing import Any
 
 from triggerd import __version__
 from triggerd.config.loader import Config
+from triggerd.engine.policy import verdict_line
 
 # the order in which a rule's overall state is the "worst" of its groups' states
 STATE_ORDER = ["idle", "pending", "cooldown", "running", "paused"]
@@ -186,8 +187,7 @@ def print_explain(out: dict[str, Any]) -> None:
         print(f"rule {rule}: no state yet (the daemon has not run with this rule)")
     for g in out["groups"]:
         title = f"rule {rule}" + (f" [group {g['group']}]" if g["group"] else "")
-        verdict = (f"would fire now: {g['reason']}" if g["fires"]
-                   else f"not firing: waiting for {g['waiting_for']}")
+        verdict = verdict_line(g["fires"], g["reason"] if g["fires"] else g["waiting_for"])
         print(f"{title}: {verdict}")
         print(table([[c["name"], c["value"], c["required"], "ok" if c["ok"] else "NO"]
                      for c in g["conditions"]], ["condition", "now", "required", "verdict"]))
@@ -230,9 +230,9 @@ REJECTS = HistoryView(
     lambda r: [iso(r.at), r.source, r.ref, r.kind, r.error[:80], (r.head or "")[:40]])
 
 TRIGGERS = HistoryView(
-    lambda t: t.to_dict(), ["fired at", "id", "rule", "events", "manual", "reason"],
-    lambda t: [short(t.fired_at), t.id, t.rule, t.events, "yes" if t.manual else "",
-               t.reason])
+    lambda t: t.to_dict(), ["fired at", "id", "rule", "kind", "events", "manual", "reason"],
+    lambda t: [short(t.fired_at), t.id, t.rule, t.kind, t.events,
+               "yes" if t.manual else "", t.reason])
 
 JOBS = HistoryView(
     lambda j: j.to_dict(),

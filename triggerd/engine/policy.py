@@ -113,7 +113,8 @@ def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True)
 
     if s.flags.is_paused(now):
         until = s.flags.paused_until
-        conds.append(Condition("paused", "yes", "not paused", False))
+        why = s.flags.paused_reason
+        conds.append(Condition("paused", f"yes: {why}" if why else "yes", "not paused", False))
         return Decision(False, "", "paused" + (f" until {until.isoformat()}" if until else ""),
                         until, conds, [("pause ends", until)] if until else [])
 
@@ -261,6 +262,17 @@ def _fire_reason(when: WhenSpec, s: Situation, now: datetime) -> str:
     if s.at_slot is not None:
         parts.append(f"scheduled check at {s.at_slot.isoformat()}")
     return ", ".join(parts)
+
+
+def verdict_line(fires: bool, words: str) -> str:
+    """The one-line verdict `explain` prints (and `triggerd test` matches `says` against):
+    "would fire now: <reason>", "not firing: paused until ...", or "not firing: waiting for
+    <what>"."""
+    if fires:
+        return f"would fire now: {words}"
+    if words.startswith("paused"):
+        return f"not firing: {words}"
+    return f"not firing: waiting for {words}"
 
 
 def on_busy(policy: str, busy: bool) -> tuple[str | None, str | None]:

@@ -128,13 +128,16 @@ class Rounds:
 
     def fire(self, rule: str, reason: str, request_id: int | None) -> Round:
         """A manual trigger for each group of `rule` with pending events (or the '' group);
-        ignores cooldown, schedule and pause, and queues behind running jobs. A request
+        ignores cooldown, schedule and pause, and queues behind running jobs (under
+        `on_busy: coalesce` it supersedes the group's job still waiting in the queue, as a
+        trigger of the rule's own would; under `skip` it is never skipped). A request
         already answered (`request_id`) fires nothing."""
         done = Round(manual=reason)
         if request_id is not None and self.store.triggers_of_request(request_id):
             return done
         now = self.clock.now()
         spec = self.config.rules[rule]
+        supersede = "manual fire" if spec.dispatch.on_busy == "coalesce" else None
         groups = [g for (r, g) in self.store.pending([rule]) if r == rule] or [""]
         for grp in groups:
             for _attempt in range(3):
@@ -143,7 +146,8 @@ class Rounds:
                     rule=rule, group=grp, expected_seq=state.seq if state else 0,
                     fired_at=now, reason=reason, kind="manual",
                     backend=spec.dispatch.backend, params=dict(spec.dispatch.params),
-                    max_attempts=spec.dispatch.retry.attempts, request_id=request_id))
+                    max_attempts=spec.dispatch.retry.attempts, request_id=request_id,
+                    supersede=supersede))
                 if trig is not None:
                     done.fired.append(trig)
                     break

@@ -31,6 +31,7 @@ from triggerd.clock import ManualClock
 from triggerd.config.loader import Config
 from triggerd.engine.assess import assess
 from triggerd.engine.engine import Engine
+from triggerd.engine.policy import verdict_line
 from triggerd.engine.rounds import Round
 from triggerd.errors import TriggerdError
 from triggerd.model import Trigger
@@ -61,7 +62,7 @@ class Verdict:
 
     at: datetime
     fires: bool
-    text: str  # "would fire now: ..." or "not firing: waiting for ..."
+    text: str  # policy.verdict_line: "would fire now: ...", "not firing: waiting for ..."
     conditions: dict[str, bool]
 
 
@@ -282,7 +283,7 @@ class Simulation:
         now = self.clock.now()
         found = assess(self.config, self.store, now, {(rule, group)})[(rule, group)]
         d = found.decision
-        text = f"would fire now: {d.reason}" if d.fire else f"not firing: waiting for {d.reason}"
+        text = verdict_line(d.fire, d.reason)
         return Verdict(now, d.fire, text, {c.name: c.ok for c in d.conditions})
 
     def _results(self) -> list[Fired]:

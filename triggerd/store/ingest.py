@@ -137,7 +137,8 @@ class IngestStore(StoreBase):
             if streaks:
                 self._update_streaks(c, streaks)
             self.write_rejects(c, [
-                {"source": item.event.source, "ref": event_ref(item.event), "kind": "where",
+                {"source": item.event.source, "ref": event_ref(item.event),
+                 "kind": message.partition(":")[0],  # "where" or "group_by"
                  "error": f"rule {rule}: {message}", "head": None, "at": now}
                 for eid, item in by_id.items() if eid in new_ids
                 for rule, message in item.errors])

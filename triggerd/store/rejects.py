@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import desc, func, select
+from sqlalchemy import desc, func, not_, or_, select
 
 from triggerd.model import HEAD_CHARS, Reject
 from triggerd.store import tables as t
@@ -47,11 +47,20 @@ def count_rejects(store: Store) -> dict[str, dict[str, int]]:
 
 
 def list_rejects(store: Store, source: str | None = None, since: datetime | None = None,
-                 limit: int = 50) -> list[Reject]:
+                 limit: int = 50, rule: tuple[str, Sequence[str]] | None = None
+                 ) -> list[Reject]:
+    """Rejects, newest first. `rule` = (name, its sources): what the rule's sources could not
+    turn into events, and what the rule itself failed on (`where`, `group_by`), not what
+    other rules failed on."""
     r = t.rejects.c
     q = select(r.source, r.ref, r.kind, r.error, r.head, r.at)
     if source is not None:
         q = q.where(r.source == source)
+    if rule is not None:
+        name, sources = rule
+        q = q.where(r.source.in_(list(sources)), or_(
+            not_(r.error.startswith("rule ")), r.error.startswith(f"rule {name}: ",
+                                                                   autoescape=True)))
     if since is not None:
         q = q.where(r.at >= since)
     with store.read() as c:
