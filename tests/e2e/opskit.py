@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 def tick_config(td: Triggerd) -> None:
-    """A config whose only source is an hourly cron tick: a daemon that starts and idles."""
+    """A config whose only source is a yearly cron tick: a daemon that starts and idles."""
     td.write("""
         state_dir: state
-        sources: {tick: {type: cron, every: 1h}}
+        sources: {tick: {type: cron, schedule: "0 0 1 1 *"}}
         backends: {b: {type: command, argv: ["true"]}}
         rules: {r: {on: [tick], dispatch: {backend: b}}}
     """)

@@ -19,7 +19,7 @@ def test_missing_command_and_stubborn_command_fail_jobs_daemon_stays_up(td: Trig
     td.write(f"""
         state_dir: state
         sources:
-          tick: {{type: cron, every: 1h}}
+          tick: {{type: cron, schedule: "0 0 1 1 *"}}
         backends:
           missing: {{type: command, argv: [no-such-trainer-xyz, --fast]}}
           stubborn: {{type: command, argv: [python3, {stubborn}], timeout: 1s, kill_grace: 1s}}
@@ -64,7 +64,7 @@ def test_failing_job_is_retried_with_backoff_then_fails(td: Triggerd) -> None:
     td.write(f"""
         state_dir: state
         sources:
-          tick: {{type: cron, every: 1h}}
+          tick: {{type: cron, schedule: "0 0 1 1 *"}}
         backends:
           flaky: {{type: command, argv: [python3, {rec}]}}
         rules:

@@ -50,7 +50,7 @@ def test_http_job_running_at_kill_9_is_resumed_with_the_same_key(td: Triggerd,
     td.write(f"""
         state_dir: state
         sources:
-          tick: {{type: cron, every: 1h}}
+          tick: {{type: cron, schedule: "0 0 1 1 *"}}
         backends:
           ci: {{type: http, url: "{hook.url}", secret_env: HOOK_SECRET}}
         rules:
@@ -73,7 +73,7 @@ def test_kubernetes_job_running_at_kill_9_is_reattached(td: Triggerd, kube: Kube
     td.write(f"""
         state_dir: state
         sources:
-          tick: {{type: cron, every: 1h}}
+          tick: {{type: cron, schedule: "0 0 1 1 *"}}
         backends:
           k8s:
             type: kubernetes
@@ -113,7 +113,7 @@ def test_a_missing_secret_stops_the_start_with_a_config_error(td: Triggerd) -> N
     td.write("""
         state_dir: state
         sources:
-          tick: {type: cron, every: 1h}
+          tick: {type: cron, schedule: "0 0 1 1 *"}
         backends:
           ci: {type: http, url: "http://127.0.0.1:9/hook", secret_env: TRIGGERD_TEST_NO_SECRET}
         rules:
