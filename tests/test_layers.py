@@ -57,9 +57,10 @@ ALLOWED = {
                                   "triggerd.sources._bucketnotify"},
     # cli: the top: everything but the plugins' own modules (reached through the registry)
     "cli": _BELOW_RUNTIME | {"triggerd.runtime", "triggerd.cli", "triggerd.simulate"},
-    # the one module plugins import: the contracts, the data, the language, option types
+    # the one module plugins import: the contracts, the data, the language, option types,
+    # secrets named by options
     "plugin": _BASE | {"triggerd.interfaces", "triggerd.language", "triggerd.config.types",
-                       "triggerd.aio",
+                       "triggerd.config.secrets", "triggerd.aio",
                        "triggerd.config.yamlsafe", "triggerd.ops.failpoints", "triggerd"},
     # plugins: the public plugin module, and their own package's private modules
     "sources": {"triggerd.plugin", "triggerd.sources"},

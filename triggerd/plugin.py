@@ -5,7 +5,8 @@ contracts themselves are documented in `triggerd.interfaces`; a new source or ba
 module exporting a class with an `Options` model (a `Strict` pydantic model) plus one line in
 `triggerd.registry` (or an entry point).
 
-- Contracts: `Source`, `SourceContext`, `Backend`, `Launcher`, `JobHandle`, `StoreWork`.
+- Contracts: `Source`, `SourceContext` (its `clock`: `Clock`), `Backend`, `Launcher`,
+  `JobHandle`, `StoreWork`.
 - Data: `Event`, `TriggerContext`, `DispatchResult`, and the rows of daemon services
   (`FileRow`, `Reject`, `HEAD_CHARS`).
 - Daemon services a source may ask for with `wants`: `"files"` (see
@@ -14,7 +15,8 @@ module exporting a class with an `Options` model (a `Strict` pydantic model) plu
 - Errors: `TriggerdError`, `ConfigError`, `ExpressionError`, `StoreError`, `DispatchError`
   and its `TransientDispatchError`, `PermanentDispatchError`.
 - Options: `Strict`, `InheritsEnvironment`, `Duration`, `Size`; YAML files read within the
-  config's limits (`load_yaml_file`, `FileTooLargeError`).
+  config's limits (`load_yaml_file`, `FileTooLargeError`); secrets named by an option
+  (`read_secret`: `$VAR`, or the file `$VAR_FILE` names).
 - The language: `Template`, `lookup`, `compile_glob`, `compile_any`, `Schedule`,
   `validate_cron`, `validate_timezone`, `format_duration`.
 - `failpoint`: the fault-injection points of the crash tests; `to_the_end`: await work that
@@ -28,6 +30,7 @@ from typing import Protocol
 
 from triggerd import __version__
 from triggerd.aio import to_the_end
+from triggerd.config.secrets import read_secret
 from triggerd.config.types import Duration, InheritsEnvironment, Size, Strict
 from triggerd.config.yamlsafe import FileTooLargeError
 from triggerd.config.yamlsafe import load_file as load_yaml_file
@@ -40,7 +43,15 @@ from triggerd.errors import (
     TransientDispatchError,
     TriggerdError,
 )
-from triggerd.interfaces import Backend, JobHandle, Launcher, Source, SourceContext, StoreWork
+from triggerd.interfaces import (
+    Backend,
+    Clock,
+    JobHandle,
+    Launcher,
+    Source,
+    SourceContext,
+    StoreWork,
+)
 from triggerd.language.globs import compile_any, compile_glob
 from triggerd.language.schedules import Schedule, validate_cron, validate_timezone
 from triggerd.language.templates import Template, lookup
@@ -49,12 +60,14 @@ from triggerd.model import HEAD_CHARS, DispatchResult, Event, FileRow, Reject, T
 from triggerd.ops.failpoints import hit as failpoint
 
 __all__ = [
-    "HEAD_CHARS", "Backend", "ConfigError", "DispatchError", "DispatchResult", "Duration", "Event",
+    "HEAD_CHARS", "Backend", "Clock", "ConfigError", "DispatchError", "DispatchResult",
+    "Duration", "Event",
     "ExpressionError", "FileRow", "FileTooLargeError", "InheritsEnvironment", "JobHandle",
     "Launcher", "PermanentDispatchError", "Reject", "RejectLog", "Schedule", "Size", "Source",
     "SourceContext", "StoreError", "StoreWork", "Strict", "Template", "TransientDispatchError",
     "TriggerContext", "TriggerdError", "__version__", "compile_any", "compile_glob",
-    "failpoint", "format_duration", "load_yaml_file", "lookup", "to_the_end", "validate_cron",
+    "failpoint", "format_duration", "load_yaml_file", "lookup", "read_secret", "to_the_end",
+    "validate_cron",
     "validate_timezone",
 ]
 

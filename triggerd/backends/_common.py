@@ -1,11 +1,5 @@
-"""What several backends share: secrets from the environment, and data templates.
-
-Secrets
-    A config names the environment variable that holds a secret (`secret_env: HOOK_SECRET`),
-    never the secret. `read_secret` takes it from `$HOOK_SECRET`, or, when that is unset, from
-    the file named by `$HOOK_SECRET_FILE` (container secrets mounted as files); a trailing
-    newline of the file is dropped. A missing secret is a `ConfigError` naming the variable,
-    raised when the backend is built (daemon start), never a failure at dispatch time.
+"""What several backends share: data templates, and reading outside systems' answers.
+(Secrets from the environment: `triggerd.plugin.read_secret`.)
 
 Data templates
     A YAML value (mapping, list, scalar) whose string leaves are `Template`s. Rendering walks
@@ -24,15 +18,12 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from triggerd.plugin import (
-    ConfigError,
     ExpressionError,
     PermanentDispatchError,
     Template,
@@ -44,24 +35,6 @@ _SINGLE_FIELD = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²")
 RETRY_AFTER_MAX = 3600.0  # seconds: a longer hint is cut to this (and then to max_backoff)
 MAX_RESPONSE = 1024 * 1024  # bytes of an answer read at most; the rest is never buffered
-
-
-def read_secret(env_name: str, where: str) -> str:
-    """The secret held by `$env_name` (or the file named by `$env_name_FILE`)."""
-    value = os.environ.get(env_name)
-    if value is not None:
-        return value
-    file_var = f"{env_name}_FILE"
-    path = os.environ.get(file_var)
-    if path is None:
-        raise ConfigError([f"{where}: environment variable {env_name} is not set "
-                           f"(nor {file_var} naming a file that holds it)"])
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{where}: cannot read the file named by {file_var}: "
-                           f"{exc.strerror or exc}"]) from None
-    return text[:-1] if text.endswith("\n") else text
 
 
 def template_values(ctx: TriggerContext, attempt: int) -> dict[str, Any]:

@@ -54,7 +54,6 @@ import aiohttp
 from pydantic import Field, field_validator, model_validator
 
 from triggerd.backends._airflow_api import AirflowApi, Credentials, Reply, path_part
-from triggerd.backends._common import read_secret
 from triggerd.plugin import (
     DispatchResult,
     Duration,
@@ -66,6 +65,7 @@ from triggerd.plugin import (
     TransientDispatchError,
     TriggerContext,
     format_duration,
+    read_secret,
 )
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,6 @@ from triggerd.backends._common import (
     DataTemplate,
     first_bytes,
     loads_json,
-    read_secret,
     render_or_fail,
     retry_after,
     template_values,
@@ -69,6 +68,7 @@ from triggerd.plugin import (
     TriggerContext,
     __version__,
     format_duration,
+    read_secret,
 )
 
 log = logging.getLogger(__name__)

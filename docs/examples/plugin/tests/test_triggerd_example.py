@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from triggerd_example.jsonl import JsonlBackend, JsonlOptions, sign
 from triggerd_example.lines import LinesOptions, LinesSource
 
+from triggerd.plugin import Clock as PluginClock
 from triggerd.plugin import (
     Event,
     PermanentDispatchError,
@@ -38,7 +39,7 @@ class FakeContext:
 
     def __init__(self, name: str, checkpoint: dict[str, Any] | None = None) -> None:
         self.name = name
-        self.clock: Any = Clock()  # `Clock` is a protocol that triggerd.plugin does not export
+        self.clock: PluginClock = Clock()
         self.events: list[Event] = []
         self.checkpoint = checkpoint
         self.health: list[tuple[bool, str | None]] = []

@@ -20,13 +20,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from triggerd.plugin import (
-    ConfigError,
     DispatchResult,
     JobHandle,
     PermanentDispatchError,
     Strict,
     TransientDispatchError,
     TriggerContext,
+    read_secret,
 )
 
 _write_lock = threading.Lock()
@@ -58,12 +58,10 @@ class JsonlBackend:
         self.options = options
         self.path = Path(state_dir) / options.path  # an absolute `path` stays as it is
         self._key: bytes | None = None
-        if options.hmac_key_env is not None:
-            value = os.environ.get(options.hmac_key_env)
-            if value is None:  # stops the daemon's start (or a reload) with this message
-                raise ConfigError([f"backends.{name}.hmac_key_env: environment variable "
-                                   f"{options.hmac_key_env} is not set"])
-            self._key = value.encode()
+        if options.hmac_key_env is not None:  # $VAR, or the file $VAR_FILE names; if neither,
+            # a ConfigError naming the variable stops the daemon's start (or a reload)
+            self._key = read_secret(options.hmac_key_env,
+                                    f"backends.{name}.hmac_key_env").encode()
 
     async def dispatch(self, ctx: TriggerContext, job: JobHandle) -> DispatchResult:
         record: dict[str, Any] = {
