@@ -13,6 +13,7 @@ from triggerd.clock import ManualClock
 from triggerd.model import Event
 from triggerd.simulate.inputs import Builder
 from triggerd.simulate.spec import Input
+from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fsoptions import FilesystemOptions
 from triggerd.sources._kafka.options import KafkaOptions
 from triggerd.sources.cron import CronOptions, CronSource
@@ -25,6 +26,10 @@ SOURCES: dict[str, BaseModel] = {
     "metrics": KafkaOptions(type="kafka", brokers=["k:9092"], topic="m", group="g",
                             subject="{value.model}"),
     "nightly": CronOptions(type="cron", schedule="0 2 * * *"),
+    "raw": BucketOptions(type="bucket", url="s3://data/landing/", poll="1m",
+                         patterns=["**/*.parquet"], events=["created", "modified", "deleted"]),
+    "notes": KafkaOptions(type="kafka", brokers=["k:9092"], topic="s3", group="g",
+                          format="s3", bucket="raw"),
 }
 
 
@@ -80,3 +85,43 @@ def test_a_tick_is_the_cron_sources_own() -> None:
     ctx: Any = SimpleNamespace(clock=ManualClock(slot))
     assert event == source._tick(ctx, slot, catch_up=False)
     assert event.fingerprint == "nightly@2026-03-02T02:00:00+00:00"
+
+
+def test_an_object_is_what_the_bucket_listing_makes_of_it_and_notices_read_its_table() -> None:
+    """`object:` inputs go through the bucket source's reconcile: created, a new content
+    modified, the same content again no event (unchanged), deleted; the fingerprint is the
+    listing's (relpath and content tag), so a notification of the same upload, decoded by the
+    Kafka source, has the same one and deduplicates. Notices read the table the listings
+    built: a listed object's notice is `modified`, a removal of it `deleted`."""
+    build = Inputs()
+    first = build({"object": {"source": "raw", "key": "dt=1/a.parquet", "size": 7,
+                              "content": "v1"}})
+    same = build({"object": {"source": "raw", "key": "s3://data/landing/dt=1/a.parquet",
+                             "size": 7, "content": "v1"}})
+    md5 = hashlib.md5(b"v1", usedforsecurity=False).hexdigest()
+    (event,) = first
+    assert (event.kind, event.subject, event.fingerprint) == (
+        "created", "s3://data/landing/dt=1/a.parquet", f"dt=1/a.parquet:{md5}")
+    assert {k: event.payload[k] for k in ("bucket", "key", "relpath", "dir", "name", "size",
+                                          "etag")} == {
+        "bucket": "data", "key": "landing/dt=1/a.parquet", "relpath": "dt=1/a.parquet",
+        "dir": "dt=1", "name": "a.parquet", "size": 7, "etag": md5}
+    assert same == []  # listed again unchanged: nothing new
+    changed = build({"object": {"source": "raw", "key": "dt=1/a.parquet", "etag": "e2"}},
+                    timedelta(minutes=1))
+    notice = build({"message": {"source": "notes", "value": {"Records": [{
+        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "data"}, "object": {
+            "key": "landing/dt=1/a.parquet", "size": 0, "eTag": "e2"}}}]}}},
+                   timedelta(minutes=1))
+    removed = build({"message": {"source": "notes", "value": {"Records": [{
+        "eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "data"}, "object": {
+            "key": "landing/dt=1/a.parquet"}}}]}}}, timedelta(minutes=2))
+    fresh = build({"message": {"source": "notes", "value": {"Records": [{
+        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "data"}, "object": {
+            "key": "landing/dt=2/b.parquet", "size": 1, "eTag": "e3"}}}]}}})
+    gone = build({"object": {"source": "raw", "key": "dt=1/a.parquet", "kind": "deleted"}},
+                 timedelta(minutes=3))
+    assert [(e.kind, e.fingerprint) for e in changed + notice] == [
+        ("modified", "dt=1/a.parquet:e2"), ("modified", "dt=1/a.parquet:e2")]
+    assert [e.kind for e in removed + fresh + gone] == ["deleted", "created", "deleted"]
+    assert build({"object": {"source": "raw", "key": "dt=1/notes.txt"}}) == []

@@ -361,3 +361,58 @@ def test_object_store_notifications_are_the_bucket_sources_events(tt: TestRunner
     case = ran.json()["files"][0]["tests"][0]
     assert case["notes"] == ["message s3-events/0/1: no event (no object of bucket source "
                              "landing it watches)"]
+
+
+def test_objects_of_a_bucket_source_are_listed_as_the_source_lists_them(tt: TestRunner) -> None:
+    """`object:` inputs are what a listing finds settled: created, then modified when its
+    content changes; the same content again is a duplicate; `deleted` when the source emits
+    it; keys the patterns leave out make no event. Notifications (`format: s3`, the value
+    written as a mapping) read the object table those listings built: a notice of a listed
+    object is `modified`, of a new one `created`, and its removal `deleted`."""
+    tt.write("""
+        state_dir: state
+        sources:
+          landing: {type: bucket, url: "s3://data/landing/", poll: 10m,
+                    patterns: ["**/*.parquet"], events: [created, modified, deleted]}
+          notes: {type: kafka, brokers: ["k:9092"], topic: s3-events, format: s3,
+                  bucket: landing}
+        backends:
+          train: {type: command, argv: [echo]}
+        rules:
+          any-change:
+            on: [landing]
+            dispatch: {backend: train}
+    """, "triggerd.yaml", header=False)
+
+    def note(at: str, event: str, key: str, tag: str = "t1") -> str:
+        return (f'{{at: {at}, message: {{source: notes, value: {{Records: [{{eventName: '
+                f'"{event}", s3: {{bucket: {{name: data}}, object: {{key: "{key}", size: 5, '
+                f'eTag: "{tag}"}}}}}}]}}}}}}')
+
+    ran = tt.run_files(tt.write(f"""
+        config: triggerd.yaml
+        start: 2026-03-02T00:00:00Z
+        tests:
+          - name: listings and notices of one object table
+            input:
+              - {{at: 0s, object: {{source: landing, key: dt=1/a.parquet, content: v1}}}}
+              - {{at: 1m, object: {{source: landing, key: dt=1/a.parquet, content: v1}}}}
+              - {{at: 2m, object: {{source: landing, key: dt=1/a.parquet, content: v2}}}}
+              - {{at: 3m, object: {{source: landing, key: "s3://data/landing/x.csv"}}}}
+              - {note("4m", "ObjectCreated:Put", "landing/dt=1/a.parquet", "t9")}
+              - {note("5m", "ObjectCreated:Put", "landing/dt=2/b.parquet")}
+              - {note("6m", "ObjectRemoved:Delete", "landing/dt=1/a.parquet")}
+              - {{at: 7m, object: {{source: landing, key: dt=3/c.parquet, kind: deleted}}}}
+            until: 10m
+            expect:
+              triggers:
+                - {{at: 0s, rule: any-change, events: [dt=1/a.parquet]}}
+                - {{at: 2m, rule: any-change, events: [dt=1/a.parquet]}}
+                - {{at: 4m, rule: any-change, events: [dt=1/a.parquet]}}
+                - {{at: 5m, rule: any-change, events: [dt=2/b.parquet]}}
+                - {{at: 6m, rule: any-change, events: [dt=1/a.parquet]}}
+                - {{at: 7m, rule: any-change, events: [dt=3/c.parquet]}}
+    """, header=False), "--json")
+    assert ran.code == 0, ran.out + ran.err
+    case = ran.json()["files"][0]["tests"][0]
+    assert any("x.csv: no event" in n for n in case["notes"]), case["notes"]

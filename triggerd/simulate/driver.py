@@ -294,7 +294,7 @@ class Simulation:
 
 
 def _source_of(item: Input) -> str | None:
-    one = item.file or item.message or item.event
+    one = item.file or item.object or item.message or item.event
     return one.source if one is not None else None
 
 

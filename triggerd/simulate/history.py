@@ -259,6 +259,6 @@ def _roots(paths: tuple[str, ...]) -> list[str]:
 
 
 def _input(**one: Any) -> Input:
-    empty = dict.fromkeys(("at", "id", "file", "message", "tick", "fire", "job", "pause",
-                           "resume", "event"))
+    empty = dict.fromkeys(("at", "id", "file", "object", "message", "tick", "fire", "job",
+                           "pause", "resume", "event"))
     return Input.model_construct(**{**empty, **one})

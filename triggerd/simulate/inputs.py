@@ -5,10 +5,15 @@ events the daemon would store: same kinds, subjects, fingerprints and payloads.
   settled file gets (size, an mtime `settle` before the input's time, a sha256 of `content`
   or of the path, size and time), so created / modified / moved / deleted, the `events`,
   `patterns` and `ignore` options and the fingerprints are the source's;
+- objects: the bucket source's reconcile (`_bucketlist.compare`) of a listing that holds the
+  object, settled at the input's time (last-modified then; the content tag given, the MD5 of
+  `content`, or new), against the object table the test's listings built, so created /
+  modified / deleted, `events`, `patterns`, `ignore` and the fingerprints are the source's;
 - Kafka messages: the Kafka source's decoder (`_kafka.decode.Decoder`), which also rejects
   what the source rejects (a note in the result, no event); with a notification format,
-  the bucket source's events of its notices (`_bucketlist.notice_event`: an object the test
-  has not seen before is `created`, a removal of one it never saw makes no event);
+  the bucket source's events of its notices (`_bucketlist.notice_event`), against the same
+  object table, which notices read and never write, as in the daemon: an object no `object`
+  input listed is `created`, a removal of one never listed makes no event;
 - cron ticks: the cron source's `tick_event`;
 - `event`: any event, as given (for source plugins).
 Each event also gets the names a test may call it by (`Named`).
@@ -28,9 +33,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from triggerd.language.schedules import Schedule
-from triggerd.model import Event
-from triggerd.simulate.spec import EventIn, FileIn, Input, MessageIn, TickIn
-from triggerd.sources._bucketlist import matcher_for, notice_event
+from triggerd.model import Event, FileRow
+from triggerd.simulate.spec import EventIn, FileIn, Input, MessageIn, ObjectIn, TickIn
+from triggerd.sources._bucketlist import Obj, compare, matcher_for, notice_event, url_of
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions
 from triggerd.sources._fsscan import Known, Look, Matcher, Root
@@ -38,6 +43,8 @@ from triggerd.sources._fssettle import Settle
 from triggerd.sources._kafka.decode import Decoder, Record
 from triggerd.sources._kafka.options import KafkaOptions
 from triggerd.sources.cron import CronOptions, tick_event
+
+NOTIFICATION_FORMATS = ("s3", "gcs", "eventgrid")
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,50 @@ class FileSide:
         return Look("settled", sig, digest, digest)
 
 
+class BucketSide:
+    """One bucket source: its matcher and the object table its listings keep."""
+
+    def __init__(self, name: str, options: BucketOptions) -> None:
+        self.name = name
+        self.options = options
+        self.listed = options.model_copy(update={"settle": False})  # `at`: when it settled
+        self.matcher = matcher_for(options)
+        self.rows: dict[str, FileRow] = {}
+        self.uploads = count(1)
+
+    def key_of(self, given: str) -> str:
+        """The full key of an input's `key` (below the prefix, or the object's URL)."""
+        base = url_of(self.options, "")
+        return given[len(base):] if given.startswith(base) else self.options.prefix + given
+
+    def events(self, o: ObjectIn, now: datetime) -> list[Event]:
+        key = self.key_of(o.key)
+        path = url_of(self.options, key)
+        mtime_ns = int(now.timestamp() * 1e9)
+        rel = key[len(self.options.prefix):]
+        if o.kind == "created":
+            self.rows.pop(path, None)
+        elif o.kind in ("modified", "deleted") and path not in self.rows:
+            # an object the test says was there before: some earlier version of it
+            self.rows[path] = FileRow(path, 0, o.size, mtime_ns - 1, f"{rel}:earlier", now)
+        row = self.rows.get(path)
+        if o.kind == "deleted":
+            found = compare(self.name, self.listed, self.matcher, [],
+                            {path: row} if row else {}, {}, now)
+        else:
+            text = o.content if o.content is not None else \
+                f"{key}\0{o.size}\0{now.isoformat()}\0{next(self.uploads)}"
+            tag = o.etag or hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+            found = compare(self.name, self.listed, self.matcher,
+                            [Obj(key, o.size, mtime_ns, tag, None)],
+                            {path: row} if row else {}, {}, now, partial=True)
+        for saved in found.saves:
+            self.rows[saved.path] = saved
+        for gone in found.gone:
+            self.rows.pop(gone, None)
+        return found.events
+
+
 class Builder:
     """Builds the events of inputs for the sources of one config, remembering what the
     sources remember (known files, Kafka offsets) across a test's timeline."""
@@ -99,6 +150,7 @@ class Builder:
         self.start = start
         self.show = show
         self.files: dict[str, FileSide] = {}
+        self.buckets: dict[str, BucketSide] = {}
         self.decoders: dict[str, Decoder] = {}
         self.offsets: dict[tuple[str, str, int], int] = {}
         self.numbers = count(1)
@@ -109,6 +161,8 @@ class Builder:
         """The source and the events of a file, message, tick or event input."""
         if item.file is not None:
             return item.file.source, self._files(item.file, item.id, now)
+        if item.object is not None:
+            return item.object.source, self._objects(item.object, item.id, now)
         if item.message is not None:
             return item.message.source, self._message(item.message, item.id, now)
         if item.tick is not None:
@@ -130,6 +184,26 @@ class Builder:
         if not out:
             self.notes.append(f"{f.path}: no event (not watched by source {f.source}'s "
                               "patterns, or a kind its `events` leave out)")
+        return out
+
+    def _bucket(self, source: str) -> BucketSide:
+        side = self.buckets.get(source)
+        if side is None:
+            options = self.sources[source]
+            assert isinstance(options, BucketOptions)  # noqa: S101 - cross-checked
+            side = self.buckets[source] = BucketSide(source, options)
+        return side
+
+    def _objects(self, o: ObjectIn, label: str | None, now: datetime) -> list[Named]:
+        out = []
+        for event in self._bucket(o.source).events(o, now):
+            p = event.payload
+            names = {event.subject, p["key"], p["relpath"], p["name"]} | (
+                {label} if label else set())
+            out.append(Named(event, label or p["relpath"], frozenset(names)))
+        if not out:
+            self.notes.append(f"{o.key}: no event (not watched by source {o.source}'s "
+                              "patterns, unchanged, or a kind its `events` leave out)")
         return out
 
     def _message(self, m: MessageIn, label: str | None, now: datetime) -> list[Named]:
@@ -160,11 +234,11 @@ class Builder:
             self.notes.append(f"message {record.ref} rejected by source {source} "
                               f"({found.kind}): {found.error}")
             return []
-        options = self.sources[bucket]
-        assert isinstance(options, BucketOptions)  # noqa: S101 - cross-checked by the loader
+        side = self._bucket(bucket)
         out = []
         for notice in found:
-            event = notice_event(bucket, options, matcher_for(options), notice, None, now)
+            row = side.rows.get(url_of(side.options, notice.key))  # read, never written
+            event = notice_event(bucket, side.options, side.matcher, notice, row, now)
             if event is not None:
                 names = {record.ref, event.subject, event.payload["relpath"]} | (
                     {label} if label else set())
@@ -207,4 +281,6 @@ def _value(m: MessageIn, fmt: str) -> bytes:
     if m.raw is not None:
         return m.raw.encode()
     value: Any = m.value
-    return json.dumps(value).encode() if fmt == "json" else str(value).encode()
+    if fmt == "json" or (fmt in NOTIFICATION_FORMATS and not isinstance(value, str)):
+        return json.dumps(value).encode()  # notifications are JSON too: a mapping is encoded
+    return str(value).encode()

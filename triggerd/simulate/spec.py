@@ -22,7 +22,7 @@ from triggerd.language.units import parse_duration
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 Outcome = Literal["succeeded", "failed", "failed_permanently"]
-KINDS = ("file", "message", "tick", "fire", "job", "pause", "resume", "event")
+KINDS = ("file", "object", "message", "tick", "fire", "job", "pause", "resume", "event")
 JobState = Literal["queued", "running", "succeeded", "failed", "retrying", "cancelled"]
 
 
@@ -64,6 +64,18 @@ class FileIn(Strict):
     size: Size = 0
     kind: Literal["created", "modified", "moved", "deleted"] | None = None
     content: str | None = None  # same content at the same path: a duplicate
+
+
+class ObjectIn(Strict):
+    """An object of a `bucket` source, as a listing finds it settled (an event as the source
+    emits it): its key below the source's prefix (or its full URL)."""
+
+    source: str
+    key: str
+    size: Size = 0
+    kind: Literal["created", "modified", "deleted"] | None = None
+    etag: str | None = None  # the content tag; the same tag at the same key: a duplicate
+    content: str | None = None  # instead of etag: the tag is this content's MD5, as S3's is
 
 
 class MessageIn(Strict):
@@ -129,6 +141,7 @@ class Input(Strict):
     at: At
     id: str | None = None  # a name for the event, used in `expect.triggers[].events`
     file: FileIn | None = None
+    object: ObjectIn | None = None
     message: MessageIn | None = None
     tick: TickIn | None = None
     fire: FireIn | None = None

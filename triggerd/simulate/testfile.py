@@ -132,7 +132,8 @@ def _check_case(loaded: Loaded, case: Case, problem: Problem) -> None:
 
 def _check_input(loaded: Loaded, item: Input, problem: Problem) -> None:
     cfg = loaded.config
-    wants = {"file": "filesystem", "message": "kafka", "tick": "cron", "event": None}
+    wants = {"file": "filesystem", "object": "bucket", "message": "kafka", "tick": "cron",
+             "event": None}
     for kind, source_type in wants.items():
         body = getattr(item, kind)
         if body is None:
@@ -165,7 +166,8 @@ def _check_message(options: Any, item: Input, problem: Problem) -> None:
     if (msg.value is None) == (msg.raw is None):
         problem(("message",), "give exactly one of `value` (a value, JSON-encoded for "
                 "format json) and `raw` (the exact text of the message)")
-    elif msg.value is not None and options.format != "json" and not isinstance(msg.value, str):
+    elif msg.value is not None and options.format in ("text", "bytes") and \
+            not isinstance(msg.value, str):
         problem(("message", "value"), f"the source's format is {options.format}: "
                 "give the value as a string (or use `raw`)")
     if msg.topic is not None and msg.topic not in options.topics:
