@@ -150,8 +150,13 @@ def test_fire_pause_resume_explain(td: Triggerd) -> None:
     text = td.cli("explain", "manual-only")
     assert text.returncode == 0 and "cooldown" in text.stdout
     assert "next: cooldown ends at" in text.stdout, text.stdout
+    assert "no daemon is running" not in text.stdout
     assert td.cli("explain", "nope").returncode == 1
     assert td.stop(proc) == 0
+    # stopped: the verdicts are what a daemon would decide, and explain says none is running
+    stopped = td.cli("explain", "manual-only").stdout
+    assert stopped.rstrip().endswith("note: no daemon is running: nothing fires until one "
+                                     "starts (`triggerd status` shows its heartbeat)")
 
 
 def test_fire_without_daemon_is_queued_and_dispatched_later(td: Triggerd) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import socket
 import sys
 import time
@@ -98,6 +99,9 @@ def _unknown_rule(rule: str, config: Config) -> int:
 
 # -- config, schema, store maintenance, the daemon -------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config; exit 0 when it is valid, with a warning for each secret variable
+    an option names that this environment does not hold (a CI runner often has none)."""
+    from triggerd.config.types import secret_env_options
     from triggerd.store.connect import store_url
 
     config = _load(args)
@@ -109,6 +113,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: {len(config.sources)} source(s), {len(config.backends)} backend(s), "
           f"{len(config.rules)} rule(s) in {files}")
     print(f"store: {url.render_as_string(hide_password=True)}")
+    for where, name in secret_env_options({"sources": config.sources,
+                                           "backends": config.backends}):
+        if name not in os.environ and f"{name}_FILE" not in os.environ:
+            print(f"warning: {where}: environment variable {name} is not set here (nor "
+                  f"{name}_FILE): the daemon needs it where it runs", file=sys.stderr)
     return EXIT_OK
 
 
@@ -274,6 +283,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from triggerd.engine.assess import assess
+    from triggerd.store import queries
 
     config = _load(args)
     if args.rule not in config.rules:
@@ -282,6 +292,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         found = assess(config, store, now)
+        running = _daemon_running(queries.latest_daemon(store), now)
     finally:
         store.close()
     out = views.explain_json(args.rule, now, views.rule_groups(found, args.rule))
@@ -289,6 +300,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         views.print_json(out)
     else:
         views.print_explain(out)
+        if not running:  # the verdicts are what a daemon would decide; none is deciding
+            print("note: no daemon is running: nothing fires until one starts "
+                  "(`triggerd status` shows its heartbeat)")
     return EXIT_OK
 
 

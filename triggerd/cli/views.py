@@ -116,14 +116,18 @@ def _rule_row(facts: StatusFacts, name: str, spec: Any) -> dict[str, Any]:
     return row
 
 
+def _stopped(error: str | None) -> str:
+    """A source's error while no daemon runs: that first (what it says may be long past)."""
+    return "the daemon is not running" + (f" (last error: {error})" if error else "")
+
+
 def _source_row(facts: StatusFacts, config: Config, name: str) -> dict[str, Any]:
     info = facts.sources.get(name, {})
     return {"name": name, "type": config.source_type(name),
             "healthy": bool(info.get("healthy", False)) and facts.running,
             "events": info.get("events", 0), "duplicates": info.get("duplicates", 0),
             "last_event_at": iso(info.get("last_event_at")),
-            "error": info.get("error") if facts.running else
-            (info.get("error") or "the daemon is not running"),
+            "error": info.get("error") if facts.running else _stopped(info.get("error")),
             "details": info.get("details") or {},
             "rejected": facts.rejected.get(name, {})}
 

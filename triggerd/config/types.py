@@ -77,23 +77,31 @@ def secret_env_names(*roots: Any) -> set[str]:
     or `*_env` (`password_env`, `token_env`, `secret_env`, an http header's `{env: NAME}`).
     Only model fields count: the keys of a free-form mapping (a command's `env: {NAME: value}`,
     a rule's `params`) name no secret."""
-    found: set[str] = set()
+    return {name for _where, name in secret_env_options(roots)}
 
-    def walk(value: Any) -> None:
+
+def secret_env_options(root: Any, where: str = "") -> list[tuple[str, str]]:
+    """(dotted option path, variable name) of every option under `root` naming a secret
+    variable (see `secret_env_names`), e.g. ("backends.hook.secret_env", "HOOK_SECRET")."""
+    found: list[tuple[str, str]] = []
+
+    def at(path: str, key: object) -> str:
+        return f"{path}.{key}" if path else str(key)
+
+    def walk(value: Any, path: str) -> None:
         if isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 item = getattr(value, name)
                 if (name == "env" or name.endswith("_env")) and isinstance(item, str):
-                    found.add(item)
+                    found.append((at(path, name), item))
                 else:
-                    walk(item)
+                    walk(item, at(path, name))
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
+            for key, item in value.items():
+                walk(item, at(path, key))
         elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
 
-    for root in roots:
-        walk(root)
+    walk(root, where)
     return found
