@@ -60,14 +60,12 @@ from triggerd.model import HEAD_CHARS, DispatchResult, Event, FileRow, Reject, T
 from triggerd.ops.failpoints import hit as failpoint
 
 __all__ = [
-    "HEAD_CHARS", "Backend", "Clock", "ConfigError", "DispatchError", "DispatchResult",
-    "Duration", "Event",
-    "ExpressionError", "FileRow", "FileTooLargeError", "InheritsEnvironment", "JobHandle",
+    "HEAD_CHARS", "Backend", "Clock", "ConfigError", "DispatchError", "DispatchResult", "Duration",
+    "Event", "ExpressionError", "FileRow", "FileTooLargeError", "InheritsEnvironment", "JobHandle",
     "Launcher", "PermanentDispatchError", "Reject", "RejectLog", "Schedule", "Size", "Source",
     "SourceContext", "StoreError", "StoreWork", "Strict", "Template", "TransientDispatchError",
-    "TriggerContext", "TriggerdError", "__version__", "compile_any", "compile_glob",
-    "failpoint", "format_duration", "load_yaml_file", "lookup", "read_secret", "to_the_end",
-    "validate_cron",
+    "TriggerContext", "TriggerdError", "__version__", "compile_any", "compile_glob", "failpoint",
+    "format_duration", "load_yaml_file", "lookup", "read_secret", "to_the_end", "validate_cron",
     "validate_timezone",
 ]
 

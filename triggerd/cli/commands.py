@@ -225,10 +225,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace, query: Callable[[Any], list[Any]],
-             view: views.HistoryView) -> int:
+             view: views.HistoryView, config: Config | None = None) -> int:
     """The shape of `events`, `triggers` and `jobs`: check --rule, query, print table or JSON;
-    exit 1 when nothing was found."""
-    config = _load(args)
+    exit 1 when nothing was found. `config`: the caller's, if it loaded it already."""
+    config = config if config is not None else _load(args)
     if args.rule and args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
     store = _open_store(config)
@@ -260,7 +260,7 @@ def _rejected(args: argparse.Namespace) -> int:
     return _history(
         args, lambda store: list_rejects(store, source=args.source, since=_since(args.since),
                                          limit=args.limit, rule=rule),
-        views.REJECTS)
+        views.REJECTS, config)
 
 
 def cmd_triggers(args: argparse.Namespace) -> int:
