@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from faults import fail_first
+from polling import until
 from store_helpers import claim_job
 
 from triggerd import dispatcher as dispatcher_module
@@ -35,13 +36,6 @@ from triggerd.testing import RecordingBackend
 
 async def call(fn: Callable[[], Any]) -> Any:
     return fn()
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (value := predicate()):
-            await asyncio.sleep(0.01)
-        return value
 
 
 class Rig:

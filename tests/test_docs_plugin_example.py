@@ -19,13 +19,14 @@ import json
 import shutil
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 
 from triggerd import registry
 from triggerd.cli import main
@@ -87,13 +88,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy(EXAMPLE / "triggerd.yaml", work / "triggerd.yaml")
     monkeypatch.chdir(work)
     return work
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (value := predicate()):
-            await asyncio.sleep(0.02)
-        return value
 
 
 def ledger(work: Path) -> list[dict[str, Any]]:

@@ -41,10 +41,8 @@ from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions
 from triggerd.sources._fsscan import Known, Look, Matcher, Root
 from triggerd.sources._fssettle import Settle
 from triggerd.sources._kafka.decode import Decoder, Record
-from triggerd.sources._kafka.options import KafkaOptions
+from triggerd.sources._kafka.options import NOTIFICATIONS, KafkaOptions
 from triggerd.sources.cron import CronOptions, tick_event
-
-NOTIFICATION_FORMATS = ("s3", "gcs", "eventgrid")
 
 
 @dataclass(frozen=True)
@@ -123,16 +121,16 @@ class BucketSide:
             # an object the test says was there before: some earlier version of it
             self.rows[path] = FileRow(path, 0, o.size, mtime_ns - 1, f"{rel}:earlier", now)
         row = self.rows.get(path)
+        known = {path: row} if row else {}
         if o.kind == "deleted":
-            found = compare(self.name, self.listed, self.matcher, [],
-                            {path: row} if row else {}, {}, now)
+            found = compare(self.name, self.listed, self.matcher, [], known, {}, now)
         else:
             text = o.content if o.content is not None else \
                 f"{key}\0{o.size}\0{now.isoformat()}\0{next(self.uploads)}"
             tag = o.etag or hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
             found = compare(self.name, self.listed, self.matcher,
-                            [Obj(key, o.size, mtime_ns, tag, None)],
-                            {path: row} if row else {}, {}, now, partial=True)
+                            [Obj(key, o.size, mtime_ns, tag, None)], known, {}, now,
+                            partial=True)
         for saved in found.saves:
             self.rows[saved.path] = saved
         for gone in found.gone:
@@ -281,6 +279,6 @@ def _value(m: MessageIn, fmt: str) -> bytes:
     if m.raw is not None:
         return m.raw.encode()
     value: Any = m.value
-    if fmt == "json" or (fmt in NOTIFICATION_FORMATS and not isinstance(value, str)):
+    if fmt == "json" or (fmt in NOTIFICATIONS and not isinstance(value, str)):
         return json.dumps(value).encode()  # notifications are JSON too: a mapping is encoded
     return str(value).encode()
