@@ -114,15 +114,20 @@ S3_ERRORS = {  # the S3 REST API's error responses (RESTErrorResponses: status, 
 class FaultyS3:
     """A reverse proxy in front of the S3 server that answers every request with one of S3's
     error responses while `fault` names it (`S3_ERRORS`), and forwards requests otherwise:
-    throttling and a revoked permission, as a client of Amazon S3 sees them."""
+    throttling and a revoked permission, as a client of Amazon S3 sees them. With `only`, the
+    fault is for the requests whose decoded path and query hold that text (e.g. one
+    sub-prefix's listings); while `hold` is set, those requests wait for `release`."""
 
     def __init__(self, upstream: str) -> None:
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import urlsplit
+        from urllib.parse import unquote, urlsplit
 
         self.fault: str | None = None
+        self.only: str | None = None
+        self.hold = False
+        self.release = threading.Event()
         self.refused = 0  # requests answered with the fault
         target = urlsplit(upstream)
         proxy = self
@@ -137,7 +142,12 @@ class FaultyS3:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy.fault
+                if fault is not None and proxy.only is not None and proxy.only not in unquote(
+                        self.path):
+                    fault = None
                 if fault is not None:
+                    if proxy.hold:
+                        proxy.release.wait(30)
                     proxy.refused += 1
                     status, message = S3_ERRORS[fault]
                     xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault}</Code>'
@@ -176,5 +186,6 @@ class FaultyS3:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()

@@ -75,7 +75,7 @@ def test_new_keys_listings_ask_only_after_the_greatest_key_seen(s3_server: Any) 
     listed = lister(s3_server, f"s3://{bucket}/landing/")
     full = listed.list()
     opts = listed.options
-    mark = next_mark(opts, full, {}, None)
+    mark = next_mark(opts, (o.key for o in full), {}, None)
     assert mark == old[-1]
     new = [f"landing/dt=2026-11-04/part-{p}.parquet" for p in range(3)]
     _fill(s3_server, bucket, [*new, old[0]])  # three new keys, and an old one rewritten
@@ -86,8 +86,9 @@ def test_new_keys_listings_ask_only_after_the_greatest_key_seen(s3_server: Any) 
                                        matcher_for(opts), full, {}, {}, now).saves}
     settling = compare("b", opts, matcher_for(opts), later, rows, {}, now, partial=True)
     assert settling.gone == [] and len(settling.waiting) == 3  # the old rows are not gone
-    assert next_mark(opts, later, settling.waiting, mark) == mark  # all three wait
-    assert next_mark(opts, later, {k: v for k, v in settling.waiting.items()
+    later_keys = [o.key for o in later]
+    assert next_mark(opts, later_keys, settling.waiting, mark) == mark  # all three wait
+    assert next_mark(opts, later_keys, {k: v for k, v in settling.waiting.items()
                                    if not k.endswith("part-0.parquet")}, mark) == new[0]
     # a full listing is what finds the rewritten old key
     assert {o.key for o in listed.list()} >= {old[0], *new}
@@ -211,6 +212,64 @@ async def test_throttling_and_a_denied_listing_say_what_to_fix_back_off_and_lose
                     and len(ctx.events) == 2, timeout=30)
         assert ctx.events[-1].payload["relpath"] == "b.parquet"
         assert ctx.details["listing_failures"] >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        proxy.close()
+
+
+async def test_a_listing_is_emitted_as_it_arrives_and_one_failing_halfway_loses_nothing(
+        s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing's events are emitted part by part while it is still listing (a page or a
+    sub-prefix at a time: the first listing of a large prefix is never held whole). Here one
+    sub-prefix's requests are held at the proxy: every other sub-prefix's objects are emitted
+    while that request waits; then it fails (S3's 503 SlowDown). What was emitted stays
+    emitted with its rows, the source says what to fix, and the next listing emits only the
+    rest: every object exactly one event."""
+    import asyncio
+
+    from s3_server import FaultyS3
+
+    from triggerd.sources.bucket import BucketSource
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    bucket = s3_server.bucket("source-halfway")
+    days = range(1, FAN_OUT + 3)  # more sub-prefixes than are listed at once
+    everything = [f"landing/dt={d:02d}/part-{p}.parquet" for d in days for p in range(2)]
+    _fill(s3_server, bucket, everything)
+    proxy = FaultyS3(s3_server.endpoint)
+    proxy.fault, proxy.only, proxy.hold = "SlowDown", "prefix=landing/dt=05/", True
+    options = BucketOptions.model_validate({
+        "type": "bucket", "url": f"s3://{bucket}/landing/", "poll": "1s", "settle": False,
+        "endpoint_url": proxy.endpoint, "options": {"retries": 1},
+        "credentials": {"key": "K", "secret": "S"}})
+    source = BucketSource("landing", options, lister=Lister(options, {"K": KEY, "S": SECRET}))
+    ctx = _Ctx()
+    health: list[tuple[bool, str | None]] = []
+    ctx.set_health = lambda ok, error=None: health.append((ok, error))  # type: ignore[method-assign]
+    task = asyncio.create_task(source.run(ctx))  # type: ignore[arg-type]
+
+    async def until(predicate: Any, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+
+    def emitted() -> list[str]:
+        return sorted(e.payload["key"] for e in ctx.events)
+
+    others = sorted(k for k in everything if not k.startswith("landing/dt=05/"))
+    try:
+        await until(lambda: emitted() == others)  # while dt=05's listing is held
+        assert health == [] and ctx.details == {}  # the first listing has not ended
+        proxy.release.set()
+        await until(lambda: bool(health))
+        assert health[0][0] is False and "throttling listings (SlowDown)" in str(health[0][1])
+        assert emitted() == others
+        proxy.fault = None
+        await until(lambda: health[-1] == (True, None) and len(ctx.events) == len(everything))
+        assert emitted() == sorted(everything)  # each object once: none emitted again
+        assert ctx.details["objects_tracked"] == len(everything)
+        assert ctx.details["listing_failures"] == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -5,9 +5,10 @@ environment variables the options name, else the library's own chain) and lists 
 with the listings cache off, so every listing asks the store. It blocks: the source runs it in
 a thread of its own.
 
-`compare` is the reconcile: a listing against the stored rows (`FileRow`, path = the object's
-URL, `inode` 0, `mtime_ns` its last-modified time) and the previous listing (for settling). It
-returns the events and the row changes, as data; nothing here touches the store or a clock.
+`Reconcile` (`compare` for a whole listing at once) is the reconcile: a listing, fed a part at
+a time, against the stored rows (`FileRow`, path = the object's URL, `inode` 0, `mtime_ns` its
+last-modified time) and the previous listing (for settling). It returns the events and the
+row changes, as data; nothing here touches the store or a clock.
 
 `notice_event` is the same for one object a notification tells of (`_bucketnotify`), given
 the object's row: the event the listing would make of it, with the same fingerprint, so push and
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,8 @@ from triggerd.sources._bucketoptions import SCHEMES, BucketOptions
 from triggerd.sources._fsoptions import DEFAULT_IGNORES
 from triggerd.sources._fsscan import Matcher
 
-__all__ = ["Found", "Lister", "Obj", "compare", "next_mark", "notice_event", "watched"]
+__all__ = ["Found", "Lister", "Obj", "Reconcile", "compare", "next_mark", "notice_event",
+           "watched"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class Obj:
     version_id: str | None
 
 
+Sink = Callable[[list[Obj]], Awaitable[None]]  # takes a listing's objects, a part at a time
 FAN_OUT = 8  # sub-prefixes listed at once
 FAN_DEPTH = 3  # levels descended to find FAN_OUT sub-prefixes
 
@@ -61,10 +64,10 @@ class Lister:
     trips. Where the prefix has sub-prefixes ("folders", e.g. `dt=2026-11-01/`), up to
     `FAN_OUT` of them are listed at once: the sub-prefixes are found by delimiter listings,
     descending up to `FAN_DEPTH` levels until there are `FAN_OUT` of them (objects met on
-    the way are part of the listing). Each sub-prefix's listing is turned into `Obj`s as it
-    arrives, so the library's per-object dicts are held for at most `FAN_OUT` sub-prefixes,
-    not for the whole prefix (a flat prefix is one listing). On S3 the responses' timestamps
-    are parsed by `datetime.fromisoformat` (`_s3_session`)."""
+    the way are part of the listing). `stream` hands the objects to a sink as they arrive: on
+    S3 a page at a time (ListObjectsV2, read here page by page), on GCS and Azure a
+    sub-prefix at a time (the library's `find`); `list` collects them. On S3 the responses'
+    timestamps are parsed by `datetime.fromisoformat` (`_s3_session`)."""
 
     def __init__(self, options: BucketOptions, env: Mapping[str, str] | None = None) -> None:
         import fsspec  # an extra: imported when a bucket source starts
@@ -83,10 +86,8 @@ class Lister:
         self.protocol = store.protocol
         self.requests = 0  # listing calls of the last listing (delimiter lists and finds)
 
-    async def _fanned(self) -> list[Obj]:
-        out: list[Obj] = []
+    async def _fanned(self, sink: Sink) -> None:
         level = [self.root]
-        self.requests = 0
         for _ in range(FAN_DEPTH):
             if len(level) >= FAN_OUT:
                 break
@@ -95,20 +96,22 @@ class Lister:
             level = []
             for infos in found:
                 level.extend(i["name"] for i in infos if i.get("type") == "directory")
-                out.extend(self._objs(infos))
+                await sink(self._objs(infos))
             if not level:
-                return out
+                return
         self.requests += len(level)
         room = asyncio.Semaphore(FAN_OUT)
 
-        async def under(prefix: str) -> list[Obj]:
+        async def under(prefix: str) -> None:
             async with room:
+                if self.protocol == "s3":  # page by page
+                    await self._s3_pages(prefix.partition("/")[2] + "/", None, sink)
+                    return
+                self.requests += 1
                 found = await self.fs._find(prefix, detail=True, withdirs=False)
-                return self._objs(found.values())
+                await sink(self._objs(found.values()))
 
-        for objs in await asyncio.gather(*(under(d) for d in level)):
-            out.extend(objs)
-        return out
+        await asyncio.gather(*(under(d) for d in level))
 
     async def _ls(self, prefix: str) -> list[dict[str, Any]]:
         """One level below `prefix`. A prefix without objects is "not found" to the library:
@@ -133,43 +136,65 @@ class Lister:
                            info.get("VersionId") or info.get("version_id")))
         return out
 
-    async def _after(self, key: str) -> list[Obj]:
-        """The objects under the prefix whose keys sort after `key` (ListObjectsV2 with
-        StartAfter, page by page)."""
-        out: list[Obj] = []
-        bucket, prefix = self.options.bucket, self.options.prefix
-        asked: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "StartAfter": key}
-        self.requests = 0
+    async def _s3_pages(self, prefix: str, after: str | None, sink: Sink) -> None:
+        """The objects under `prefix` (a key prefix of the bucket; after `after`: StartAfter),
+        by ListObjectsV2, each page of 1,000 handed to `sink` as `Obj`s before the next is
+        asked for: the library's per-object dicts never outlive their page (s3fs's `find`
+        keeps one per object of the whole sub-prefix until it returns)."""
+        asked: dict[str, Any] = {"Bucket": self.options.bucket, "Prefix": prefix}
+        if after is not None:
+            asked["StartAfter"] = after
         while True:
             self.requests += 1
             page = await self.fs._call_s3("list_objects_v2", **asked)
-            for info in page.get("Contents", ()):
-                out.append(Obj(info["Key"], int(info.get("Size") or 0), _mtime_ns(info),
-                               content_tag(self.protocol, info), info.get("VersionId")))
+            await sink([Obj(info["Key"], int(info.get("Size") or 0), _mtime_ns(info),
+                            content_tag(self.protocol, info), info.get("VersionId"))
+                        for info in page.get("Contents", ())])
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return out
+                return
             asked["ContinuationToken"] = token
 
-    def list(self, after: str | None = None) -> list[Obj]:
-        """The objects under the prefix; with `after`, only those whose keys sort after it
-        (S3 only: `listing: new_keys`). A full listing that finds nothing checks that the
-        bucket exists (adlfs lists a missing container as empty): FileNotFoundError if not,
-        never an empty listing that would make every tracked object gone."""
-        if after is not None:
-            from fsspec.asyn import sync
+    def stream(self, after: str | None, sink: Sink) -> int:
+        """List the prefix (blocking), handing the objects to `sink` a page (or a sub-prefix)
+        at a time, on the library's event loop; returns how many there were. With `after`,
+        only the keys that sort after it (S3 only: `listing: new_keys`). A full listing that
+        finds nothing checks that the bucket exists (adlfs lists a missing container as
+        empty): FileNotFoundError if not, never an empty listing that would make every
+        tracked object gone. `sink` may wait (that holds the listing back); what it raises
+        ends the listing."""
+        count = 0
 
-            newer: list[Obj] = sync(self.fs.loop, self._after, after)
-            return newer
+        async def counted(objs: list[Obj]) -> None:
+            nonlocal count
+            count += len(objs)
+            if objs:
+                await sink(objs)
+
+        self.requests = 0  # listing calls of this listing
         if getattr(self.fs, "async_impl", False):
             from fsspec.asyn import sync
 
-            out: list[Obj] = sync(self.fs.loop, self._fanned)
+            if after is not None:
+                sync(self.fs.loop, self._s3_pages, self.options.prefix, after, counted)
+                return count
+            sync(self.fs.loop, self._fanned, counted)
         else:
             self.requests = 1
-            out = self._objs(self.fs.find(self.root, detail=True, withdirs=False).values())
-        if not out and not self.fs.exists(self.options.bucket):
+            asyncio.run(counted(self._objs(
+                self.fs.find(self.root, detail=True, withdirs=False).values())))
+        if not count and not self.fs.exists(self.options.bucket):
             raise FileNotFoundError(f"{self.options.bucket}: no such bucket or container")
+        return count
+
+    def list(self, after: str | None = None) -> list[Obj]:
+        """The whole listing at once (`stream` collected)."""
+        out: list[Obj] = []
+
+        async def collect(objs: list[Obj]) -> None:
+            out.extend(objs)
+
+        self.stream(after, collect)
         return out
 
 
@@ -315,58 +340,93 @@ def url_of(options: BucketOptions, key: str) -> str:
     return f"{options.scheme}://{options.bucket}/{key}"
 
 
+class Reconcile:
+    """The reconcile of one listing, fed a part of it at a time (see the module docstring):
+    `feed` returns the events and rows of those objects, `finish` (after the last part) the
+    rows gone and the objects waiting to settle. `rows` are of watched objects only
+    (`watched`), and neither they nor `previous` may change until `finish`: an object whose
+    row is unchanged is not matched again, which is most of a listing. `partial`: the listing
+    holds only some keys (`listing: new_keys`), so a row it does not hold is not gone.
+    `keys`: keep the listed keys for `next_mark` (their strings outlive the parts fed)."""
+
+    def __init__(self, source: str, options: BucketOptions, matcher: Matcher,
+                 rows: Mapping[str, FileRow], previous: Mapping[str, str], now: datetime,
+                 *, partial: bool = False, keys: bool = False) -> None:
+        self.source, self.options, self.matcher = source, options, matcher
+        self.rows, self.previous, self.now, self.partial = rows, previous, now, partial
+        self.seen: set[str] = set()  # the paths of rows listed (new objects have no row)
+        self.waiting: dict[str, str] = {}
+        self.keys: list[str] | None = [] if keys else None
+        self.listed = 0
+
+    def feed(self, listing: Iterable[Obj]) -> Found:
+        out = Found(self.source, self.options, self.now)
+        options, rows, seen = self.options, self.rows, self.seen
+        prefix = options.prefix
+        cut = len(prefix)
+        for obj in listing:
+            self.listed += 1
+            if self.keys is not None:
+                self.keys.append(obj.key)
+            if not obj.key.startswith(prefix):
+                continue  # a listing returns only the prefix's keys; never trust it blindly
+            rel = obj.key[cut:]
+            path = url_of(options, obj.key)
+            row = rows.get(path)
+            if row is None:
+                if not rel or not self.matcher.wanted(rel):
+                    continue
+            else:
+                seen.add(row.path)  # (the row's string: this one is freed)
+            fingerprint = _fingerprint(options, rel, obj)
+            if row is not None and (row.fingerprint, row.size, row.mtime_ns) == (
+                    fingerprint, obj.size, obj.mtime_ns):
+                continue
+            # (the same fingerprint with a newer last-modified time: the same bytes uploaded
+            # again; its event is a duplicate the store counts, as a rewritten file's is)
+            look = f"{fingerprint}@{obj.mtime_ns}"
+            if options.settle and self.previous.get(path) != look:
+                self.waiting[path] = look  # emitted if the next listing sees it the same
+                continue
+            kind = "created" if row is None else "modified"
+            out.saves.append(FileRow(path, 0, obj.size, obj.mtime_ns, fingerprint, self.now))
+            if kind in options.events:
+                out.news.append((kind, obj, rel, fingerprint))
+        return out
+
+    def finish(self) -> Found:
+        out = Found(self.source, self.options, self.now, waiting=self.waiting)
+        for path, row in () if self.partial else self.rows.items():
+            if path in self.seen:
+                continue
+            out.gone.append(path)
+            if "deleted" in self.options.events:
+                out.news.append(_deletion(self.options, row))
+        return out
+
+
 def compare(source: str, options: BucketOptions, matcher: Matcher, listing: list[Obj],
             rows: Mapping[str, FileRow], previous: Mapping[str, str], now: datetime,
             *, partial: bool = False) -> Found:
-    """The reconcile of one listing (see the module docstring). `rows` are of watched objects
-    only (`watched`): an object whose row is unchanged is not matched again, which is most of
-    a listing. `partial`: the listing holds only some keys (`listing: new_keys`), so a row
-    it does not hold is not gone."""
-    out = Found(source, options, now)
-    seen: set[str] = set()
-    prefix = options.prefix
-    cut = len(prefix)
-    for obj in listing:
-        if not obj.key.startswith(prefix):
-            continue  # a listing returns only the prefix's keys; never trust it blindly
-        rel = obj.key[cut:]
-        path = url_of(options, obj.key)
-        row = rows.get(path)
-        if row is None and (not rel or not matcher.wanted(rel)):
-            continue
-        seen.add(path if row is None else row.path)  # (the row's string: this one is freed)
-        fingerprint = _fingerprint(options, rel, obj)
-        if row is not None and (row.fingerprint, row.size, row.mtime_ns) == (
-                fingerprint, obj.size, obj.mtime_ns):
-            continue
-        # (the same fingerprint with a newer last-modified time: the same bytes uploaded
-        # again; its event is a duplicate the store counts, as a rewritten file's is)
-        look = f"{fingerprint}@{obj.mtime_ns}"
-        if options.settle and previous.get(path) != look:
-            out.waiting[path] = look  # emitted if the next listing sees it the same
-            continue
-        kind = "created" if row is None else "modified"
-        out.saves.append(FileRow(path, 0, obj.size, obj.mtime_ns, fingerprint, now))
-        if kind in options.events:
-            out.news.append((kind, obj, rel, fingerprint))
-    for path, row in () if partial else rows.items():
-        if path in seen:
-            continue
-        out.gone.append(path)
-        if "deleted" in options.events:
-            out.news.append(_deletion(options, row))
-    return out
+    """The reconcile of a whole listing at once (`Reconcile` fed one part)."""
+    reconcile = Reconcile(source, options, matcher, rows, previous, now, partial=partial)
+    found = reconcile.feed(listing)
+    rest = reconcile.finish()
+    found.news += rest.news
+    found.gone, found.waiting = rest.gone, rest.waiting
+    return found
 
 
-def next_mark(options: BucketOptions, listing: list[Obj], waiting: Mapping[str, str],
+def next_mark(options: BucketOptions, keys: Iterable[str], waiting: Mapping[str, str],
               mark: str | None) -> str | None:
-    """Where the next `listing: new_keys` listing starts after: the greatest key listed (or
+    """Where the next `listing: new_keys` listing starts after: the greatest of the `keys`
+    listed (or
     the mark it started after), but below every key still waiting to settle, so that the
     next listing sees those again; None (the next listing is a full one) when there is no
     such key."""
     base = len(url_of(options, ""))
     low = min((path[base:] for path in waiting), default=None)
-    below = [o.key for o in listing if low is None or o.key < low]
+    below = [key for key in keys if low is None or key < low]
     if mark is not None and (low is None or mark < low):
         below.append(mark)
     return max(below, default=None)

@@ -28,14 +28,19 @@ Events
     kinds created / modified / deleted; subject: the object's URL; fingerprint: see
     `_bucketlist`; payload: url, bucket, key, relpath (the key below the prefix), dir, name,
     size, mtime (last-modified, ISO 8601 UTC), etag and version_id when the store gives them.
-    Emitted in batches of at most 1,000, with their rows in the same store transaction.
+    Emitted while the listing runs: each part of it (a page of 1,000 keys on S3, a sub-prefix
+    elsewhere) is reconciled in the listing's thread and its events emitted here in batches
+    of at most 1,000, with their rows in the same store transaction; at most `PARTS_AHEAD`
+    parts wait, and the listing waits for them. So the first listing of a large prefix is
+    never held whole (objects gone are known only once it is complete).
 
 Failures
     A missing bucket, denied access, throttling (S3's 503 SlowDown) or an unreachable endpoint
     make the source unhealthy with what to fix (`triggerd status`), and the next listing waits
-    longer (doubling, up to 10 `poll`s or 5 minutes, whichever is longer); the table is
-    untouched, so nothing is lost. Messages never carry a credential: the options name
-    environment variables, whose values are never logged.
+    longer (doubling, up to 10 `poll`s or 5 minutes, whichever is longer). What a listing
+    emitted before it failed is stored with its rows; nothing else changes, so nothing is
+    lost. Messages never carry a credential: the options name environment variables, whose
+    values are never logged.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import asyncio
 import errno
 import functools
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,7 +58,8 @@ from triggerd.sources._bucketlist import (
     Found,
     Lister,
     Obj,
-    compare,
+    Reconcile,
+    Sink,
     matcher_for,
     next_mark,
     watched,
@@ -60,11 +67,13 @@ from triggerd.sources._bucketlist import (
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fstable import FileTable, MemoryFileTable
 from triggerd.sources._fswatch import in_thread
+from triggerd.sources._handoff import Closed, Handoff
 
 __all__ = ["BucketOptions", "BucketSource"]
 
 log = logging.getLogger("triggerd.sources.bucket")
 BATCH = 1000
+PARTS_AHEAD = 4  # parts of a listing reconciled and waiting to be emitted
 MAX_BACKOFF = timedelta(minutes=5)
 
 
@@ -81,6 +90,7 @@ class BucketSource:
         self.matcher = matcher_for(options)
         self._lister = lister
         self._health: tuple[bool, str | None] | None = None
+        self._listings: set[asyncio.Future[None]] = set()
         self.stats: dict[str, Any] = {
             "url": options.url, "objects_tracked": 0, "waiting_to_settle": 0,
             "last_listing_at": None, "last_listing_seconds": None, "listings": 0,
@@ -101,43 +111,93 @@ class BucketSource:
         while True:
             started = asyncio.get_running_loop().time()
             after = mark if self._partial_now() else None
+            now = ctx.clock.now()
+            # `rows` and `waiting` change only here, after the listing: the reconcile reads
+            # them from the listing's thread while it runs
+            reconcile = Reconcile(self.name, self.options, self.matcher, rows, waiting, now,
+                                  partial=after is not None,
+                                  keys=self.options.listing == "new_keys")
+            saved: list[FileRow] = []
+            gone: list[str] = []
             try:
-                listing = await in_thread(functools.partial(self._list, after),
-                                          f"triggerd-bucket-{self.name}")
-            except Exception as exc:
+                last = await self._list_and_emit(ctx, after, reconcile, saved, gone)
+            except _ListingFailed as failed:
+                for row in saved:  # stored with their events: not new at the next listing
+                    rows[row.path] = row
                 failures += 1
                 self.stats["listing_failures"] += 1
                 wait = min(poll * 2 ** failures, max(poll * 10, MAX_BACKOFF))
-                self._set_health(ctx, False, f"{_what_to_fix(self.options, exc)}; next "
-                                             f"listing in {wait.total_seconds():.0f}s")
+                self._set_health(ctx, False, f"{_what_to_fix(self.options, failed.error)}; "
+                                             f"next listing in {wait.total_seconds():.0f}s")
                 self._report(ctx)
                 await asyncio.sleep(wait.total_seconds())
                 continue
             failures = 0
             self._set_health(ctx, True, None)
-            now = ctx.clock.now()
-            # a large prefix takes seconds to compare: off the loop too (`rows` and `waiting`
-            # change only on the loop, after it)
-            found = await in_thread(functools.partial(
-                compare, self.name, self.options, self.matcher, listing, rows, waiting, now,
-                partial=after is not None), f"triggerd-bucket-{self.name}")
-            await self._emit(ctx, found)
-            for row in found.saves:
+            for row in saved:
                 rows[row.path] = row
-            for path in found.gone:
+            for path in gone:
                 rows.pop(path, None)
-            waiting = found.waiting
-            if self.options.listing == "new_keys":
-                mark = next_mark(self.options, listing, waiting, after)
+            waiting = last.waiting
+            if reconcile.keys is not None:
+                mark = next_mark(self.options, reconcile.keys, waiting, after)
             self.stats["full_listings" if after is None else "partial_listings"] += 1
-            self.stats["last_listing_objects"] = len(listing)
-            del listing
+            self.stats["last_listing_objects"] = reconcile.listed
+            del reconcile
             self.stats.update(objects_tracked=len(rows), waiting_to_settle=len(waiting),
                               last_listing_at=now.isoformat(), listings=self.stats["listings"] + 1,
                               last_listing_seconds=round(
                                   asyncio.get_running_loop().time() - started, 3))
             self._report(ctx)
             await asyncio.sleep(poll.total_seconds())
+
+    async def _list_and_emit(self, ctx: SourceContext, after: str | None, reconcile: Reconcile,
+                             saved: list[FileRow], gone: list[str]) -> Found:
+        """One listing, emitted as it arrives: the listing and the reconcile of each part run
+        in the listing's thread, and each part's events are emitted here (with their rows)
+        while the next parts are listed; at most `PARTS_AHEAD` wait. Fills `saved` and
+        `gone` with what was stored; returns the last part (gone rows, objects waiting to
+        settle). A listing that fails raises `_ListingFailed` after the parts before it
+        were emitted; a failure to store raises as it is."""
+        handoff: Handoff[_Part] = Handoff(asyncio.get_running_loop(), PARTS_AHEAD)
+        listing = asyncio.ensure_future(in_thread(
+            functools.partial(self._list_into, after, reconcile, handoff),
+            f"triggerd-bucket-{self.name}"))
+        self._listings.add(listing)  # (it ends by a put, or by Closed once we have gone)
+        listing.add_done_callback(self._listings.discard)
+        try:
+            while True:
+                part = await handoff.get()
+                if part.error is not None:
+                    raise _ListingFailed(part.error)
+                await self._emit(ctx, part.found)
+                saved.extend(part.found.saves)
+                gone.extend(part.found.gone)
+                if part.last:
+                    return part.found
+        finally:
+            handoff.close()
+
+    def _list_into(self, after: str | None, reconcile: Reconcile,
+                   handoff: Handoff[_Part]) -> None:
+        """In the listing's thread: list, reconcile each part as it comes, hand it over."""
+        async def feed(objs: list[Obj]) -> None:
+            found = reconcile.feed(objs)
+            if found.news or found.saves:
+                await handoff.put(_Part(found))
+
+        try:
+            try:
+                self._stream(after, feed)
+            except Closed:
+                raise
+            except Exception as exc:
+                handoff.put_blocking(_Part(Found(self.name, self.options, reconcile.now),
+                                           error=exc))
+                return
+            handoff.put_blocking(_Part(reconcile.finish(), last=True))
+        except Closed:
+            return  # the source stopped reading (cancelled, or storing failed)
 
     def _partial_now(self) -> bool:
         """Whether this listing lists only new keys (`listing: new_keys`, and not the
@@ -147,13 +207,13 @@ class BucketSource:
         listings: int = self.stats["listings"]
         return listings % self.options.full_listing_every != 0
 
-    def _list(self, after: str | None) -> list[Obj]:
-        """One listing (blocking); `after`: only the keys after it. The filesystem is opened
-        at the first (it may read credential files, and a credential variable that is not
-        set is reported like any listing failure)."""
+    def _stream(self, after: str | None, sink: Sink) -> int:
+        """One listing (blocking), a part at a time to `sink`; `after`: only the keys after
+        it. The filesystem is opened at the first (it may read credential files, and a
+        credential variable that is not set is reported like any listing failure)."""
         if self._lister is None:
             self._lister = Lister(self.options)
-        return self._lister.list(after)
+        return self._lister.stream(after, sink)
 
     async def _emit(self, ctx: SourceContext, found: Found) -> None:
         """Emit the events in batches, each with the rows of its objects in the same store
@@ -197,6 +257,22 @@ class BucketSource:
                          extra={"source": self.name})
             self._health = (healthy, error)
             ctx.set_health(healthy, error)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What the listing's thread hands over: a part of the reconcile, the last one, or the
+    listing's failure."""
+
+    found: Found
+    last: bool = False
+    error: Exception | None = None
+
+
+class _ListingFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _what_to_fix(options: BucketOptions, exc: BaseException) -> str:
