@@ -8,10 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from polling import until
 from s3_server import KEY, S3, SECRET
 
 from triggerd.sources._bucketlist import FAN_OUT, Lister
 from triggerd.sources._bucketoptions import BucketOptions
+
+WAIT = 20.0  # seconds a source's listings may take to show (polls of 1-2 s)
 
 
 def lister(s3: S3, url: str) -> Lister:
@@ -101,7 +104,8 @@ def test_new_keys_is_refused_where_the_store_has_no_start_after() -> None:
 
 
 class _Ctx:
-    """What the bucket source needs of a SourceContext: emits recorded, figures kept."""
+    """What the bucket source needs of a SourceContext: emits and health recorded, figures
+    kept; being told unhealthy fails the test unless `unhealthy_allowed`."""
 
     def __init__(self) -> None:
         from triggerd.clock import SystemClock
@@ -109,15 +113,36 @@ class _Ctx:
         self.clock = SystemClock()
         self.events: list[Any] = []
         self.details: dict[str, Any] = {}
+        self.health: list[tuple[bool, str | None]] = []  # each set_health, in order
+        self.unhealthy_allowed = False
 
     async def emit(self, events: Any, also: Any = None) -> None:
         self.events.extend(events)
 
     def set_health(self, healthy: bool, error: str | None = None) -> None:
-        assert healthy, error
+        assert healthy or self.unhealthy_allowed, error
+        self.health.append((healthy, error))
 
     def report(self, details: dict[str, Any]) -> None:
         self.details = details
+
+
+def _behind_proxy(s3: S3, bucket: str, retries: int) -> tuple[Any, Any, _Ctx]:
+    """A proxy in front of the S3 server (`FaultyS3`), a bucket source (poll 1 s, no settling)
+    listing through it, and its context, which accepts being told unhealthy."""
+    from s3_server import FaultyS3
+
+    from triggerd.sources.bucket import BucketSource
+
+    proxy = FaultyS3(s3.endpoint)
+    options = BucketOptions.model_validate({
+        "type": "bucket", "url": f"s3://{bucket}/landing/", "poll": "1s", "settle": False,
+        "endpoint_url": proxy.endpoint, "options": {"retries": retries},
+        "credentials": {"key": "K", "secret": "S"}})
+    source = BucketSource("landing", options, lister=Lister(options, {"K": KEY, "S": SECRET}))
+    ctx = _Ctx()
+    ctx.unhealthy_allowed = True
+    return proxy, source, ctx
 
 
 async def test_the_source_lists_new_keys_between_full_listings(s3_server: Any) -> None:
@@ -137,22 +162,17 @@ async def test_the_source_lists_new_keys_between_full_listings(s3_server: Any) -
     ctx = _Ctx()
     task = asyncio.create_task(source.run(ctx))  # type: ignore[arg-type]
 
-    async def until(predicate: Any, timeout: float = 15) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.05)
-
     def keys() -> list[str]:
         return sorted(e.payload["relpath"] for e in ctx.events)
 
     try:
-        await until(lambda: keys() == ["dt=01/a.parquet"])
+        await until(lambda: keys() == ["dt=01/a.parquet"], timeout=WAIT)
         s3_server.put(bucket, "landing/dt=02/b.parquet", b"b")
         s3_server.put(bucket, "landing/dt=01/a.parquet", b"a, rewritten")
         # (the first listing was full; the next two, 2 s apart, are partial)
-        await until(lambda: "dt=02/b.parquet" in keys())
+        await until(lambda: "dt=02/b.parquet" in keys(), timeout=WAIT)
         assert keys() == ["dt=01/a.parquet", "dt=02/b.parquet"]  # a partial one found b only
-        await until(lambda: len(keys()) == 3)  # the third listing after the first: full
+        await until(lambda: len(keys()) == 3, timeout=WAIT)  # the third listing: a full one
         assert ctx.details["partial_listings"] == 2
         assert [e.kind for e in ctx.events if e.payload["relpath"] == "dt=01/a.parquet"] == [
             "created", "modified"]
@@ -168,40 +188,25 @@ async def test_throttling_and_a_denied_listing_say_what_to_fix_back_off_and_lose
     failed listing (poll x 2, x 4, ...), and finds what landed meanwhile once it is let in."""
     import asyncio
 
-    from s3_server import FaultyS3
-
-    from triggerd.sources.bucket import BucketSource
-
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries: s3fs's are enough
     bucket = s3_server.bucket("source-faults")
     _fill(s3_server, bucket, ["landing/a.parquet"])
-    proxy = FaultyS3(s3_server.endpoint)
-    options = BucketOptions.model_validate({
-        "type": "bucket", "url": f"s3://{bucket}/landing/", "poll": "1s", "settle": False,
-        "endpoint_url": proxy.endpoint, "options": {"retries": 2},
-        "credentials": {"key": "K", "secret": "S"}})
-    source = BucketSource("landing", options, lister=Lister(options, {"K": KEY, "S": SECRET}))
-    ctx = _Ctx()
-    health: list[tuple[bool, str | None]] = []
-    ctx.set_health = lambda ok, error=None: health.append((ok, error))  # type: ignore[method-assign]
-    task = asyncio.create_task(source.run(ctx))  # type: ignore[arg-type]
-
-    async def until(predicate: Any, timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.05)
+    proxy, source, ctx = _behind_proxy(s3_server, bucket, retries=2)
+    health = ctx.health
+    task = asyncio.create_task(source.run(ctx))
 
     def errors() -> list[str]:
         return [e for ok, e in health if not ok and e]
 
     try:
-        await until(lambda: [e.payload["relpath"] for e in ctx.events] == ["a.parquet"])
+        await until(lambda: [e.payload["relpath"] for e in ctx.events] == ["a.parquet"],
+                    timeout=WAIT)
         proxy.fault = "SlowDown"
-        await until(lambda: len(errors()) >= 1)
+        await until(lambda: len(errors()) >= 1, timeout=WAIT)
         assert errors()[0] == (f"s3://{bucket}/landing/: the store is throttling listings "
                                "(SlowDown): raise `poll`; next listing in 2s")
         proxy.fault = "AccessDenied"
-        await until(lambda: any("access denied" in e for e in errors()))
+        await until(lambda: any("access denied" in e for e in errors()), timeout=WAIT)
         said = next(e for e in errors() if "access denied" in e)
         assert said.startswith(f"s3://{bucket}/landing/: access denied: check the credentials")
         assert said.endswith("; next listing in 4s")  # backing off: poll x 2, x 4, ...
@@ -228,45 +233,30 @@ async def test_a_listing_is_emitted_as_it_arrives_and_one_failing_halfway_loses_
     rest: every object exactly one event."""
     import asyncio
 
-    from s3_server import FaultyS3
-
-    from triggerd.sources.bucket import BucketSource
-
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     bucket = s3_server.bucket("source-halfway")
     days = range(1, FAN_OUT + 3)  # more sub-prefixes than are listed at once
     everything = [f"landing/dt={d:02d}/part-{p}.parquet" for d in days for p in range(2)]
     _fill(s3_server, bucket, everything)
-    proxy = FaultyS3(s3_server.endpoint)
+    proxy, source, ctx = _behind_proxy(s3_server, bucket, retries=1)
     proxy.fault, proxy.only, proxy.hold = "SlowDown", "prefix=landing/dt=05/", True
-    options = BucketOptions.model_validate({
-        "type": "bucket", "url": f"s3://{bucket}/landing/", "poll": "1s", "settle": False,
-        "endpoint_url": proxy.endpoint, "options": {"retries": 1},
-        "credentials": {"key": "K", "secret": "S"}})
-    source = BucketSource("landing", options, lister=Lister(options, {"K": KEY, "S": SECRET}))
-    ctx = _Ctx()
-    health: list[tuple[bool, str | None]] = []
-    ctx.set_health = lambda ok, error=None: health.append((ok, error))  # type: ignore[method-assign]
-    task = asyncio.create_task(source.run(ctx))  # type: ignore[arg-type]
-
-    async def until(predicate: Any, timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.05)
+    health = ctx.health
+    task = asyncio.create_task(source.run(ctx))
 
     def emitted() -> list[str]:
         return sorted(e.payload["key"] for e in ctx.events)
 
     others = sorted(k for k in everything if not k.startswith("landing/dt=05/"))
     try:
-        await until(lambda: emitted() == others)  # while dt=05's listing is held
+        await until(lambda: emitted() == others, timeout=WAIT)  # while dt=05's listing is held
         assert health == [] and ctx.details == {}  # the first listing has not ended
         proxy.release.set()
-        await until(lambda: bool(health))
+        await until(lambda: bool(health), timeout=WAIT)
         assert health[0][0] is False and "throttling listings (SlowDown)" in str(health[0][1])
         assert emitted() == others
         proxy.fault = None
-        await until(lambda: health[-1] == (True, None) and len(ctx.events) == len(everything))
+        await until(lambda: health[-1] == (True, None) and len(ctx.events) == len(everything),
+                    timeout=WAIT)
         assert emitted() == sorted(everything)  # each object once: none emitted again
         assert ctx.details["objects_tracked"] == len(everything)
         assert ctx.details["listing_failures"] == 1
