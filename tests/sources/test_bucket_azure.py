@@ -10,54 +10,36 @@ gives it a new ETag, the same bytes or not; a request with a wrong key is refuse
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
-from typing import Any
 
+import bucket_stores
 import pytest
-from azure_server import ACCOUNT, ACCOUNT_KEY, Azure
+from azure_server import ACCOUNT_KEY, Azure
+from bucket_stores import AZURE_ENV, Emulated
 
 from triggerd.config.loader import load_config
 from triggerd.errors import ConfigError
 from triggerd.model import FileRow
-from triggerd.sources._bucketlist import Found, Lister, Obj, _storage_options, compare, matcher_for
+from triggerd.sources._bucketlist import _storage_options
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources.bucket import _what_to_fix
 
-NOW = datetime(2026, 12, 6, tzinfo=UTC)
-ENV = {"TEST_AZ_ACCOUNT": ACCOUNT, "TEST_AZ_KEY": ACCOUNT_KEY}
+
+@pytest.fixture
+def azure(azure_server: Azure) -> Emulated:
+    return bucket_stores.azure(azure_server)
 
 
-def options(azure: Azure, url: str, **kw: Any) -> BucketOptions:
-    return BucketOptions.model_validate({
-        "type": "bucket", "url": url, "poll": "1s", "settle": False,
-        "endpoint_url": azure.endpoint,
-        "credentials": {"key": "TEST_AZ_ACCOUNT", "secret": "TEST_AZ_KEY"}, **kw})
-
-
-def listing(opts: BucketOptions, env: dict[str, str] = ENV) -> list[Obj]:
-    return Lister(opts, env).list()
-
-
-def listed(opts: BucketOptions, rows: dict[str, FileRow] | None = None) -> Found:
-    """One listing reconciled against `rows` (which are updated, as the source does)."""
-    rows = {} if rows is None else rows
-    found = compare("landing", opts, matcher_for(opts), listing(opts), rows, {}, NOW)
-    for row in found.saves:
-        rows[row.path] = row
-    for path in found.gone:
-        rows.pop(path, None)
-    return found
-
-
-def test_uploaded_blobs_are_listed_and_become_created_events(azure_server: Azure) -> None:
+def test_uploaded_blobs_are_listed_and_become_created_events(azure_server: Azure,
+                                                             azure: Emulated) -> None:
     container = azure_server.container("az-created")
     azure_server.put(container, "landing/sales/1.parquet", b"rows 1")
     azure_server.put(container, "landing/2.parquet", b"rows 22")
     azure_server.put(container, "landing/sales/notes.txt", b"not parquet")
     azure_server.put(container, "elsewhere/3.parquet", b"outside the prefix")
-    opts = options(azure_server, f"az://{container}/landing/", patterns=["**/*.parquet"])
-    found = listed(opts)
+    opts = azure.options(f"az://{container}/landing/", patterns=["**/*.parquet"])
+    found = azure.listed(opts)
     events = {e.payload["relpath"]: e for e in found.events}
     assert sorted(events) == ["2.parquet", "sales/1.parquet"]
     assert {e.kind for e in events.values()} == {"created"}
@@ -76,63 +58,32 @@ def test_uploaded_blobs_are_listed_and_become_created_events(azure_server: Azure
     assert events["2.parquet"].payload["size"] == 7
 
 
-def test_the_same_bytes_uploaded_again_are_a_change_on_azure(azure_server: Azure) -> None:
+def test_the_same_bytes_uploaded_again_are_a_change_on_azure(azure_server: Azure,
+                                                             azure: Emulated) -> None:
     """Azure gives every write a new ETag, the same bytes or not: a re-upload is `modified`
     with a new fingerprint (an event, a retrain), unlike S3 and GCS, whose tags are the
     content's. An unchanged blob says nothing."""
     container = azure_server.container("az-again")
     azure_server.put(container, "landing/a.parquet", b"rows")
-    opts = options(azure_server, f"abfs://{container}/landing/")
+    opts = azure.options(f"abfs://{container}/landing/")
     rows: dict[str, FileRow] = {}
-    (first,) = listed(opts, rows).events
+    (first,) = azure.listed(opts, rows).events
     before = azure_server.info(container, "landing/a.parquet")
-    assert listed(opts, rows).events == []
+    assert azure.listed(opts, rows).events == []
     azure_server.put(container, "landing/a.parquet", b"rows")
     after = azure_server.info(container, "landing/a.parquet")
     assert after["etag"] != before["etag"]
-    (again,) = listed(opts, rows).events
+    (again,) = azure.listed(opts, rows).events
     assert again.kind == "modified" and again.fingerprint != first.fingerprint
     assert again.fingerprint == f"a.parquet:{after['etag'].strip(chr(34))}"
 
 
-def test_a_deleted_blob_is_deleted_when_asked(azure_server: Azure) -> None:
-    container = azure_server.container("az-deleted")
-    azure_server.put(container, "landing/a.parquet", b"a")
-    azure_server.put(container, "landing/b.parquet", b"b")
-    asked = options(azure_server, f"az://{container}/landing/",
-                    events=["created", "modified", "deleted"])
-    quiet = options(azure_server, f"az://{container}/landing/")
-    rows: dict[str, FileRow] = {}
-    listed(asked, rows)
-    kept = dict(rows)
-    azure_server.delete(container, "landing/a.parquet")
-    (gone,) = listed(asked, rows).events
-    assert (gone.kind, gone.subject) == ("deleted", f"az://{container}/landing/a.parquet")
-    assert gone.payload["relpath"] == "a.parquet" and gone.payload["size"] == 1
-    assert list(rows) == [f"az://{container}/landing/b.parquet"]
-    not_asked = listed(quiet, kept)
-    assert not_asked.events == [] and not_asked.gone == [f"az://{container}/landing/a.parquet"]
-
-
-def test_a_missing_container_says_the_bucket_does_not_exist(azure_server: Azure) -> None:
-    """adlfs lists a container that does not exist as empty (it swallows ContainerNotFound);
-    the lister checks the container when a listing is empty, so the source says what is
-    wrong instead of taking every tracked blob for deleted."""
-    opts = options(azure_server, "az://az-no-such-container/landing/")
-    with pytest.raises(FileNotFoundError) as exc:
-        listing(opts)
-    said = _what_to_fix(opts, exc.value)
-    assert said.startswith("az://az-no-such-container/landing/: the bucket does not exist")
-    empty = azure_server.container("az-empty")
-    assert listing(options(azure_server, f"az://{empty}/landing/")) == []
-
-
-def test_a_wrong_account_key_is_refused(azure_server: Azure) -> None:
+def test_a_wrong_account_key_is_refused(azure_server: Azure, azure: Emulated) -> None:
     container = azure_server.container("az-refused")
-    opts = options(azure_server, f"az://{container}/")
-    wrong = {**ENV, "TEST_AZ_KEY": ACCOUNT_KEY[:-8] + "AAAAAAA="}
+    opts = azure.options(f"az://{container}/")
+    wrong = {**AZURE_ENV, "TEST_AZ_KEY": ACCOUNT_KEY[:-8] + "AAAAAAA="}
     with pytest.raises(Exception, match="AuthorizationFailure") as exc:
-        listing(opts, wrong)
+        azure.listing(opts, wrong)
     said = _what_to_fix(opts, exc.value)
     assert said.startswith(f"az://{container}/: access denied: check the credentials")
     assert ACCOUNT_KEY[:20] not in said

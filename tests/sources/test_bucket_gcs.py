@@ -11,67 +11,41 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+import bucket_stores
 import pytest
-from gcs_server import GCS, close_gcsfs
+from bucket_stores import Emulated
+from gcs_server import GCS
 
 from triggerd.config.loader import load_config
 from triggerd.errors import ConfigError
 from triggerd.model import FileRow
 from triggerd.sources._bucketlist import (
-    Found,
-    Lister,
-    Obj,
     _storage_options,
-    compare,
-    matcher_for,
 )
 from triggerd.sources._bucketoptions import BucketOptions
-from triggerd.sources.bucket import _what_to_fix
-
-NOW = datetime(2026, 12, 6, tzinfo=UTC)
 
 
-def options(gcs: GCS, url: str, **kw: Any) -> BucketOptions:
-    return BucketOptions.model_validate({"type": "bucket", "url": url, "poll": "1s",
-                                         "settle": False, "endpoint_url": gcs.endpoint, **kw})
-
-
-def listing(opts: BucketOptions) -> list[Obj]:
-    """One listing through gcsfs, as the source makes it (a new filesystem each time)."""
-    lister = Lister(opts, {})
-    try:
-        return lister.list()
-    finally:
-        close_gcsfs(lister.fs)
-
-
-def listed(opts: BucketOptions, rows: dict[str, FileRow] | None = None) -> Found:
-    """One listing reconciled against `rows` (which are updated, as the source does)."""
-    rows = {} if rows is None else rows
-    found = compare("landing", opts, matcher_for(opts), listing(opts), rows, {}, NOW)
-    for row in found.saves:
-        rows[row.path] = row
-    for path in found.gone:
-        rows.pop(path, None)
-    return found
+@pytest.fixture
+def gcs(gcs_server: GCS) -> Emulated:
+    return bucket_stores.gcs(gcs_server)
 
 
 def md5_of(body: bytes) -> str:
     return base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324  (GCS's md5Hash)
 
 
-def test_uploaded_objects_are_listed_and_become_created_events(gcs_server: GCS) -> None:
+def test_uploaded_objects_are_listed_and_become_created_events(gcs_server: GCS,
+                                                               gcs: Emulated) -> None:
     bucket = gcs_server.bucket("gcs-created")
     gcs_server.put(bucket, "landing/sales/1.parquet", b"rows 1")
     gcs_server.put(bucket, "landing/2.parquet", b"rows 22")
     gcs_server.put(bucket, "landing/sales/notes.txt", b"not parquet")
     gcs_server.put(bucket, "elsewhere/3.parquet", b"outside the prefix")
-    opts = options(gcs_server, f"gs://{bucket}/landing/", patterns=["**/*.parquet"])
-    found = listed(opts)
+    opts = gcs.options(f"gs://{bucket}/landing/", patterns=["**/*.parquet"])
+    found = gcs.listed(opts)
     events = {e.payload["relpath"]: e for e in found.events}
     assert sorted(events) == ["2.parquet", "sales/1.parquet"]
     assert {e.kind for e in events.values()} == {"created"}
@@ -90,62 +64,36 @@ def test_uploaded_objects_are_listed_and_become_created_events(gcs_server: GCS) 
     assert events["2.parquet"].payload["size"] == 7
 
 
-def test_the_same_bytes_uploaded_again_repeat_the_fingerprint(gcs_server: GCS) -> None:
+def test_the_same_bytes_uploaded_again_repeat_the_fingerprint(gcs_server: GCS,
+                                                              gcs: Emulated) -> None:
     """GCS gives the rewritten object a new generation and `updated` time but the same
     md5Hash: the listing's event for it repeats the fingerprint (a duplicate the store counts,
     no retrain); other bytes make a new one."""
     bucket = gcs_server.bucket("gcs-again")
     gcs_server.put(bucket, "landing/a.parquet", b"rows")
-    opts = options(gcs_server, f"gs://{bucket}/landing/")
+    opts = gcs.options(f"gs://{bucket}/landing/")
     rows: dict[str, FileRow] = {}
-    (first,) = listed(opts, rows).events
+    (first,) = gcs.listed(opts, rows).events
     before = gcs_server.info(bucket, "landing/a.parquet")
-    assert listed(opts, rows).events == []  # nothing changed: nothing to say
+    assert gcs.listed(opts, rows).events == []  # nothing changed: nothing to say
     gcs_server.put(bucket, "landing/a.parquet", b"rows")
     after = gcs_server.info(bucket, "landing/a.parquet")
     assert after["generation"] != before["generation"]
     assert after["md5Hash"] == before["md5Hash"]
-    (again,) = listed(opts, rows).events
+    (again,) = gcs.listed(opts, rows).events
     assert again.kind == "modified" and again.fingerprint == first.fingerprint
     gcs_server.put(bucket, "landing/a.parquet", b"other rows")
-    (changed,) = listed(opts, rows).events
+    (changed,) = gcs.listed(opts, rows).events
     assert (changed.kind, changed.fingerprint) == ("modified",
                                                    f"a.parquet:{md5_of(b'other rows')}")
 
 
-def test_a_deleted_object_is_deleted_when_asked(gcs_server: GCS) -> None:
-    bucket = gcs_server.bucket("gcs-deleted")
-    gcs_server.put(bucket, "landing/a.parquet", b"a")
-    gcs_server.put(bucket, "landing/b.parquet", b"b")
-    asked = options(gcs_server, f"gs://{bucket}/landing/",
-                    events=["created", "modified", "deleted"])
-    quiet = options(gcs_server, f"gs://{bucket}/landing/")
-    rows: dict[str, FileRow] = {}
-    listed(asked, rows)
-    kept = dict(rows)
-    gcs_server.delete(bucket, "landing/a.parquet")
-    (gone,) = listed(asked, rows).events
-    assert (gone.kind, gone.subject) == ("deleted", f"gs://{bucket}/landing/a.parquet")
-    assert gone.payload["relpath"] == "a.parquet" and gone.payload["size"] == 1
-    assert list(rows) == [f"gs://{bucket}/landing/b.parquet"]
-    not_asked = listed(quiet, kept)
-    assert not_asked.events == [] and not_asked.gone == [f"gs://{bucket}/landing/a.parquet"]
-
-
-def test_a_missing_bucket_says_the_bucket_does_not_exist(gcs_server: GCS) -> None:
-    opts = options(gcs_server, "gs://gcs-no-such-bucket/landing/")
-    with pytest.raises(FileNotFoundError) as exc:
-        listing(opts)
-    said = _what_to_fix(opts, exc.value)
-    assert said.startswith("gs://gcs-no-such-bucket/landing/: the bucket does not exist")
-
-
-def test_gcs_urls_and_the_bucket_root(gcs_server: GCS) -> None:
+def test_gcs_urls_and_the_bucket_root(gcs_server: GCS, gcs: Emulated) -> None:
     """gcs:// is gs://; a URL without a prefix watches the whole bucket."""
     bucket = gcs_server.bucket("gcs-root")
     gcs_server.put(bucket, "top.parquet", b"t")
     gcs_server.put(bucket, "deep/er/x.parquet", b"x")
-    found = listed(options(gcs_server, f"gcs://{bucket}"))
+    found = gcs.listed(gcs.options(f"gcs://{bucket}"))
     assert sorted(e.subject for e in found.events) == [
         f"gcs://{bucket}/deep/er/x.parquet", f"gcs://{bucket}/top.parquet"]
 
