@@ -238,7 +238,13 @@ def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
         proxy.start()
         wait_for(lambda: source_status(td)["healthy"], 40, "healthy again")
         wait_for(lambda: source_status(td)["events"] == 5, 30, "the messages sent meanwhile")
+        proxy.stop()  # away again: stopping now has no broker to commit to or leave
+        wait_for(lambda: not source_status(td)["healthy"], 20, "unhealthy again")
+        asked = time.monotonic()
         assert td.stop(proc) == 0
+        # (it waited the whole 10 s bound for faust to give up: a long `systemctl stop`)
+        assert time.monotonic() - asked < 8, "stopping waited for an unreachable broker"
+        assert "(no broker reachable); abandoned" in td.log()
     finally:
         proxy.stop()
     per_event = collections.Counter(e for c in td.calls_made() for e in c["events"])
