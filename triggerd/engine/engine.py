@@ -26,7 +26,8 @@ from triggerd.engine.rounds import Round, Rounds
 from triggerd.errors import StoreError
 from triggerd.interfaces import Clock, StoreWork
 from triggerd.model import Event, Trigger
-from triggerd.store.sql import IngestResult, Key, Store
+from triggerd.store.contract import EngineStore
+from triggerd.store.sql import IngestResult, Key
 
 log = logging.getLogger("triggerd.engine")
 T = TypeVar("T")
@@ -44,7 +45,7 @@ class Engine:
     every round's trip, on the store thread right after the engine's unit (the dispatcher
     claims the fired triggers' jobs there: the latency from an event to its backend)."""
 
-    def __init__(self, config: Config, store: Store, clock: Clock, call: Call[Any],
+    def __init__(self, config: Config, store: EngineStore, clock: Clock, call: Call[Any],
                  on_round: Callable[[Round], None],
                  then: Callable[[Round], Round] = _as_is) -> None:
         self.config = config

@@ -18,14 +18,13 @@ collected into one batch for as long as the engine would decide the same: lookah
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TypeVar
-
-from sqlalchemy import select
 
 from triggerd.clock import ManualClock
 from triggerd.config.loader import Config
@@ -38,10 +37,9 @@ from triggerd.model import Trigger
 from triggerd.simulate.inputs import Builder, Named
 from triggerd.simulate.jobs import JobRunner, Plan
 from triggerd.simulate.lookahead import Lookahead, Step
+from triggerd.simulate.simstore import SimStore
 from triggerd.simulate.spec import Input, Jobs
 from triggerd.sources.cron import CronOptions
-from triggerd.store import tables as t
-from triggerd.store.sql import Store
 
 T = TypeVar("T")
 MAX_STEPS = 100_000  # moments in one simulation (~a minute): `every: 1s` over days is a mistake
@@ -51,9 +49,16 @@ class SimulationError(TriggerdError):
     """The timeline cannot be simulated (too many moments)."""
 
 
-async def _inline(fn: Callable[[], T]) -> T:
-    """The engine's `call`: store work runs right here (no store thread in a simulation)."""
-    return fn()
+def _inline(fn: Callable[[], T]) -> Awaitable[T]:
+    """The engine's `call`: store work runs right here (no store thread in a simulation), and
+    its outcome comes back as a future already done, which the engine awaits without a trip
+    through the event loop (a coroutine would be a task, and a loop cycle, per store trip)."""
+    done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    try:
+        done.set_result(fn())
+    except Exception as exc:  # raised where the engine awaits it, as from the store thread
+        done.set_exception(exc)
+    return done
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Result:
 class Simulation:
     """One run of the engine over a fresh store, from `start`."""
 
-    def __init__(self, config: Config, store: Store, start: datetime, jobs: Jobs, *,
+    def __init__(self, config: Config, store: SimStore, start: datetime, jobs: Jobs, *,
                  auto_ticks: bool, show: Callable[[datetime], str],
                  planner: Callable[[str], Plan] | None = None,
                  max_steps: int | None = None, batches: bool = False,
@@ -288,7 +293,7 @@ class Simulation:
 
     def _results(self) -> list[Fired]:
         consumed = consumed_events(self.store, self.named)
-        statuses = job_statuses(self.store)
+        statuses = self.store.job_statuses()
         return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
                       statuses.get(trig.id, "none")) for trig in self.fired]
 
@@ -303,26 +308,13 @@ def _same_source(a: Input, b: Input) -> bool:
     return source is not None and source == _source_of(b)
 
 
-def consumed_events(store: Store, named: dict[str, Named]) -> dict[str, list[str]]:
+def consumed_events(store: SimStore, named: dict[str, Named]) -> dict[str, list[str]]:
     """Each trigger's events (ids), in the order they were observed (`named`: every event
     the simulation submitted, with its time): one read of the memberships."""
-    re_ = t.rule_events.c
-    out: dict[str, list[str]] = {}
-    with store.read() as c:
-        for trigger_id, event_id in c.execute(select(re_.trigger_id, re_.event_id)
-                                              .where(re_.trigger_id.is_not(None))):
-            out.setdefault(trigger_id, []).append(event_id)
+    out = store.memberships()
     for ids in out.values():
         ids.sort(key=lambda e: (named[e].event.observed_at, e) if e in named else (_NEVER, e))
     return out
 
 
 _NEVER = datetime.max.replace(tzinfo=UTC)
-
-
-def job_statuses(store: Store) -> dict[str, str]:
-    """Each trigger's job status (by trigger id): one read."""
-    j = t.jobs.c
-    with store.read() as c:
-        return {trigger_id: str(status) for trigger_id, status in
-                c.execute(select(j.trigger_id, j.status))}

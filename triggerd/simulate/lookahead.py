@@ -38,7 +38,8 @@ from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import decide
 from triggerd.language.schedules import Schedule
 from triggerd.model import Event, GroupState, Pending, RuleFlags
-from triggerd.store.sql import Key, Store
+from triggerd.store.contract import EngineStore
+from triggerd.store.sql import Key
 
 ARM_MARGIN = timedelta(milliseconds=200)  # the engine arms a timer at least this far on
 
@@ -52,7 +53,7 @@ class Step(Enum):
 class Lookahead:
     """The state the engine would have after each arrival of the batch being collected."""
 
-    def __init__(self, config: Config, store: Store, rules: RuleSet,
+    def __init__(self, config: Config, store: EngineStore, rules: RuleSet,
                  known: Container[str]) -> None:
         self.config = config
         self.store = store
