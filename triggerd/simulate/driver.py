@@ -148,7 +148,7 @@ class Simulation:
                 at, items = self._unit(inputs)
                 if self.lookahead is not None and _source_of(items[0]) is not None:
                     end = timeline.until + timedelta(microseconds=1)  # until is included
-                    limit = self._next([c[0] for _, c in checks[:1]]) or end
+                    limit = self._next([c[0] for _, c in checks[:1]], timers=False) or end
                     await self._collect(at, items, inputs, min(limit, end))
                 else:
                     await (self._batch(items) if len(items) > 1 else self._input(items[0]))
@@ -163,8 +163,11 @@ class Simulation:
         return Result(self._results(), [verdicts[n] for n in sorted(verdicts)],
                       self.builder.notes)
 
-    def _next(self, extra: Iterable[datetime]) -> datetime | None:
-        times = [*self.engine.due.values(), *self.engine.slot_due.values(), *extra,
+    def _next(self, extra: Iterable[datetime], *, timers: bool = True) -> datetime | None:
+        """The next moment: `extra`, a scheduled check, a cron tick, a job's end, and (with
+        `timers`) a group's timer."""
+        times = [*(self.engine.due.values() if timers else ()),
+                 *self.engine.slot_due.values(), *extra,
                  *(t for t in self.next_tick.values() if t is not None)]
         job_time = self.jobs.next_time()
         if job_time is not None:
@@ -226,18 +229,21 @@ class Simulation:
     async def _collect(self, at: datetime, items: list[Input],
                        inputs: deque[tuple[datetime, Input]], limit: datetime) -> None:
         """The fast lane (`lookahead`): this source's arrivals from `at` on, as one batch for as
-        long as the engine would decide the same; every arrival before `limit`, the next
-        moment the simulator has anyway."""
-        assert self.lookahead is not None  # noqa: S101 - the caller checks
+        long as the engine would decide the same (the groups' timers that fall due meanwhile
+        included); every arrival before `limit`, the next moment the simulator has anyway
+        besides those timers."""
+        lookahead = self.lookahead
+        assert lookahead is not None  # noqa: S101 - the caller checks
         source = _source_of(items[0])
-        self.lookahead.open(sorted(self.engine.rules.listening(source or "")))
+        lookahead.open(sorted(self.engine.rules.listening(source or "")), self.engine.due)
         batch: list[Named] = []
         sent_at = at
         while True:
             named = [n for item in items for n in self.builder.build(item, at)[1]]
-            step = self.lookahead.add([n.event for n in named], at) if named else Step.MORE
+            step = lookahead.add([n.event for n in named], at) if named else Step.MORE
             if step is Step.ALONE:  # a duplicate: its groups are decided again, on its own
                 await self._send(source, batch, sent_at)
+                self._arm(lookahead)
                 await self._send(source, named, at)
                 return
             if named:
@@ -246,11 +252,19 @@ class Simulation:
             if step is Step.LAST or not inputs:
                 break
             at = inputs[0][0]
-            if at >= limit or _source_of(inputs[0][1]) != source or \
-                    not self.lookahead.admits(at):
+            if at >= limit or _source_of(inputs[0][1]) != source or not lookahead.admits(at):
                 break
             at, items = self._unit(inputs)
         await self._send(source, batch, sent_at)
+        self._arm(lookahead)
+
+    def _arm(self, lookahead: Lookahead) -> None:
+        """Arm the groups whose timer fell due within the batch (decided by the lookahead
+        then) and which the batch's trip did not decide again, as the engine would have armed
+        them at that time. (Left as they were, due, the engine would decide them at the next
+        moment, to the same verdict: one more trip, and a timer armed from a later time.)"""
+        for key, decision, at in lookahead.timers_decided():
+            self.engine.arm(key, decision, at)
 
     async def _send(self, source: str | None, named: list[Named], at: datetime) -> None:
         if named and source is not None:
