@@ -110,24 +110,20 @@ class Simulation:
         self.jobs = JobRunner(config, store, self.clock, jobs, planner)
         self.max_steps = max_steps or MAX_STEPS
         self.batches = batches  # source inputs at one time from one source: one batch
-        self.engine = Engine(config, store, self.clock, _inline, self._on_round,
-                             then=self._claim)
+        self.fired: list[Trigger] = []
+        # what fired is collected, and its jobs claimed in the engine's trip (as the runtime's
+        # Flow does): functions that hold no reference back to the simulation, so that it is
+        # freed without the cyclic garbage collector (paused in a replay: replay.py)
+        self.engine = Engine(config, store, self.clock, _inline, _collect_fired(self.fired),
+                             then=_claim(self.jobs))
         self.builder = Builder(config.sources, start, show)
         self.named: dict[str, Named] = {}
-        self.fired: list[Trigger] = []
         self.lookahead = (Lookahead(config, store, self.engine.rules, self.named) if fast
                           else None)  # the fast lane: arrivals batched where it is the same
         listened = {s for spec in config.rules.values() for s in spec.on}
         self.crons = {name: opts for name, opts in config.sources.items()
                       if isinstance(opts, CronOptions) and name in listened and auto_ticks}
         self.next_tick: dict[str, datetime | None] = {}
-
-    def _claim(self, done: Round) -> Round:
-        self.jobs.claim_fired(done.fired)
-        return done
-
-    def _on_round(self, done: Round) -> None:
-        self.fired.extend(done.fired)
 
     async def run(self, timeline: Timeline) -> Result:
         """Run the timeline to its end; what fired, the verdicts and notes."""
@@ -310,6 +306,19 @@ class Simulation:
         statuses = self.store.job_statuses()
         return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
                       statuses.get(trig.id, "none")) for trig in self.fired]
+
+
+def _collect_fired(fired: list[Trigger]) -> Callable[[Round], None]:
+    def on_round(done: Round) -> None:
+        fired.extend(done.fired)
+    return on_round
+
+
+def _claim(jobs: JobRunner) -> Callable[[Round], Round]:
+    def then(done: Round) -> Round:
+        jobs.claim_fired(done.fired)
+        return done
+    return then
 
 
 def _source_of(item: Input) -> str | None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 
 from triggerd.config.loader import Config
@@ -50,6 +50,7 @@ from triggerd.store.contract import EngineStore
 from triggerd.store.sql import Key
 
 Armed = dict[Key, tuple[datetime | None, datetime]]  # per group: next check, decided at
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 class Step(Enum):
@@ -85,11 +86,18 @@ class Lookahead:
         self.touched: set[Key] = set()  # the groups the batch's events are pending in
         self.skipped: dict[Key, tuple[Decision, datetime]] = {}  # decided here at a timer
         self.ids: set[str] = set()
+        # an arrival before `_next_timer` and by `_last_safe` is admitted without a look: no
+        # timer falls due before it, and no touched group's next check is within the margin
+        # (both kept no later than they are: recomputed by the look)
+        self._next_timer = min(self.timers.values(), default=_NEVER)
+        self._last_safe = _NEVER
 
     def admits(self, at: datetime) -> bool:
         """Whether an arrival at `at` may join: each timer that falls due by then is one of
         the listening rules' groups and fires nothing (decided here, in time order: kept in
         `skipped`), and each group the batch touched would be armed at `at` as it is now."""
+        if at < self._next_timer and at <= self._last_safe:
+            return True
         armed = dict(self.armed)
         skipped: dict[Key, tuple[Decision, datetime]] = {}
         while (due := self._first_due(armed, at)) is not None:
@@ -108,20 +116,28 @@ class Lookahead:
             return False
         self.armed = armed
         self.skipped.update(skipped)
+        self._next_timer = min((when for when in self._timers(armed).values()), default=_NEVER)
+        self._last_safe = min((check - ARM_DELAY for key, (check, _d) in armed.items()
+                               if key in self.touched and check is not None), default=_NEVER)
         return True
 
     def _first_due(self, armed: Armed, at: datetime) -> tuple[datetime, list[Key]] | None:
         """The first time by `at` (included) that the engine's timers fall due, and the groups
-        due then: each group's timer as the batch's last decision of it armed it, or as the
+        due then."""
+        due = self._timers(armed)
+        first = min(due.values(), default=None)
+        if first is None or first > at:
+            return None
+        return first, sorted(key for key, when in due.items() if when == first)
+
+    def _timers(self, armed: Armed) -> dict[Key, datetime]:
+        """Each group's timer: as the batch's last decision of it would arm it, or as the
         engine held it when the batch began."""
         due = {key: when for key, when in self.timers.items() if key not in armed}
         for key, (check, decided) in armed.items():
             if check is not None:
                 due[key] = max(check, decided + ARM_DELAY)
-        first = min(due.values(), default=None)
-        if first is None or first > at:
-            return None
-        return first, sorted(key for key, when in due.items() if when == first)
+        return due
 
     def timers_decided(self) -> list[tuple[Key, Decision, datetime]]:
         """The decisions made here at the timers of groups the batch's events did not touch,
@@ -175,5 +191,8 @@ class Lookahead:
             decision = self._decide(key, at)
             if decision.fire:
                 return Step.LAST
-            self.armed[key] = (decision.next_check_at, at)
+            check = decision.next_check_at
+            self.armed[key] = (check, at)
+            if check is not None:  # (its timer, no earlier than `check`, is then no nearer)
+                self._last_safe = min(self._last_safe, check - ARM_DELAY)
         return Step.MORE
