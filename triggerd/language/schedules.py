@@ -348,16 +348,17 @@ class _CronSchedule(Schedule):
         return best
 
     def next_after(self, t: datetime) -> datetime | None:
-        """The first slot strictly after `t`. The last answer is kept as (from, slot): no slot
-        lies between, so any `t` in [from, slot) has the same answer. A rule with a schedule
-        asks at each of its decisions, mostly between the same two slots, and APScheduler
-        takes ~50 us to answer."""
+        """The first slot strictly after `t`. In UTC the last answer is kept as (from, slot):
+        no slot lies between, so any `t` in [from, slot) has the same answer. A rule with a
+        schedule asks at each of its decisions, mostly between the same two slots, and
+        APScheduler takes ~50 us to answer. (Not in a zone with DST: around a skipped wall
+        time APScheduler's answer depends on where it starts from, and must stay as it is.)"""
         cursor = _aware(t, "t")
         last = self._last
         if last is not None and last[0] <= cursor < last[1]:
             return last[1]
         slot = self._next_after(cursor)
-        if slot is not None:
+        if slot is not None and self._tz is UTC:
             self._last = (cursor, slot)
         return slot
 
