@@ -157,9 +157,10 @@ class Lookahead:
 
     def add(self, events: Sequence[Event], at: datetime) -> Step:
         """Take the events that arrived together at `at` (one source's batch)."""
-        if any(e.id in self.known or e.id in self.ids for e in events):
+        ids = [e.id for e in events]
+        if any(i in self.known or i in self.ids for i in ids):
             return Step.ALONE
-        self.ids.update(e.id for e in events)
+        self.ids.update(ids)
         touched: set[Key] = set()
         new_group = False
         for item in self.rules.classify(events):
