@@ -16,6 +16,8 @@ from triggerd.model import GroupState, Pending, RuleFlags
 from triggerd.store.contract import EngineStore
 from triggerd.store.sql import Key
 
+NOTHING_PENDING = Pending()  # a group without pending events (shared: frozen)
+
 
 def rule_schedule(config: Config, rule: str) -> Schedule | None:
     spec = config.rules[rule].when.schedule
@@ -62,7 +64,7 @@ def assess(config: Config, store: EngineStore, now: datetime,
         if rule not in rules:
             continue
         state = states.get(key) or GroupState(rule=rule, group=grp, seq=0, created_at=now)
-        situation = situate(config.rules[rule], state, pending.get(key, Pending()),
+        situation = situate(config.rules[rule], state, pending.get(key, NOTHING_PENDING),
                             flags.get(rule), active.get(rule, 0), schedules[rule],
                             (at_slot or {}).get(rule), now)
         out[key] = Assessment(key, situation.pending, state, situation.flags,

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from enum import Enum
 
 from triggerd.config.loader import Config
-from triggerd.engine.assess import rule_schedule, situate
+from triggerd.engine.assess import NOTHING_PENDING, rule_schedule, situate
 from triggerd.engine.engine import ARM_DELAY
 from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, decide
@@ -151,8 +151,9 @@ class Lookahead:
         rule, grp = key
         spec = self.config.rules[rule]
         state = self.states.get(key) or GroupState(rule=rule, group=grp, seq=0, created_at=at)
-        situation = situate(spec, state, self.pending.get(key, Pending()), self.flags.get(rule),
-                            self.active.get(rule, 0), self.schedules[rule], None, at)
+        situation = situate(spec, state, self.pending.get(key, NOTHING_PENDING),
+                            self.flags.get(rule), self.active.get(rule, 0), self.schedules[rule],
+                            None, at)
         return decide(spec.when, situation, at, explain=False)
 
     def add(self, events: Sequence[Event], at: datetime) -> Step:
@@ -167,7 +168,7 @@ class Lookahead:
             ev = item.event
             for key in item.pending:
                 new_group |= key not in self.states
-                p = self.pending.get(key) or Pending()
+                p = self.pending.get(key, NOTHING_PENDING)
                 seen = ev.observed_at
                 self.pending[key] = Pending(
                     p.count + 1, p.bytes + ev.size,
