@@ -12,10 +12,10 @@ three sets of 10 rules on one filesystem source:
 
 Also, on the first 5,000 arrivals, the same replay with the fast lane off (each arrival its own
 trip through the engine), for the speed-up; and the whole command (`triggerd replay
---arrivals month.jsonl --json`) as a user runs it, start-up included. The template store is
-migrated before timing (once per process, ~0.3 s). Jobs take 20 minutes and succeed.
+--arrivals month.jsonl --json`) as a user runs it, start-up included. Jobs take 20 minutes
+and succeed.
 
-    .venv/bin/python bench/replay.py                 # everything (~3 minutes)
+    .venv/bin/python bench/replay.py                 # everything (~1 minute)
     .venv/bin/python bench/replay.py --quick         # the month, fast lane only
 """
 
@@ -33,7 +33,6 @@ from pathlib import Path
 
 from triggerd.config.loader import load_config
 from triggerd.simulate.history import read_log
-from triggerd.simulate.memstore import fresh_store
 from triggerd.simulate.replay import JobPlans, Variant, run_variant
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -95,7 +94,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the month, fast lane only")
     args = parser.parse_args()
-    fresh_store().close()  # the template store, migrated once per process: not timed
     sets = [("per-dataset", PER_DATASET, True), ("all-match quiet", QUIET, False),
             ("all-match busy", BUSY, False)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triggerd.errors import ExpressionError
-from triggerd.language.globs import compile_any, compile_glob, glob_match
+from triggerd.language.globs import _shape, _translate, compile_any, compile_glob, glob_match
+from triggerd.language.regex import compile_re2
 
 
 @pytest.mark.parametrize(
@@ -124,3 +125,58 @@ def test_one_regex_for_many_globs_matches_what_any_of_them_matches(globs: list[s
     assert combined is not None
     assert (combined.fullmatch(text) is not None) == any(glob_match(text, g) for g in globs)
     assert compile_any([]) is None
+
+
+TEXT = st.text(alphabet=st.sampled_from("ab/\n\ufffd\udcff"), max_size=3)
+
+
+@st.composite
+def near(draw: st.DrawFn, pattern: str) -> str:
+    """A text made from `pattern`: each wildcard replaced by a short text, each literal kept
+    or (sometimes) changed, so that texts that match, and texts that nearly do, are common."""
+    out = []
+    for c in pattern:
+        if c == "*" or draw(st.integers(0, 5)) == 0:
+            out.append(draw(TEXT))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+PIECES = ["a", "b", "/", "ab", "\ufffd", "*", "**", "**/", "**/*", "/**", "?"]
+
+
+def _agree(patterns: list[str], text: str) -> None:
+    regexes = [compile_re2(_translate(p), dot_all=True) for p in patterns]
+    combined = compile_any(patterns) if len(patterns) > 1 else compile_glob(patterns[0])
+    assert combined is not None
+    assert (combined.fullmatch(text) is not None) == any(
+        r.fullmatch(text) is not None for r in regexes)
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=4).map("".join), st.data())
+@settings(max_examples=2000)
+def test_globs_matched_by_string_tests_answer_as_their_regex(pattern: str,
+                                                             data: st.DataObject) -> None:
+    """Globs of the common shapes (`/data/**`, `**/*.parquet`, `*.tmp`) are matched without
+    RE2 (globs._shape): the same answer as RE2 on their regex, on any text."""
+    _agree([pattern], data.draw(st.one_of(near(pattern), TEXT)))
+
+
+NAMES = st.lists(st.sampled_from(["a", "b", "ab", "*", "*", "/", "\ufffd", "?"]), min_size=1,
+                 max_size=3).map("".join)
+
+
+@given(st.lists(NAMES, min_size=2, max_size=4), st.data())
+@settings(max_examples=2000)
+def test_several_globs_as_one_answer_as_any_of_their_regexes(patterns: list[str],
+                                                             data: st.DataObject) -> None:
+    """Several globs as one (compile_any: the default ignores, `*.tmp`, `.*`, matched against
+    each component of a path), tested at once without RE2: as any of their regexes."""
+    _agree(patterns, data.draw(st.one_of(*[near(p) for p in patterns], TEXT)))
+
+
+@pytest.mark.parametrize("pattern", ["/data/landing/**", "**/*.parquet", "*.tmp", ".*",
+                                     "a/**/b", "/data/**/*.csv", "nightly", "**"])
+def test_the_common_shapes_are_matched_by_string_tests(pattern: str) -> None:
+    assert _shape(pattern) is not None

@@ -6,8 +6,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from triggerd.language.schedules import EPOCH, Schedule, validate_cron, validate_timezone
+from triggerd.language.schedules import (
+    EPOCH,
+    Schedule,
+    _CronSchedule,
+    validate_cron,
+    validate_timezone,
+)
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
@@ -134,6 +142,25 @@ def test_dst_walks_are_strictly_increasing_and_invert(expr: str, start: datetime
     until = slots[-1]
     assert s.slots_between(start, until, 100) == slots
     assert s.slots_between(start, until, 7) == slots[-7:]
+
+
+@given(st.lists(st.tuples(st.integers(0, 4 * 24 * 6), st.sampled_from([-1, 0, 1])),
+                min_size=1, max_size=30),
+       st.sampled_from(["30 2 * * *", "0 * * * *", "*/20 1-3 * * *", "0 2,3 * * 0"]),
+       st.sampled_from(["UTC", "Europe/Berlin"]))
+@example([(0, 0), (15, 0)], "30 2 * * *", "UTC")  # asked again on the slot it answered
+@example([(153, 0), (294, -1)], "30 2 * * *", "Europe/Berlin")  # before a skipped 02:30
+@settings(max_examples=300)
+def test_answers_in_any_order_are_those_of_a_fresh_schedule(
+        offsets: list[tuple[int, int]], expr: str, zone: str) -> None:
+    """A schedule in UTC keeps its last answer (next_after): asked for any times in any order
+    (on slots, just before and after them; around both DST changes in a zone with them, where
+    it keeps none), it answers as a schedule asked once each time."""
+    kept = _CronSchedule(expr, zone)
+    for start in (utc(2026, 3, 27), utc(2026, 10, 23)):
+        for tens, micro in offsets:
+            t = start + timedelta(minutes=10 * tens, microseconds=micro)
+            assert kept.next_after(t) == _CronSchedule(expr, zone).next_after(t)
 
 
 # --- cron: searching back -------------------------------------------------------------------

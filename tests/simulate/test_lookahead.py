@@ -1,21 +1,26 @@
 """The replay's fast lane (triggerd/simulate/lookahead.py) changes nothing but speed: on random
-timelines and policies, a replay that batches arrivals gets exactly the triggers, events, job
-starts and ends, and pending events of one that hands every arrival to the engine alone."""
+timelines and policies, a replay that batches arrivals (and decides the timers that fall due
+meanwhile without a trip) gets exactly the triggers, events, job starts and ends, pending
+events and engine timers of one that hands every arrival to the engine alone."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from triggerd.config.loader import load_config
-from triggerd.simulate.history import Arrival
+from triggerd.config.loader import Config, load_config
+from triggerd.simulate.dictstore import DictStore
+from triggerd.simulate.driver import Simulation, Timeline
+from triggerd.simulate.history import Arrival, timeline_inputs
 from triggerd.simulate.jobs import Plan
 from triggerd.simulate.replay import JobPlans, RunResult, Variant, run_variant
+from triggerd.simulate.spec import Jobs
 
 START = datetime(2026, 11, 2, tzinfo=UTC)
 POLICIES = [
@@ -27,11 +32,14 @@ POLICIES = [
     "{debounce: 10m, cooldown: 1h, at_least_every: 6h}",
     "{schedule: hourly}",
     "{min_bytes: 5000, cooldown: 15m}",
+    "{sustained: 2, debounce: 30s}",
+    "{debounce: 1s, max_delay: 3s}",
 ]
 HEAD = """
 state_dir: state
 sources:
   landing: {type: filesystem, paths: [/data/landing], patterns: ["**/*.parquet"]}
+  other: {type: filesystem, paths: [/data/other]}
   hourly: {type: cron, schedule: "0 * * * *"}
 backends:
   train: {type: command, argv: [echo]}
@@ -45,7 +53,8 @@ def configs(draw: st.DrawFn) -> str:
     for i in range(draw(st.integers(min_value=1, max_value=4))):
         policy = draw(st.sampled_from(POLICIES))
         group = ', group_by: "{payload.dir}"' if draw(st.booleans()) else ""
-        on = "[landing, hourly]" if draw(st.integers(0, 4)) == 0 else "[landing]"
+        on = draw(st.sampled_from(["[landing]", "[landing]", "[landing, hourly]", "[other]",
+                                   "[landing, other]"]))
         busy = draw(st.sampled_from(["coalesce", "queue", "skip"]))
         rules.append(f"  r{i}: {{on: {on}, when: {policy}{group}, "
                      f"dispatch: {{backend: train, on_busy: {busy}, "
@@ -57,12 +66,14 @@ def configs(draw: st.DrawFn) -> str:
 def arrivals(draw: st.DrawFn) -> list[Arrival]:
     out, at = [], START
     for _ in range(draw(st.integers(min_value=1, max_value=60))):
-        at += timedelta(seconds=draw(st.sampled_from([0, 1, 30, 59, 60, 61, 119, 120, 300,
-                                                      600, 3600])))
-        name = f"/data/landing/d{draw(st.integers(0, 2))}/{draw(st.integers(0, 12))}.parquet"
+        # whole seconds, and fractions: timers 200 ms after a decision (the engine's least)
+        at += timedelta(seconds=draw(st.sampled_from([0, 0.1, 0.15, 0.3, 1, 2.9, 30, 59, 60,
+                                                      61, 119, 120, 300, 600, 3600])))
+        source = draw(st.sampled_from(["landing", "landing", "other"]))
+        name = f"/data/{source}/d{draw(st.integers(0, 2))}/{draw(st.integers(0, 12))}.parquet"
         kind = draw(st.sampled_from(["created", "created", "created", "modified", "deleted"]))
         fingerprint = draw(st.sampled_from([None, "same-bytes"]))
-        out.append(Arrival(at, "landing", name, kind, draw(st.sampled_from([0, 1000, 4000])),
+        out.append(Arrival(at, source, name, kind, draw(st.sampled_from([0, 1000, 4000])),
                            fingerprint))
     return out
 
@@ -84,16 +95,52 @@ def _facts(result: RunResult) -> Any:
             {rule: sorted(times) for rule, times in result.pending.items()})
 
 
+def _config(text: str) -> Config:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "triggerd.yaml"
+        path.write_text(text)
+        return load_config(path)
+
+
+NEAR_A_TIMER = (  # a group's timer (1s) falls due within 200 ms of another group's arrival
+    HEAD + '  r0: {on: [landing], group_by: "{payload.dir}", when: {debounce: 1s}, '
+    "dispatch: {backend: train}}\n",
+    [Arrival(START, "landing", "/data/landing/d0/a.parquet"),
+     Arrival(START, "landing", "/data/landing/d1/a.parquet"),
+     Arrival(START + timedelta(hours=1), "landing", "/data/landing/d0/b.parquet"),
+     Arrival(START + timedelta(hours=1, seconds=0.9), "landing", "/data/landing/d1/b.parquet"),
+     Arrival(START + timedelta(hours=1, seconds=5), "landing", "/data/landing/d0/c.parquet")],
+    JobPlans(timedelta(0), {}), timedelta(hours=3))
+
+
 @given(configs(), arrivals(), job_plans(), st.sampled_from([timedelta(0), timedelta(hours=3)]))
-@settings(max_examples=25, deadline=None,
+@example(*NEAR_A_TIMER)
+@settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_batching_arrivals_changes_nothing_the_engine_decides(
         config_text: str, log: list[Arrival], plans: JobPlans, tail: timedelta) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "triggerd.yaml"
-        path.write_text(config_text)
-        variant = Variant("current", load_config(path))
+    variant = Variant("current", _config(config_text))
     until = log[-1].at + tail  # 0: the last arrivals fall on the replay's end itself
     fast = run_variant(variant, log, START, until, plans, fast=True)
     one_by_one = run_variant(variant, log, START, until, plans, fast=False)
     assert _facts(fast) == _facts(one_by_one)
+
+
+def _timers(config: Config, log: list[Arrival], until: datetime, fast: bool) -> Any:
+    """The engine's timers (and scheduled checks) where the replay ends."""
+    sim = Simulation(config, DictStore(), START, Jobs(), auto_ticks=True,
+                     show=lambda at: at.isoformat(), batches=True, fast=fast)
+    asyncio.run(sim.run(Timeline(timeline_inputs(config, log).items, [], until)))
+    return sim.engine.due, sim.engine.slot_due
+
+
+@given(configs(), arrivals(), st.sampled_from([timedelta(0), timedelta(minutes=7)]))
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_the_engine_is_left_with_the_timers_of_the_one_by_one_run(
+        config_text: str, log: list[Arrival], tail: timedelta) -> None:
+    """The timers that fell due within a batch and were decided there are armed as the
+    engine arms them (a group the batch touched, by the engine's own decision at its end)."""
+    config = _config(config_text)
+    until = log[-1].at + tail
+    assert _timers(config, log, until, fast=True) == _timers(config, log, until, fast=False)

@@ -13,7 +13,10 @@ from triggerd.config.schema import RuleSpec
 from triggerd.engine.policy import Decision, Situation, decide
 from triggerd.language.schedules import Schedule
 from triggerd.model import GroupState, Pending, RuleFlags
-from triggerd.store.sql import Key, Store
+from triggerd.store.contract import EngineStore
+from triggerd.store.sql import Key
+
+NOTHING_PENDING = Pending()  # a group without pending events (shared: frozen)
 
 
 def rule_schedule(config: Config, rule: str) -> Schedule | None:
@@ -37,9 +40,9 @@ class Assessment:
     situation: Situation
 
 
-def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | None = None,
-           at_slot: dict[str, datetime] | None = None, *, explain: bool = True
-           ) -> dict[Key, Assessment]:
+def assess(config: Config, store: EngineStore, now: datetime,
+           keys: Iterable[Key] | None = None, at_slot: dict[str, datetime] | None = None, *,
+           explain: bool = True) -> dict[Key, Assessment]:
     """Decide for the given rule groups (all known groups if None) from the store's state.
 
     Synchronous and side-effect free: the CLI's `status` and `explain` use it as it is. With
@@ -61,7 +64,7 @@ def assess(config: Config, store: Store, now: datetime, keys: Iterable[Key] | No
         if rule not in rules:
             continue
         state = states.get(key) or GroupState(rule=rule, group=grp, seq=0, created_at=now)
-        situation = situate(config.rules[rule], state, pending.get(key, Pending()),
+        situation = situate(config.rules[rule], state, pending.get(key, NOTHING_PENDING),
                             flags.get(rule), active.get(rule, 0), schedules[rule],
                             (at_slot or {}).get(rule), now)
         out[key] = Assessment(key, situation.pending, state, situation.flags,

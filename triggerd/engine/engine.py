@@ -22,14 +22,17 @@ from triggerd.aio import to_the_end, wait_event
 from triggerd.config.loader import Config
 from triggerd.engine.assess import rule_schedule
 from triggerd.engine.matching import RuleSet
+from triggerd.engine.policy import Decision
 from triggerd.engine.rounds import Round, Rounds
 from triggerd.errors import StoreError
 from triggerd.interfaces import Clock, StoreWork
 from triggerd.model import Event, Trigger
-from triggerd.store.sql import IngestResult, Key, Store
+from triggerd.store.contract import EngineStore
+from triggerd.store.sql import IngestResult, Key
 
 log = logging.getLogger("triggerd.engine")
 T = TypeVar("T")
+ARM_DELAY = timedelta(milliseconds=200)  # a timer is armed at least this far on (see `arm`)
 Call = Callable[[Callable[[], T]], Awaitable[T]]  # runs a function on the store thread
 Unit = Callable[[], Round]  # one unit of work (triggerd.engine.rounds), for the store thread
 
@@ -44,7 +47,7 @@ class Engine:
     every round's trip, on the store thread right after the engine's unit (the dispatcher
     claims the fired triggers' jobs there: the latency from an event to its backend)."""
 
-    def __init__(self, config: Config, store: Store, clock: Clock, call: Call[Any],
+    def __init__(self, config: Config, store: EngineStore, clock: Clock, call: Call[Any],
                  on_round: Callable[[Round], None],
                  then: Callable[[Round], Round] = _as_is) -> None:
         self.config = config
@@ -86,11 +89,7 @@ class Engine:
         """Arm the groups' timers from the round's decisions, log what fired, hand it on."""
         now = self.clock.now()
         for key, decision in done.decisions.items():
-            if decision.next_check_at is not None:
-                # a timer already due would spin: look again shortly instead
-                self.due[key] = max(decision.next_check_at, now + timedelta(milliseconds=200))
-            else:
-                self.due.pop(key, None)
+            self.arm(key, decision, now)
         if done.failed is not None and done.ingested is not None:
             # the batch is stored (the source may acknowledge it): decide again shortly
             log.warning("deciding after ingest failed (%s); retrying in 1s", done.failed)
@@ -101,6 +100,16 @@ class Engine:
             _log_fired(trig, done.manual)
         if done.fired or done.decisions:
             self.on_round(done)
+
+    def arm(self, key: Key, decision: Decision, now: datetime) -> None:
+        """Set a group's timer from its decision at `now`: its next check, at least
+        `ARM_DELAY` on (a timer already due would spin: look again shortly instead), or none.
+        (Also the replay's fast lane, for the timers it decides without a trip:
+        triggerd.simulate.lookahead.)"""
+        if decision.next_check_at is not None:
+            self.due[key] = max(decision.next_check_at, now + ARM_DELAY)
+        else:
+            self.due.pop(key, None)
 
     # -- input ----------------------------------------------------------------------------------
     async def submit(self, source: str, events: Sequence[Event],

@@ -23,6 +23,7 @@ from triggerd.model import Event, event_ref
 from triggerd.store.sql import Ingest
 
 log = logging.getLogger("triggerd.engine")
+_NO_ENV: Mapping[str, Any] = {}
 
 
 @dataclass
@@ -108,11 +109,18 @@ class CompiledRule:
 
 class _SourceIndex:
     """The rules of one source: those every event must see, and those keyed by the literal
-    directory prefix of their subject glob (seen only by events under that directory)."""
+    directory prefix of their subject glob (seen only by events under that directory). The
+    rules found for a directory are kept (up to `CACHED` directories, then forgotten at
+    once): a source's events mostly land in a few directories, and each look-up walks the
+    subject's prefixes. (`RuleSet` adds every rule before the first look-up.)"""
+
+    CACHED = 4096
 
     def __init__(self) -> None:
         self.always: list[CompiledRule] = []
         self.by_prefix: dict[str, list[CompiledRule]] = defaultdict(list)
+        self.by_directory: dict[str, list[CompiledRule]] = {}
+        self.uses_env = False  # a rule has `where` or `group_by` (see RuleSet.classify)
 
     def add(self, rule: CompiledRule) -> None:
         prefix = rule.subject_prefix
@@ -120,21 +128,30 @@ class _SourceIndex:
             self.always.append(rule)
         else:
             self.by_prefix[prefix].append(rule)
+        self.uses_env |= rule.where is not None or rule.group_by is not None
 
     def names(self) -> set[str]:
         return {r.name for r in self.always} | {
             r.name for rules in self.by_prefix.values() for r in rules}
 
     def candidates(self, subject: str) -> list[CompiledRule]:
+        """The rules an event with this subject may match (shared: not to be changed)."""
         if not self.by_prefix:
             return self.always
+        directory = subject[:subject.rfind("/") + 1]  # every prefix of the index ends in `/`
+        found = self.by_directory.get(directory)
+        if found is not None:
+            return found
         found = list(self.always)
         start = 0
-        while (i := subject.find("/", start)) >= 0:
-            found.extend(self.by_prefix.get(subject[:i + 1], ()))
+        while (i := directory.find("/", start)) >= 0:
+            found.extend(self.by_prefix.get(directory[:i + 1], ()))
             start = i + 1
         if len(found) > len(self.always) and self.always:
             found.sort(key=lambda r: r.order)  # config order, as without the index
+        if len(self.by_directory) >= self.CACHED:
+            self.by_directory.clear()
+        self.by_directory[directory] = found
         return found
 
 
@@ -170,7 +187,9 @@ class RuleSet:
             index = self.by_source.get(event.source)
             rules = index.candidates(event.subject) if index is not None else None
             if rules:
-                env = event_env(event)
+                # the names of `where` and `group_by`: built only for a source whose rules
+                # have one (a glob and `kinds` need none)
+                env = event_env(event) if index is not None and index.uses_env else _NO_ENV
                 for rule in rules:
                     matched = rule.matches(event, env, item.errors)
                     if not matched and not rule.sustained:

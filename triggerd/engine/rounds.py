@@ -22,7 +22,8 @@ from triggerd.errors import StoreError
 from triggerd.interfaces import Clock, StoreWork
 from triggerd.model import Event, Trigger
 from triggerd.ops.failpoints import hit as failpoint
-from triggerd.store.sql import Claim, IngestResult, Key, NewTrigger, Store
+from triggerd.store.contract import EngineStore
+from triggerd.store.sql import Claim, IngestResult, Key, NewTrigger
 
 log = logging.getLogger("triggerd.engine")
 MAX_ROUNDS = 4  # decide again after a lost race (another replica fired), at most this often
@@ -53,7 +54,7 @@ class Rounds:
     Holds the config it decides with; the engine swaps it (`use`) under its lock, between
     units, on a reload."""
 
-    def __init__(self, config: Config, store: Store, clock: Clock) -> None:
+    def __init__(self, config: Config, store: EngineStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
         self.use(config)

@@ -18,14 +18,13 @@ collected into one batch for as long as the engine would decide the same: lookah
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TypeVar
-
-from sqlalchemy import select
 
 from triggerd.clock import ManualClock
 from triggerd.config.loader import Config
@@ -38,10 +37,9 @@ from triggerd.model import Trigger
 from triggerd.simulate.inputs import Builder, Named
 from triggerd.simulate.jobs import JobRunner, Plan
 from triggerd.simulate.lookahead import Lookahead, Step
+from triggerd.simulate.simstore import SimStore
 from triggerd.simulate.spec import Input, Jobs
 from triggerd.sources.cron import CronOptions
-from triggerd.store import tables as t
-from triggerd.store.sql import Store
 
 T = TypeVar("T")
 MAX_STEPS = 100_000  # moments in one simulation (~a minute): `every: 1s` over days is a mistake
@@ -51,9 +49,16 @@ class SimulationError(TriggerdError):
     """The timeline cannot be simulated (too many moments)."""
 
 
-async def _inline(fn: Callable[[], T]) -> T:
-    """The engine's `call`: store work runs right here (no store thread in a simulation)."""
-    return fn()
+def _inline(fn: Callable[[], T]) -> Awaitable[T]:
+    """The engine's `call`: store work runs right here (no store thread in a simulation), and
+    its outcome comes back as a future already done, which the engine awaits without a trip
+    through the event loop (a coroutine would be a task, and a loop cycle, per store trip)."""
+    done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    try:
+        done.set_result(fn())
+    except Exception as exc:  # raised where the engine awaits it, as from the store thread
+        done.set_exception(exc)
+    return done
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Result:
 class Simulation:
     """One run of the engine over a fresh store, from `start`."""
 
-    def __init__(self, config: Config, store: Store, start: datetime, jobs: Jobs, *,
+    def __init__(self, config: Config, store: SimStore, start: datetime, jobs: Jobs, *,
                  auto_ticks: bool, show: Callable[[datetime], str],
                  planner: Callable[[str], Plan] | None = None,
                  max_steps: int | None = None, batches: bool = False,
@@ -105,24 +110,20 @@ class Simulation:
         self.jobs = JobRunner(config, store, self.clock, jobs, planner)
         self.max_steps = max_steps or MAX_STEPS
         self.batches = batches  # source inputs at one time from one source: one batch
-        self.engine = Engine(config, store, self.clock, _inline, self._on_round,
-                             then=self._claim)
+        self.fired: list[Trigger] = []
+        # what fired is collected, and its jobs claimed in the engine's trip (as the runtime's
+        # Flow does): functions that hold no reference back to the simulation, so that it is
+        # freed without the cyclic garbage collector (paused in a replay: replay.py)
+        self.engine = Engine(config, store, self.clock, _inline, _collect_fired(self.fired),
+                             then=_claim(self.jobs))
         self.builder = Builder(config.sources, start, show)
         self.named: dict[str, Named] = {}
-        self.fired: list[Trigger] = []
         self.lookahead = (Lookahead(config, store, self.engine.rules, self.named) if fast
                           else None)  # the fast lane: arrivals batched where it is the same
         listened = {s for spec in config.rules.values() for s in spec.on}
         self.crons = {name: opts for name, opts in config.sources.items()
                       if isinstance(opts, CronOptions) and name in listened and auto_ticks}
         self.next_tick: dict[str, datetime | None] = {}
-
-    def _claim(self, done: Round) -> Round:
-        self.jobs.claim_fired(done.fired)
-        return done
-
-    def _on_round(self, done: Round) -> None:
-        self.fired.extend(done.fired)
 
     async def run(self, timeline: Timeline) -> Result:
         """Run the timeline to its end; what fired, the verdicts and notes."""
@@ -143,7 +144,7 @@ class Simulation:
                 at, items = self._unit(inputs)
                 if self.lookahead is not None and _source_of(items[0]) is not None:
                     end = timeline.until + timedelta(microseconds=1)  # until is included
-                    limit = self._next([c[0] for _, c in checks[:1]]) or end
+                    limit = self._next([c[0] for _, c in checks[:1]], timers=False) or end
                     await self._collect(at, items, inputs, min(limit, end))
                 else:
                     await (self._batch(items) if len(items) > 1 else self._input(items[0]))
@@ -158,8 +159,11 @@ class Simulation:
         return Result(self._results(), [verdicts[n] for n in sorted(verdicts)],
                       self.builder.notes)
 
-    def _next(self, extra: Iterable[datetime]) -> datetime | None:
-        times = [*self.engine.due.values(), *self.engine.slot_due.values(), *extra,
+    def _next(self, extra: Iterable[datetime], *, timers: bool = True) -> datetime | None:
+        """The next moment: `extra`, a scheduled check, a cron tick, a job's end, and (with
+        `timers`) a group's timer."""
+        times = [*(self.engine.due.values() if timers else ()),
+                 *self.engine.slot_due.values(), *extra,
                  *(t for t in self.next_tick.values() if t is not None)]
         job_time = self.jobs.next_time()
         if job_time is not None:
@@ -221,18 +225,21 @@ class Simulation:
     async def _collect(self, at: datetime, items: list[Input],
                        inputs: deque[tuple[datetime, Input]], limit: datetime) -> None:
         """The fast lane (`lookahead`): this source's arrivals from `at` on, as one batch for as
-        long as the engine would decide the same; every arrival before `limit`, the next
-        moment the simulator has anyway."""
-        assert self.lookahead is not None  # noqa: S101 - the caller checks
+        long as the engine would decide the same (the groups' timers that fall due meanwhile
+        included); every arrival before `limit`, the next moment the simulator has anyway
+        besides those timers."""
+        lookahead = self.lookahead
+        assert lookahead is not None  # noqa: S101 - the caller checks
         source = _source_of(items[0])
-        self.lookahead.open(sorted(self.engine.rules.listening(source or "")))
+        lookahead.open(sorted(self.engine.rules.listening(source or "")), self.engine.due)
         batch: list[Named] = []
         sent_at = at
         while True:
             named = [n for item in items for n in self.builder.build(item, at)[1]]
-            step = self.lookahead.add([n.event for n in named], at) if named else Step.MORE
+            step = lookahead.add([n.event for n in named], at) if named else Step.MORE
             if step is Step.ALONE:  # a duplicate: its groups are decided again, on its own
                 await self._send(source, batch, sent_at)
+                self._arm(lookahead)
                 await self._send(source, named, at)
                 return
             if named:
@@ -241,11 +248,19 @@ class Simulation:
             if step is Step.LAST or not inputs:
                 break
             at = inputs[0][0]
-            if at >= limit or _source_of(inputs[0][1]) != source or \
-                    not self.lookahead.admits(at):
+            if at >= limit or _source_of(inputs[0][1]) != source or not lookahead.admits(at):
                 break
             at, items = self._unit(inputs)
         await self._send(source, batch, sent_at)
+        self._arm(lookahead)
+
+    def _arm(self, lookahead: Lookahead) -> None:
+        """Arm the groups whose timer fell due within the batch (decided by the lookahead
+        then) and which the batch's trip did not decide again, as the engine would have armed
+        them at that time. (Left as they were, due, the engine would decide them at the next
+        moment, to the same verdict: one more trip, and a timer armed from a later time.)"""
+        for key, decision, at in lookahead.timers_decided():
+            self.engine.arm(key, decision, at)
 
     async def _send(self, source: str | None, named: list[Named], at: datetime) -> None:
         if named and source is not None:
@@ -288,9 +303,22 @@ class Simulation:
 
     def _results(self) -> list[Fired]:
         consumed = consumed_events(self.store, self.named)
-        statuses = job_statuses(self.store)
+        statuses = self.store.job_statuses()
         return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
                       statuses.get(trig.id, "none")) for trig in self.fired]
+
+
+def _collect_fired(fired: list[Trigger]) -> Callable[[Round], None]:
+    def on_round(done: Round) -> None:
+        fired.extend(done.fired)
+    return on_round
+
+
+def _claim(jobs: JobRunner) -> Callable[[Round], Round]:
+    def then(done: Round) -> Round:
+        jobs.claim_fired(done.fired)
+        return done
+    return then
 
 
 def _source_of(item: Input) -> str | None:
@@ -303,26 +331,13 @@ def _same_source(a: Input, b: Input) -> bool:
     return source is not None and source == _source_of(b)
 
 
-def consumed_events(store: Store, named: dict[str, Named]) -> dict[str, list[str]]:
+def consumed_events(store: SimStore, named: dict[str, Named]) -> dict[str, list[str]]:
     """Each trigger's events (ids), in the order they were observed (`named`: every event
     the simulation submitted, with its time): one read of the memberships."""
-    re_ = t.rule_events.c
-    out: dict[str, list[str]] = {}
-    with store.read() as c:
-        for trigger_id, event_id in c.execute(select(re_.trigger_id, re_.event_id)
-                                              .where(re_.trigger_id.is_not(None))):
-            out.setdefault(trigger_id, []).append(event_id)
+    out = store.memberships()
     for ids in out.values():
         ids.sort(key=lambda e: (named[e].event.observed_at, e) if e in named else (_NEVER, e))
     return out
 
 
 _NEVER = datetime.max.replace(tzinfo=UTC)
-
-
-def job_statuses(store: Store) -> dict[str, str]:
-    """Each trigger's job status (by trigger id): one read."""
-    j = t.jobs.c
-    with store.read() as c:
-        return {trigger_id: str(status) for trigger_id, status in
-                c.execute(select(j.trigger_id, j.status))}

@@ -38,7 +38,7 @@ from triggerd.simulate.spec import EventIn, FileIn, Input, MessageIn, ObjectIn, 
 from triggerd.sources._bucketlist import Obj, compare, matcher_for, notice_event, url_of
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._fsoptions import DEFAULT_IGNORES, FilesystemOptions
-from triggerd.sources._fsscan import Known, Look, Matcher, Root
+from triggerd.sources._fsscan import Known, Look, Matcher, Root, Sig
 from triggerd.sources._fssettle import Settle
 from triggerd.sources._kafka.decode import Decoder, Record
 from triggerd.sources._kafka.options import NOTIFICATIONS, KafkaOptions
@@ -54,6 +54,25 @@ class Named:
     names: frozenset[str]
 
 
+class _Files(Known):
+    """The files a simulated filesystem source knows: the source's table (`Known`) as its
+    verdicts read it (`sig`), kept as a plain dict: without the index by directory that only
+    the source's walks read, nor the packing that keeps a hundred thousand rows small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigs: dict[str, Sig] = {}
+
+    def sig(self, path: str) -> Sig | None:
+        return self.sigs.get(path)
+
+    def put(self, path: str, sig: Sig) -> None:
+        self.sigs[path] = sig
+
+    def drop(self, path: str) -> None:
+        self.sigs.pop(path, None)
+
+
 class FileSide:
     """One filesystem source: its matcher, roots, settle verdicts and known files."""
 
@@ -62,26 +81,27 @@ class FileSide:
         self.roots = [Root(os.path.normpath(os.path.abspath(p))) for p in options.paths]
         matcher = Matcher(options.patterns, options.ignore, DEFAULT_IGNORES)
         self.settle = Settle(name, options, matcher.wanted, lambda: 0.0, {"not_regular": 0})
-        self.known = Known()
+        self.known = _Files()
         self.inodes: dict[str, int] = {}
 
     def events(self, f: FileIn, now: datetime) -> list[Event]:
-        root = next(r for r in self.roots if r.rel(f.path))
-        inode = self.inodes.setdefault(f.path, 1000 + len(self.inodes))
+        path, kind = f.path, f.kind
+        root = next(r for r in self.roots if r.rel(path))
+        inode = self.inodes.setdefault(path, 1000 + len(self.inodes))
         mtime_ns = int((now - self.options.settle).timestamp() * 1e9)
         sig = (f.size, mtime_ns, inode)
-        if f.kind in ("modified", "deleted") and self.known.sig(f.path) is None:
-            self.known.put(f.path, sig)  # a file the test says was there before
-        elif f.kind == "created":
-            self.known.drop(f.path)
-        self.settle.arm(f.path, root, f.kind if f.kind in ("moved", "deleted") else "created",
+        known = self.known
+        if kind in ("modified", "deleted") and known.sig(path) is None:
+            known.put(path, sig)  # a file the test says was there before
+        elif kind == "created":
+            known.drop(path)
+        self.settle.arm(path, root, kind if kind in ("moved", "deleted") else "created",
                         0.0, rearm=True)
-        found = self.settle.conclude(self.settle.due_batch(), [self._look(f, sig)],
-                                     self.known, now)
-        for path, row in found.saves:
-            self.known.put(path, row.sig)
-        for path in found.gone:
-            self.known.drop(path)
+        found = self.settle.conclude(self.settle.due_batch(), [self._look(f, sig)], known, now)
+        for saved, row in found.saves:
+            known.put(saved, row.sig)
+        for gone in found.gone:
+            known.drop(gone)
         return found.events
 
     def _look(self, f: FileIn, sig: tuple[int, int, int]) -> Look:

@@ -20,9 +20,8 @@ from triggerd.clock import ManualClock
 from triggerd.config.loader import Config
 from triggerd.dispatcher import backoff_delay
 from triggerd.model import Job, JobStatus, Trigger
+from triggerd.simulate.simstore import SimStore
 from triggerd.simulate.spec import Jobs, Outcome
-from triggerd.store import queries
-from triggerd.store.sql import Claim, Store
 
 OWNER = "triggerd-test"
 
@@ -43,7 +42,7 @@ class Attempt:
 class JobRunner:
     """The attempts running, the jobs waiting for a slot or a retry, and the test's plans."""
 
-    def __init__(self, config: Config, store: Store, clock: ManualClock, default: Jobs,
+    def __init__(self, config: Config, store: SimStore, clock: ManualClock, default: Jobs,
                  planner: Callable[[str], Plan] | None = None) -> None:
         self.config = config
         self.store = store
@@ -64,21 +63,24 @@ class JobRunner:
     def claim_fired(self, fired: Sequence[Trigger]) -> None:
         """In the engine's trip: claim the jobs of the triggers just written."""
         for trig in fired:
-            if not self._claim(trig.id) and self._queued(trig.id):
+            if self._left_waiting(trig.id):
                 self.waiting.append(trig.id)
 
-    def _claim(self, job_id: str) -> bool:
-        """Claim a job and start its attempt; False when it stays waiting (no free slot)."""
+    def _left_waiting(self, job_id: str) -> bool:
+        """Claim a job and start its attempt; True if it was not claimed and waits on (queued
+        or retrying: no free slot, or its retry not due yet)."""
         now = self.clock.now()
-        claim: Claim = self.store.claim(job_id, OWNER, self._concurrency, now,
-                                        context=False)  # no backend runs
+        claim = self.store.claim(job_id, OWNER, self._concurrency, now,
+                                 context=False)  # no backend runs
         if claim.job is None:
-            return False
+            found = claim.found
+            return found is not None and found.status in (JobStatus.QUEUED,
+                                                           JobStatus.RETRYING)
         plans = self.plans[claim.job.rule]
         plan = plans.popleft() if plans else self.planner(claim.job.rule)
         self.running[job_id] = Attempt(claim.job, now + plan.duration, plan.outcome)
         self.started.setdefault(job_id, now)
-        return True
+        return False
 
     def _concurrency(self, rule: str) -> int:
         spec = self.config.rules.get(rule)
@@ -126,8 +128,4 @@ class JobRunner:
             del self.retry_at[job_id]
             self.waiting.append(job_id)
         if freed or due:
-            self.waiting = [j for j in self.waiting if not self._claim(j) and self._queued(j)]
-
-    def _queued(self, job_id: str) -> bool:
-        job = queries.job(self.store, job_id)
-        return job is not None and job.status in (JobStatus.QUEUED, JobStatus.RETRYING)
+            self.waiting = [j for j in self.waiting if self._left_waiting(j)]
