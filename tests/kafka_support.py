@@ -204,6 +204,26 @@ def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t", **client: 
     return name
 
 
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int | None:
+    """The offset `group` has committed on the partition, as the broker answers OffsetFetch
+    (None: nothing committed). Asked by a consumer of the group that never joins it (the
+    admin client's request is one tansu 0.6 answers in a form aiokafka cannot parse)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    async def fetch() -> int | None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            offset = await consumer.committed(TopicPartition(topic, partition))
+        finally:
+            await consumer.stop()
+        return None if offset is None or offset < 0 else int(offset)
+
+    return run_sync(fetch())
+
+
 Message = bytes | str | None | tuple[bytes | str | None, bytes | str | None]
 
 
