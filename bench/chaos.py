@@ -35,9 +35,11 @@ one fault on the broker.
   producing straight to it, so a backlog builds that must be read after. To the replicas it
   is a broker that refuses connections.
 - `restart`: the tansu broker process itself is killed (SIGKILL) and started again 3-12 s
-  later on the same port, reading its storage back: what it held only in memory is gone
-  (the group's members and generation: the replicas must join again). Its `tansu proxy` is
-  killed right after it and started again after it: tansu 0.6's proxy never reconnects to a
+  later on the same port: a new process that reads back what the old one stored (topics,
+  messages, the consumer group with its committed offsets; a write not yet acknowledged may
+  or may not be there). The group's members, silent for longer than the session timeout
+  (3 s), are dropped: the replicas join again. Its `tansu proxy` is killed right after it
+  and started again after it: tansu 0.6's proxy never reconnects to a
   restarted broker (measured: the replicas stayed cut off for the rest of a 90 s run), so the
   replicas see what they would see on a direct connection, their connections closed and new
   ones refused until the broker is back. The harness's producer tries each message until

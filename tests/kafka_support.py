@@ -5,8 +5,9 @@ stops it after the session; tests share it and use unique topic names (`new_topi
 `TansuProxy` puts a stoppable `tansu proxy` in front of a broker that advertises the proxy's
 address, so a test can take "the broker" away and bring it back without losing its data.
 A broker that must survive its own `kill -9` stores on S3 instead (`s3_storage`, with moto's
-server in a process of its own: `s3_server.MotoProcess`): topics, messages and committed
-consumer-group offsets are then read back by a broker restarted on the same port.
+server in a process of its own: `s3_server.MotoProcess`): topics, messages and consumer
+groups with their committed offsets are then read back by a broker restarted on the same
+port.
 Helpers are synchronous (each runs its own short-lived loop on a thread), usable from sync
 end-to-end tests and from async tests alike.
 """
@@ -74,8 +75,9 @@ def s3_storage(endpoint: str, bucket: str) -> tuple[str, dict[str, str]]:
     """tansu's `--storage-engine` URL and environment for `bucket` on the S3 server at
     `endpoint` (plain HTTP, any credentials: moto). tansu's S3 engine is the object_store
     crate's, configured from the environment (`AmazonS3Builder::from_env`). Objects it keeps
-    there: each partition's record batches and watermark, written with conditional PUTs, and
-    the consumer groups' committed offsets."""
+    there: each partition's record batches and watermark (written with conditional PUTs),
+    each consumer group (members with their last contact, generation, assignments) and its
+    committed offsets."""
     env = {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
            "AWS_ACCESS_KEY_ID": "tansu-key", "AWS_SECRET_ACCESS_KEY": "tansu-secret",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}

