@@ -197,7 +197,15 @@ CRON_ONLY = frozenset({"ticks"})  # rules whose source keeps producing after the
 
 def config_text(landing: Path, bootstrap: str | None, topic: str | None, hook_url: str,
                 runs: Path, rules: Mapping[str, str]) -> str:
-    """The replicas' config (the store comes from TRIGGERD_STORE)."""
+    """The replicas' config (the store comes from TRIGGERD_STORE).
+
+    `fetch_wait: 1s` instead of the default 100 ms: tansu's S3 engine lists a partition's
+    objects (one per produced batch) for every fetch, and moto's listing grows with them;
+    within a 100 ms wait the fetch came back with little or nothing once a partition held a
+    few hundred messages, and 6 minutes into a 20-minute run the replicas fell behind for
+    good (measured without triggerd, 4 partitions, 2,500 messages read from the start: 127 s
+    at 100 ms, 17 s at 250 ms, 10.5 s at 500 ms, 7.4 s at 1 s). The price: tansu holds a
+    fetch for the whole wait, up to 1 s more before a message is read."""
     kafka = "" if bootstrap is None else f"""
           metrics:
             type: kafka
@@ -209,7 +217,8 @@ def config_text(landing: Path, bootstrap: str | None, topic: str | None, hook_ur
             subject: "{{value.model}}"
             session_timeout: 3s
             heartbeat_interval: 1s
-            commit_interval: 500ms"""
+            commit_interval: 500ms
+            fetch_wait: 1s"""
     body = textwrap.dedent(f"""
         sources:
           landing:
