@@ -9,13 +9,14 @@ docstring of bench/chaos.py defines each figure.
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
-KINDS = ("kill", "pause", "pgcut", "broker")
+KINDS = ("kill", "pause", "pgcut", "broker", "restart")
 # log findings that fail the verdict (the others are reported: tracebacks, takeovers, ...)
 VERDICT_FINDINGS = ("drain waits timed out", "replica exits not caused by the harness",
                     "harness errors")
@@ -73,7 +74,7 @@ class Figures:
     unfinished: list[str]  # triggers without a job, or whose job is not final
     inconsistent: list[str]  # deliveries/runs that disagree with the store
     pending_exempt: int  # events after the drain's last fire, allowed to stay pending
-    resume: dict[str, dict[str, Any]]  # kind -> n, samples, p50, max, never
+    resume: dict[str, dict[str, Any]]  # kind -> n, samples, p50, max, never, each
     log_findings: dict[str, int]
 
     @property
@@ -226,13 +227,16 @@ def _resume_one(obs: Observed, fault: FaultRecord) -> float | str | None:
                  if a["owner"] == daemon for t in (a["started_at"], a["finished_at"])
                  if t is not None and t > fault.t1]
         return min(seen) - fault.t1 if seen else None
-    return _broker_resume(obs, fault.t1)
+    return _broker_resume(obs, fault.t1)  # broker (outage) and restart alike
 
 
-def _broker_resume(obs: Observed, t1: float) -> float | None:
-    """From the broker's return to the first attempt of a job whose trigger holds a message
-    produced after it."""
+def _broker_resume(obs: Observed, t1: float) -> float | str | None:
+    """From the broker's return (the proxy started again, or the broker itself) to the first
+    attempt of a job whose trigger holds a message acknowledged after it; "n/a" when none was
+    (a fault that the drain ended just before the workload stopped)."""
     after = {m for m, at in obs.messages.items() if at > t1}
+    if not after:
+        return "n/a"
     by_fp = {e["id"]: e["fingerprint"] for e in obs.events if e["source"] == "metrics"}
     first: float | None = None
     for tid, evs in _events_of(obs).items():
@@ -256,7 +260,12 @@ def resume_times(obs: Observed) -> dict[str, dict[str, Any]]:
         out[kind] = {"n": len(faults), "samples": len(samples),
                      "never": sum(v is None for v in values),
                      "p50": round(statistics.median(samples), 1) if samples else None,
-                     "max": round(samples[-1], 1) if samples else None}
+                     "max": round(samples[-1], 1) if samples else None,
+                     # each fault: when it began (local time, as in the logs), its target,
+                     # the seconds to resume (or "n/a", or None: never)
+                     "each": [(time.strftime("%H:%M:%S", time.localtime(f.t0)), f.target,
+                               round(v, 1) if isinstance(v, float) else v)
+                              for f, v in zip(faults, values, strict=True)]}
     return out
 
 

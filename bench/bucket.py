@@ -53,6 +53,9 @@ from triggerd.sources._bucketlist import Lister, compare, matcher_for
 from triggerd.sources._bucketoptions import BucketOptions
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from s3_server import moto_argv  # noqa: E402
+
 KEY, SECRET = "triggerd-bench-key", "triggerd-bench-secret"
 
 
@@ -117,7 +120,7 @@ class Server:
         else:
             listing = work / "keys.txt"
             listing.write_text("\n".join(objects))
-            argv = [sys.executable, "-c", MOTO_SERVER, str(self.port), str(listing)]
+            argv = moto_argv(self.port, "data", listing)
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for(self._listening, 600, f"the {kind} server")
         print(f"{kind} server (pid {self.proc.pid}) with {len(objects):,} objects ready in "
@@ -136,21 +139,6 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
-
-
-MOTO_SERVER = """
-import sys, threading
-from moto.server import ThreadedMotoServer
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.s3.models import s3_backends
-backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-backend.create_bucket("data", "us-east-1")
-for key in open(sys.argv[2]).read().split("\\n"):
-    backend.put_object("data", key, ("rows of " + key).encode())
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-server.start()
-threading.Event().wait()
-"""
 
 
 def options(endpoint: str) -> BucketOptions:

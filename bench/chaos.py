@@ -6,8 +6,10 @@
 
 **The world.** `--replicas` (3) `triggerd run` processes on one scratch PostgreSQL database
 (created on 127.0.0.1:5432, `TRIGGERD_BENCH_PG` to change, dropped at the end), each reaching
-it through its own cuttable TCP proxy (`_chaos_proxy.py`); a tansu broker with a 4-partition
-topic, which the replicas reach through a `tansu proxy`; an idempotent HTTP receiver
+it through its own cuttable TCP proxy (`_chaos_proxy.py`); a tansu broker (the Kafka wire
+protocol) with a 4-partition topic, which the replicas reach through a `tansu proxy`, storing
+on S3: moto's server (the S3 REST API) in a process of its own, so that topics, messages and
+committed group offsets outlive the broker process; an idempotent HTTP receiver
 (`_chaos_receiver.py`) and a recording command (`_chaos_record.py`) as backends.
 
 **The workload** (seeded): a file published every 0.2-0.8 s into one of three directories of a
@@ -22,16 +24,28 @@ concurrency 3, http), `ticks` (every tick, coalesce, command). http rules retry 
 **Faults** (`--faults`, all by default), on a schedule drawn up front from `--seed` (the same
 seed gives the same kinds, targets, times and lengths; what the system does in between is not
 deterministic): every 3-13 s after an 8 s warm-up, the first ones a permutation of the kinds
-(so a short run has each); at most replicas-1 replicas under a fault at once.
+(so a short run has each); at most replicas-1 replicas under a fault at once, and at most
+one fault on the broker.
 - `kill`: SIGKILL of a replica, restarted 1-10 s later.
 - `pause`: SIGSTOP for 17-25 s (longer than the takeover cutoff, DEAD_AFTER = 15 s), SIGCONT.
 - `pgcut`: the replica's PostgreSQL proxy closes every connection and refuses new ones for
   2-20 s (longer than the cutoff sometimes: its jobs are then taken over, and fenced).
-- `broker`: the replicas' broker endpoint (the `tansu proxy`) is killed for 3-12 s and started
-  again: a broker outage as the daemons see it. The broker itself is not restarted: tansu's
-  storage in this build is `memory://` (a restart loses topics, messages and offsets) or
-  `s3://`, which needs an S3 server (moto) that is not installed here; the harness keeps
-  producing straight to the broker meanwhile, so the backlog must be read after it.
+- `broker` (an outage): the replicas' broker endpoint, the `tansu proxy`, is killed for 3-12 s
+  and started again. The broker stays up, with its consumer group, and the harness keeps
+  producing straight to it, so a backlog builds that must be read after. To the replicas it
+  is a broker that refuses connections.
+- `restart`: the tansu broker process itself is killed (SIGKILL) and started again 3-12 s
+  later on the same port: a new process that reads back what the old one stored (topics,
+  messages, the consumer group with its committed offsets; a write not yet acknowledged may
+  or may not be there). The group's members, silent for longer than the session timeout
+  (3 s), are dropped: the replicas join again. Its `tansu proxy` is killed right after it
+  and started again after it: tansu 0.6's proxy never reconnects to a
+  restarted broker (measured: the replicas stayed cut off for the rest of a 90 s run), so the
+  replicas see what they would see on a direct connection, their connections closed and new
+  ones refused until the broker is back. The harness's producer tries each message until
+  the broker acknowledges it, so no backlog builds (a try that failed but was stored anyway
+  is a second copy of the same event).
+  The two broker kinds never overlap.
 
 **How a run ends (the drain).** Faults stop and every one still active is undone (replicas
 restarted or continued, proxies healed); the workload stops; the harness waits until every
@@ -64,14 +78,16 @@ harness wrote, what the receiver got and what the command recorded:
   final, the worst of them. A replica running no job at t0 gives no sample ("n/a").
 - pgcut of R's connections, healed at t1: from t1 to R's first store write after it: a
   heartbeat (every 5 s, polled every 0.5 s) or an attempt R started or finished.
-- broker outage ended at t1: from t1 to the first attempt of a job whose trigger holds a
-  message the broker acknowledged after t1.
+- broker outage or restart ended at t1 (the proxy, or the broker, listening again): from t1
+  to the first attempt of a job whose trigger holds a message the broker acknowledged after
+  t1 ("n/a" when none was: a fault that the drain ended).
 Targets (issue 15): after a kill, within DEAD_AFTER + 5 s = 20 s. Replicas look for orphans
 every RECOVER_EVERY = 2 s (triggerd/runtime/housekeeping.py), and a killed daemon is dead
 DEAD_AFTER after its last heartbeat, which was 0-5 s before the kill: its jobs resume within
 15 + 2 s of the kill at worst (the first 20-minute run, bench/RESULTS.md, had 10 s).
 
-`--json` prints the figures as JSON. `--keep DIR` copies the logs and records there.
+`--json` prints the figures as JSON (with each fault's resume time). `--keep DIR` copies the
+logs and records there, and the figures as figures.json.
 """
 
 from __future__ import annotations
@@ -82,6 +98,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import logging
 import os
 import random
 import shutil
@@ -106,7 +123,15 @@ sys.path.insert(0, str(BENCH))
 from _chaos_check import KINDS, FaultRecord, Figures, Observed, check, table  # noqa: E402
 from _chaos_proxy import Proxy  # noqa: E402
 from _chaos_receiver import Receiver  # noqa: E402
-from kafka_support import Tansu, TansuProxy, free_port, new_topic, tansu_binary  # noqa: E402
+from kafka_support import (  # noqa: E402
+    Tansu,
+    TansuProxy,
+    free_port,
+    new_topic,
+    s3_storage,
+    tansu_binary,
+)
+from s3_server import MotoProcess  # noqa: E402
 from sqlalchemy import create_engine, select, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
@@ -117,6 +142,7 @@ PG_ADMIN_URL = os.environ.get("TRIGGERD_BENCH_PG",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 WARMUP = 8.0  # seconds of workload before the first fault
 RETRY = "{attempts: 4, backoff: 1s, max_backoff: 4s}"
+PRODUCE_PATIENCE = 60.0  # seconds a message is tried again before it is a harness error
 DIRS = ("a", "b", "c")
 MODELS = ("m0", "m1", "m2", "m3")
 
@@ -171,7 +197,15 @@ CRON_ONLY = frozenset({"ticks"})  # rules whose source keeps producing after the
 
 def config_text(landing: Path, bootstrap: str | None, topic: str | None, hook_url: str,
                 runs: Path, rules: Mapping[str, str]) -> str:
-    """The replicas' config (the store comes from TRIGGERD_STORE)."""
+    """The replicas' config (the store comes from TRIGGERD_STORE).
+
+    `fetch_wait: 1s` instead of the default 100 ms: tansu's S3 engine lists a partition's
+    objects (one per produced batch) for every fetch, and moto's listing grows with them;
+    within a 100 ms wait the fetch came back with little or nothing once a partition held a
+    few hundred messages, and 6 minutes into a 20-minute run the replicas fell behind for
+    good (measured without triggerd, 4 partitions, 2,500 messages read from the start: 127 s
+    at 100 ms, 17 s at 250 ms, 10.5 s at 500 ms, 7.4 s at 1 s). The price: tansu holds a
+    fetch for the whole wait, up to 1 s more before a message is read."""
     kafka = "" if bootstrap is None else f"""
           metrics:
             type: kafka
@@ -183,7 +217,8 @@ def config_text(landing: Path, bootstrap: str | None, topic: str | None, hook_ur
             subject: "{{value.model}}"
             session_timeout: 3s
             heartbeat_interval: 1s
-            commit_interval: 500ms"""
+            commit_interval: 500ms
+            fetch_wait: 1s"""
     body = textwrap.dedent(f"""
         sources:
           landing:
@@ -320,6 +355,7 @@ class Workload:
         self.bootstrap, self.topic = bootstrap, topic
         self.files: set[str] = set()
         self.messages: dict[str, float] = {}
+        self.resent = 0  # tries the broker did not acknowledge (while it restarted)
         self.errors: list[str] = []
         self._rng_files = random.Random(f"{seed}-files")
         self._rng_msgs = random.Random(f"{seed}-messages")
@@ -367,6 +403,11 @@ class Workload:
     async def _produce(self) -> None:
         from aiokafka import AIOKafkaProducer
 
+        # aiokafka logs each request that fails while the broker restarts (and tries again
+        # itself, within its request timeout): noise on the harness's output
+        quiet = logging.getLogger("aiokafka")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         rng, n = self._rng_msgs, 0
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         await producer.start()
@@ -379,14 +420,28 @@ class Workload:
                     kind = rng.choices(("drift", "ping", "report"), (2, 2, 6))[0]
                     model = rng.choice(MODELS)
                     value = json.dumps({"mid": mid, "model": model, "kind": kind}).encode()
-                    try:
-                        await producer.send_and_wait(self.topic, value, key=model.encode())
-                    except Exception as exc:  # not acknowledged: not expected either
-                        self.errors.append(f"produce {mid}: {type(exc).__name__}")
-                        continue
-                    self.messages[mid] = time.time()
+                    if await self._send(producer, mid, value, model.encode()):
+                        self.messages[mid] = time.time()
         finally:
             await producer.stop()
+            quiet.setLevel(level)
+
+    async def _send(self, producer: Any, mid: str, value: bytes, key: bytes) -> bool:
+        """Send one message until the broker acknowledges it (True), trying again while it
+        restarts; False, a harness error, after PRODUCE_PATIENCE. A try that failed may still
+        have been stored: the retry is then a second copy, the same event (its `mid`)."""
+        deadline = time.monotonic() + PRODUCE_PATIENCE
+        while True:
+            try:
+                await producer.send_and_wait(self.topic, value, key=key)
+                return True
+            except Exception as exc:  # aiokafka gave up on this try (connection refused...)
+                if time.monotonic() > deadline:
+                    self.errors.append(f"produce {mid}: {type(exc).__name__}: not acknowledged "
+                                       f"within {PRODUCE_PATIENCE:.0f}s")
+                    return False
+                self.resent += 1
+                await asyncio.sleep(0.5)
 
 
 # -- the fault schedule and its executor --------------------------------------------------------
@@ -399,8 +454,10 @@ class Fault:
 
 
 LENGTHS = {"kill": (1.0, 10.0), "pause": (17.0, 25.0), "pgcut": (2.0, 20.0),
-           "broker": (3.0, 12.0)}
-AFTER = {"kill": 10.0, "pause": 3.0, "pgcut": 6.0, "broker": 5.0}  # settle time after a fault
+           "broker": (3.0, 12.0), "restart": (3.0, 12.0)}
+AFTER = {"kill": 10.0, "pause": 3.0, "pgcut": 6.0, "broker": 5.0,  # settle time after a fault
+         "restart": 5.0}
+ON_BROKER = frozenset({"broker", "restart"})  # one at a time; the others hit a replica
 
 
 def plan(seed: int, duration: float, kinds: list[str], replicas: int) -> list[Fault]:
@@ -414,7 +471,7 @@ def plan(seed: int, duration: float, kinds: list[str], replicas: int) -> list[Fa
     while at < duration:
         kind = first.pop(0) if first else rng.choice(kinds)
         length = round(rng.uniform(*LENGTHS[kind]), 1)
-        if kind == "broker":
+        if kind in ON_BROKER:
             at = max(at, broker_busy)
             target = -1
             broker_busy = at + length + AFTER[kind]
@@ -477,6 +534,10 @@ class Faults:
         if fault.kind == "broker":
             assert w.kafka_proxy is not None
             w.kafka_proxy.stop()
+        elif fault.kind == "restart":  # the broker crashes; its proxy goes with it
+            assert w.broker is not None and w.kafka_proxy is not None
+            w.broker.kill()
+            w.kafka_proxy.stop()
         else:
             rep = w.replicas[fault.target]
             rec.pid = rep.pid
@@ -502,6 +563,10 @@ class Faults:
         w = self.world
         if fault.kind == "broker":
             assert w.kafka_proxy is not None
+            w.kafka_proxy.start()
+        elif fault.kind == "restart":
+            assert w.broker is not None and w.kafka_proxy is not None
+            w.broker.start()  # on the same port, reading its storage back
             w.kafka_proxy.start()
         elif fault.kind == "kill":
             w.replicas[fault.target].start()
@@ -560,6 +625,7 @@ class World:
         self.stack = contextlib.ExitStack()
         self.replicas: list[Replica] = []
         self.pg_proxies: list[Proxy] = []
+        self.storage: MotoProcess | None = None
         self.broker: Tansu | None = None
         self.kafka_proxy: TansuProxy | None = None
         self.topic: str | None = None
@@ -598,7 +664,11 @@ class World:
         binary = tansu_binary()
         if binary is None:
             raise RuntimeError("tansu not installed (pip install -e '.[test]')")
-        self.broker = Tansu(binary, self.workdir / "tansu.log")
+        self.storage = MotoProcess("tansu", self.workdir / "moto.log")
+        self.storage.start()
+        self.stack.callback(self.storage.stop)
+        url, env = s3_storage(self.storage.endpoint, self.storage.bucket)
+        self.broker = Tansu(binary, self.workdir / "tansu.log", storage=url, env=env)
         self.broker.start()
         self.stack.callback(self.broker.stop)
         self.topic = new_topic(self.broker.bootstrap, partitions=4, prefix="chaos")
@@ -744,6 +814,9 @@ def observe(world: World, workload: Workload, faults: Faults, monitor: Monitor,
         if world.runs.exists() else []
     findings = log_findings(world)
     findings["harness errors"] = len(workload.errors) + len(faults.errors)
+    findings["messages sent again (not acknowledged)"] = workload.resent
+    for error in workload.errors + faults.errors:
+        say(f"harness error: {error}")
     return Observed(
         rows["events"], rows["rule_events"], rows["triggers"], rows["jobs"],
         rows["attempts"], rows["daemons"], world.receiver.snapshot(), runs,
@@ -759,6 +832,7 @@ def run_chaos(seed: int, duration: float, replicas: int = 3,
     schedule = plan(seed, duration, kinds, replicas)
     say(f"seed {seed}: {len(schedule)} faults planned over {duration:.0f}s, "
         f"{replicas} replicas")
+    figures: Figures | None = None
     with tempfile.TemporaryDirectory(prefix="triggerd-chaos-") as tmp:
         world = World(Path(tmp), seed, replicas)
         try:
@@ -781,10 +855,14 @@ def run_chaos(seed: int, duration: float, replicas: int = 3,
             exempt, late = drain(world, faults, workload, drain_timeout)
             observed = observe(world, workload, faults, monitor, exempt)
             observed.log_findings["drain waits timed out"] = len(late)
-            return check(observed, {k: v[1] for k, v in world.rules().items()})
+            figures = check(observed, {k: v[1] for k, v in world.rules().items()})
+            return figures
         finally:
             if keep is not None:
                 keep.mkdir(parents=True, exist_ok=True)
+                if figures is not None:
+                    (keep / "figures.json").write_text(json.dumps(
+                        {"seed": seed, **figures.to_json()}, indent=2, sort_keys=True))
                 for path in Path(tmp).glob("*.log*"):
                     shutil.copy(path, keep)
                 for name in ("runs.jsonl", "triggerd.yaml"):

@@ -3,8 +3,11 @@
 `kafka_broker` (session scope) starts one broker on a free port with in-memory storage and
 stops it after the session; tests share it and use unique topic names (`new_topic`).
 `TansuProxy` puts a stoppable `tansu proxy` in front of a broker that advertises the proxy's
-address, so a test can take "the broker" away and bring it back without losing its data
-(tansu 0.6 in this wheel has only memory storage, so restarting the broker itself would).
+address, so a test can take "the broker" away and bring it back without losing its data.
+A broker that must survive its own `kill -9` stores on S3 instead (`s3_storage`, with moto's
+server in a process of its own: `s3_server.MotoProcess`): topics, messages and consumer
+groups with their committed offsets are then read back by a broker restarted on the same
+port.
 Helpers are synchronous (each runs its own short-lived loop on a thread), usable from sync
 end-to-end tests and from async tests alike.
 """
@@ -14,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import socket
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,27 +58,47 @@ def free_port() -> int:
             return port
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0,
+              what: str = "tansu") -> None:
+    """Poll until `proc` listens on loopback `port`; raise if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"tansu exited {proc.returncode}")
+            raise RuntimeError(f"{what} exited {proc.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"tansu did not listen on {port} within {timeout}s")
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+def s3_storage(endpoint: str, bucket: str) -> tuple[str, dict[str, str]]:
+    """tansu's `--storage-engine` URL and environment for `bucket` on the S3 server at
+    `endpoint` (plain HTTP, any credentials: moto). tansu's S3 engine is the object_store
+    crate's, configured from the environment (`AmazonS3Builder::from_env`). Objects it keeps
+    there: each partition's record batches and watermark (written with conditional PUTs),
+    each consumer group (members with their last contact, generation, assignments) and its
+    committed offsets."""
+    env = {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
+           "AWS_ACCESS_KEY_ID": "tansu-key", "AWS_SECRET_ACCESS_KEY": "tansu-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+    return f"s3://{bucket}/", env
 
 
 class Tansu:
-    """One `tansu broker` process (memory storage) advertising `advertised_port`."""
+    """One `tansu broker` process advertising `advertised_port`; its storage is memory
+    (gone with the process) unless `storage` says otherwise (e.g. `s3_storage`'s, with its
+    `env`). `start()` again after `stop()` or `kill()` listens on the same port."""
 
     def __init__(self, binary: Path, log: Path, advertised_port: int | None = None,
-                 extra: Sequence[str] = ()) -> None:
+                 extra: Sequence[str] = (), storage: str = "memory://tansu/",
+                 env: Mapping[str, str] | None = None) -> None:
         self.binary = binary
         self.port = free_port()
         self.advertised_port = advertised_port or self.port
         self.log = log
         self.extra = list(extra)  # e.g. ["--authentication"]
+        self.storage = storage
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,8 +110,16 @@ class Tansu:
             self.proc = subprocess.Popen(
                 [str(self.binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
                  "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
-                 "--storage-engine", "memory://tansu/", *self.extra], stdout=out, stderr=out)
-        _wait_port(self.port, self.proc)
+                 "--storage-engine", self.storage, *self.extra], env=self.env, stdout=out,
+                stderr=out)
+        wait_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed or said to the clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -114,7 +146,7 @@ class TansuProxy:
                  "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
                  "--origin-url", f"tcp://127.0.0.1:{self.origin_port}"],
                 stdout=out, stderr=out)
-        _wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -172,6 +204,26 @@ def new_topic(bootstrap: str, partitions: int = 1, prefix: str = "t", **client: 
 
     run_sync(create())
     return name
+
+
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int | None:
+    """The offset `group` has committed on the partition, as the broker answers OffsetFetch
+    (None: nothing committed). Asked by a consumer of the group that never joins it (the
+    admin client's request is one tansu 0.6 answers in a form aiokafka cannot parse)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    async def fetch() -> int | None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            offset = await consumer.committed(TopicPartition(topic, partition))
+        finally:
+            await consumer.stop()
+        return None if offset is None or offset < 0 else int(offset)
+
+    return run_sync(fetch())
 
 
 Message = bytes | str | None | tuple[bytes | str | None, bytes | str | None]

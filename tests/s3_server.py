@@ -1,17 +1,80 @@
 """A real S3-protocol server for the tests: moto's `ThreadedMotoServer` (moto implements the
-Amazon S3 REST API: ListObjectsV2 with pagination, PutObject with ETags, the error codes),
-one per test session, on a free loopback port, and a boto3 client to land objects with."""
+Amazon S3 REST API: ListObjectsV2 with pagination, PutObject with ETags, conditional writes,
+the error codes), one per test session, on a free loopback port, and a boto3 client to land
+objects with.
+
+`MotoProcess` runs the same server in a process of its own, for what must not share the
+caller's interpreter: a benchmark's figures (bench/bucket.py) and a storage that outlives the
+processes using it (tansu's S3 storage engine while the broker is killed and restarted,
+bench/chaos.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka_support import free_port, wait_port
 
 KEY, SECRET = "triggerd-test-key", "triggerd-test-secret"  # moto accepts any
+
+MOTO_PROCESS = """
+import logging, sys, threading
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+port, bucket = int(sys.argv[1]), sys.argv[2]
+backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+backend.create_bucket(bucket, "us-east-1")
+if len(sys.argv) > 3:
+    for key in open(sys.argv[3]).read().split("\\n"):
+        backend.put_object(bucket, key, ("rows of " + key).encode())
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+server.start()
+threading.Event().wait()
+"""
+
+
+def moto_argv(port: int, bucket: str, keys: Path | None = None) -> list[str]:
+    """The command running moto's S3 server on `port` with `bucket` (region us-east-1) and,
+    for each line of the file `keys`, an object "rows of KEY" put straight into moto's
+    backend (uploading a million objects over HTTP would take minutes)."""
+    return [sys.executable, "-c", MOTO_PROCESS, str(port), bucket,
+            *([str(keys)] if keys is not None else [])]
+
+
+class MotoProcess:
+    """moto's S3 server in a process of its own holding an empty `bucket`; its output goes
+    to `log`."""
+
+    def __init__(self, bucket: str, log: Path) -> None:
+        self.bucket, self.log = bucket, log
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(moto_argv(self.port, self.bucket), stdout=out,
+                                         stderr=out)
+        wait_port(self.port, self.proc, timeout, what="moto")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
 
 
 @dataclass

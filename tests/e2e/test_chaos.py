@@ -5,12 +5,16 @@ a scratch PostgreSQL database (each through its own cuttable TCP proxy), files l
 shared directory, JSON messages on a 4-partition topic, a cron tick every second, six rules
 (batching, debounce, cooldown, group_by, every on_busy policy), and a seeded schedule that
 holds each fault kind at least once: kill -9 (then a restart), SIGSTOP past the takeover
-cutoff (then SIGCONT), a replica's PostgreSQL connections cut, a broker outage. The checker's
-verdict must be clean: nothing lost, no duplicate or missing side effect, every trigger's job
-final, dispatching resumed after every fault (see bench/chaos.py for each definition).
+cutoff (then SIGCONT), a replica's PostgreSQL connections cut, a broker outage (its endpoint
+gone, the broker up), a broker restart (the broker process killed -9 and started again on its
+storage). The checker's verdict must be clean: nothing lost, no duplicate or missing side
+effect, every trigger's job final, dispatching resumed after every fault (see bench/chaos.py
+for each definition).
 
 The servers follow the contracts triggerd relies on: the broker is tansu, which speaks the
-Kafka wire protocol (reached through `tansu proxy`, whose death is the outage); the receiver
+Kafka wire protocol (reached through `tansu proxy`, whose death is the outage), storing on
+moto's S3 server (the S3 REST API: tansu writes its partitions and group offsets there, so a
+restarted broker serves the same topic, messages and committed offsets); the receiver
 follows HTTP as triggerd's `http` backend documents it (a POST of the trigger context with an
 `Idempotency-Key: <trigger id>` header; 2xx acts, 503 is retried; bench/_chaos_receiver.py).
 
@@ -35,7 +39,7 @@ import chaos  # noqa: E402
 from _chaos_check import KINDS  # noqa: E402
 from _chaos_diskfull import run_disk_full  # noqa: E402
 
-SEED = 3  # its plan: pause, broker, pgcut, kill, pgcut within 45 s
+SEED = 6  # its plan: kill, pause, pgcut, restart, broker, each over before 45 s
 DURATION = 45.0
 
 

