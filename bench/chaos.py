@@ -9,7 +9,8 @@
 it through its own cuttable TCP proxy (`_chaos_proxy.py`); a tansu broker (the Kafka wire
 protocol) with a 4-partition topic, which the replicas reach through a `tansu proxy`, storing
 on S3: moto's server (the S3 REST API) in a process of its own, so that topics, messages and
-committed group offsets outlive the broker process; an idempotent HTTP receiver
+committed group offsets outlive the broker process (the replicas fetch with `fetch_wait:
+1s`, see `config_text`); an idempotent HTTP receiver
 (`_chaos_receiver.py`) and a recording command (`_chaos_record.py`) as backends.
 
 **The workload** (seeded): a file published every 0.2-0.8 s into one of three directories of a
