@@ -58,6 +58,18 @@ def free_port() -> int:
             return port
 
 
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a server process (if it runs) and reap it; SIGKILL if it is still there 10 s
+    later."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0,
               what: str = "tansu") -> None:
     """Poll until `proc` listens on loopback `port`; raise if it exits or times out."""
@@ -122,13 +134,7 @@ class Tansu:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.proc = None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_support import free_port, wait_port
+from kafka_support import free_port, terminate, wait_port
 
 KEY, SECRET = "triggerd-test-key", "triggerd-test-secret"  # moto accepts any
 
@@ -67,13 +67,7 @@ class MotoProcess:
         wait_port(self.port, self.proc, timeout, what="moto")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.proc = None
 
 
