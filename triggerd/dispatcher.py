@@ -63,6 +63,7 @@ from triggerd.errors import (
     PermanentDispatchError,
     StoreError,
     TransientDispatchError,
+    store_retry_delay,
 )
 from triggerd.interfaces import Backend, Clock, Launcher
 from triggerd.model import DispatchResult, Job, JobStatus, Trigger, TriggerContext
@@ -206,7 +207,7 @@ class Dispatcher:
                         await self._try_start(job_id, now)
                     store_down = 0.0
                 except StoreError as exc:  # a lost connection: keep the jobs, try again
-                    store_down = min(30.0, max(0.5, store_down * 2))
+                    store_down = store_retry_delay(store_down)
                     log.warning("dispatcher: store unavailable (%s); retrying in %.1fs",
                                 exc, store_down)
                 waits = [nb for j, nb in self.wanted.items() if nb and j not in self.running]
@@ -351,14 +352,14 @@ class Dispatcher:
 
     async def _until_stored(self, fn: Callable[[], Any], what: str) -> Any:
         """An outcome must not be lost to a passing store outage: retry it with backoff."""
-        delay = 0.5
+        delay = 0.0
         while True:
             try:
                 return await self.call(fn)
             except StoreError as exc:
+                delay = store_retry_delay(delay)
                 log.warning("%s: store unavailable (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
 
     async def _dispatch(self, job: Job, found: JobContext | None, launched: Future[Any] | None
                         ) -> tuple[JobStatus, DispatchResult | None, DispatchError | None]:

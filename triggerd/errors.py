@@ -43,6 +43,18 @@ class StoreError(TriggerdError):
     """The state store cannot be opened or used."""
 
 
+STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.5, 5.0
+
+
+def store_retry_delay(previous: float) -> float:
+    """The wait before using the store again after a `StoreError`, given the previous wait
+    (0 after a success): 0.5 s doubling to 5 s. Short on purpose: a PostgreSQL restart or
+    failover lasts seconds, every second waited past its end is a second in which nothing is
+    stored or dispatched, and a retry costs one connection attempt (a 30 s cap made a
+    daemon resume up to half a minute after its store was back)."""
+    return min(STORE_RETRY_MAX, max(STORE_RETRY_FIRST, previous * 2))
+
+
 class StoreLockedError(StoreError):
     """Another daemon already runs on this SQLite store."""
 

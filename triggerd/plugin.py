@@ -13,7 +13,8 @@ module exporting a class with an `Options` model (a `Strict` pydantic model) plu
   `triggerd.sources._fstable.FileTable`), `"rejects"` (`RejectLog`, below) and `"sources"`
   (every source's options, by name).
 - Errors: `TriggerdError`, `ConfigError`, `ExpressionError`, `StoreError`, `DispatchError`
-  and its `TransientDispatchError`, `PermanentDispatchError`.
+  and its `TransientDispatchError`, `PermanentDispatchError`; `store_retry_delay`, the wait
+  before using the store again after a `StoreError` (the daemon's own backoff).
 - Options: `Strict`, `InheritsEnvironment`, `Duration`, `Size`; YAML files read within the
   config's limits (`load_yaml_file`, `FileTooLargeError`); secrets named by an option
   (`read_secret`: `$VAR`, or the file `$VAR_FILE` names).
@@ -42,6 +43,7 @@ from triggerd.errors import (
     StoreError,
     TransientDispatchError,
     TriggerdError,
+    store_retry_delay,
 )
 from triggerd.interfaces import (
     Backend,
@@ -65,8 +67,8 @@ __all__ = [
     "Launcher", "PermanentDispatchError", "Reject", "RejectLog", "Schedule", "Size", "Source",
     "SourceContext", "StoreError", "StoreWork", "Strict", "Template", "TransientDispatchError",
     "TriggerContext", "TriggerdError", "__version__", "compile_any", "compile_glob", "failpoint",
-    "format_duration", "load_yaml_file", "lookup", "read_secret", "to_the_end", "validate_cron",
-    "validate_timezone",
+    "format_duration", "load_yaml_file", "lookup", "read_secret", "store_retry_delay",
+    "to_the_end", "validate_cron", "validate_timezone",
 ]
 
 

@@ -17,7 +17,10 @@ import pytest
 from pydantic import ValidationError
 from tls_support import KEY_PASSWORD, Pki, make_pki, openssl
 
+from triggerd.clock import SystemClock
+from triggerd.errors import StoreError
 from triggerd.model import Event
+from triggerd.sources import kafka as kafka_source
 from triggerd.sources._kafka.decode import Decoder, Record
 from triggerd.sources._kafka.options import SecretMissing, SecurityConfigError
 from triggerd.sources.kafka import KafkaOptions
@@ -272,3 +275,46 @@ def test_credentials_a_kafka_broker_refuses_are_reported_without_the_password() 
     assert str(found) == ("SASL: kafka-1:9093 refused SCRAM-SHA-512 authentication as 'svc': "
                           "check `username` and the password in environment variable "
                           "KAFKA_PASSWORD")
+
+
+class _StoreDown:
+    """A SourceContext whose store refuses the first `outages` emits (a PostgreSQL restart)."""
+
+    def __init__(self, outages: int) -> None:
+        self.name = "metrics"
+        self.clock = SystemClock()
+        self.outages = outages
+        self.emitted: list[Event] = []
+        self.health: list[bool] = []
+
+    async def emit(self, events: Sequence[Event], also: object = None) -> None:
+        if self.outages:
+            self.outages -= 1
+            raise StoreError("connection refused (simulated)")
+        self.emitted.extend(events)
+
+    def set_health(self, healthy: bool, error: str | None = None) -> None:
+        self.health.append(healthy)
+
+
+async def test_a_store_outage_holds_the_batch_and_retries_at_most_5s_apart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch the store refuses is kept (not acknowledged, not dropped) and offered again,
+    0.5 s after the first refusal, doubling to 5 s, never 30: after a long outage the source
+    resumes within 5 s of the store's return. Unhealthy meanwhile, healthy after."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the waits, not the time
+        waits.append(seconds)
+
+    monkeypatch.setattr(kafka_source.asyncio, "sleep", sleep)
+    source = kafka_source.KafkaSource("metrics", options())
+    ctx = _StoreDown(outages=8)
+    decoded = [Decoder("metrics", options()).decode(record(b'{"churn": 0.1}', offset=n), NOW)
+               for n in range(3)]
+    events = [e for e in decoded if isinstance(e, Event)]
+    assert len(events) == 3
+    await source._durably(ctx, [], events, [])  # type: ignore[arg-type]
+    assert ctx.emitted == events
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+    assert ctx.health == [False] * 8 + [True]

@@ -31,7 +31,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from triggerd.plugin import Event, Reject, RejectLog, SourceContext, StoreError, failpoint
+from triggerd.plugin import (
+    Event,
+    Reject,
+    RejectLog,
+    SourceContext,
+    StoreError,
+    failpoint,
+    store_retry_delay,
+)
 from triggerd.sources._bucketnotify import Notice
 from triggerd.sources._bucketoptions import BucketOptions
 from triggerd.sources._bucketpush import BucketPush
@@ -282,7 +290,7 @@ class KafkaSource:
                        events: list[Event], notices: list[Notice]) -> None:
         """Store rejects and events (and the events of `notices`), retrying with backoff
         while the store is unavailable."""
-        delay = 0.5
+        delay = 0.0
         while True:
             try:
                 if rejects and self.rejects is not None:
@@ -295,15 +303,15 @@ class KafkaSource:
                     self.notified["ignored"] += len(notices) - len(pushed)
                     notices = []
                 await ctx.emit(events)
-                if delay > 0.5:  # it was down: say it is back (the broker side is separate)
+                if delay:  # it was down: say it is back (the broker side is separate)
                     ctx.set_health(True)
                 return
             except StoreError as exc:
+                delay = store_retry_delay(delay)
                 log.warning("kafka source %s: store unavailable (%s); retrying in %.1fs",
                             self.name, exc, delay)
                 ctx.set_health(False, f"store unavailable: {exc}")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
 
 def _highwater(app: Any, tp: Any) -> int | None:
