@@ -153,14 +153,96 @@ def test_dst_walks_are_strictly_increasing_and_invert(expr: str, start: datetime
 @settings(max_examples=300)
 def test_answers_in_any_order_are_those_of_a_fresh_schedule(
         offsets: list[tuple[int, int]], expr: str, zone: str) -> None:
-    """A schedule in UTC keeps its last answer (next_after): asked for any times in any order
-    (on slots, just before and after them; around both DST changes in a zone with them, where
-    it keeps none), it answers as a schedule asked once each time."""
+    """A schedule keeps its last answer (next_after): asked for any times in any order (on
+    slots, just before and after them; around both DST changes in a zone with them), it
+    answers as a schedule asked once each time."""
     kept = _CronSchedule(expr, zone)
     for start in (utc(2026, 3, 27), utc(2026, 10, 23)):
         for tens, micro in offsets:
             t = start + timedelta(minutes=10 * tens, microseconds=micro)
             assert kept.next_after(t) == _CronSchedule(expr, zone).next_after(t)
+
+
+def _wall_matches(expr: str, wall: datetime) -> bool:
+    """Does a wall time match a cron expression of numbers, ranges, steps and `*` (the
+    expressions below), day fields OR-ed when both are restricted? Written from crontab(5),
+    independent of the code under test."""
+    def values(field: str, lo: int, hi: int) -> set[int]:
+        out: set[int] = set()
+        for item in field.split(","):
+            item, _, step = item.partition("/")
+            first, _, last = item.partition("-")
+            a, b = (lo, hi) if item == "*" else (int(first), int(last or (hi if step else first)))
+            out.update(range(a, b + 1, int(step or 1)))
+        return out
+    minute, hour, dom, month, dow = expr.split()
+    day_ok = [wall.day in values(dom, 1, 31), (wall.weekday() + 1) % 7 in
+              {d % 7 for d in values(dow, 0, 7)}]
+    either = not dom.startswith("*") and not dow.startswith("*")
+    return (wall.minute in values(minute, 0, 59) and wall.hour in values(hour, 0, 23)
+            and wall.month in values(month, 1, 12) and (any(day_ok) if either else all(day_ok)))
+
+
+def _oracle_slots(expr: str, zone: str, start: datetime, end: datetime) -> list[datetime]:
+    """The documented slots, found minute by minute: each real instant whose wall time
+    matches (a repeated wall time's second occurrence only with a wildcard hour), and each
+    wall time skipped by a forward jump, read with the offset before the jump."""
+    tz = validate_timezone(zone)
+    found: set[datetime] = set()
+    wildcard_hour = expr.split()[1].startswith("*")
+    u = start
+    while u <= end:
+        wall = u.astimezone(tz).replace(tzinfo=None)
+        if _wall_matches(expr, wall) and (
+                wildcard_hour or wall.replace(tzinfo=tz, fold=0).astimezone(UTC) == u):
+            found.add(u)
+        nxt = u + timedelta(minutes=1)
+        before, after = u.astimezone(tz).utcoffset(), nxt.astimezone(tz).utcoffset()
+        assert before is not None and after is not None
+        if after > before:  # wall times [jump - gap, jump) never happen: read them at `before`
+            w = (nxt + before).replace(tzinfo=None)
+            while w < (nxt + after).replace(tzinfo=None):
+                if _wall_matches(expr, w):
+                    found.add((w - before).replace(tzinfo=UTC))
+                w += timedelta(minutes=1)
+        u = nxt
+    return sorted(found)
+
+
+# A forward jump in each: at 02:00 (Berlin, New York), at midnight (Santiago: the skipped
+# wall time is the day's first), of 30 minutes (Lord Howe), of a whole day (Samoa, 2011);
+# and a fall-back (Berlin, October) for the repeated hour.
+_JUMPS = [("Europe/Berlin", utc(2026, 3, 29, 1)), ("America/New_York", utc(2026, 3, 8, 7)),
+          ("America/Santiago", utc(2026, 9, 6, 4)),
+          ("Australia/Lord_Howe", utc(2026, 10, 3, 15, 30)),
+          ("Pacific/Apia", utc(2011, 12, 30, 10)), ("Europe/Berlin", utc(2026, 10, 25, 1))]
+_EXPRS = ["30 2 * * *", "15,45 2 * * *", "0 0 * * *", "30 0 * * *", "0 12 * * *", "*/20 * * * *",
+          "30 * * * *", "0,30 1-3 * * *", "5 0-3 * * 0", "45 1 * * *"]
+_ORACLE: dict[tuple[str, str, datetime], list[datetime]] = {}
+
+
+@given(st.sampled_from(_JUMPS), st.sampled_from(_EXPRS),
+       st.lists(st.integers(-26 * 60, 26 * 60), min_size=1, max_size=12))
+@example(_JUMPS[0], "30 2 * * *", [10])  # asked at 03:10 CEST, after the jump: 03:30 CEST
+@example(_JUMPS[2], "30 0 * * *", [-600])  # Santiago's skipped 00:30: it was lost from anywhere
+@settings(max_examples=150, deadline=None)
+def test_slots_around_a_clock_change_are_the_same_from_wherever_asked(
+        jump: tuple[str, datetime], expr: str, minutes: list[int]) -> None:
+    """A daemon asking at any time, in any order, gets the documented slots: a wall time a
+    spring-forward skips fires once, after the jump, whether the schedule was asked before
+    the jump (as APScheduler needs) or after it (a daemon started at 03:10 on that night
+    skipped the 02:30 check before the fix)."""
+    zone, at = jump
+    start, end = at - timedelta(hours=30), at + timedelta(hours=60)
+    if (zone, expr, at) not in _ORACLE:
+        _ORACLE[zone, expr, at] = _oracle_slots(expr, zone, start, end)
+    truth = _ORACLE[zone, expr, at]
+    kept = _CronSchedule(expr, zone)  # one instance: what it remembers must not change answers
+    for m in minutes:
+        t = at + timedelta(minutes=m, seconds=30 if m % 3 == 0 else 0)
+        want = next((s for s in truth if s > t), None)
+        got = kept.next_after(t)
+        assert got == want if want is not None else got is None or got > end, (zone, expr, t)
 
 
 # --- cron: searching back -------------------------------------------------------------------

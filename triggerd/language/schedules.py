@@ -20,11 +20,12 @@ Cron semantics (as users know them from Vixie cron / cronie, not APScheduler's d
     * Day-of-week 0 and 7 are Sunday (APScheduler 3 reads 0 as Monday; we translate).
     * When both day-of-month and day-of-week are restricted (neither starts with `*`), a day
       matches if EITHER matches (`0 0 13 * 5`: every 13th and every Friday).
-    * DST: a wall time skipped by a spring-forward transition fires once, at the instant
-      APScheduler maps it to (02:30 on a 02:00→03:00 day fires at 03:30 local). A wall time
-      repeated by a fall-back transition fires once (its first occurrence) when the hour field
-      names specific hours, and at both real instants when the hour field is a wildcard (`*`,
-      `*/2`): `0 2 * * *` runs once that night, `0 * * * *` still runs every real hour.
+    * DST: a wall time skipped by a spring-forward transition fires once, read with the offset
+      before the jump (02:30 on a 02:00→03:00 day fires at 03:30 local), whenever asked. A
+      wall time repeated by a fall-back transition fires once (its first occurrence) when the
+      hour field names specific hours, and at both real instants when the hour field is a
+      wildcard (`*`, `*/2`): `0 2 * * *` runs once that night, `0 * * * *` still runs every
+      real hour.
 
 APScheduler 3's `CronTrigger` parses the fields and does the calendar arithmetic; interval slots
 are plain integer arithmetic in microseconds (exact, unlike a float timestamp), so replicas agree.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import timezone as fixed_offset
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -51,6 +53,11 @@ _US = timedelta(microseconds=1)
 # `0 0 29 2 *`, can be 8 years apart (2096 -> 2104).
 _MAX_LOOKBACK = timedelta(days=366 * 9)
 _FIRST_WINDOW = timedelta(hours=1)
+# Longer than any jump of a zone's clock (Samoa skipped a whole day in 2011), and than the
+# step at which `_forward_jumps` looks: a zone changing its offset twice within a day has
+# been seen nowhere.
+_MAX_JUMP = timedelta(days=1)
+_SECOND = timedelta(seconds=1)
 
 _FIELD_LABELS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _TRIGGER_ARGS = ("minute", "hour", "day", "month", "day_of_week")
@@ -313,10 +320,8 @@ class _CronSchedule(Schedule):
             variants = [(dom, "*"), ("*", dow)]
         else:
             variants = [(dom, dow)]
-        self._triggers: list[Any] = [
-            CronTrigger.from_crontab(f"{minute} {hour} {d} {month} {w}", timezone=self._tz)
-            for d, w in variants
-        ]
+        self._crontabs = [f"{minute} {hour} {d} {month} {w}" for d, w in variants]
+        self._fixed: dict[timedelta, list[Any]] = {}  # triggers at the offsets before jumps
         # A wall time repeated by a fall-back transition fires once unless the hour is a wildcard.
         self._once_in_repeated_hour = not fields[1].startswith("*")
         self._last: tuple[datetime, datetime] | None = None  # see next_after
@@ -334,49 +339,73 @@ class _CronSchedule(Schedule):
         # In a fold the offset decreases; in a gap (fold=1 there means "after") it increases.
         return first is not None and second is not None and second < first
 
-    def _raw_next(self, t: datetime) -> datetime | None:
-        """APScheduler's next fire time strictly after t (UTC in, UTC out)."""
-        start = (t + _US).astimezone(self._tz)  # CronTrigger rounds up to the next whole second
-        best: datetime | None = None
-        for trigger in self._triggers:
-            fire = trigger.get_next_fire_time(None, start)
-            if fire is None:
-                continue
-            fire_utc = fire.astimezone(UTC)  # compare in UTC: same-zone comparison ignores fold
-            if best is None or fire_utc < best:
-                best = fire_utc
-        return best
-
     def next_after(self, t: datetime) -> datetime | None:
-        """The first slot strictly after `t`. In UTC the last answer is kept as (from, slot):
-        no slot lies between, so any `t` in [from, slot) has the same answer. A rule with a
+        """The first slot strictly after `t`. The last answer is kept as (from, slot): no
+        slot lies between, so any `t` in [from, slot) has the same answer. A rule with a
         schedule asks at each of its decisions, mostly between the same two slots, and
-        APScheduler takes ~50 us to answer. (Not in a zone with DST: around a skipped wall
-        time APScheduler's answer depends on where it starts from, and must stay as it is.)"""
+        APScheduler takes ~50 us to answer."""
         cursor = _aware(t, "t")
         last = self._last
         if last is not None and last[0] <= cursor < last[1]:
             return last[1]
         slot = self._next_after(cursor)
-        if slot is not None and self._tz is UTC:
+        if slot is not None:
             self._last = (cursor, slot)
         return slot
 
     def _next_after(self, t: datetime) -> datetime | None:
-        cursor = t
+        """Between two of the zone's transitions its offset is fixed: the slots there are the
+        expression's matches at that fixed offset (APScheduler's calendar arithmetic, never
+        its DST handling, whose answers near a transition depend on where it starts
+        counting: asked at 01:59 CET on the night clocks go forward, it skipped the next
+        midnight; it lost a skipped 00:30 in a zone changing at midnight). Walk from `t`
+        piece by piece; a forward jump's skipped wall times are matched at the offset before
+        it, landing in [jump, jump + gap); a repeated wall time's second occurrence is left
+        out unless the hour is a wildcard."""
+        skipped: datetime | None = None  # the first skipped wall time's slot after t, if any
+        for jump, before, after in _transitions(self._tz, t - _MAX_JUMP, t):
+            skipped = _earliest(skipped, self._skipped_slot(jump, before, after, t))
+        # the piece: from `begin` (exclusive; its transition already handled), at `offset`
+        cursor = begin = t
+        offset = t.astimezone(self._tz).utcoffset()
         for _ in range(10_000):
-            slot = self._raw_next(cursor)
-            if slot is None:
-                return None
-            if slot <= cursor:
-                # Defensive: never hand out a slot that is not strictly later.
-                cursor = cursor + timedelta(seconds=1)
+            if offset is None:  # a tzinfo without offsets: not an IANA zone
+                raise ValueError(f"{self.description}: the zone has no UTC offset at {cursor}")
+            slot = self._fixed_next(offset, cursor)  # the first match at this piece's offset
+            horizon = _earliest(skipped, slot) or cursor + _MAX_LOOKBACK
+            jumps = _transitions(self._tz, begin, horizon)
+            if jumps:  # the piece ends first: go on at the next one's offset
+                begin, before, offset = jumps[0]
+                skipped = _earliest(skipped, self._skipped_slot(begin, before, offset, t))
+                cursor = max(cursor, begin - _US)
                 continue
-            if self._is_repeat(slot):
-                cursor = slot
-                continue
-            return slot
+            if skipped is not None and (slot is None or skipped <= slot):
+                return skipped
+            if slot is None or not self._is_repeat(slot):
+                return slot
+            cursor = slot
         raise RuntimeError(f"{self.description}: no progress computing the slot after {t}")
+
+    def _skipped_slot(self, jump: datetime, before: timedelta, after: timedelta,
+                      t: datetime) -> datetime | None:
+        """The first slot after `t` of a wall time skipped by a forward jump (at `jump`, from
+        offset `before` to `after`): matched at the offset before it, so it lands in
+        [jump, jump + gap) (02:30 on a 02:00 -> 03:00 night fires at 03:30 new time)."""
+        if after <= before:
+            return None
+        slot = self._fixed_next(before, max(t, jump - _US))
+        return slot if slot is not None and slot < jump + (after - before) else None
+
+    def _fixed_next(self, offset: timedelta, t: datetime) -> datetime | None:
+        """The expression's first match strictly after `t` at a fixed UTC offset."""
+        triggers = self._fixed.get(offset)
+        if triggers is None:
+            zone = fixed_offset(offset)
+            triggers = self._fixed[offset] = [
+                CronTrigger.from_crontab(crontab, timezone=zone) for crontab in self._crontabs]
+        start = (t + _US).astimezone(triggers[0].timezone)  # it rounds up to a whole second
+        fires = [f for f in (tr.get_next_fire_time(None, start) for tr in triggers) if f]
+        return min(f.astimezone(UTC) for f in fires) if fires else None
 
     def last_at_or_before(self, t: datetime) -> datetime | None:
         t = _aware(t, "t")
@@ -409,6 +438,46 @@ class _CronSchedule(Schedule):
                 good = mid
             else:
                 bad = mid
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _transitions(zone: tzinfo, lo: datetime, hi: datetime
+                 ) -> list[tuple[datetime, timedelta, timedelta]]:
+    """(instant, offset before, offset after) of each change of `zone`'s UTC offset in
+    (lo, hi], oldest first."""
+    if zone is UTC:
+        return []
+    return [change for year in range(lo.year, hi.year + 1)
+            for change in _year_transitions(zone, year) if lo < change[0] <= hi]
+
+
+@lru_cache(maxsize=1024)
+def _year_transitions(zone: tzinfo, year: int) -> tuple[tuple[datetime, timedelta, timedelta],
+                                                         ...]:
+    """The changes of `zone`'s offset in (Jan 1, next Jan 1] of `year` (UTC). Looks at the
+    offset once a day and bisects to the second where it changed (zones change at whole
+    seconds): ~0.5 ms, once per zone and year."""
+    found: list[tuple[datetime, timedelta, timedelta]] = []
+    a = datetime(year, 1, 1, tzinfo=UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=UTC)
+    before = a.astimezone(zone).utcoffset()
+    while a < end:
+        b = a + _MAX_JUMP
+        after = b.astimezone(zone).utcoffset()
+        if after != before and before is not None and after is not None:
+            x, y = a, b  # at offset `before`, at offset `after`; both whole seconds
+            while y - x > _SECOND:
+                mid = x + (y - x) // 2 // _SECOND * _SECOND
+                if mid.astimezone(zone).utcoffset() == before:
+                    x = mid
+                else:
+                    y = mid
+            found.append((y, before, after))
+        a, before = b, after
+    return tuple(found)
 
 
 @lru_cache(maxsize=256)
