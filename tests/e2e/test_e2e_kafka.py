@@ -256,7 +256,10 @@ def test_broker_unreachable_at_start_and_mid_run_reconnects_and_loses_nothing(
         assert td.stop(proc) == 0
         # (it waited the whole 10 s bound for faust to give up: a long `systemctl stop`)
         assert time.monotonic() - asked < 8, "stopping waited for an unreachable broker"
-        assert "(no broker reachable); abandoned" in td.log()
+        # a clean stop for the operator: no traceback, nothing reported as crashed or lost
+        log = td.log()
+        for noise in ("Traceback", "Crashed", "Task was destroyed"):
+            assert noise not in log, f"stopping in a broker outage logged {noise!r}"
     finally:
         proxy.stop()
     per_event = collections.Counter(e for c in td.calls_made() for e in c["events"])

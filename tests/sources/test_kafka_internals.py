@@ -246,6 +246,20 @@ def check_metadata() -> None:
     assert internals.advertised_brokers(sample) == [("b1", 9092)]
 
 
+def check_consumer_thread_stop() -> None:
+    _method("faust.transport.drivers.aiokafka:Consumer._new_consumer_thread", ["self"],
+            coroutine=False)
+    thread = _obj("faust.transport.drivers.aiokafka:AIOKafkaConsumerThread")
+    got = _params(thread.__init__)
+    assert got[:2] == ["self", "consumer"], f"AIOKafkaConsumerThread(...) takes {got}"
+    _method("faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.on_thread_stop",
+            ["self"], coroutine=True)
+    _calls(thread.on_thread_stop, "stop")  # stops the aiokafka consumer there
+    _has_attr(thread, "_consumer")
+    _method("aiokafka.client:AIOKafkaClient.close", ["self"], coroutine=True)
+    _has_attr(_obj("aiokafka:AIOKafkaConsumer"), "_client")
+
+
 @dataclass(frozen=True)
 class Internal:
     dist: str
@@ -283,6 +297,9 @@ INTERNALS = [
     Internal("aiokafka", "aiokafka.protocol.metadata.MetadataRequest",
              "the probe's metadata request and the brokers it advertises (9)",
              check_metadata),
+    Internal("faust-streaming", "Consumer._new_consumer_thread()",
+             "a consumer thread that stops cleanly in a broker outage (10)",
+             check_consumer_thread_stop),
 ]
 
 

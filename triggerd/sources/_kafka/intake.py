@@ -34,8 +34,18 @@ async def take_batches(app: Any, channel: Any, batch: int, within: float,
     """Forever: wait for an event on `channel` (an iterating topic channel of `app`), take
     more until `batch` events or until `within` seconds after the previous batch, and `handle`
     them (see module docstring). Timed from the previous batch, as faust's `take` is: a
-    message after a quiet spell goes at once, a trickle is grouped `within` at a time."""
-    queue = channel.queue
+    message after a quiet spell goes at once, a trickle is grouped `within` at a time.
+    Returns when faust tells the agent to stop reading (its actor throws StopAsyncIteration
+    into the channel's queue on stop, which faust's own stream takes as the end): what was
+    taken and not yet handled is not acknowledged, and is read again after a restart."""
+    try:
+        await _take_batches(app, channel.queue, batch, within, handle)
+    except StopAsyncIteration:
+        return
+
+
+async def _take_batches(app: Any, queue: Any, batch: int, within: float,
+                        handle: BatchHandler) -> None:
     consumer = app.consumer
     flow = app.flow_control
     acking = app.topics.acks_enabled_for

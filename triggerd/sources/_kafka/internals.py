@@ -62,6 +62,14 @@ aiokafka (underneath faust's consumer thread)
    `brokers` rows `(node_id, host, port, ...)`: `request_metadata` and `advertised_brokers`,
    the probe's metadata request and the brokers it advertises. If 8 or 9 change, the probe
    fails and the source stays unhealthy with a misleading error.
+10. `Consumer._new_consumer_thread()` (faust's aiokafka driver: makes the
+   `AIOKafkaConsumerThread`), overridden by `BatchConsumer` to make a `QuietStopThread`, whose
+   `on_thread_stop()` (the thread's last step, which stops the aiokafka consumer) closes the
+   consumer's `_client` itself when aiokafka's `Fetcher.close()` raises the CancelledError of
+   a fetch request it has just cancelled (it awaits them unguarded: with no broker reachable
+   a request is backing off). Without it a stop in a broker outage printed a thread
+   traceback and left the client's metadata task pending ("Task was destroyed"). If changed,
+   those messages come back on such stops; nothing else.
 """
 
 from __future__ import annotations
@@ -74,11 +82,16 @@ import faust
 from aiokafka.conn import create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers.aiokafka import Consumer, Transport, credentials_to_aiokafka_auth
+from faust.transport.drivers.aiokafka import (
+    AIOKafkaConsumerThread,
+    Consumer,
+    Transport,
+    credentials_to_aiokafka_auth,
+)
 
-__all__ = ["YIELD_EVERY", "BatchConsumer", "BatchTransport", "SourceApp", "advertised_brokers",
-           "aiokafka_auth", "client_connected", "connect", "request_metadata",
-           "set_fetch_max_wait"]
+__all__ = ["YIELD_EVERY", "BatchConsumer", "BatchTransport", "QuietStopThread", "SourceApp",
+           "advertised_brokers", "aiokafka_auth", "client_connected", "connect",
+           "request_metadata", "set_fetch_max_wait"]
 
 YIELD_EVERY = 100  # messages delivered between two yields to the loop (faust's figure)
 
@@ -126,9 +139,30 @@ class SourceApp(faust.App):
 # it does for the messages its own loop drops). What is delivered is acknowledged and
 # committed by faust as before.
 
+class QuietStopThread(AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread, stopping cleanly in a broker outage (10)."""
+
+    async def on_thread_stop(self) -> None:
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this stop is itself being cancelled
+            # aiokafka's Fetcher.close awaited a fetch request it had just cancelled: the
+            # consumer's stop ended there, before closing its client
+            consumer = self._consumer
+            if consumer is not None:
+                await consumer._client.close()
+            self.log.info("aiokafka consumer closed with a fetch request cancelled")
+
+
 class BatchConsumer(Consumer):
     """faust's aiokafka consumer with a fetch loop that hands over a fetched batch at a time
-    (see above)."""
+    (see above), and a consumer thread that stops cleanly in a broker outage (10)."""
+
+    def _new_consumer_thread(self) -> QuietStopThread:
+        return QuietStopThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # runs as faust's Fetcher task
         getmany = self.getmany
