@@ -90,13 +90,9 @@ class IngestStore(StoreBase):
             # CONFLICT says which events are new (a replica may have stored some since)
             with self.write() as c:
                 by_id = _classified(unique, pgbulk.known_ids(c, ids), classify)
-                pending = _pending_rows(by_id.values())
-                new_ids = (pgbulk.insert_events(c, _event_rows(by_id.values()), pending)
-                           if by_id else set())
-                if len(new_ids) < len(by_id):  # a replica stored some first
-                    pending = [row for row in pending if row["event_id"] in new_ids]
+                new_ids = pgbulk.insert_events(c, by_id) if by_id else set()
                 self._record(c, source, source_type, len(events), ids, by_id, new_ids, now,
-                             rules, also, result, pending)
+                             rules, also, result, stored=True)
             return result
         with self.read() as c:
             seen = self._known_ids(c, ids)
@@ -115,19 +111,32 @@ class IngestStore(StoreBase):
     def _record(self, c: Connection, source: str, source_type: str, n_events: int,
                 ids: list[str], by_id: dict[str, Ingest], new_ids: set[str], now: datetime,
                 rules: Collection[str], also: Callable[[Connection], None] | None,
-                result: IngestResult, stored: list[dict[str, Any]] | None = None) -> None:
-        """The rest of a batch's transaction once its new events (`new_ids`) are inserted:
-        their pending memberships (unless `stored` with them already: those rows), streaks
-        and rejects, the groups to decide again, the source's counters, then `also`."""
+                result: IngestResult, *, stored: bool = False) -> None:
+        """The rest of a batch's transaction once its new events (`new_ids`) are inserted
+        (with their pending memberships if `stored`): the memberships, the groups' pending
+        summaries, streaks and rejects, the groups to decide again, the source's counters,
+        then `also`."""
         result.duplicates = n_events - len(new_ids)
         streaks: list[tuple[str, str, bool, datetime]] = []
+        sums: dict[Key, list[Any]] = {}  # the groups' new pending: count, bytes, first, last
         for eid, item in by_id.items():
             if eid not in new_ids:
                 continue
             result.new.append(eid)
-            result.touched.update(item.pending)
+            ev = item.event
+            if item.pending:
+                size, at = ev.size, ev.observed_at
+                for key in item.pending:
+                    s = sums.get(key)
+                    if s is None:
+                        sums[key] = [1, size, at, at]
+                    else:
+                        s[0] += 1
+                        s[1] += size
+                        s[2], s[3] = min(s[2], at), max(s[3], at)
+                result.touched.update(item.pending)
             for rule, grp, matched in item.streak:
-                streaks.append((rule, grp, matched, item.event.observed_at))
+                streaks.append((rule, grp, matched, ev.observed_at))
                 result.touched.add((rule, grp))
         if result.duplicates and rules:
             # a batch retried after an ambiguous commit (stored, but the source was not
@@ -135,13 +144,11 @@ class IngestStore(StoreBase):
             result.touched |= self._pending_keys(
                 c, sorted(rules), [eid for eid in ids if eid not in new_ids])
         self._ensure_groups(c, result.touched, now)
-        pending_rows = stored
-        if pending_rows is None:
-            pending_rows = _pending_rows(item for eid, item in by_id.items() if eid in new_ids)
-            if pending_rows:
-                sqlite_insert_many(c, t.rule_events, pending_rows)
-        if pending_rows:
-            self._add_pending(c, pending_rows)
+        if sums and not stored:
+            sqlite_insert_many(c, t.rule_events, _pending_rows(
+                item for eid, item in by_id.items() if eid in new_ids))
+        if sums:
+            self._add_pending(c, sums)
         if streaks:
             self._update_streaks(c, streaks)
         self.write_rejects(c, [
@@ -154,20 +161,10 @@ class IngestStore(StoreBase):
         if also is not None:
             also(c)
 
-    def _add_pending(self, c: Connection, rows: list[dict[str, Any]]) -> None:
-        """Add new pending rows to their groups' summaries (one UPDATE per group, computed by
-        the database: replicas adding to one group at once cannot lose an addition)."""
-        sums: dict[Key, list[Any]] = {}  # count, bytes, first, last
-        for row in rows:
-            at = row["observed_at"]
-            s = sums.get((row["rule"], row["grp"]))
-            if s is None:
-                sums[(row["rule"], row["grp"])] = [1, row["size"], at, at]
-            else:
-                s[0] += 1
-                s[1] += row["size"]
-                s[2], s[3] = min(s[2], at), max(s[3], at)
-
+    def _add_pending(self, c: Connection, sums: dict[Key, list[Any]]) -> None:
+        """Add to the groups' pending summaries (`sums`: per group, the new pending events'
+        count, bytes, first and last observed_at), each computed by the database: replicas
+        adding to one group at once cannot lose an addition."""
         if self.dialect == "postgresql":
             pgbulk.add_pending(c, sorted(sums.items()))
             return
@@ -276,8 +273,8 @@ def _classified(unique: dict[str, Event], seen: set[str],
 
 
 def _event_rows(items: Iterable[Ingest]) -> list[dict[str, Any]]:
-    """The `events` rows of `items`, in key order: replicas inserting overlapping batches
-    lock the same keys in the same order, so PostgreSQL cannot deadlock them."""
+    """The `events` rows of `items` for SQLite's insert, in key order (PostgreSQL's are
+    columns: `pgbulk.insert_events`)."""
     return [{"id": ev.id, "source": ev.source, "fingerprint": ev.fingerprint,
              "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
              "size": ev.size, "observed_at": ev.observed_at}
@@ -285,8 +282,8 @@ def _event_rows(items: Iterable[Ingest]) -> list[dict[str, Any]]:
 
 
 def _pending_rows(items: Iterable[Ingest]) -> list[dict[str, Any]]:
-    """The `rule_events` rows (pending memberships) of `items`, in key order (see
-    `_event_rows`)."""
+    """The `rule_events` rows (pending memberships) of `items` for SQLite's insert, in key
+    order."""
     rows: list[dict[str, Any]] = []
     for item in items:
         ev = item.event

@@ -17,10 +17,13 @@ inserting overlapping batches lock the same keys in the same order and cannot de
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
+
+if TYPE_CHECKING:
+    from triggerd.store.ingest import Ingest
 
 # one index probe per id whatever the table's statistics say: `id = ANY(ids)` is planned as a
 # sequential scan while the table is small next to the batch (3x slower at 30,000 events)
@@ -30,7 +33,8 @@ CROSS JOIN LATERAL (SELECT 1 FROM events e WHERE e.id = u.id LIMIT 1) AS stored
 """
 
 # the events and their pending memberships in one statement: a membership goes in only with
-# its event (one a replica stored first is a duplicate here, and so are its memberships)
+# its event (one a replica stored first is a duplicate here, and so are its memberships), and
+# takes the event's size and observed_at from the inserted row
 _EVENTS = """
 WITH new AS (
     INSERT INTO events (id, source, fingerprint, kind, subject, payload, size, observed_at)
@@ -41,13 +45,12 @@ WITH new AS (
          AS u(id, source, fingerprint, kind, subject, payload, size, observed_at)
     ORDER BY u.id
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, size, observed_at
 ), pending AS (
     INSERT INTO rule_events (rule, event_id, grp, size, observed_at)
-    SELECT p.rule, p.event_id, p.grp, p.size, p.observed_at
-    FROM unnest(%b::varchar[], %b::varchar[], %b::text[], %b::bigint[], %b::timestamptz[])
-         AS p(rule, event_id, grp, size, observed_at)
-    WHERE p.event_id IN (SELECT id FROM new)
+    SELECT p.rule, p.event_id, p.grp, n.size, n.observed_at
+    FROM unnest(%b::varchar[], %b::varchar[], %b::text[]) AS p(rule, event_id, grp)
+    JOIN new n ON n.id = p.event_id
     ORDER BY p.rule, p.event_id
     ON CONFLICT DO NOTHING
 )
@@ -89,25 +92,21 @@ def known_ids(c: Connection, ids: Sequence[str]) -> set[str]:
     return {row[0] for row in c.exec_driver_sql(_KNOWN, (list(ids),))}
 
 
-def insert_events(c: Connection, rows: Sequence[dict[str, Any]],
-                  pending: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert event rows (the columns of `tables.events`) and the pending memberships of
-    those events (the columns of `tables.rule_events`, no trigger yet, sorted by key); the ids
-    that were new (a replica may have inserted some of them first: their memberships are not
-    inserted either)."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [], [], [], [])
-    events, memberships = columns[:8], columns[8:]
+def insert_events(c: Connection, items: Mapping[str, Ingest]) -> set[str]:
+    """Insert the events of `items` (by event id) and their pending memberships (no trigger
+    yet); the ids that were new (a replica may have inserted some of them first: their
+    memberships are not inserted either)."""
+    order = sorted(items)  # key order, see the module docstring
+    events = [items[eid].event for eid in order]
     dumps = json.dumps
-    for r in rows:
-        for column, value in zip(events, (
-                r["id"], r["source"], r["fingerprint"], r["kind"], r["subject"],
-                dumps(r["payload"]), r["size"], r["observed_at"]), strict=True):
-            column.append(value)
-    for r in pending:
-        for column, value in zip(memberships, (r["rule"], r["event_id"], r["grp"], r["size"],
-                                               r["observed_at"]), strict=True):
-            column.append(value)
-    return {row[0] for row in c.exec_driver_sql(_EVENTS, columns)}
+    members = sorted((rule, eid, grp) for eid in order for rule, grp in items[eid].pending)
+    rules, event_ids, groups = (list(col) for col in zip(*members, strict=True)) \
+        if members else ([], [], [])
+    return {row[0] for row in c.exec_driver_sql(_EVENTS, (
+        order, [e.source for e in events], [e.fingerprint for e in events],
+        [e.kind for e in events], [e.subject for e in events],
+        [dumps(e.payload) for e in events], [e.size for e in events],
+        [e.observed_at for e in events], rules, event_ids, groups))}
 
 
 def pending_keys(c: Connection, rules: Sequence[str], ids: Sequence[str]) -> set[tuple[str, str]]:
