@@ -90,6 +90,9 @@ class IngestStore(StoreBase):
             # CONFLICT says which events are new (a replica may have stored some since)
             with self.write() as c:
                 by_id = _classified(unique, pgbulk.known_ids(c, ids), classify)
+                # the groups' rows first: the insert adds to their pending summaries
+                self._ensure_groups(c, {key for item in by_id.values()
+                                        for key in item.pending}, now)
                 new_ids = pgbulk.insert_events(c, by_id) if by_id else set()
                 self._record(c, source, source_type, len(events), ids, by_id, new_ids, now,
                              rules, also, result, stored=True)
@@ -113,9 +116,9 @@ class IngestStore(StoreBase):
                 rules: Collection[str], also: Callable[[Connection], None] | None,
                 result: IngestResult, *, stored: bool = False) -> None:
         """The rest of a batch's transaction once its new events (`new_ids`) are inserted
-        (with their pending memberships if `stored`): the memberships, the groups' pending
-        summaries, streaks and rejects, the groups to decide again, the source's counters,
-        then `also`."""
+        (`stored`: with their pending memberships, added to their groups' summaries): the
+        memberships and summaries (unless `stored`), streaks and rejects, the groups to
+        decide again, the source's counters, then `also`."""
         result.duplicates = n_events - len(new_ids)
         streaks: list[tuple[str, str, bool, datetime]] = []
         sums: dict[Key, list[Any]] = {}  # the groups' new pending: count, bytes, first, last
@@ -124,7 +127,7 @@ class IngestStore(StoreBase):
                 continue
             result.new.append(eid)
             ev = item.event
-            if item.pending:
+            if item.pending and not stored:
                 size, at = ev.size, ev.observed_at
                 for key in item.pending:
                     s = sums.get(key)
@@ -134,7 +137,7 @@ class IngestStore(StoreBase):
                         s[0] += 1
                         s[1] += size
                         s[2], s[3] = min(s[2], at), max(s[3], at)
-                result.touched.update(item.pending)
+            result.touched.update(item.pending)
             for rule, grp, matched in item.streak:
                 streaks.append((rule, grp, matched, ev.observed_at))
                 result.touched.add((rule, grp))
@@ -144,10 +147,9 @@ class IngestStore(StoreBase):
             result.touched |= self._pending_keys(
                 c, sorted(rules), [eid for eid in ids if eid not in new_ids])
         self._ensure_groups(c, result.touched, now)
-        if sums and not stored:
+        if sums:
             sqlite_insert_many(c, t.rule_events, _pending_rows(
                 item for eid, item in by_id.items() if eid in new_ids))
-        if sums:
             self._add_pending(c, sums)
         if streaks:
             self._update_streaks(c, streaks)
@@ -162,13 +164,9 @@ class IngestStore(StoreBase):
             also(c)
 
     def _add_pending(self, c: Connection, sums: dict[Key, list[Any]]) -> None:
-        """Add to the groups' pending summaries (`sums`: per group, the new pending events'
-        count, bytes, first and last observed_at), each computed by the database: replicas
-        adding to one group at once cannot lose an addition."""
-        if self.dialect == "postgresql":
-            pgbulk.add_pending(c, sorted(sums.items()))
-            return
-
+        """SQLite: add to the groups' pending summaries (`sums`: per group, the new pending
+        events' count, bytes, first and last observed_at), each computed by the database
+        (PostgreSQL's are added by the insert itself: `pgbulk.insert_events`)."""
         def build() -> Executable:
             g = t.rule_groups.c
             first, last = bindparam("b_first", type_=TS), bindparam("b_last", type_=TS)
