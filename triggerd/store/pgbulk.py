@@ -87,7 +87,7 @@ WHERE rule = ANY(%b::varchar[]) AND event_id = ANY(%b::varchar[]) AND trigger_id
 
 def known_ids(c: Connection, ids: Sequence[str]) -> set[str]:
     """Which of `ids` are stored events already."""
-    return {row[0] for row in c.exec_driver_sql(_KNOWN, (list(ids),))}
+    return set(c.exec_driver_sql(_KNOWN, (list(ids),)).scalars().all())
 
 
 def insert_events(c: Connection, items: Mapping[str, Ingest]) -> set[str]:
@@ -101,11 +101,11 @@ def insert_events(c: Connection, items: Mapping[str, Ingest]) -> set[str]:
     members = sorted((rule, eid, grp) for eid in order for rule, grp in items[eid].pending)
     rules, event_ids, groups = (list(col) for col in zip(*members, strict=True)) \
         if members else ([], [], [])
-    return {row[0] for row in c.exec_driver_sql(_EVENTS, (
+    return set(c.exec_driver_sql(_EVENTS, (
         order, [e.source for e in events], [e.fingerprint for e in events],
         [e.kind for e in events], [e.subject for e in events],
         [dumps(e.payload) for e in events], [e.size for e in events],
-        [e.observed_at for e in events], rules, event_ids, groups))}
+        [e.observed_at for e in events], rules, event_ids, groups)).scalars().all())
 
 
 def pending_keys(c: Connection, rules: Sequence[str], ids: Sequence[str]) -> set[tuple[str, str]]:
