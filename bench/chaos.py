@@ -624,6 +624,8 @@ class Monitor:
 class World:
     """Everything a chaos run starts; `close()` stops it all (also after a failure)."""
 
+    partitions = 4  # the topic's
+
     def __init__(self, workdir: Path, seed: int, replicas: int) -> None:
         self.workdir = workdir
         self.seed = seed
@@ -674,7 +676,7 @@ class World:
         self.broker = Tansu(binary, self.workdir / "tansu.log", storage=url, env=env)
         self.broker.start()
         self.stack.callback(self.broker.stop)
-        self.topic = new_topic(self.broker.bootstrap, partitions=4, prefix="chaos")
+        self.topic = new_topic(self.broker.bootstrap, partitions=self.partitions, prefix="chaos")
         self.kafka_proxy = TansuProxy(binary, free_port(), self.broker.port,
                                       self.workdir / "tansu-proxy.log")
         self.kafka_proxy.start()

@@ -3,6 +3,10 @@
     .venv/bin/python bench/scale.py --messages 300000 --files 30000
     .venv/bin/python bench/scale.py --messages 300000 --files 30000 --faults kill,pgcut --json
 
+To run another tree's triggerd under this harness, run it from that tree with its PYTHONPATH
+(`cd <tree> && PYTHONPATH=<tree> .venv/bin/python <this tree>/bench/scale.py ...`): the
+replicas and the drain's CLI import triggerd from the working directory first.
+
 bench/chaos.py's world (`--replicas` `triggerd run` processes on one scratch PostgreSQL
 database, each through its own TCP proxy; a tansu broker with a 4-partition topic behind a
 `tansu proxy`; the idempotent HTTP receiver and the recording command) and its checker, with
@@ -11,8 +15,9 @@ two differences:
   directory (spread over its three directories; every replica sees every file and the store
   keeps one event of each) and `--messages` JSON messages on the topic, the same as the chaos
   run's (a unique `mid`, a model, a kind), produced in bulk and acknowledged before the first
-  replica starts (the consumer group splits the 4 partitions between the replicas). The cron
-  tick goes on as in the chaos run.
+  replica starts (the consumer group gives each replica whole partitions of the topic's
+  `--partitions`, 4 as in the chaos run: one replica then reads two). The cron tick goes on
+  as in the chaos run.
 - **The rules are the chaos run's six, batched**: same sources, matches, `group_by`, policies
   and backends, with thresholds that keep triggers few at this volume (`SCALE_RULES`); the
   checker mirrors the same matches.
@@ -272,6 +277,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
     total = args.files + args.messages
     with tempfile.TemporaryDirectory(prefix="triggerd-scale-") as tmp:
         world = ScaleWorld(Path(tmp), args.seed, args.replicas)
+        world.partitions = args.partitions
         try:
             world.open()
             assert world.engine is not None and world.broker is not None
@@ -332,6 +338,7 @@ def report(args: argparse.Namespace, sampler: Sampler, t_start: float,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "inputs": {"files": args.files, "messages": args.messages},
         "replicas": args.replicas,
+        "partitions": args.partitions,
         "faults": args.faults,
         "load": {"before": load0[:3], "after": load1[:3]},
         "first event after start (s)": round(t_first - t_start, 1),
@@ -355,6 +362,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--files", type=int, default=30_000)
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=4,
+                        help="the topic's partitions (4: the chaos run's; the consumer group "
+                             "gives each replica whole partitions)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--faults", type=lambda s: [k for k in s.split(",") if k], default=[],
                         help="comma-separated: kill,pause,pgcut,broker (none by default)")
