@@ -417,11 +417,8 @@ class Workload:
                 await asyncio.sleep(rng.uniform(0.3, 0.7))
                 for _ in range(rng.choice((1, 2))):
                     n += 1
-                    mid = f"m{n:06d}"
-                    kind = rng.choices(("drift", "ping", "report"), (2, 2, 6))[0]
-                    model = rng.choice(MODELS)
-                    value = json.dumps({"mid": mid, "model": model, "kind": kind}).encode()
-                    if await self._send(producer, mid, value, model.encode()):
+                    mid, value, key = message(n, rng)
+                    if await self._send(producer, mid, value, key):
                         self.messages[mid] = time.time()
         finally:
             await producer.stop()
@@ -443,6 +440,14 @@ class Workload:
                     return False
                 self.resent += 1
                 await asyncio.sleep(0.5)
+
+
+def message(n: int, rng: random.Random) -> tuple[str, bytes, bytes]:
+    """The n-th message of a run: its id (`mid`, the event's fingerprint), value and key."""
+    mid = f"m{n:06d}"
+    kind = rng.choices(("drift", "ping", "report"), (2, 2, 6))[0]
+    model = rng.choice(MODELS)
+    return mid, json.dumps({"mid": mid, "model": model, "kind": kind}).encode(), model.encode()
 
 
 # -- the fault schedule and its executor --------------------------------------------------------
@@ -619,6 +624,8 @@ class Monitor:
 class World:
     """Everything a chaos run starts; `close()` stops it all (also after a failure)."""
 
+    partitions = 4  # the topic's
+
     def __init__(self, workdir: Path, seed: int, replicas: int) -> None:
         self.workdir = workdir
         self.seed = seed
@@ -665,19 +672,24 @@ class World:
         binary = tansu_binary()
         if binary is None:
             raise RuntimeError("tansu not installed (pip install -e '.[test]')")
-        self.storage = MotoProcess("tansu", self.workdir / "moto.log")
-        self.storage.start()
-        self.stack.callback(self.storage.stop)
-        url, env = s3_storage(self.storage.endpoint, self.storage.bucket)
+        url, env = self._broker_storage()
         self.broker = Tansu(binary, self.workdir / "tansu.log", storage=url, env=env)
         self.broker.start()
         self.stack.callback(self.broker.stop)
-        self.topic = new_topic(self.broker.bootstrap, partitions=4, prefix="chaos")
+        self.topic = new_topic(self.broker.bootstrap, partitions=self.partitions, prefix="chaos")
         self.kafka_proxy = TansuProxy(binary, free_port(), self.broker.port,
                                       self.workdir / "tansu-proxy.log")
         self.kafka_proxy.start()
         self.stack.callback(lambda: self.kafka_proxy.stop() if self.kafka_proxy else None)
         return f"127.0.0.1:{self.kafka_proxy.port}"
+
+    def _broker_storage(self) -> tuple[str, dict[str, str]]:
+        """tansu's storage engine URL and environment: S3 on moto's server, so that a
+        restarted broker reads back what it stored (the `restart` fault)."""
+        self.storage = MotoProcess("tansu", self.workdir / "moto.log")
+        self.storage.start()
+        self.stack.callback(self.storage.stop)
+        return s3_storage(self.storage.endpoint, self.storage.bucket)
 
     def start_replicas(self, timeout: float = 90) -> None:
         for rep in self.replicas:

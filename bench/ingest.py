@@ -18,7 +18,10 @@ watch `/data/landing/**`, so every event is pending in every rule.
 Each configuration runs in a fresh child process against a fresh, migrated database, so the
 peak RSS column is that configuration's own. Timing covers classify + ingest only; building the
 synthetic events is not timed. `ev/cpu-s` divides by the bench process's CPU time in the timed
-part (less sensitive to other load on the machine; PostgreSQL's server time is not in it).
+part (less sensitive to other load on the machine; PostgreSQL's server time is not in it);
+`ev/pg-cpu` divides by the CPU time of the store's PostgreSQL backends over the timed batches (read
+from /proc: the server must be on this machine; the WAL writer's and checkpointer's share is
+not in it).
 Configurations with more than 100 rules run --many-rules-events (20,000) events by default.
 
     .venv/bin/python bench/ingest.py                     # the default matrix (~2 minutes)
@@ -157,6 +160,7 @@ class Result:
     cpu_s: float
     rss_mb: float
     load: float = 0.0  # 1-minute load average after the run (other work on the machine)
+    server_cpu_s: float = 0.0  # PostgreSQL: CPU time of the store's backends (0: unknown)
 
     @property
     def rate(self) -> float:
@@ -174,6 +178,7 @@ def run_config(cfg: Config, profiler: cProfile.Profile | None = None) -> Result:
         store.ensure_rules(specs, [n for n, s in specs.items() if s.group_by is None], now)
         new = dups = pending = 0
         t_classify = t_total = t_cpu = 0.0
+        server0 = backend_cpu(store)
         perf, cpu = time.perf_counter, time.process_time
         for events in batches(cfg.events, cfg.batch, d_count, cfg.seed):
             now = events[0].observed_at
@@ -193,12 +198,35 @@ def run_config(cfg: Config, profiler: cProfile.Profile | None = None) -> Result:
             dups += res.duplicates
             fresh = set(res.new)
             pending += sum(len(it.pending) for it in timed.items if it.event.id in fresh)
+        server = backend_cpu(store)
+        server_cpu = sum(v - server0.get(pid, 0.0) for pid, v in server.items())
         check_counts(store, new, pending)
     finally:
         store.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return Result(cfg.label, cfg.rules, cfg.layout, cfg.batch, cfg.events, new, dups, pending,
-                  t_total, t_classify, t_cpu, rss)
+                  t_total, t_classify, t_cpu, rss, server_cpu_s=server_cpu)
+
+
+def backend_cpu(store: Store) -> dict[int, float]:
+    """PostgreSQL on this machine: CPU seconds so far of each backend connected to the
+    store's database (from /proc; the bench's own pool, as nothing else uses the scratch
+    database). Untimed; empty on SQLite or if /proc does not show them."""
+    if store.dialect != "postgresql":
+        return {}
+    with store.read() as c:
+        pids = [row[0] for row in c.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    return {pid: cpu for pid in pids if (cpu := proc_cpu(pid)) is not None}
+
+
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from /proc (None if it is not visible)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_counts(store: Store, new: int, pending: int) -> None:
@@ -298,16 +326,18 @@ def run_child(cfg: Config) -> Result:
 
 
 # -- output ---------------------------------------------------------------------------------------
-LIVE_WIDTHS = (15, 5, 9, 5, 7, 7, 7, 8, 7, 8, 8, 8, 4, 8)
+LIVE_WIDTHS = (15, 5, 9, 5, 7, 7, 7, 8, 7, 8, 8, 8, 8, 4, 8)
 HEADER = ("database", "rules", "layout", "batch", "events", "new", "dups", "pend/new",
-          "seconds", "events/s", "classify", "ev/cpu-s", "load", "peak RSS")
+          "seconds", "events/s", "classify", "ev/cpu-s", "ev/pg-cpu", "load", "peak RSS")
 
 
 def row(r: Result) -> tuple[str, ...]:
     return (r.label, str(r.rules), r.layout, str(r.batch), f"{r.events:,}", f"{r.new:,}",
             f"{r.dups:,}", f"{r.pending / r.new:.2f}" if r.new else "-", f"{r.seconds:.2f}",
             f"{r.rate:,.0f}", f"{100 * r.classify_s / r.seconds:.0f}%" if r.seconds else "-",
-            f"{r.events / r.cpu_s:,.0f}" if r.cpu_s else "-", f"{r.load:.1f}", f"{r.rss_mb:.0f} MB")
+            f"{r.events / r.cpu_s:,.0f}" if r.cpu_s else "-",
+            f"{r.events / r.server_cpu_s:,.0f}" if r.server_cpu_s else "-", f"{r.load:.1f}",
+            f"{r.rss_mb:.0f} MB")
 
 
 def print_table(results: list[Result], markdown: bool) -> None:

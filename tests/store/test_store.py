@@ -178,6 +178,39 @@ def test_duplicate_within_one_batch_is_stored_once_and_counted(store: Store) -> 
     assert (src["events"], src["duplicates"]) == (2, 2)
 
 
+def test_replicas_storing_the_same_events_at_once_store_each_exactly_once(
+        store: Store, store_url: str) -> None:
+    """Two stores pass the duplicate check for overlapping batches at the same moment (both
+    match them: `classify` waits for the other), then insert: each event is stored once, by
+    one of them, with its memberships once; the other counts it as a duplicate."""
+    other = Store(store_url)
+    barrier = threading.Barrier(2)
+    batches = {id(store): ["a", "b", "c"], id(other): ["b", "c", "d"]}
+
+    def step(s: Store) -> IngestResult:
+        def classify(events: Sequence[Event]) -> list[Ingest]:
+            barrier.wait(timeout=10)  # both checked for duplicates before either inserts
+            return [item(e, ("r", "g"), ("q", "")) for e in events]
+        return s.ingest("src", "filesystem", [ev(fp, size=10) for fp in batches[id(s)]], T0,
+                        classify)
+    try:
+        results = race(store, other, step)
+    finally:
+        other.close()
+
+    assert sorted(eid for r in results for eid in r.new) == sorted(
+        ev(fp).id for fp in "abcd")
+    assert sum(r.duplicates for r in results) == 2
+    assert count(store, t.events) == 4
+    members = [(r.rule, r.event_id) for r in rows(store, t.rule_events)]
+    assert sorted(members) == sorted({(rule, ev(fp).id) for rule in "rq" for fp in "abcd"})
+    summary = {k: (p.count, p.bytes, p.first_at, p.last_at) for k, p in store.pending().items()}
+    assert summary == pending_from_rows(store)
+    assert summary[("r", "g")][:2] == (4, 40)
+    src = q.sources(store)["src"]
+    assert (src["events"], src["duplicates"]) == (4, 2)
+
+
 def test_same_fingerprint_from_another_source_is_a_new_event(store: Store) -> None:
     a = ev("same", source="lake")
     b = ev("same", source="bucket")

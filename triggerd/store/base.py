@@ -203,7 +203,9 @@ class StoreBase:
 
     # -- rows every part needs ---------------------------------------------------------------
     def _ensure_groups(self, c: Connection, keys: Iterable[Key], now: datetime) -> None:
-        missing = [k for k in set(keys) if k not in self._known_groups]
+        # in key order: replicas creating the same groups at once wait for each other in
+        # one order, never each for the other (PostgreSQL)
+        missing = sorted(k for k in set(keys) if k not in self._known_groups)
         if not missing:
             return
         self._q("groups.ensure", lambda: self._insert(t.rule_groups).on_conflict_do_nothing()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -69,11 +69,14 @@ class IngestStore(StoreBase):
         are `touched` (decided again), as its first delivery may have been stored without the
         source learning it (a commit whose answer was lost).
 
-        `classify` runs user-supplied code (globs, `where`, `group_by`), so it runs before the
-        write transaction begins: however long it takes, no write lock is held meanwhile. The
-        duplicate check is made twice, before matching (a read: rescans and redeliveries need
-        no matching) and again under the write lock; an event stored in between (by a
-        replica) is a duplicate, and one pruned in between is one too, for this batch.
+        Duplicates are found before matching (rescans and redeliveries need no matching).
+        `classify` runs user-supplied code (globs, `where`, `group_by`), so it runs before any
+        write lock is taken: however long it takes, no writer waits for it. On SQLite the
+        check is a read of its own, made again once the write lock is held (BEGIN IMMEDIATE);
+        an event stored in between (by the daemon's other work) is a duplicate, and one pruned
+        in between is one too, for this batch. On PostgreSQL the check, the matching and the
+        inserts are one transaction (its reads lock nothing), and the insert's ON CONFLICT
+        settles a race with a replica: the event it stored first is a duplicate here.
         """
         result = IngestResult()
         if not events:
@@ -82,89 +85,88 @@ class IngestStore(StoreBase):
         for ev in events:
             unique.setdefault(ev.id, ev)  # the same fingerprint twice in one batch
         ids = list(unique)
+        if self.dialect == "postgresql":
+            # one transaction: a read takes no lock on PostgreSQL, and the insert's ON
+            # CONFLICT says which events are new (a replica may have stored some since)
+            with self.write() as c:
+                by_id = _classified(unique, pgbulk.known_ids(c, ids), classify)
+                # the groups' rows first: the insert adds to their pending summaries
+                self._ensure_groups(c, {key for item in by_id.values()
+                                        for key in item.pending}, now)
+                new_ids = pgbulk.insert_events(c, by_id) if by_id else set()
+                self._record(c, source, source_type, len(events), ids, by_id, new_ids, now,
+                             rules, also, result, stored=True)
+            return result
         with self.read() as c:
             seen = self._known_ids(c, ids)
-        candidates = [ev for eid, ev in unique.items() if eid not in seen]
-        items = (classify(candidates) if classify is not None
-                 else [Ingest(ev) for ev in candidates])
-        by_id = {item.event.id: item for item in items}
+        by_id = _classified(unique, seen, classify)
         with self.write() as c:
-            # the insert's ON CONFLICT still settles races between replicas on PostgreSQL
+            # BEGIN IMMEDIATE has held the write lock since before this second duplicate
+            # check, so nothing can insert these ids meanwhile: every row left is new
             seen = self._known_ids(c, list(by_id))
-            fresh = [item.event for eid, item in by_id.items() if eid not in seen]
-            # rows in key order: replicas inserting overlapping batches lock keys in the same
-            # order, so PostgreSQL cannot deadlock them
-            rows = [{"id": ev.id, "source": ev.source, "fingerprint": ev.fingerprint,
-                     "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
-                     "size": ev.size, "observed_at": ev.observed_at}
-                    for ev in sorted(fresh, key=lambda e: e.id)]
-            new_ids: set[str] = set()
-            if rows and self.dialect == "sqlite":
-                # BEGIN IMMEDIATE has held the write lock since before the duplicate check, so
-                # nothing can have inserted these ids since: every row is new
-                sqlite_insert_many(c, t.events, rows)
-                new_ids = {ev.id for ev in fresh}
-            elif rows:  # replicas may race: the database says which rows were new
-                new_ids = pgbulk.insert_events(c, rows)
-            result.duplicates = len(events) - len(new_ids)
-            pending_rows = []
-            streaks: list[tuple[str, str, bool, datetime]] = []
-            for eid, item in by_id.items():
-                if eid not in new_ids:
-                    continue
-                result.new.append(eid)
-                ev = item.event
-                for rule, grp in item.pending:
-                    pending_rows.append({"rule": rule, "event_id": eid, "grp": grp,
-                                         "size": ev.size, "observed_at": ev.observed_at})
-                    result.touched.add((rule, grp))
-                for rule, grp, matched in item.streak:
-                    streaks.append((rule, grp, matched, ev.observed_at))
-                    result.touched.add((rule, grp))
-            if result.duplicates and rules:
-                # a batch retried after an ambiguous commit (stored, but the source was not
-                # told) is all duplicates: its events' groups are decided again all the same
-                result.touched |= self._pending_keys(
-                    c, sorted(rules), [eid for eid in ids if eid not in new_ids])
-            self._ensure_groups(c, result.touched, now)
-            if pending_rows:
-                pending_rows.sort(key=lambda r: (r["rule"], r["event_id"]))
-                if self.dialect == "sqlite":
-                    sqlite_insert_many(c, t.rule_events, pending_rows)
-                else:
-                    pgbulk.insert_rule_events(c, pending_rows)
-                self._add_pending(c, pending_rows)
-            if streaks:
-                self._update_streaks(c, streaks)
-            self.write_rejects(c, [
-                {"source": item.event.source, "ref": event_ref(item.event),
-                 "kind": message.partition(":")[0],  # "where" or "group_by"
-                 "error": f"rule {rule}: {message}", "head": None, "at": now}
-                for eid, item in by_id.items() if eid in new_ids
-                for rule, message in item.errors])
-            self._count_source(c, source, source_type, len(new_ids), result.duplicates, now)
-            if also is not None:
-                also(c)
+            fresh = {eid: item for eid, item in by_id.items() if eid not in seen}
+            if fresh:
+                sqlite_insert_many(c, t.events, _event_rows(fresh.values()))
+            self._record(c, source, source_type, len(events), ids, by_id, set(fresh), now,
+                         rules, also, result)
         return result
 
-    def _add_pending(self, c: Connection, rows: list[dict[str, Any]]) -> None:
-        """Add new pending rows to their groups' summaries (one UPDATE per group, computed by
-        the database: replicas adding to one group at once cannot lose an addition)."""
-        sums: dict[Key, list[Any]] = {}  # count, bytes, first, last
-        for row in rows:
-            at = row["observed_at"]
-            s = sums.get((row["rule"], row["grp"]))
-            if s is None:
-                sums[(row["rule"], row["grp"])] = [1, row["size"], at, at]
-            else:
-                s[0] += 1
-                s[1] += row["size"]
-                s[2], s[3] = min(s[2], at), max(s[3], at)
+    def _record(self, c: Connection, source: str, source_type: str, n_events: int,
+                ids: list[str], by_id: dict[str, Ingest], new_ids: set[str], now: datetime,
+                rules: Collection[str], also: Callable[[Connection], None] | None,
+                result: IngestResult, *, stored: bool = False) -> None:
+        """The rest of a batch's transaction once its new events (`new_ids`) are inserted
+        (`stored`: with their pending memberships, added to their groups' summaries): the
+        memberships and summaries (unless `stored`), streaks and rejects, the groups to
+        decide again, the source's counters, then `also`."""
+        result.duplicates = n_events - len(new_ids)
+        streaks: list[tuple[str, str, bool, datetime]] = []
+        sums: dict[Key, list[Any]] = {}  # the groups' new pending: count, bytes, first, last
+        for eid, item in by_id.items():
+            if eid not in new_ids:
+                continue
+            result.new.append(eid)
+            ev = item.event
+            if item.pending and not stored:
+                size, at = ev.size, ev.observed_at
+                for key in item.pending:
+                    s = sums.get(key)
+                    if s is None:
+                        sums[key] = [1, size, at, at]
+                    else:
+                        s[0] += 1
+                        s[1] += size
+                        s[2], s[3] = min(s[2], at), max(s[3], at)
+            result.touched.update(item.pending)
+            for rule, grp, matched in item.streak:
+                streaks.append((rule, grp, matched, ev.observed_at))
+                result.touched.add((rule, grp))
+        if result.duplicates and rules:
+            # a batch retried after an ambiguous commit (stored, but the source was not
+            # told) is all duplicates: its events' groups are decided again all the same
+            result.touched |= self._pending_keys(
+                c, sorted(rules), [eid for eid in ids if eid not in new_ids])
+        self._ensure_groups(c, result.touched, now)
+        if sums:
+            sqlite_insert_many(c, t.rule_events, _pending_rows(
+                item for eid, item in by_id.items() if eid in new_ids))
+            self._add_pending(c, sums)
+        if streaks:
+            self._update_streaks(c, streaks)
+        self.write_rejects(c, [
+            {"source": item.event.source, "ref": event_ref(item.event),
+             "kind": message.partition(":")[0],  # "where" or "group_by"
+             "error": f"rule {rule}: {message}", "head": None, "at": now}
+            for eid, item in by_id.items() if eid in new_ids
+            for rule, message in item.errors])
+        self._count_source(c, source, source_type, len(new_ids), result.duplicates, now)
+        if also is not None:
+            also(c)
 
-        if self.dialect == "postgresql":
-            pgbulk.add_pending(c, sorted(sums.items()))
-            return
-
+    def _add_pending(self, c: Connection, sums: dict[Key, list[Any]]) -> None:
+        """SQLite: add to the groups' pending summaries (`sums`: per group, the new pending
+        events' count, bytes, first and last observed_at), each computed by the database
+        (PostgreSQL's are added by the insert itself: `pgbulk.insert_events`)."""
         def build() -> Executable:
             g = t.rule_groups.c
             first, last = bindparam("b_first", type_=TS), bindparam("b_last", type_=TS)
@@ -256,3 +258,35 @@ class IngestStore(StoreBase):
                 updated_at=at, last_event_at=case((n > 0, at), else_=s.last_event_at))
         self._q("sources.count", build).run(
             c, {"b_name": source, "b_new": new, "b_dups": dups, "b_now": now})
+
+
+def _classified(unique: dict[str, Event], seen: set[str],
+                classify: Callable[[Sequence[Event]], list[Ingest]] | None
+                ) -> dict[str, Ingest]:
+    """The events not `seen` (stored already), matched by `classify`, by id."""
+    candidates = [ev for eid, ev in unique.items() if eid not in seen]
+    items = (classify(candidates) if classify is not None
+             else [Ingest(ev) for ev in candidates])
+    return {item.event.id: item for item in items}
+
+
+def _event_rows(items: Iterable[Ingest]) -> list[dict[str, Any]]:
+    """The `events` rows of `items` for SQLite's insert, in key order (PostgreSQL's are
+    columns: `pgbulk.insert_events`)."""
+    return [{"id": ev.id, "source": ev.source, "fingerprint": ev.fingerprint,
+             "kind": ev.kind, "subject": ev.subject, "payload": ev.payload,
+             "size": ev.size, "observed_at": ev.observed_at}
+            for ev in sorted((item.event for item in items), key=lambda e: e.id)]
+
+
+def _pending_rows(items: Iterable[Ingest]) -> list[dict[str, Any]]:
+    """The `rule_events` rows (pending memberships) of `items` for SQLite's insert, in key
+    order."""
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        ev = item.event
+        eid, size, at = ev.id, ev.size, ev.observed_at
+        rows.extend({"rule": rule, "event_id": eid, "grp": grp, "size": size, "observed_at": at}
+                    for rule, grp in item.pending)
+    rows.sort(key=lambda r: (r["rule"], r["event_id"]))
+    return rows

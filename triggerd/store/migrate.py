@@ -30,7 +30,7 @@ from triggerd.store.connect import READ_ONLY, sqlite_path
 log = logging.getLogger("triggerd.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD = "0005"  # the newest revision in migrations/versions (a test keeps this in step)
+HEAD = "0006"  # the newest revision in migrations/versions (a test keeps this in step)
 # The advisory-lock key every triggerd uses for migrations: the bytes of "triggerd" as a bigint.
 MIGRATION_LOCK_KEY = int.from_bytes(b"triggerd", "big")
 # How long a query command waits for a migration under way before giving up (PostgreSQL).
