@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -34,7 +34,7 @@ from triggerd.engine.policy import verdict_line
 from triggerd.engine.rounds import Round
 from triggerd.errors import TriggerdError
 from triggerd.model import Trigger
-from triggerd.simulate.inputs import Builder, Named
+from triggerd.simulate.inputs import Builder, Built, Named
 from triggerd.simulate.jobs import JobRunner, Plan
 from triggerd.simulate.lookahead import Lookahead, Step
 from triggerd.simulate.simstore import SimStore
@@ -84,7 +84,7 @@ class Fired:
 class Timeline:
     """What to feed the engine: inputs and explain checks at times, and when to stop."""
 
-    inputs: list[tuple[datetime, Input]]
+    inputs: Sequence[tuple[datetime, Input | Built]]  # Built: a replay's (prebuilt.py)
     checks: list[tuple[datetime, str, str]]  # (at, rule, group)
     until: datetime
 
@@ -201,8 +201,11 @@ class Simulation:
             if due is None or due > now:
                 return
 
-    async def _input(self, item: Input) -> None:
-        if item.fire is not None:
+    async def _input(self, item: Input | Built) -> None:
+        if isinstance(item, Built):
+            if item.named:
+                await self._submit(item.source, list(item.named))
+        elif item.fire is not None:
             await self.engine.fire(item.fire.rule, f"manual: {item.fire.reason}")
         elif item.job is not None:
             self.jobs.plan(item.job.rule, item.job.outcome, item.job.duration)
@@ -213,7 +216,8 @@ class Simulation:
             if named:
                 await self._submit(source, named)
 
-    def _unit(self, inputs: deque[tuple[datetime, Input]]) -> tuple[datetime, list[Input]]:
+    def _unit(self, inputs: deque[tuple[datetime, Input | Built]]
+              ) -> tuple[datetime, list[Input | Built]]:
         """The next input; with `batches`, with the inputs of its source at its time."""
         at, item = inputs.popleft()
         items = [item]
@@ -222,8 +226,8 @@ class Simulation:
             items.append(inputs.popleft()[1])
         return at, items
 
-    async def _collect(self, at: datetime, items: list[Input],
-                       inputs: deque[tuple[datetime, Input]], limit: datetime) -> None:
+    async def _collect(self, at: datetime, items: list[Input | Built],
+                       inputs: deque[tuple[datetime, Input | Built]], limit: datetime) -> None:
         """The fast lane (`lookahead`): this source's arrivals from `at` on, as one batch for as
         long as the engine would decide the same (the groups' timers that fall due meanwhile
         included); every arrival before `limit`, the next moment the simulator has anyway
@@ -235,7 +239,7 @@ class Simulation:
         batch: list[Named] = []
         sent_at = at
         while True:
-            named = [n for item in items for n in self.builder.build(item, at)[1]]
+            named = [n for item in items for n in self._build(item, at)[1]]
             step = lookahead.add([n.event for n in named], at) if named else Step.MORE
             if step is Step.ALONE:  # a duplicate: its groups are decided again, on its own
                 await self._send(source, batch, sent_at)
@@ -267,14 +271,20 @@ class Simulation:
             self.clock.set(max(at, self.clock.now()))
             await self._submit(source, named)
 
-    async def _batch(self, items: list[Input]) -> None:
+    async def _batch(self, items: list[Input | Built]) -> None:
         """Source inputs at one time from one source: one batch, as the source delivers it."""
-        source, named = "", []
+        source, named = "", list[Named]()
         for item in items:
-            source, some = self.builder.build(item, self.clock.now())
+            source, some = self._build(item, self.clock.now())
             named += some
         if named:
             await self._submit(source, named)
+
+    def _build(self, item: Input | Built, now: datetime) -> tuple[str, Sequence[Named]]:
+        """The source and the events of a source's input (built already, or now)."""
+        if isinstance(item, Built):
+            return item.source, item.named
+        return self.builder.build(item, now)
 
     async def _pause(self, item: Input) -> None:
         """`triggerd pause` / `resume`: the flag in the store, then the rule decided again
@@ -321,12 +331,14 @@ def _claim(jobs: JobRunner) -> Callable[[Round], Round]:
     return then
 
 
-def _source_of(item: Input) -> str | None:
+def _source_of(item: Input | Built) -> str | None:
+    if isinstance(item, Built):
+        return item.source
     one = item.file or item.object or item.message or item.event
     return one.source if one is not None else None
 
 
-def _same_source(a: Input, b: Input) -> bool:
+def _same_source(a: Input | Built, b: Input | Built) -> bool:
     source = _source_of(a)
     return source is not None and source == _source_of(b)
 

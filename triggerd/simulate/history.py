@@ -185,9 +185,35 @@ class Inputs:
         self.left_out[why] = self.left_out.get(why, 0) + 1
 
 
+@dataclass(frozen=True, slots=True)
+class FileArrival:
+    """A filesystem source's row as the file input it is (`spec.FileIn`'s fields, checked
+    already): what `prepared` builds events from without a pydantic model per row."""
+
+    source: str
+    path: str
+    size: int
+    kind: str  # one of FILE_KINDS
+    content: str | None
+
+
 def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
     """The simulator's inputs for `config` (see the module docstring)."""
     out = Inputs()
+    for a, entry in entries(config, arrivals, out):
+        if isinstance(entry, FileArrival):
+            entry = _input(a.at, file=FileIn(
+                source=entry.source, path=entry.path, size=entry.size,
+                kind=entry.kind,  # one of FILE_KINDS
+                content=entry.content))
+        out.items.append((a.at, entry))
+    return out
+
+
+def entries(config: Config, arrivals: list[Arrival], out: Inputs
+            ) -> Iterator[tuple[Arrival, Input | FileArrival]]:
+    """Each arrival that is replayed, as an input (a filesystem source's row: a
+    `FileArrival`); what is left out is counted in `out`."""
     kinds = {name: _kind(options) for name, options in config.sources.items()}
     for a in arrivals:
         options = config.sources.get(a.source)
@@ -197,9 +223,9 @@ def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
         elif kind is CronOptions:
             out.leave_out(f"ticks of cron source {a.source} (the replay makes its own)")
         elif a.stored:
-            out.items.append((a.at, _input(a.at, event=EventIn(
+            yield a, _input(a.at, event=EventIn(
                 source=a.source, kind=a.kind, subject=a.subject, fingerprint=a.fingerprint,
-                payload=a.payload))))
+                payload=a.payload))
         elif kind is FilesystemOptions:
             assert isinstance(options, FilesystemOptions)  # noqa: S101 - its kind
             if a.kind not in FILE_KINDS:
@@ -209,27 +235,23 @@ def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
             if path is None:
                 out.leave_out(f"paths outside filesystem source {a.source}'s paths")
                 continue
-            out.items.append((a.at, _input(a.at, file=FileIn(
-                source=a.source, path=path, size=a.size,
-                kind=a.kind,  # checked just above
-                content=a.fingerprint))))
+            yield a, FileArrival(a.source, path, a.size, a.kind, a.fingerprint)
         elif kind is KafkaOptions:
-            out.items.append((a.at, _input(a.at, message=MessageIn(
-                source=a.source, value=a.payload, key=a.subject))))
+            yield a, _input(a.at, message=MessageIn(source=a.source, value=a.payload,
+                                                    key=a.subject))
         elif kind is BucketOptions:
             assert isinstance(options, BucketOptions)  # noqa: S101 - its kind
             event = _object_event(a, options)
             if event is None:
                 out.leave_out(f"rows of bucket source {a.source} it does not watch")
                 continue
-            out.items.append((a.at, _input(a.at, event=EventIn(
+            yield a, _input(a.at, event=EventIn(
                 source=a.source, kind=event.kind, subject=event.subject,
-                fingerprint=event.fingerprint, payload=event.payload))))
+                fingerprint=event.fingerprint, payload=event.payload))
         else:
-            out.items.append((a.at, _input(a.at, event=EventIn(
+            yield a, _input(a.at, event=EventIn(
                 source=a.source, kind=a.kind, subject=a.subject, fingerprint=a.fingerprint,
-                payload=a.payload))))
-    return out
+                payload=a.payload))
 
 
 def _kind(options: object) -> type | None:
