@@ -106,10 +106,9 @@ class FileSide:
             known.put(path, sig)  # a file the test says was there before
         elif kind == "created":
             known.drop(path)
-        self.settle.arm(path, root, kind if kind in ("moved", "deleted") else "created",
-                        0.0, rearm=True)
-        found = self.settle.conclude(self.settle.due_batch(),
-                                     [self._look(path, kind, content, sig)], known, now)
+        found = self.settle.conclude_now(
+            path, root, kind if kind in ("moved", "deleted") else "created",
+            self._look(path, kind, content, sig), known, now)
         for saved, row in found.saves:
             known.put(saved, row.sig)
         for gone in found.gone:
