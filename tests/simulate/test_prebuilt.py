@@ -6,20 +6,22 @@ left as they were built, and a config with other sources gets events of its own.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from triggerd.config.loader import Config, load_config
-from triggerd.simulate.history import Arrival, timeline_inputs
+from triggerd.simulate.history import Arrival, _under, timeline_inputs
 from triggerd.simulate.inputs import Builder
 from triggerd.simulate.prebuilt import Prebuilt, Prepared, prepare
 from triggerd.simulate.replay import JobPlans, RunResult, Variant, run_variant
+from triggerd.sources._fsoptions import FilesystemOptions
 
 START = datetime(2026, 11, 2, tzinfo=UTC)
 SOURCES = """
@@ -170,3 +172,23 @@ def test_events_built_for_other_arrivals_are_refused() -> None:
     with pytest.raises(ValueError, match="other arrivals"):
         run_variant(Variant("v", config), log, START, START + timedelta(hours=1),
                     JobPlans(None, {}), built=other)
+
+
+@given(st.lists(st.sampled_from(["/data/landing", "/", ".", "..", ".x", "a.parquet", "//",
+                                 "X", "d0"]), max_size=7).map("".join))
+@example("/data/landing/./a.parquet")
+@example("/data/landing/d0/../a.parquet")
+@example("/data/landing//a.parquet")
+@example("//data/landing/a.parquet")
+@example("/data/landing/d0/")
+@example("/data/landing/.x")
+@example("/data/landingX/a.parquet")
+@example("d0/a.parquet")
+@settings(max_examples=500)
+def test_a_file_rows_path_is_the_normalised_path_under_the_sources_paths(subject: str) -> None:
+    """`history._under`, which skips normpath for a path already normal, as normpath has it."""
+    options = _config(SOURCES).sources["landing"]
+    assert isinstance(options, FilesystemOptions)
+    path = os.path.normpath(os.path.join("/data/landing", subject))
+    expected = path if path == "/data/landing" or path.startswith("/data/landing/") else None
+    assert _under(options, subject) == expected

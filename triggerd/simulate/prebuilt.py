@@ -6,7 +6,7 @@ options and what they remember: known files, offsets), never on the rules: so th
 once per set of sources (`Prebuilt.prepared`), by the sources' own code (`inputs.Builder`, in
 the order the simulator takes its inputs: by time, rows at one time as written), and every
 variant whose `sources` are equal replays the same `Built` inputs. A filesystem source's rows
-go to the builder as their fields (`history.FileArrival`), without a pydantic input each.
+go to the builder as their fields (`history.entries`), without a pydantic input each.
 
 What is shared is never written by a simulation: `Built`, `Named` and `Event` are frozen,
 and neither the engine nor the stores write an event's payload (tests/simulate/
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from triggerd.config.loader import Config
-from triggerd.simulate.history import Arrival, FileArrival, Inputs, entries
+from triggerd.simulate.history import Arrival, Inputs, entries
 from triggerd.simulate.inputs import Builder, Built
 
 
@@ -40,10 +40,9 @@ def prepare(config: Config, arrivals: list[Arrival], start: datetime) -> Prepare
     builder = Builder(config.sources, start, datetime.isoformat)
     items = []
     for a, entry in sorted(entries(config, arrivals, skipped), key=lambda x: x[0].at):
-        if isinstance(entry, FileArrival):
-            source = entry.source
-            named = builder.files_of(source, entry.path, entry.kind, entry.size, entry.content,
-                                     None, a.at)
+        if isinstance(entry, str):  # a file: its path
+            source = a.source
+            named = builder.files_of(source, entry, a.kind, a.size, a.fingerprint, None, a.at)
         else:
             source, named = builder.build(entry, a.at)
         items.append((a.at, Built(source, tuple(named))))
