@@ -43,6 +43,7 @@ from triggerd.model import (
     event_ref,
     trigger_id,
 )
+from triggerd.simulate.classified import Classified
 from triggerd.store.sql import Claim, Ingest, IngestResult, Key, NewTrigger, Snapshot
 
 
@@ -120,6 +121,8 @@ class DictStore:
         self._running: Counter[str] = Counter()
         self._slots: dict[tuple[str, datetime], datetime | None] = {}  # (key, slot): done at
         self._rejects: dict[tuple[str, str, str], str] = {}  # (source, ref, kind): error
+        # what the replay's fast lane classified already, taken instead of classifying again
+        self.classified: Classified | None = None
 
     def close(self) -> None:
         """Nothing to release (the store is garbage once its simulation is)."""
@@ -195,7 +198,9 @@ class DictStore:
             unique.setdefault(ev.id, ev)
         known = self._events
         fresh = [ev for eid, ev in unique.items() if eid not in known]
-        items = classify(fresh) if classify is not None else [Ingest(ev) for ev in fresh]
+        items = ([Ingest(ev) for ev in fresh] if classify is None else
+                 self.classified.take(classify, fresh) if self.classified is not None else
+                 classify(fresh))
         rows: list[tuple[str, str, str, int, datetime]] = []  # rule, event id, group, size, at
         streaks: list[tuple[str, str, bool, datetime]] = []
         for item in items:

@@ -34,6 +34,8 @@ from triggerd.engine.policy import verdict_line
 from triggerd.engine.rounds import Round
 from triggerd.errors import TriggerdError
 from triggerd.model import Trigger
+from triggerd.simulate.classified import Classified
+from triggerd.simulate.dictstore import DictStore
 from triggerd.simulate.inputs import Builder, Built, Named
 from triggerd.simulate.jobs import JobRunner, Plan
 from triggerd.simulate.lookahead import Lookahead, Step
@@ -118,8 +120,12 @@ class Simulation:
                              then=_claim(self.jobs))
         self.builder = Builder(config.sources, start, show)
         self.named: dict[str, Named] = {}
-        self.lookahead = (Lookahead(config, store, self.engine.rules, self.named) if fast
-                          else None)  # the fast lane: arrivals batched where it is the same
+        self.lookahead: Lookahead | None = None  # the fast lane: arrivals batched where it is
+        if fast:                                 # the same
+            classified = Classified(self.engine.rules)
+            self.lookahead = Lookahead(config, store, classified.classify, self.named)
+            if isinstance(store, DictStore):  # it takes what the fast lane classified
+                store.classified = classified
         listened = {s for spec in config.rules.values() for s in spec.on}
         self.crons = {name: opts for name, opts in config.sources.items()
                       if isinstance(opts, CronOptions) and name in listened and auto_ticks}
@@ -239,12 +245,13 @@ class Simulation:
         batch: list[Named] = []
         sent_at = at
         while True:
-            named = [n for item in items for n in self._build(item, at)[1]]
+            named = (self._build(items[0], at)[1] if len(items) == 1 else
+                     [n for item in items for n in self._build(item, at)[1]])
             step = lookahead.add([n.event for n in named], at) if named else Step.MORE
             if step is Step.ALONE:  # a duplicate: its groups are decided again, on its own
                 await self._send(source, batch, sent_at)
                 self._arm(lookahead)
-                await self._send(source, named, at)
+                await self._send(source, list(named), at)
                 return
             if named:
                 batch += named
@@ -347,8 +354,9 @@ def consumed_events(store: SimStore, named: dict[str, Named]) -> dict[str, list[
     """Each trigger's events (ids), in the order they were observed (`named`: every event
     the simulation submitted, with its time): one read of the memberships."""
     out = store.memberships()
+    seen = {eid: n.event.observed_at for eid, n in named.items()}
     for ids in out.values():
-        ids.sort(key=lambda e: (named[e].event.observed_at, e) if e in named else (_NEVER, e))
+        ids.sort(key=lambda e: (seen.get(e, _NEVER), e))
     return out
 
 

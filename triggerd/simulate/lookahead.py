@@ -42,10 +42,10 @@ from enum import Enum
 from triggerd.config.loader import Config
 from triggerd.engine.assess import NOTHING_PENDING, rule_schedule, situate
 from triggerd.engine.engine import ARM_DELAY
-from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, decide
 from triggerd.language.schedules import Schedule
 from triggerd.model import Event, GroupState, Pending, RuleFlags
+from triggerd.simulate.classified import Classify
 from triggerd.store.contract import EngineStore
 from triggerd.store.sql import Key
 
@@ -62,11 +62,11 @@ class Step(Enum):
 class Lookahead:
     """The state the engine would have after each arrival of the batch being collected."""
 
-    def __init__(self, config: Config, store: EngineStore, rules: RuleSet,
+    def __init__(self, config: Config, store: EngineStore, classify: Classify,
                  known: Container[str]) -> None:
         self.config = config
         self.store = store
-        self.rules = rules
+        self.classify = classify  # the engine's rules' (`RuleSet.classify`)
         self.known = known  # ids of the events stored already
         self.schedules: dict[str, Schedule | None] = {
             r: rule_schedule(config, r) for r in config.rules}
@@ -159,12 +159,14 @@ class Lookahead:
     def add(self, events: Sequence[Event], at: datetime) -> Step:
         """Take the events that arrived together at `at` (one source's batch)."""
         ids = [e.id for e in events]
-        if any(i in self.known or i in self.ids for i in ids):
-            return Step.ALONE
-        self.ids.update(ids)
+        known, taken = self.known, self.ids
+        for i in ids:
+            if i in known or i in taken:
+                return Step.ALONE
+        taken.update(ids)
         touched: set[Key] = set()
         new_group = False
-        for item in self.rules.classify(events):
+        for item in self.classify(events):
             ev = item.event
             for key in item.pending:
                 new_group |= key not in self.states
