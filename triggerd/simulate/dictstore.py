@@ -208,9 +208,9 @@ class DictStore:
             eid = ev.id
             known.add(eid)
             result.new.append(eid)
-            at = _utc(ev.observed_at)
+            at, size = _utc(ev.observed_at), ev.size
             for rule, grp in item.pending:
-                rows.append((rule, eid, grp, ev.size, at))
+                rows.append((rule, eid, grp, size, at))
                 result.touched.add((rule, grp))
             for rule, grp, matched in item.streak:
                 streaks.append((rule, grp, matched, at))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -133,6 +133,12 @@ class Simulation:
 
     async def run(self, timeline: Timeline) -> Result:
         """Run the timeline to its end; what fired, the verdicts and notes."""
+        verdicts = await self.play(timeline)
+        return Result(self._results(), verdicts, self.builder.notes)
+
+    async def play(self, timeline: Timeline) -> list[Verdict]:
+        """Run the timeline to its end; the verdicts of its checks (what fired is in
+        `fired`, and in the store: a replay reads it from there)."""
         await self.engine.start()
         now = self.clock.now()
         self.next_tick = {n: o.build_schedule().next_after(now) for n, o in self.crons.items()}
@@ -162,8 +168,7 @@ class Simulation:
             raise SimulationError(f"more than {self.max_steps} moments to simulate before "
                                   f"{timeline.until.isoformat()}; shorten the test")
         self.clock.set(max(timeline.until, self.clock.now()))
-        return Result(self._results(), [verdicts[n] for n in sorted(verdicts)],
-                      self.builder.notes)
+        return [verdicts[n] for n in sorted(verdicts)]
 
     def _next(self, extra: Iterable[datetime], *, timers: bool = True) -> datetime | None:
         """The next moment: `extra`, a scheduled check, a cron tick, a job's end, and (with
@@ -319,7 +324,8 @@ class Simulation:
         return Verdict(now, d.fire, text, {c.name: c.ok for c in d.conditions})
 
     def _results(self) -> list[Fired]:
-        consumed = consumed_events(self.store, self.named)
+        consumed = consumed_events(
+            self.store, {eid: n.event.observed_at for eid, n in self.named.items()})
         statuses = self.store.job_statuses()
         return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
                       statuses.get(trig.id, "none")) for trig in self.fired]
@@ -350,13 +356,13 @@ def _same_source(a: Input | Built, b: Input | Built) -> bool:
     return source is not None and source == _source_of(b)
 
 
-def consumed_events(store: SimStore, named: dict[str, Named]) -> dict[str, list[str]]:
-    """Each trigger's events (ids), in the order they were observed (`named`: every event
-    the simulation submitted, with its time): one read of the memberships."""
+def consumed_events(store: SimStore, observed: Mapping[str, datetime]
+                    ) -> dict[str, list[str]]:
+    """Each trigger's events (ids), in the order they were observed (`observed`: when, for
+    every event the simulation submitted): one read of the memberships."""
     out = store.memberships()
-    seen = {eid: n.event.observed_at for eid, n in named.items()}
     for ids in out.values():
-        ids.sort(key=lambda e: (seen.get(e, _NEVER), e))
+        ids.sort(key=lambda e: (observed.get(e, _NEVER), e))
     return out
 
 

@@ -214,7 +214,7 @@ class Builder:
         out = []
         for event in side.events(path, kind, size, content, now):
             p = event.payload
-            names = {p["path"], p["relpath"], p["name"]} | ({label} if label else set())
+            names = (p["path"], p["relpath"], p["name"]) + ((label,) if label else ())
             out.append(Named(event, label or p["name"], frozenset(names)))
         if not out:
             self.notes.append(f"{path}: no event (not watched by source {source}'s "

@@ -168,12 +168,12 @@ class Lookahead:
         new_group = False
         for item in self.classify(events):
             ev = item.event
+            seen, size = ev.observed_at, ev.size
             for key in item.pending:
                 new_group |= key not in self.states
                 p = self.pending.get(key, NOTHING_PENDING)
-                seen = ev.observed_at
                 self.pending[key] = Pending(
-                    p.count + 1, p.bytes + ev.size,
+                    p.count + 1, p.bytes + size,
                     min(p.first_at, seen) if p.first_at else seen,
                     max(p.last_at, seen) if p.last_at else seen)
                 touched.add(key)

@@ -168,7 +168,7 @@ def _run_variant(variant: Variant, built: Prebuilt, start: datetime, until: date
                          batches=True, fast=fast)
         asyncio.run(_run(sim, Timeline(inputs.items, [], until)))
         observed = {eid: n.event.observed_at for eid, n in sim.named.items()}
-        consumed = consumed_events(store, sim.named)
+        consumed = consumed_events(store, observed)
         out = RunResult(variant.name, left_out=dict(inputs.left_out),
                         events=len(inputs.items))
         for trig in sim.fired:
@@ -188,9 +188,10 @@ def _run_variant(variant: Variant, built: Prebuilt, start: datetime, until: date
 
 
 async def _run(sim: Simulation, timeline: Timeline) -> None:
-    """Run the simulation, returning nothing: at its end `asyncio.run` (3.11) formats the
-    main task's repr, result included, which for a month of triggers takes most a second."""
-    await sim.run(timeline)
+    """Run the simulation (`play`: what fired is read here, from the store), returning
+    nothing: at its end `asyncio.run` (3.11) formats the main task's repr, result included,
+    which for a month of triggers takes most a second."""
+    await sim.play(timeline)
 
 
 def rejected(store: SimStore) -> dict[str, int]:
