@@ -93,13 +93,17 @@ class FileSide:
         self.settle = Settle(name, options, matcher.wanted, lambda: 0.0, {"not_regular": 0})
         self.known = _Files()
         self.inodes: dict[str, int] = {}
+        self.settled_for = options.settle
 
     def events(self, path: str, kind: str | None, size: int, content: str | None,
                now: datetime) -> list[Event]:
         """The events of a file input (`FileIn`'s fields) settled at `now`."""
         root = next(r for r in self.roots if r.rel(path))
-        inode = self.inodes.setdefault(path, 1000 + len(self.inodes))
-        mtime_ns = int((now - self.options.settle).timestamp() * 1e9)
+        inodes = self.inodes
+        inode = inodes.get(path)
+        if inode is None:
+            inode = inodes[path] = 1000 + len(inodes)
+        mtime_ns = int((now - self.settled_for).timestamp() * 1e9)
         sig = (size, mtime_ns, inode)
         known = self.known
         if kind in ("modified", "deleted") and known.sig(path) is None:
