@@ -124,7 +124,12 @@ def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True)
     floor_at: datetime | None = None
     base = st.created_at
     if when.at_least_every is not None:
-        base = max(t for t in (st.last_success_at, st.last_floor_at, st.created_at) if t)
+        latest: datetime | None = None  # (the first of the latest: as max() picks it)
+        for t in (st.last_success_at, st.last_floor_at, st.created_at):
+            if t and (latest is None or t > latest):
+                latest = t
+        assert latest is not None  # noqa: S101 - created_at is always set
+        base = latest
         floor_at = base + when.at_least_every
         floor_due = now >= floor_at
 
@@ -237,6 +242,10 @@ def _debounce(debounce: timedelta, max_delay: timedelta | None, p: Pending, now:
     bounded = max_delay is not None and first is not None and now - first >= max_delay
     at = _earliest(p.last_at + debounce,
                    first + max_delay if max_delay and first else None)
+    ok = quiet_ok or bounded
+    if not explain:
+        check("debounce", ok, None, at)
+        return ok
 
     def words() -> tuple[str, str, str | None]:
         value = f"quiet for {human_duration(quiet)}"
@@ -246,8 +255,7 @@ def _debounce(debounce: timedelta, max_delay: timedelta | None, p: Pending, now:
             f" (or max_delay {human_duration(max_delay)})" if max_delay else "")
         return value, required, f"quiet until {at.isoformat() if at else '?'}"
 
-    ok = quiet_ok or bounded
-    check("debounce", ok, words if explain else None, at)
+    check("debounce", ok, words, at)
     return ok
 
 

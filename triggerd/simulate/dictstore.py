@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from triggerd.model import (
@@ -58,6 +59,9 @@ def _utc(at: datetime) -> datetime:
 
 def _by_key(item: tuple[Key, Any]) -> Key:
     return item[0]
+
+
+_rule_and_event = itemgetter(0, 1)  # of a pending row (rule, event id, group, size, at)
 
 
 def _utc_or_none(at: datetime | None) -> datetime | None:
@@ -228,7 +232,7 @@ class DictStore:
                         result.touched.add((rule, member.group))
         self._ensure_groups(result.touched, now)
         if rows:
-            rows.sort(key=lambda r: (r[0], r[1]))
+            rows.sort(key=_rule_and_event)
             self._add_pending(rows)
         if streaks:
             self._update_streaks(streaks)
