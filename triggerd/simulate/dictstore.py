@@ -247,17 +247,22 @@ class DictStore:
         """New pending memberships, and their groups' summaries (`IngestStore._add_pending`:
         a membership already there is kept, and counted all the same)."""
         sums: dict[Key, list[Any]] = {}  # count, bytes, first, last
+        members, waiting = self._members, self._waiting
         for rule, eid, grp, size, at in rows:
-            if (rule, eid) not in self._members:
-                self._members[(rule, eid)] = _Member(grp, at)
-                self._waiting.setdefault((rule, grp), []).append(eid)
-            s = sums.get((rule, grp))
+            key, member = (rule, grp), (rule, eid)
+            if member not in members:
+                members[member] = _Member(grp, at)
+                waiting.setdefault(key, []).append(eid)
+            s = sums.get(key)
             if s is None:
-                sums[(rule, grp)] = [1, size, at, at]
+                sums[key] = [1, size, at, at]
             else:
                 s[0] += 1
                 s[1] += size
-                s[2], s[3] = min(s[2], at), max(s[3], at)
+                if at < s[2]:
+                    s[2] = at
+                if at > s[3]:
+                    s[3] = at
         for (rule, grp), (n, size, first, last) in sums.items():
             by_group = self._sums.setdefault(rule, {})
             p = by_group.get(grp) or Pending()
