@@ -100,7 +100,8 @@ class Lookahead:
             return True
         armed = dict(self.armed)
         skipped: dict[Key, tuple[Decision, datetime]] = {}
-        while (due := self._first_due(armed, at)) is not None:
+        timers = self._timers(armed)  # kept as `_timers(armed)` while `armed` grows
+        while (due := _first_due(timers, at)) is not None:
             when, keys = due
             for key in keys:
                 if key[0] not in self.listening:
@@ -108,27 +109,23 @@ class Lookahead:
                 decision = self._decide(key, when)
                 if decision.fire:
                     return False
-                armed[key] = (decision.next_check_at, when)
+                check = decision.next_check_at
+                armed[key] = (check, when)
                 skipped[key] = (decision, when)
+                if check is not None:
+                    timers[key] = max(check, when + ARM_DELAY)
+                else:
+                    del timers[key]
         edge = at + ARM_DELAY
         if not all(decided == at or check is None or check >= edge
                    for key, (check, decided) in armed.items() if key in self.touched):
             return False
         self.armed = armed
         self.skipped.update(skipped)
-        self._next_timer = min((when for when in self._timers(armed).values()), default=_NEVER)
+        self._next_timer = min(timers.values(), default=_NEVER)
         self._last_safe = min((check - ARM_DELAY for key, (check, _d) in armed.items()
                                if key in self.touched and check is not None), default=_NEVER)
         return True
-
-    def _first_due(self, armed: Armed, at: datetime) -> tuple[datetime, list[Key]] | None:
-        """The first time by `at` (included) that the engine's timers fall due, and the groups
-        due then."""
-        due = self._timers(armed)
-        first = min(due.values(), default=None)
-        if first is None or first > at:
-            return None
-        return first, sorted(key for key, when in due.items() if when == first)
 
     def _timers(self, armed: Armed) -> dict[Key, datetime]:
         """Each group's timer: as the batch's last decision of it would arm it, or as the
@@ -200,3 +197,12 @@ class Lookahead:
             if check is not None:  # (its timer, no earlier than `check`, is then no nearer)
                 self._last_safe = min(self._last_safe, check - ARM_DELAY)
         return Step.MORE
+
+
+def _first_due(timers: Mapping[Key, datetime], at: datetime
+               ) -> tuple[datetime, list[Key]] | None:
+    """The first time by `at` (included) that `timers` fall due, and the groups due then."""
+    first = min(timers.values(), default=None)
+    if first is None or first > at:
+        return None
+    return first, sorted(key for key, when in timers.items() if when == first)
