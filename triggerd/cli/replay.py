@@ -15,7 +15,7 @@ from triggerd.language.units import parse_duration
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from triggerd.simulate import history, replay, replay_html
+    from triggerd.simulate import history, prebuilt, replay, replay_html
     from triggerd.simulate.actual import actual
     from triggerd.simulate.jobs import Plan
     from triggerd.simulate.replay_report import Report
@@ -53,12 +53,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"nothing to replay: the span {start.isoformat()} .. "
                          f"{until.isoformat()} is empty")
     plans = replay.JobPlans(fixed, stored)
+    built = prebuilt.Prebuilt(arrivals, start)  # the events, once for the variants
     runs: list[tuple[replay.RunResult, str, str | None, set[str]]] = []
     if happened is not None:
         runs.append((happened, "actual", None, set(config.rules)))
     for variant, kind, path in variants:
-        runs.append((replay.run_variant(variant, arrivals, start, until, plans), kind, path,
-                     set(variant.config.rules)))
+        runs.append((replay.run_variant(variant, arrivals, start, until, plans, built=built),
+                     kind, path, set(variant.config.rules)))
     names = rules + [r for _p, c in candidates for r in c.rules if r not in rules
                      and not args.rule]
     report = Report.build(start, until, origin, len(arrivals), plans.source(), names, runs,

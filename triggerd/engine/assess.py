@@ -17,6 +17,7 @@ from triggerd.store.contract import EngineStore
 from triggerd.store.sql import Key
 
 NOTHING_PENDING = Pending()  # a group without pending events (shared: frozen)
+NO_FLAGS = RuleFlags()  # a rule no operator paused (shared: frozen)
 
 
 def rule_schedule(config: Config, rule: str) -> Schedule | None:
@@ -84,7 +85,7 @@ def situate(spec: RuleSpec, state: GroupState, pending: Pending, flags: RuleFlag
     """What `decide` is given for one group of the rule `spec` (also the replay's lookahead,
     triggerd.simulate.lookahead)."""
     return Situation(
-        pending=pending, state=state, flags=flags or RuleFlags(),
+        pending=pending, state=state, flags=flags or NO_FLAGS,
         busy=active >= spec.dispatch.concurrency, on_busy=spec.dispatch.on_busy,
         scheduled=sched is not None, at_slot=slot,
         next_slot=sched.next_after(slot or now) if sched else None)

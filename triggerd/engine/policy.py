@@ -85,35 +85,36 @@ def _earliest(*times: datetime | None) -> datetime | None:
     return min(present) if present else None
 
 
-Text = Callable[[], str]  # a condition's words, built only when explaining
+Words = Callable[[], "tuple[str, str, str | None]"]
+"""A condition's words, built only when explaining: its value, what it requires, and what it
+waits for while not met (None: nothing to wait for)."""
 
 
 def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True) -> Decision:
     """The decision for one group at `now`. With `explain=False` the words (the reason and
-    the conditions) are left out, and only `fire`, `kind` and `next_check_at` are given: the
-    same verdict, a few times faster (the replay's lookahead asks after every arrival)."""
+    the conditions) are left out, and only `fire`, `kind`, `next_check_at` and `upcoming` are
+    given: the same verdict, a few times faster (the replay's lookahead asks after every
+    arrival, the engine at every trip)."""
     p, st = s.pending, s.state
     conds: list[Condition] = []
-    waits: list[Text] = []
-    timers: list[datetime | None] = []
+    waits: list[str] = []
+    timers: list[datetime] = []
     upcoming: list[tuple[str, datetime]] = []
-    oks: list[bool] = []
 
-    def check(name: str, value: Text, required: Text, ok: bool, wait: Text | None = None,
-              at: datetime | None = None) -> None:
-        oks.append(ok)
-        if explain:
-            conds.append(Condition(name, value(), required(), ok))
-        if not ok:
-            if wait:
+    def check(name: str, ok: bool, words: Words | None, at: datetime | None = None) -> None:
+        if words is not None:
+            value, required, wait = words()
+            conds.append(Condition(name, value, required, ok))
+            if not ok and wait is not None:
                 waits.append(wait)
+        if not ok and at is not None:
             timers.append(at)
-            if at is not None:
-                upcoming.append((_NEXT.get(name, name), at))
+            upcoming.append((_NEXT.get(name, name), at))
 
-    if s.flags.is_paused(now):
-        until = s.flags.paused_until
-        why = s.flags.paused_reason
+    flags = s.flags
+    if flags.paused and flags.is_paused(now):
+        until = flags.paused_until
+        why = flags.paused_reason
         conds.append(Condition("paused", f"yes: {why}" if why else "yes", "not paused", False))
         return Decision(False, "", "paused" + (f" until {until.isoformat()}" if until else ""),
                         until, conds, [("pause ends", until)] if until else [])
@@ -123,45 +124,55 @@ def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True)
     floor_at: datetime | None = None
     base = st.created_at
     if when.at_least_every is not None:
-        base = max(t for t in (st.last_success_at, st.last_floor_at, st.created_at) if t)
+        latest: datetime | None = None  # (the first of the latest: as max() picks it)
+        for t in (st.last_success_at, st.last_floor_at, st.created_at):
+            if t and (latest is None or t > latest):
+                latest = t
+        assert latest is not None  # noqa: S101 - created_at is always set
+        base = latest
         floor_at = base + when.at_least_every
         floor_due = now >= floor_at
 
     # -- conditions on pending events -----------------------------------------------------------
-    check("min_events", lambda: str(p.count), lambda: f"≥{when.min_events}",
-          p.count >= when.min_events,
-          lambda: f"{when.min_events - p.count} more event(s)" if p.count else "new events")
+    count, least = p.count, when.min_events
+    events_ok = count >= least
+    check("min_events", events_ok, (lambda: (
+        str(count), f"≥{least}", f"{least - count} more event(s)" if count else "new events"))
+        if explain else None)
     if when.min_bytes is not None:
         need = when.min_bytes
-        check("min_bytes", lambda: human_bytes(p.bytes), lambda: f"≥{human_bytes(need)}",
-              p.bytes >= need, lambda: f"{human_bytes(need - p.bytes)} more data")
+        ok = p.bytes >= need
+        events_ok &= ok
+        check("min_bytes", ok, (lambda: (
+            human_bytes(p.bytes), f"≥{human_bytes(need)}",
+            f"{human_bytes(need - p.bytes)} more data")) if explain else None)
     if when.sustained is not None:
-        _sustained(when.sustained, st, now, check)
+        events_ok &= _sustained(when.sustained, st, now, check, explain)
     if when.debounce is not None and p.last_at is not None:
-        _debounce(when.debounce, when.max_delay, p, now, check)
-    events_ok = all(oks)
+        events_ok &= _debounce(when.debounce, when.max_delay, p, now, check, explain)
 
     # -- conditions on the rule as a whole ------------------------------------------------------
     cooldown_ok = True
     if when.cooldown is not None and st.last_trigger_at is not None:
-        ends = st.last_trigger_at + when.cooldown
-        cooldown_ok = now >= ends
         last, cooldown = st.last_trigger_at, when.cooldown
-        check("cooldown", lambda: f"last trigger {human_duration(now - last)} ago",
-              lambda: f"≥{human_duration(cooldown)}", cooldown_ok,
-              lambda: f"cooldown to end at {ends.isoformat()}", ends)
+        ends = last + cooldown
+        cooldown_ok = now >= ends
+        check("cooldown", cooldown_ok, (lambda: (
+            f"last trigger {human_duration(now - last)} ago", f"≥{human_duration(cooldown)}",
+            f"cooldown to end at {ends.isoformat()}")) if explain else None, ends)
     busy_wait = s.busy and s.on_busy == "coalesce"
     if s.busy:
-        check("concurrency", lambda: "busy", lambda: "a free job slot", not busy_wait,
-              (lambda: "the running job to finish") if busy_wait else None)
+        check("concurrency", not busy_wait, (lambda: (
+            "busy", "a free job slot", "the running job to finish" if busy_wait else None))
+            if explain else None)
     slot_ok = True
     if s.scheduled:
-        slot_ok = s.at_slot is not None
         slot, next_slot = s.at_slot, s.next_slot
-        check("schedule", lambda: f"check at {slot.isoformat()}" if slot else "between checks",
-              lambda: "a scheduled check", slot_ok,
-              lambda: f"the scheduled check at {next_slot.isoformat()}" if next_slot else
-              "the next scheduled check", next_slot)
+        slot_ok = slot is not None
+        check("schedule", slot_ok, (lambda: (
+            f"check at {slot.isoformat()}" if slot else "between checks", "a scheduled check",
+            f"the scheduled check at {next_slot.isoformat()}" if next_slot else
+            "the next scheduled check")) if explain else None, next_slot)
     if floor_at is not None and when.at_least_every is not None and explain:
         since = ("last success" if base == st.last_success_at else
                  "last floor trigger" if base == st.last_floor_at else "rule started")
@@ -173,7 +184,8 @@ def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True)
     gate_ok = cooldown_ok and not busy_wait
     if floor_at is not None and not floor_due:
         upcoming.append(("periodic floor due", floor_at))
-    upcoming.sort(key=lambda item: item[1])
+    if len(upcoming) > 1:
+        upcoming.sort(key=_time_of)
     if events_ok and gate_ok and slot_ok:
         return Decision(True, "schedule" if s.at_slot else "events",
                         _fire_reason(when, s, now) if explain else "", None, conds, upcoming)
@@ -185,57 +197,66 @@ def decide(when: WhenSpec, s: Situation, now: datetime, *, explain: bool = True)
             if p.count:
                 reason += f"; {p.count} pending event(s)"
         return Decision(True, "floor", reason, None, conds, upcoming)
-    if not floor_due:
+    if floor_at is not None and not floor_due:
         timers.append(floor_at)
     wait = ""
     if explain:
-        wait = "; ".join(dict.fromkeys(w() for w in waits)) or "new events"
+        wait = "; ".join(dict.fromkeys(waits)) or "new events"
         if p.count == 0 and when.sustained is None and not s.busy:
             wait = "new events"
-    return Decision(False, "", wait, _earliest(*timers), conds, upcoming)
+    return Decision(False, "", wait, min(timers) if timers else None, conds, upcoming)
 
 
-Check = Callable[[str, Text, Text, bool, "Text | None", "datetime | None"], None]
+def _time_of(item: tuple[str, datetime]) -> datetime:
+    return item[1]
 
 
-def _sustained(sustained: int | timedelta, st: GroupState, now: datetime, check: Check
-               ) -> None:
+Check = Callable[[str, bool, "Words | None", "datetime | None"], None]
+
+
+def _sustained(sustained: int | timedelta, st: GroupState, now: datetime, check: Check,
+               explain: bool) -> bool:
     if isinstance(sustained, int):
-        n = st.sustained_count
-        check("sustained", lambda: f"{n} consecutive", lambda: f"≥{sustained}",
-              n >= sustained, lambda: f"{sustained - n} more consecutive matching event(s)",
-              None)
-        return
-    since = st.sustained_since
+        n, least = st.sustained_count, sustained
+        ok = n >= least
+        check("sustained", ok, (lambda: (
+            f"{n} consecutive", f"≥{least}", f"{least - n} more consecutive matching event(s)"))
+            if explain else None, None)
+        return ok
+    since, hold = st.sustained_since, sustained
     held = now - since if since else timedelta(0)
-    check("sustained", lambda: f"held for {human_duration(held)}" if since else "not holding",
-          lambda: f"≥{human_duration(sustained)}", since is not None and held >= sustained,
-          lambda: "the match to hold for " + human_duration(sustained - held),
-          since + sustained if since else None)
+    ok = since is not None and held >= hold
+    check("sustained", ok, (lambda: (
+        f"held for {human_duration(held)}" if since else "not holding",
+        f"≥{human_duration(hold)}", "the match to hold for " + human_duration(hold - held)))
+        if explain else None, since + hold if since else None)
+    return ok
 
 
 def _debounce(debounce: timedelta, max_delay: timedelta | None, p: Pending, now: datetime,
-              check: Check) -> None:
+              check: Check, explain: bool) -> bool:
     assert p.last_at is not None  # noqa: S101 - the caller checks
     quiet = now - p.last_at
     quiet_ok = quiet >= debounce
     first = p.first_at
     bounded = max_delay is not None and first is not None and now - first >= max_delay
-
-    def value() -> str:
-        text = f"quiet for {human_duration(quiet)}"
-        if bounded and not quiet_ok and first is not None:
-            text += f", first pending {human_duration(now - first)} ago"
-        return text
-
-    def required() -> str:
-        return f"≥{human_duration(debounce)}" + (
-            f" (or max_delay {human_duration(max_delay)})" if max_delay else "")
-
     at = _earliest(p.last_at + debounce,
                    first + max_delay if max_delay and first else None)
-    check("debounce", value, required, quiet_ok or bounded,
-          lambda: f"quiet until {at.isoformat() if at else '?'}", at)
+    ok = quiet_ok or bounded
+    if not explain:
+        check("debounce", ok, None, at)
+        return ok
+
+    def words() -> tuple[str, str, str | None]:
+        value = f"quiet for {human_duration(quiet)}"
+        if bounded and not quiet_ok and first is not None:
+            value += f", first pending {human_duration(now - first)} ago"
+        required = f"≥{human_duration(debounce)}" + (
+            f" (or max_delay {human_duration(max_delay)})" if max_delay else "")
+        return value, required, f"quiet until {at.isoformat() if at else '?'}"
+
+    check("debounce", ok, words, at)
+    return ok
 
 
 # what a condition's time means, said as what happens then

@@ -76,7 +76,9 @@ class Rounds:
                                    self.clock.now(), rules.classify, also, listening)
         if not result.touched:
             return Round(ingested=result)
-        return replace(self.decide(result.touched, None), ingested=result)
+        done = self.decide(result.touched, None)  # a round of its own: completed here
+        done.ingested = result
+        return done
 
     def decide(self, keys: set[Key] | None, at_slot: dict[str, datetime] | None) -> Round:
         """Decide for `keys` (every known group if None) and write the triggers that fire;

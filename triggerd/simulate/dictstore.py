@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from triggerd.model import (
@@ -43,6 +44,7 @@ from triggerd.model import (
     event_ref,
     trigger_id,
 )
+from triggerd.simulate.classified import Classified
 from triggerd.store.sql import Claim, Ingest, IngestResult, Key, NewTrigger, Snapshot
 
 
@@ -57,6 +59,9 @@ def _utc(at: datetime) -> datetime:
 
 def _by_key(item: tuple[Key, Any]) -> Key:
     return item[0]
+
+
+_rule_and_event = itemgetter(0, 1)  # of a pending row (rule, event id, group, size, at)
 
 
 def _utc_or_none(at: datetime | None) -> datetime | None:
@@ -120,6 +125,8 @@ class DictStore:
         self._running: Counter[str] = Counter()
         self._slots: dict[tuple[str, datetime], datetime | None] = {}  # (key, slot): done at
         self._rejects: dict[tuple[str, str, str], str] = {}  # (source, ref, kind): error
+        # what the replay's fast lane classified already, taken instead of classifying again
+        self.classified: Classified | None = None
 
     def close(self) -> None:
         """Nothing to release (the store is garbage once its simulation is)."""
@@ -195,7 +202,9 @@ class DictStore:
             unique.setdefault(ev.id, ev)
         known = self._events
         fresh = [ev for eid, ev in unique.items() if eid not in known]
-        items = classify(fresh) if classify is not None else [Ingest(ev) for ev in fresh]
+        items = ([Ingest(ev) for ev in fresh] if classify is None else
+                 self.classified.take(classify, fresh) if self.classified is not None else
+                 classify(fresh))
         rows: list[tuple[str, str, str, int, datetime]] = []  # rule, event id, group, size, at
         streaks: list[tuple[str, str, bool, datetime]] = []
         for item in items:
@@ -203,9 +212,9 @@ class DictStore:
             eid = ev.id
             known.add(eid)
             result.new.append(eid)
-            at = _utc(ev.observed_at)
+            at, size = _utc(ev.observed_at), ev.size
             for rule, grp in item.pending:
-                rows.append((rule, eid, grp, ev.size, at))
+                rows.append((rule, eid, grp, size, at))
                 result.touched.add((rule, grp))
             for rule, grp, matched in item.streak:
                 streaks.append((rule, grp, matched, at))
@@ -223,7 +232,7 @@ class DictStore:
                         result.touched.add((rule, member.group))
         self._ensure_groups(result.touched, now)
         if rows:
-            rows.sort(key=lambda r: (r[0], r[1]))
+            rows.sort(key=_rule_and_event)
             self._add_pending(rows)
         if streaks:
             self._update_streaks(streaks)
@@ -238,17 +247,22 @@ class DictStore:
         """New pending memberships, and their groups' summaries (`IngestStore._add_pending`:
         a membership already there is kept, and counted all the same)."""
         sums: dict[Key, list[Any]] = {}  # count, bytes, first, last
+        members, waiting = self._members, self._waiting
         for rule, eid, grp, size, at in rows:
-            if (rule, eid) not in self._members:
-                self._members[(rule, eid)] = _Member(grp, at)
-                self._waiting.setdefault((rule, grp), []).append(eid)
-            s = sums.get((rule, grp))
+            key, member = (rule, grp), (rule, eid)
+            if member not in members:
+                members[member] = _Member(grp, at)
+                waiting.setdefault(key, []).append(eid)
+            s = sums.get(key)
             if s is None:
-                sums[(rule, grp)] = [1, size, at, at]
+                sums[key] = [1, size, at, at]
             else:
                 s[0] += 1
                 s[1] += size
-                s[2], s[3] = min(s[2], at), max(s[3], at)
+                if at < s[2]:
+                    s[2] = at
+                if at > s[3]:
+                    s[3] = at
         for (rule, grp), (n, size, first, last) in sums.items():
             by_group = self._sums.setdefault(rule, {})
             p = by_group.get(grp) or Pending()

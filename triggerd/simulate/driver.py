@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -34,7 +34,9 @@ from triggerd.engine.policy import verdict_line
 from triggerd.engine.rounds import Round
 from triggerd.errors import TriggerdError
 from triggerd.model import Trigger
-from triggerd.simulate.inputs import Builder, Named
+from triggerd.simulate.classified import Classified
+from triggerd.simulate.dictstore import DictStore
+from triggerd.simulate.inputs import Builder, Built, Named
 from triggerd.simulate.jobs import JobRunner, Plan
 from triggerd.simulate.lookahead import Lookahead, Step
 from triggerd.simulate.simstore import SimStore
@@ -84,7 +86,7 @@ class Fired:
 class Timeline:
     """What to feed the engine: inputs and explain checks at times, and when to stop."""
 
-    inputs: list[tuple[datetime, Input]]
+    inputs: Sequence[tuple[datetime, Input | Built]]  # Built: a replay's (prebuilt.py)
     checks: list[tuple[datetime, str, str]]  # (at, rule, group)
     until: datetime
 
@@ -118,8 +120,12 @@ class Simulation:
                              then=_claim(self.jobs))
         self.builder = Builder(config.sources, start, show)
         self.named: dict[str, Named] = {}
-        self.lookahead = (Lookahead(config, store, self.engine.rules, self.named) if fast
-                          else None)  # the fast lane: arrivals batched where it is the same
+        self.lookahead: Lookahead | None = None  # the fast lane: arrivals batched where it is
+        if fast:                                 # the same
+            classified = Classified(self.engine.rules)
+            self.lookahead = Lookahead(config, store, classified.classify, self.named)
+            if isinstance(store, DictStore):  # it takes what the fast lane classified
+                store.classified = classified
         listened = {s for spec in config.rules.values() for s in spec.on}
         self.crons = {name: opts for name, opts in config.sources.items()
                       if isinstance(opts, CronOptions) and name in listened and auto_ticks}
@@ -127,6 +133,12 @@ class Simulation:
 
     async def run(self, timeline: Timeline) -> Result:
         """Run the timeline to its end; what fired, the verdicts and notes."""
+        verdicts = await self.play(timeline)
+        return Result(self._results(), verdicts, self.builder.notes)
+
+    async def play(self, timeline: Timeline) -> list[Verdict]:
+        """Run the timeline to its end; the verdicts of its checks (what fired is in
+        `fired`, and in the store: a replay reads it from there)."""
         await self.engine.start()
         now = self.clock.now()
         self.next_tick = {n: o.build_schedule().next_after(now) for n, o in self.crons.items()}
@@ -156,8 +168,7 @@ class Simulation:
             raise SimulationError(f"more than {self.max_steps} moments to simulate before "
                                   f"{timeline.until.isoformat()}; shorten the test")
         self.clock.set(max(timeline.until, self.clock.now()))
-        return Result(self._results(), [verdicts[n] for n in sorted(verdicts)],
-                      self.builder.notes)
+        return [verdicts[n] for n in sorted(verdicts)]
 
     def _next(self, extra: Iterable[datetime], *, timers: bool = True) -> datetime | None:
         """The next moment: `extra`, a scheduled check, a cron tick, a job's end, and (with
@@ -201,8 +212,11 @@ class Simulation:
             if due is None or due > now:
                 return
 
-    async def _input(self, item: Input) -> None:
-        if item.fire is not None:
+    async def _input(self, item: Input | Built) -> None:
+        if isinstance(item, Built):
+            if item.named:
+                await self._submit(item.source, list(item.named))
+        elif item.fire is not None:
             await self.engine.fire(item.fire.rule, f"manual: {item.fire.reason}")
         elif item.job is not None:
             self.jobs.plan(item.job.rule, item.job.outcome, item.job.duration)
@@ -213,7 +227,8 @@ class Simulation:
             if named:
                 await self._submit(source, named)
 
-    def _unit(self, inputs: deque[tuple[datetime, Input]]) -> tuple[datetime, list[Input]]:
+    def _unit(self, inputs: deque[tuple[datetime, Input | Built]]
+              ) -> tuple[datetime, list[Input | Built]]:
         """The next input; with `batches`, with the inputs of its source at its time."""
         at, item = inputs.popleft()
         items = [item]
@@ -222,8 +237,8 @@ class Simulation:
             items.append(inputs.popleft()[1])
         return at, items
 
-    async def _collect(self, at: datetime, items: list[Input],
-                       inputs: deque[tuple[datetime, Input]], limit: datetime) -> None:
+    async def _collect(self, at: datetime, items: list[Input | Built],
+                       inputs: deque[tuple[datetime, Input | Built]], limit: datetime) -> None:
         """The fast lane (`lookahead`): this source's arrivals from `at` on, as one batch for as
         long as the engine would decide the same (the groups' timers that fall due meanwhile
         included); every arrival before `limit`, the next moment the simulator has anyway
@@ -235,12 +250,13 @@ class Simulation:
         batch: list[Named] = []
         sent_at = at
         while True:
-            named = [n for item in items for n in self.builder.build(item, at)[1]]
+            named = (self._build(items[0], at)[1] if len(items) == 1 else
+                     [n for item in items for n in self._build(item, at)[1]])
             step = lookahead.add([n.event for n in named], at) if named else Step.MORE
             if step is Step.ALONE:  # a duplicate: its groups are decided again, on its own
                 await self._send(source, batch, sent_at)
                 self._arm(lookahead)
-                await self._send(source, named, at)
+                await self._send(source, list(named), at)
                 return
             if named:
                 batch += named
@@ -267,14 +283,20 @@ class Simulation:
             self.clock.set(max(at, self.clock.now()))
             await self._submit(source, named)
 
-    async def _batch(self, items: list[Input]) -> None:
+    async def _batch(self, items: list[Input | Built]) -> None:
         """Source inputs at one time from one source: one batch, as the source delivers it."""
-        source, named = "", []
+        source, named = "", list[Named]()
         for item in items:
-            source, some = self.builder.build(item, self.clock.now())
+            source, some = self._build(item, self.clock.now())
             named += some
         if named:
             await self._submit(source, named)
+
+    def _build(self, item: Input | Built, now: datetime) -> tuple[str, Sequence[Named]]:
+        """The source and the events of a source's input (built already, or now)."""
+        if isinstance(item, Built):
+            return item.source, item.named
+        return self.builder.build(item, now)
 
     async def _pause(self, item: Input) -> None:
         """`triggerd pause` / `resume`: the flag in the store, then the rule decided again
@@ -302,7 +324,8 @@ class Simulation:
         return Verdict(now, d.fire, text, {c.name: c.ok for c in d.conditions})
 
     def _results(self) -> list[Fired]:
-        consumed = consumed_events(self.store, self.named)
+        consumed = consumed_events(
+            self.store, {eid: n.event.observed_at for eid, n in self.named.items()})
         statuses = self.store.job_statuses()
         return [Fired(trig, [self.named[e] for e in consumed.get(trig.id, []) if e in self.named],
                       statuses.get(trig.id, "none")) for trig in self.fired]
@@ -321,22 +344,25 @@ def _claim(jobs: JobRunner) -> Callable[[Round], Round]:
     return then
 
 
-def _source_of(item: Input) -> str | None:
+def _source_of(item: Input | Built) -> str | None:
+    if isinstance(item, Built):
+        return item.source
     one = item.file or item.object or item.message or item.event
     return one.source if one is not None else None
 
 
-def _same_source(a: Input, b: Input) -> bool:
+def _same_source(a: Input | Built, b: Input | Built) -> bool:
     source = _source_of(a)
     return source is not None and source == _source_of(b)
 
 
-def consumed_events(store: SimStore, named: dict[str, Named]) -> dict[str, list[str]]:
-    """Each trigger's events (ids), in the order they were observed (`named`: every event
-    the simulation submitted, with its time): one read of the memberships."""
+def consumed_events(store: SimStore, observed: Mapping[str, datetime]
+                    ) -> dict[str, list[str]]:
+    """Each trigger's events (ids), in the order they were observed (`observed`: when, for
+    every event the simulation submitted): one read of the memberships."""
     out = store.memberships()
     for ids in out.values():
-        ids.sort(key=lambda e: (named[e].event.observed_at, e) if e in named else (_NEVER, e))
+        ids.sort(key=lambda e: (observed.get(e, _NEVER), e))
     return out
 
 

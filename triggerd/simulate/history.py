@@ -188,6 +188,21 @@ class Inputs:
 def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
     """The simulator's inputs for `config` (see the module docstring)."""
     out = Inputs()
+    for a, entry in entries(config, arrivals, out):
+        if isinstance(entry, str):
+            entry = _input(a.at, file=FileIn(
+                source=a.source, path=entry, size=a.size,
+                kind=a.kind,  # one of FILE_KINDS: `entries` checked it
+                content=a.fingerprint))
+        out.items.append((a.at, entry))
+    return out
+
+
+def entries(config: Config, arrivals: list[Arrival], out: Inputs
+            ) -> Iterator[tuple[Arrival, Input | str]]:
+    """Each arrival that is replayed, as an input; a filesystem source's row as the file's
+    absolute path (its other fields are the arrival's: a file input without a pydantic model
+    each, for `prebuilt`). What is left out is counted in `out`."""
     kinds = {name: _kind(options) for name, options in config.sources.items()}
     for a in arrivals:
         options = config.sources.get(a.source)
@@ -197,9 +212,9 @@ def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
         elif kind is CronOptions:
             out.leave_out(f"ticks of cron source {a.source} (the replay makes its own)")
         elif a.stored:
-            out.items.append((a.at, _input(a.at, event=EventIn(
+            yield a, _input(a.at, event=EventIn(
                 source=a.source, kind=a.kind, subject=a.subject, fingerprint=a.fingerprint,
-                payload=a.payload))))
+                payload=a.payload))
         elif kind is FilesystemOptions:
             assert isinstance(options, FilesystemOptions)  # noqa: S101 - its kind
             if a.kind not in FILE_KINDS:
@@ -209,27 +224,23 @@ def timeline_inputs(config: Config, arrivals: list[Arrival]) -> Inputs:
             if path is None:
                 out.leave_out(f"paths outside filesystem source {a.source}'s paths")
                 continue
-            out.items.append((a.at, _input(a.at, file=FileIn(
-                source=a.source, path=path, size=a.size,
-                kind=a.kind,  # checked just above
-                content=a.fingerprint))))
+            yield a, path
         elif kind is KafkaOptions:
-            out.items.append((a.at, _input(a.at, message=MessageIn(
-                source=a.source, value=a.payload, key=a.subject))))
+            yield a, _input(a.at, message=MessageIn(source=a.source, value=a.payload,
+                                                    key=a.subject))
         elif kind is BucketOptions:
             assert isinstance(options, BucketOptions)  # noqa: S101 - its kind
             event = _object_event(a, options)
             if event is None:
                 out.leave_out(f"rows of bucket source {a.source} it does not watch")
                 continue
-            out.items.append((a.at, _input(a.at, event=EventIn(
+            yield a, _input(a.at, event=EventIn(
                 source=a.source, kind=event.kind, subject=event.subject,
-                fingerprint=event.fingerprint, payload=event.payload))))
+                fingerprint=event.fingerprint, payload=event.payload))
         else:
-            out.items.append((a.at, _input(a.at, event=EventIn(
+            yield a, _input(a.at, event=EventIn(
                 source=a.source, kind=a.kind, subject=a.subject, fingerprint=a.fingerprint,
-                payload=a.payload))))
-    return out
+                payload=a.payload))
 
 
 def _kind(options: object) -> type | None:
@@ -257,15 +268,26 @@ def _under(options: FilesystemOptions, subject: str) -> str | None:
     """The absolute path of a file row (a relative one is under the source's first path), or
     None when it is under none of the source's paths."""
     roots = _roots(tuple(options.paths))
-    path = os.path.normpath(os.path.join(roots[0], subject))
-    if any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
-        return path
+    path = subject if _normal(subject) else os.path.normpath(os.path.join(roots[0][0], subject))
+    for root, below in roots:
+        if path == root or path.startswith(below):
+            return path
     return None
 
 
+def _normal(path: str) -> bool:
+    """Whether `path` is absolute and `os.path.normpath` leaves it as it is (no `//`, no `.`
+    or `..` component, no trailing `/`; a name starting with `.` is left to normpath): most
+    rows, without a normpath each."""
+    return (path.startswith("/") and "//" not in path and "/." not in path
+            and not path.endswith("/"))
+
+
 @lru_cache(maxsize=64)
-def _roots(paths: tuple[str, ...]) -> list[str]:
-    return [os.path.normpath(os.path.abspath(p)) for p in paths]
+def _roots(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each path normalised, and the prefix of the paths below it."""
+    roots = [os.path.normpath(os.path.abspath(p)) for p in paths]
+    return [(r, r.rstrip(os.sep) + os.sep) for r in roots]
 
 
 def _input(at: datetime, **one: Any) -> Input:

@@ -54,6 +54,16 @@ class Named:
     names: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A source's input whose events are built already (`prebuilt`: a replay's arrivals),
+    which the simulator takes in place of an `Input`: its source, and its events (none: a
+    file its patterns leave out, a message its source rejects)."""
+
+    source: str
+    named: tuple[Named, ...]
+
+
 class _Files(Known):
     """The files a simulated filesystem source knows: the source's table (`Known`) as its
     verdicts read it (`sig`), kept as a plain dict: without the index by directory that only
@@ -83,33 +93,39 @@ class FileSide:
         self.settle = Settle(name, options, matcher.wanted, lambda: 0.0, {"not_regular": 0})
         self.known = _Files()
         self.inodes: dict[str, int] = {}
+        self.settled_for = options.settle
 
-    def events(self, f: FileIn, now: datetime) -> list[Event]:
-        path, kind = f.path, f.kind
+    def events(self, path: str, kind: str | None, size: int, content: str | None,
+               now: datetime) -> list[Event]:
+        """The events of a file input (`FileIn`'s fields) settled at `now`."""
         root = next(r for r in self.roots if r.rel(path))
-        inode = self.inodes.setdefault(path, 1000 + len(self.inodes))
-        mtime_ns = int((now - self.options.settle).timestamp() * 1e9)
-        sig = (f.size, mtime_ns, inode)
+        inodes = self.inodes
+        inode = inodes.get(path)
+        if inode is None:
+            inode = inodes[path] = 1000 + len(inodes)
+        mtime_ns = int((now - self.settled_for).timestamp() * 1e9)
+        sig = (size, mtime_ns, inode)
         known = self.known
         if kind in ("modified", "deleted") and known.sig(path) is None:
             known.put(path, sig)  # a file the test says was there before
         elif kind == "created":
             known.drop(path)
-        self.settle.arm(path, root, kind if kind in ("moved", "deleted") else "created",
-                        0.0, rearm=True)
-        found = self.settle.conclude(self.settle.due_batch(), [self._look(f, sig)], known, now)
+        found = self.settle.conclude_now(
+            path, root, kind if kind in ("moved", "deleted") else "created",
+            self._look(path, kind, content, sig), known, now)
         for saved, row in found.saves:
             known.put(saved, row.sig)
         for gone in found.gone:
             known.drop(gone)
         return found.events
 
-    def _look(self, f: FileIn, sig: tuple[int, int, int]) -> Look:
-        if f.kind == "deleted":
+    def _look(self, path: str, kind: str | None, content: str | None,
+              sig: tuple[int, int, int]) -> Look:
+        if kind == "deleted":
             return Look("gone")
         if self.options.fingerprint == "stat":
             return Look("settled", sig, f"{sig[0]}:{sig[1]}:{sig[2]}")
-        text = f.content if f.content is not None else f"{f.path}\0{sig[0]}\0{sig[1]}"
+        text = content if content is not None else f"{path}\0{sig[0]}\0{sig[1]}"
         digest = hashlib.sha256(text.encode()).hexdigest()
         return Look("settled", sig, digest, digest)
 
@@ -189,18 +205,23 @@ class Builder:
         return item.event.source, [self._event(item.event, item.id, now)]
 
     def _files(self, f: FileIn, label: str | None, now: datetime) -> list[Named]:
-        side = self.files.get(f.source)
+        return self.files_of(f.source, f.path, f.kind, f.size, f.content, label, now)
+
+    def files_of(self, source: str, path: str, kind: str | None, size: int,
+                 content: str | None, label: str | None, now: datetime) -> list[Named]:
+        """The events of a file input, given by its fields (`FileIn`'s)."""
+        side = self.files.get(source)
         if side is None:
-            options = self.sources[f.source]
+            options = self.sources[source]
             assert isinstance(options, FilesystemOptions)  # noqa: S101 - cross-checked
-            side = self.files[f.source] = FileSide(f.source, options)
+            side = self.files[source] = FileSide(source, options)
         out = []
-        for event in side.events(f, now):
+        for event in side.events(path, kind, size, content, now):
             p = event.payload
-            names = {p["path"], p["relpath"], p["name"]} | ({label} if label else set())
+            names = (p["path"], p["relpath"], p["name"]) + ((label,) if label else ())
             out.append(Named(event, label or p["name"], frozenset(names)))
         if not out:
-            self.notes.append(f"{f.path}: no event (not watched by source {f.source}'s "
+            self.notes.append(f"{path}: no event (not watched by source {source}'s "
                               "patterns, or a kind its `events` leave out)")
         return out
 

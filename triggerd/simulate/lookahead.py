@@ -42,10 +42,10 @@ from enum import Enum
 from triggerd.config.loader import Config
 from triggerd.engine.assess import NOTHING_PENDING, rule_schedule, situate
 from triggerd.engine.engine import ARM_DELAY
-from triggerd.engine.matching import RuleSet
 from triggerd.engine.policy import Decision, decide
 from triggerd.language.schedules import Schedule
 from triggerd.model import Event, GroupState, Pending, RuleFlags
+from triggerd.simulate.classified import Classify
 from triggerd.store.contract import EngineStore
 from triggerd.store.sql import Key
 
@@ -62,11 +62,11 @@ class Step(Enum):
 class Lookahead:
     """The state the engine would have after each arrival of the batch being collected."""
 
-    def __init__(self, config: Config, store: EngineStore, rules: RuleSet,
+    def __init__(self, config: Config, store: EngineStore, classify: Classify,
                  known: Container[str]) -> None:
         self.config = config
         self.store = store
-        self.rules = rules
+        self.classify = classify  # the engine's rules' (`RuleSet.classify`)
         self.known = known  # ids of the events stored already
         self.schedules: dict[str, Schedule | None] = {
             r: rule_schedule(config, r) for r in config.rules}
@@ -100,7 +100,8 @@ class Lookahead:
             return True
         armed = dict(self.armed)
         skipped: dict[Key, tuple[Decision, datetime]] = {}
-        while (due := self._first_due(armed, at)) is not None:
+        timers = self._timers(armed)  # kept as `_timers(armed)` while `armed` grows
+        while (due := _first_due(timers, at)) is not None:
             when, keys = due
             for key in keys:
                 if key[0] not in self.listening:
@@ -108,27 +109,23 @@ class Lookahead:
                 decision = self._decide(key, when)
                 if decision.fire:
                     return False
-                armed[key] = (decision.next_check_at, when)
+                check = decision.next_check_at
+                armed[key] = (check, when)
                 skipped[key] = (decision, when)
+                if check is not None:
+                    timers[key] = max(check, when + ARM_DELAY)
+                else:
+                    del timers[key]
         edge = at + ARM_DELAY
         if not all(decided == at or check is None or check >= edge
                    for key, (check, decided) in armed.items() if key in self.touched):
             return False
         self.armed = armed
         self.skipped.update(skipped)
-        self._next_timer = min((when for when in self._timers(armed).values()), default=_NEVER)
+        self._next_timer = min(timers.values(), default=_NEVER)
         self._last_safe = min((check - ARM_DELAY for key, (check, _d) in armed.items()
                                if key in self.touched and check is not None), default=_NEVER)
         return True
-
-    def _first_due(self, armed: Armed, at: datetime) -> tuple[datetime, list[Key]] | None:
-        """The first time by `at` (included) that the engine's timers fall due, and the groups
-        due then."""
-        due = self._timers(armed)
-        first = min(due.values(), default=None)
-        if first is None or first > at:
-            return None
-        return first, sorted(key for key, when in due.items() if when == first)
 
     def _timers(self, armed: Armed) -> dict[Key, datetime]:
         """Each group's timer: as the batch's last decision of it would arm it, or as the
@@ -159,19 +156,21 @@ class Lookahead:
     def add(self, events: Sequence[Event], at: datetime) -> Step:
         """Take the events that arrived together at `at` (one source's batch)."""
         ids = [e.id for e in events]
-        if any(i in self.known or i in self.ids for i in ids):
-            return Step.ALONE
-        self.ids.update(ids)
+        known, taken = self.known, self.ids
+        for i in ids:
+            if i in known or i in taken:
+                return Step.ALONE
+        taken.update(ids)
         touched: set[Key] = set()
         new_group = False
-        for item in self.rules.classify(events):
+        for item in self.classify(events):
             ev = item.event
+            seen, size = ev.observed_at, ev.size
             for key in item.pending:
                 new_group |= key not in self.states
                 p = self.pending.get(key, NOTHING_PENDING)
-                seen = ev.observed_at
                 self.pending[key] = Pending(
-                    p.count + 1, p.bytes + ev.size,
+                    p.count + 1, p.bytes + size,
                     min(p.first_at, seen) if p.first_at else seen,
                     max(p.last_at, seen) if p.last_at else seen)
                 touched.add(key)
@@ -198,3 +197,12 @@ class Lookahead:
             if check is not None:  # (its timer, no earlier than `check`, is then no nearer)
                 self._last_safe = min(self._last_safe, check - ARM_DELAY)
         return Step.MORE
+
+
+def _first_due(timers: Mapping[Key, datetime], at: datetime
+               ) -> tuple[datetime, list[Key]] | None:
+    """The first time by `at` (included) that `timers` fall due, and the groups due then."""
+    first = min(timers.values(), default=None)
+    if first is None or first > at:
+        return None
+    return first, sorted(key for key, when in timers.items() if when == first)

@@ -3,10 +3,11 @@
 Each `Variant` (the current config, a candidate config, a point of a `--sweep`) is simulated
 on its own fresh store kept in dicts (`dictstore`) with `driver.Simulation` (the daemon's
 `Engine` and policy, a manual clock), from the replay's start to its end, over the same arrivals
-(`history.timeline_inputs`). Jobs take the time and end the way `JobPlans` says: the stored
-jobs' attempts of each rule in turn, or `--job-duration` (all succeed). What comes out is a
-`RunResult`: every trigger with its events and its job's start and end (`TriggerFact`), and
-the events still pending at the end; `figures` turns it into the numbers per rule.
+(`history.timeline_inputs`; their events built once for the variants with the same sources:
+`prebuilt`). Jobs take the time and end the way `JobPlans` says: the stored jobs' attempts of
+each rule in turn, or `--job-duration` (all succeed). What comes out is a `RunResult`: every
+trigger with its events and its job's start and end (`TriggerFact`), and the events still
+pending at the end; `figures` turns it into the numbers per rule.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from triggerd.language.units import format_duration
 from triggerd.model import JobStatus
 from triggerd.simulate.dictstore import DictStore
 from triggerd.simulate.driver import Simulation, Timeline, consumed_events
-from triggerd.simulate.history import Arrival, timeline_inputs
+from triggerd.simulate.history import Arrival
 from triggerd.simulate.jobs import Plan
+from triggerd.simulate.prebuilt import Prebuilt
 from triggerd.simulate.simstore import SimStore
 from triggerd.simulate.spec import Jobs
 from triggerd.store import tables as t
@@ -126,11 +128,17 @@ def stored_plans(store: Store, since: datetime | None, until: datetime | None
 
 def run_variant(variant: Variant, arrivals: list[Arrival], start: datetime, until: datetime,
                 plans: JobPlans, *, fast: bool = True,
-                new_store: Callable[[], SimStore] = DictStore) -> RunResult:
+                new_store: Callable[[], SimStore] = DictStore,
+                built: Prebuilt | None = None) -> RunResult:
     """Simulate `variant` over `arrivals` from `start` to `until` (see the module docstring);
-    `new_store` makes the store it runs on (the tests compare the SQL store's run)."""
+    `new_store` makes the store it runs on (the tests compare the SQL store's run); `built`
+    holds the events of `arrivals` built for earlier variants (else they are built here)."""
+    if built is None:
+        built = Prebuilt(arrivals, start)
+    elif built.arrivals is not arrivals or built.start != start:
+        raise ValueError("run_variant: `built` holds the events of other arrivals")
     with _collector_paused():
-        return _run_variant(variant, arrivals, start, until, plans, fast, new_store)
+        return _run_variant(variant, built, start, until, plans, fast, new_store)
 
 
 @contextmanager
@@ -148,10 +156,10 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _run_variant(variant: Variant, arrivals: list[Arrival], start: datetime, until: datetime,
+def _run_variant(variant: Variant, built: Prebuilt, start: datetime, until: datetime,
                  plans: JobPlans, fast: bool, new_store: Callable[[], SimStore]) -> RunResult:
-    inputs = timeline_inputs(variant.config, arrivals)
     started = time.perf_counter()
+    inputs = built.prepared(variant.config)
     store = new_store()
     try:
         sim = Simulation(variant.config, store, start, Jobs(), auto_ticks=True,
@@ -160,8 +168,9 @@ def _run_variant(variant: Variant, arrivals: list[Arrival], start: datetime, unt
                          batches=True, fast=fast)
         asyncio.run(_run(sim, Timeline(inputs.items, [], until)))
         observed = {eid: n.event.observed_at for eid, n in sim.named.items()}
-        consumed = consumed_events(store, sim.named)
-        out = RunResult(variant.name, left_out=inputs.left_out, events=len(inputs.items))
+        consumed = consumed_events(store, observed)
+        out = RunResult(variant.name, left_out=dict(inputs.left_out),
+                        events=len(inputs.items))
         for trig in sim.fired:
             end = sim.jobs.ended.get(trig.id)
             out.triggers.append(TriggerFact(
@@ -179,9 +188,10 @@ def _run_variant(variant: Variant, arrivals: list[Arrival], start: datetime, unt
 
 
 async def _run(sim: Simulation, timeline: Timeline) -> None:
-    """Run the simulation, returning nothing: at its end `asyncio.run` (3.11) formats the
-    main task's repr, result included, which for a month of triggers takes most a second."""
-    await sim.run(timeline)
+    """Run the simulation (`play`: what fired is read here, from the store), returning
+    nothing: at its end `asyncio.run` (3.11) formats the main task's repr, result included,
+    which for a month of triggers takes most a second."""
+    await sim.play(timeline)
 
 
 def rejected(store: SimStore) -> dict[str, int]:

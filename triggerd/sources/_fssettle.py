@@ -138,6 +138,15 @@ class Settle:
             self._one(out, path, entry, seen, known.sig(path), now)
         return out
 
+    def conclude_now(self, path: str, root: Root, hint: str, seen: Look, known: Known,
+                     now: datetime) -> Verdicts:
+        """The verdict on a look at `path` taken at once, without a timer (a file that the
+        simulator's inputs say has settled: triggerd.simulate.inputs), as `conclude` gives it
+        for the same look when its timer falls due."""
+        entry = Pending(root, hint, self.clock())
+        self.pending[path] = entry
+        return self.conclude([(path, entry)], [seen], known, now)
+
     def _one(self, out: Verdicts, path: str, entry: Pending, seen: Look, old: Sig | None,
              now: datetime) -> None:
         rel = entry.root.rel(path) or ""
@@ -180,15 +189,17 @@ class Settle:
     def _event(self, now: datetime, kind: str, path: str, root: Root, rel: str,
                size: int, mtime_ns: int, sha256: str | None, fingerprint: str) -> Event:
         directory, _, name = rel.rpartition("/")
-        payload: dict[str, Any] = {"path": display(path), "relpath": display(rel),
-                                   "dir": display(directory), "name": display(name),
-                                   "size": size, "mtime": _iso_ns(mtime_ns),
-                                   "root": display(root.path)}
-        if not is_text(path):
+        text = is_text(path)  # and so are its parts (`rel` is one): each as it is
+        payload: dict[str, Any] = {
+            "path": path if text else display(path), "relpath": rel if text else display(rel),
+            "dir": directory if text else display(directory),
+            "name": name if text else display(name), "size": size, "mtime": _iso_ns(mtime_ns),
+            "root": display(root.path)}
+        if not text:
             payload["path_b64"] = raw_b64(path)
         if self.options.fingerprint == "sha256" and sha256 is not None:
             payload["sha256"] = sha256
-        return Event(source=self.name, kind=kind, subject=display(path),
+        return Event(source=self.name, kind=kind, subject=payload["path"],
                      fingerprint=fingerprint, payload=payload, observed_at=now)
 
 
