@@ -93,12 +93,15 @@ def test_rows_the_config_cannot_replay_are_left_out_and_counted(rp: Replay) -> N
     rows = [*bursts(days=1)[:8],
             {"time": at, "source": "nightly", "subject": "tick"},
             {"time": at, "source": "elsewhere", "subject": "x"},
-            {"time": at, "source": "landing", "subject": "/tmp/outside.parquet"}]
+            {"time": at, "source": "landing", "subject": "/tmp/outside.parquet"},
+            # the watched directory itself is no file in it (it crashed the replay)
+            {"time": at, "source": "landing", "subject": "/data/landing"},
+            {"time": at, "source": "landing", "subject": "/data/landing/"}]
     run = next(r for r in rp.json("--arrivals", str(write_log(rp, rows)))["runs"])
     assert run["left_out"] == {
         "ticks of cron source nightly (the replay makes its own)": 1,
         "source elsewhere is not in the config": 1,
-        "paths outside filesystem source landing's paths": 1}
+        "paths outside filesystem source landing's paths": 3}
     assert run["events"] == 8
 
 

@@ -266,11 +266,12 @@ def _object_event(a: Arrival, options: BucketOptions) -> Event | None:
 
 def _under(options: FilesystemOptions, subject: str) -> str | None:
     """The absolute path of a file row (a relative one is under the source's first path), or
-    None when it is under none of the source's paths."""
+    None when it is under none of the source's paths (a row naming one of those directories
+    itself is no file in it either)."""
     roots = _roots(tuple(options.paths))
     path = subject if _normal(subject) else os.path.normpath(os.path.join(roots[0][0], subject))
-    for root, below in roots:
-        if path == root or path.startswith(below):
+    for _, below in roots:
+        if path.startswith(below):
             return path
     return None
 
