@@ -26,7 +26,10 @@ class Condition:
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+# Decision and Situation are values nobody changes after building them, but not frozen: a
+# frozen dataclass sets each field through object.__setattr__ (~0.9 us for a Situation, 0.3
+# unfrozen), and one of each is built per group at every decision: ~8 % of a replay.
+@dataclass(slots=True)
 class Decision:
     fire: bool
     kind: str  # "events" | "floor" | "schedule" when firing; "" otherwise
@@ -43,7 +46,7 @@ class Decision:
         return None if self.fire else self.reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Situation:
     """Everything `decide` looks at besides the policy."""
 
