@@ -76,6 +76,7 @@ from chaos import (  # noqa: E402
     say,
     wait_for,
 )
+from ingest import proc_cpu  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from triggerd.store import Store  # noqa: E402
@@ -171,15 +172,6 @@ async def preload_messages(bootstrap: str, topic: str, n: int, seed: int) -> dic
 
 
 # -- sampling -------------------------------------------------------------------------------------
-def proc_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a process, from /proc (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class CpuGroup:
     """CPU seconds of a changing set of processes since `begin`: a pid seen at the first
