@@ -4,6 +4,7 @@ fixture of conftest.py)."""
 from __future__ import annotations
 
 import json
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,17 @@ from typing import Any
 import pytest
 
 from triggerd.cli import main
+from triggerd.config.loader import Config, load_config
 
 CONFIG = Path(__file__).parent / "data" / "triggerd.yaml"
+
+
+def config_from_text(text: str) -> Config:
+    """A config loaded from YAML text, as `triggerd` loads a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "triggerd.yaml"
+        path.write_text(text)
+        return load_config(path)
 
 
 @dataclass

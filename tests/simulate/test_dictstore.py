@@ -8,17 +8,16 @@ outcomes, and leave the same state behind."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from simtest import config_from_text
 
-from triggerd.config.loader import Config, load_config
+from triggerd.config.loader import Config
 from triggerd.model import Event, JobStatus
 from triggerd.simulate.dictstore import DictStore
 from triggerd.simulate.driver import Simulation, Timeline
@@ -58,13 +57,6 @@ rules:
 OFFSETS = [0, 0, 1, 30, 59, 60, 61, 119, 120, 300, 600, 1800, 3600]
 
 
-def _config(text: str) -> Config:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "triggerd.yaml"
-        path.write_text(text)
-        return load_config(path)
-
-
 @st.composite
 def configs(draw: st.DrawFn) -> tuple[Config, int]:
     rules = []
@@ -80,7 +72,7 @@ def configs(draw: st.DrawFn) -> tuple[Config, int]:
         rules.append(f"  r{i}: {{on: {on}{match}, when: {policy}{group}, "
                      f"dispatch: {{backend: train, on_busy: {busy}, concurrency: {slots}, "
                      f"retry: {{attempts: {attempts}, backoff: 1m}}}}}}\n")
-    return _config(HEAD + "".join(rules)), n
+    return config_from_text(HEAD + "".join(rules)), n
 
 
 def _file(draw: st.DrawFn) -> dict[str, Any]:
@@ -185,7 +177,7 @@ def test_two_replayed_days_are_the_same_on_either_store() -> None:
         if i == 4 else
         f'  r{i}: {{on: [landing], match: {{subject: "/data/landing/d{i}/**"}}, '
         f"when: {policy}, dispatch: {{backend: train}}}}\n" for i, policy in enumerate(rules))
-    config = _config(text)
+    config = config_from_text(text)
     arrivals = [Arrival(START + timedelta(minutes=i), "landing",
                         f"/data/landing/d{i % 10}/f{i % 700}.parquet", "created", 1000,
                         f"v{i % 1400}") for i in range(2880)]

@@ -6,15 +6,14 @@ events and engine timers of one that hands every arrival to the engine alone."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from simtest import config_from_text
 
-from triggerd.config.loader import Config, load_config
+from triggerd.config.loader import Config
 from triggerd.simulate.dictstore import DictStore
 from triggerd.simulate.driver import Simulation, Timeline
 from triggerd.simulate.history import Arrival, timeline_inputs
@@ -95,13 +94,6 @@ def _facts(result: RunResult) -> Any:
             {rule: sorted(times) for rule, times in result.pending.items()})
 
 
-def _config(text: str) -> Config:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "triggerd.yaml"
-        path.write_text(text)
-        return load_config(path)
-
-
 NEAR_A_TIMER = (  # a group's timer (1s) falls due within 200 ms of another group's arrival
     HEAD + '  r0: {on: [landing], group_by: "{payload.dir}", when: {debounce: 1s}, '
     "dispatch: {backend: train}}\n",
@@ -119,7 +111,7 @@ NEAR_A_TIMER = (  # a group's timer (1s) falls due within 200 ms of another grou
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_batching_arrivals_changes_nothing_the_engine_decides(
         config_text: str, log: list[Arrival], plans: JobPlans, tail: timedelta) -> None:
-    variant = Variant("current", _config(config_text))
+    variant = Variant("current", config_from_text(config_text))
     until = log[-1].at + tail  # 0: the last arrivals fall on the replay's end itself
     fast = run_variant(variant, log, START, until, plans, fast=True)
     one_by_one = run_variant(variant, log, START, until, plans, fast=False)
@@ -141,6 +133,6 @@ def test_the_engine_is_left_with_the_timers_of_the_one_by_one_run(
         config_text: str, log: list[Arrival], tail: timedelta) -> None:
     """The timers that fell due within a batch and were decided there are armed as the
     engine arms them (a group the batch touched, by the engine's own decision at its end)."""
-    config = _config(config_text)
+    config = config_from_text(config_text)
     until = log[-1].at + tail
     assert _timers(config, log, until, fast=True) == _timers(config, log, until, fast=False)

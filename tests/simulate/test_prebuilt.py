@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from simtest import config_from_text
 
-from triggerd.config.loader import Config, load_config
+from triggerd.config.loader import Config
 from triggerd.simulate.history import Arrival, _under, timeline_inputs
 from triggerd.simulate.inputs import Builder
 from triggerd.simulate.prebuilt import Prebuilt, Prepared, prepare
@@ -43,13 +42,6 @@ ON = ["[landing]", "[landing, metrics]", "[raw]", "[landing, raw, metrics]"]
 MATCHES = ["", ', match: {subject: "/data/landing/d0/**"}', ', match: {where: "size > 1500"}']
 
 
-def _config(text: str) -> Config:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "triggerd.yaml"
-        path.write_text(text)
-        return load_config(path)
-
-
 @st.composite
 def configs(draw: st.DrawFn, head: str = SOURCES) -> Config:
     rules = []
@@ -58,7 +50,7 @@ def configs(draw: st.DrawFn, head: str = SOURCES) -> Config:
         rules.append(f"  r{i}: {{on: {draw(st.sampled_from(ON))}"
                      f"{draw(st.sampled_from(MATCHES))}, when: {draw(st.sampled_from(POLICIES))}"
                      f"{group}, dispatch: {{backend: train}}}}\n")
-    return _config(head + "".join(rules))
+    return config_from_text(head + "".join(rules))
 
 
 @st.composite
@@ -93,7 +85,7 @@ def _contents(prepared: Prepared) -> Any:
 
 
 def test_the_built_events_are_those_the_simulator_builds_from_the_inputs() -> None:
-    config = _config(SOURCES + "  r0: {on: [landing], when: {min_events: 2}, "
+    config = config_from_text(SOURCES + "  r0: {on: [landing], when: {min_events: 2}, "
                      "dispatch: {backend: train}}\n")
     at = [START + timedelta(minutes=m) for m in range(8)]
     log = [Arrival(at[0], "landing", "/data/landing/a.parquet", size=10),
@@ -145,9 +137,9 @@ def test_a_variant_replayed_after_another_on_the_same_events_gets_what_it_gets_a
 
 
 def test_a_config_with_other_sources_gets_events_of_its_own() -> None:
-    parquet = _config(SOURCES + "  r0: {on: [landing], when: {min_events: 1}, "
+    parquet = config_from_text(SOURCES + "  r0: {on: [landing], when: {min_events: 1}, "
                       "dispatch: {backend: train}}\n")
-    csv = _config(SOURCES.replace('patterns: ["**/*.parquet"], settle',
+    csv = config_from_text(SOURCES.replace('patterns: ["**/*.parquet"], settle',
                                   'patterns: ["**/*.csv"], settle')
                   + "  r0: {on: [landing], when: {min_events: 1}, dispatch: {backend: train}}\n")
     log = [Arrival(START, "landing", "/data/landing/a.parquet", size=1),
@@ -165,7 +157,7 @@ def test_a_config_with_other_sources_gets_events_of_its_own() -> None:
 
 
 def test_events_built_for_other_arrivals_are_refused() -> None:
-    config = _config(SOURCES + "  r0: {on: [landing], when: {min_events: 1}, "
+    config = config_from_text(SOURCES + "  r0: {on: [landing], when: {min_events: 1}, "
                      "dispatch: {backend: train}}\n")
     log = [Arrival(START, "landing", "/data/landing/a.parquet", size=1)]
     other = Prebuilt(list(log), START)
@@ -188,7 +180,7 @@ def test_events_built_for_other_arrivals_are_refused() -> None:
 def test_a_file_rows_path_is_the_normalised_path_under_the_sources_paths(subject: str) -> None:
     """`history._under`, which skips normpath for a path already normal, as normpath has it
     (the watched directory itself is not a file under it)."""
-    options = _config(SOURCES).sources["landing"]
+    options = config_from_text(SOURCES).sources["landing"]
     assert isinstance(options, FilesystemOptions)
     path = os.path.normpath(os.path.join("/data/landing", subject))
     expected = path if path.startswith("/data/landing/") else None
