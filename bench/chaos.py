@@ -812,7 +812,7 @@ def log_findings(world: World) -> dict[str, int]:
     """Counts of telling lines in the replicas' logs."""
     text_ = "".join(r.log.read_text(errors="replace") for r in world.replicas if r.log.exists())
     found = {"abandoned attempts (taken over)": text_.count("taken over by another daemon"),
-             "takeovers (recovered jobs)": text_.count("taking over (queued, or its daemon"),
+             "takeovers (recovered jobs)": text_.count("taking over (its daemon is gone)"),
              "tracebacks": text_.count("Traceback (most recent call last)"),
              "replica exits not caused by the harness": sum(len(r.exits)
                                                             for r in world.replicas)}

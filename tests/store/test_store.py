@@ -756,6 +756,50 @@ def test_a_taken_over_claim_writes_nothing_even_when_its_owner_claims_again(
         (1, "interrupted"), (2, "succeeded")]
 
 
+def test_a_takeover_never_undoes_a_newer_claim_made_while_it_looked(
+        store: Store, store_url: str) -> None:
+    """Two replicas find the same dead daemon's running job. Replica A reads it as orphaned;
+    before A gives it back, replica B has already given it back and claimed it again
+    (attempt 2, B alive). A's give-back must not touch B's claim (it would fence B's
+    attempt out and run the job once more): it is made under the claim A saw (owner and
+    attempt), so it changes nothing, and A does not report the job as taken over.
+    PostgreSQL only: on SQLite one daemon holds the store, and its write lock would keep B
+    out of A's transaction anyway."""
+    if store.dialect != "postgresql":
+        pytest.skip("replicas share PostgreSQL only")
+    from sqlalchemy import event
+
+    jid = queued(store)
+    for d in ("dead", "a", "b"):
+        store.register_daemon(d, T0)
+    assert claim_job(store, jid, "dead", 1, T0) is not None
+    now = T0 + H
+    store.heartbeat("a", now)
+    store.heartbeat("b", now)
+    replica_b = Store(store_url)
+    interleaved = []
+
+    def b_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not interleaved and statement.lstrip().upper().startswith("UPDATE JOBS"):
+            interleaved.append(True)  # A has read the orphan and is about to give it back
+            assert replica_b.recover_jobs("b", now - M, now)[0].taken_over
+            assert claim_job(replica_b, jid, "b", 1, now) is not None
+
+    event.listen(store.engine, "before_cursor_execute", b_first)
+    try:
+        found = store.recover_jobs("a", now - M, now)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", b_first)
+        replica_b.close()
+    assert interleaved
+    assert [r for r in found if r.job_id == jid] == []  # running again: not A's to dispatch
+    job = q.job(store, jid)
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.RUNNING, 2)
+    assert store.holds(jid, "b", 2)  # B's claim stands
+    assert [(a.n, a.outcome) for a in attempts(store, jid)] == [(1, "interrupted"), (2, None)]
+
+
 def test_retrying_job_waits_for_next_attempt_at(store: Store) -> None:
     jid = queued(store)
     claim_job(store, jid, "d1", 1, T0)
@@ -832,11 +876,14 @@ def test_recover_jobs_resumes_queued_retrying_and_orphaned_jobs(store: Store) ->
     claim_job(store, mine, "me", 9, T0)  # a periodic recovery never touches its own jobs
 
     found = store.recover_jobs("me", stale_before, now)
-    ids = [job_id for job_id, _ in found]
+    ids = [r.job_id for r in found]
 
     assert ids == [q_, retry, orphan, exhausted, of_stopped]
-    assert dict(found)[retry] == now + H  # a retrying job keeps its not-before time
-    assert store.recover_jobs("me", stale_before, now) == found   # idempotent
+    assert {r.job_id: r.not_before for r in found}[retry] == now + H  # keeps its not-before
+    # taken over: the running attempts this call gave back (what the daemon logs as such)
+    assert [r.job_id for r in found if r.taken_over] == [orphan, exhausted, of_stopped]
+    again_found = store.recover_jobs("me", stale_before, now)   # idempotent; taken once
+    assert again_found == [r._replace(taken_over=False) for r in found]
     assert q.job(store, mine).status == JobStatus.RUNNING  # type: ignore[union-attr]
     job = q.job(store, orphan)
     assert job is not None
@@ -873,7 +920,7 @@ def test_a_job_that_keeps_crashing_its_daemon_fails_when_its_attempts_run_out(
         state = q.job(store, job)
         assert state is not None
         if n <= MAX_INTERRUPTED:
-            assert found == [(job, None)] and state.status == JobStatus.RETRYING
+            assert found == [(job, None, True)] and state.status == JobStatus.RETRYING
         else:
             assert found == [] and (state.status, state.finished_at) == (JobStatus.FAILED, now)
             assert state.detail and "no attempts left" in state.detail
@@ -891,7 +938,7 @@ def test_clean_stops_never_use_up_a_jobs_attempts(store: Store) -> None:
         store.register_daemon(f"d{n}", now)
         assert claim_job(store, job, f"d{n}", 9, now) is not None
         store.daemon_stopped(f"d{n}", now)
-        assert store.recover_jobs("me", now - 3 * M, now) == [(job, None)]
+        assert store.recover_jobs("me", now - 3 * M, now) == [(job, None, True)]
     assert {a.outcome for a in attempts(store, job)} == {"stopped"}
 
 
@@ -903,7 +950,7 @@ def test_recover_jobs_exclusive_treats_every_other_daemon_as_gone(store: Store) 
     job = queued(store, "r", "x", T0)
     claim_job(store, job, "killed", 9, T0)
     assert store.recover_jobs("me", now - 3 * M, now) == []
-    assert store.recover_jobs("me", now - 3 * M, now, exclusive=True) == [(job, None)]
+    assert store.recover_jobs("me", now - 3 * M, now, exclusive=True) == [(job, None, True)]
 
 
 # -- CLI requests ---------------------------------------------------------------------------------

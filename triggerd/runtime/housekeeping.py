@@ -103,15 +103,18 @@ async def recover(daemon: Daemon, starting: bool = False) -> None:
         daemon.id, dead_before(now), exclusive=exclusive))
     if requeued:
         log.info("%d CLI request(s) left unanswered by a stopped daemon taken back", requeued)
-    for job_id, not_before in found:
+    for job_id, not_before, taken_over in found:
         if job_id in daemon.dispatcher.wanted or job_id in daemon.dispatcher.running:
             continue
         if starting:
             log.info("job %s: resuming dispatch after restart", job_id,
                      extra={"job_id": job_id})
-        else:
-            log.info("job %s: taking over (queued, or its daemon is gone)", job_id,
+        elif taken_over:
+            log.info("job %s: taking over (its daemon is gone)", job_id,
                      extra={"job_id": job_id})
+        else:  # queued or retrying: the replicas share these, the first claim runs it
+            log.debug("job %s: queued, dispatching if no other replica does first", job_id,
+                      extra={"job_id": job_id})
         daemon.dispatcher.submit(job_id, not_before)
 
 

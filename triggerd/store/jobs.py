@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -248,7 +248,7 @@ class JobStore(StoreBase):
         return True
 
     def recover_jobs(self, owner: str, stale_before: datetime, now: datetime, *,
-                     exclusive: bool = False) -> list[tuple[str, datetime | None]]:
+                     exclusive: bool = False) -> list[Recovered]:
         """Jobs to (re)dispatch: queued and retrying ones, and running ones whose daemon is
         gone. Called at start-up and periodically, so a replica picks up the work of one that
         died. A daemon is gone when it stopped, when its heartbeat is older than
@@ -259,16 +259,20 @@ class JobStore(StoreBase):
         stop (SIGTERM: a deploy) always gives it back (outcome `stopped`); a crash (outcome
         `interrupted`) up to `MAX_INTERRUPTED` times: a job whose attempt takes its daemon
         down each time keeps its budget and fails when no attempt is left.
-        Returns (job id, not before) pairs."""
+        Returns every queued and retrying job (replicas share them: whichever claims one
+        first runs it), those this call took back from a gone daemon marked `taken_over`
+        (on PostgreSQL exactly one replica's call takes a job back)."""
         j = t.jobs.c
         a = t.job_attempts.c
         d = t.daemons.c
         gone = or_(j.owner.is_(None), other_gone(j.owner, owner, stale_before, exclusive))
         with self.write() as c:
-            orphans = c.execute(select(j.id, j.attempts, j.max_attempts, d.stopped_at)
+            orphans = c.execute(select(j.id, j.owner, j.attempts, j.max_attempts,
+                                       d.stopped_at)
                                 .select_from(t.jobs.outerjoin(t.daemons, d.id == j.owner))
                                 .where(and_(j.status == JobStatus.RUNNING, gone))).all()
-            for job_id, attempts, max_attempts, stopped_at in orphans:
+            taken = set()
+            for job_id, held_by, attempts, max_attempts, stopped_at in orphans:
                 detail = "interrupted: the daemon running it stopped"
                 outcome = "stopped" if stopped_at is not None else "interrupted"
                 earlier = c.execute(select(func.count()).select_from(t.job_attempts).where(
@@ -276,19 +280,22 @@ class JobStore(StoreBase):
                 if outcome == "stopped" or earlier < MAX_INTERRUPTED:
                     max_attempts += 1
                 left = attempts < max_attempts
-                c.execute(update(t.jobs).where(and_(j.id == job_id,
-                                                    j.status == JobStatus.RUNNING)).values(
-                    status=JobStatus.RETRYING if left else JobStatus.FAILED, owner=None,
-                    max_attempts=max_attempts,
-                    detail=detail + ("" if left else "; no attempts left"),
-                    finished_at=None if left else now))
+                # under the claim it was seen with: a replica that took it back and claimed
+                # it again since (a new attempt) keeps it
+                if not c.execute(update(t.jobs).where(_held(job_id, held_by, attempts)).values(
+                        status=JobStatus.RETRYING if left else JobStatus.FAILED, owner=None,
+                        max_attempts=max_attempts,
+                        detail=detail + ("" if left else "; no attempts left"),
+                        finished_at=None if left else now)).rowcount:
+                    continue
+                taken.add(job_id)
                 c.execute(update(t.job_attempts).where(and_(
                     a.job_id == job_id, a.n == attempts, a.finished_at.is_(None)))
                     .values(finished_at=now, outcome=outcome, detail=detail))
             rows = c.execute(select(j.id, j.next_attempt_at).where(
                 j.status.in_([JobStatus.QUEUED, JobStatus.RETRYING]))
                 .order_by(j.created_at)).all()
-        return [(r[0], r[1]) for r in rows]
+        return [Recovered(r[0], r[1], r[0] in taken) for r in rows]
 
     def _trigger_context(self, c: Connection, job_id: str) -> JobContext | None:
         tr, ev, re_ = t.triggers.c, t.events.c, t.rule_events.c
@@ -300,6 +307,15 @@ class JobStore(StoreBase):
                 t.rule_events, re_.event_id == ev.id).where(re_.trigger_id == bindparam("b_tid"))
                 .order_by(ev.observed_at, ev.id)))
 
+
+
+class Recovered(NamedTuple):
+    """A job `recover_jobs` found to dispatch: due at `not_before` (None: now);
+    `taken_over` if that call gave it back from a gone daemon's running attempt."""
+
+    job_id: str
+    not_before: datetime | None
+    taken_over: bool
 
 
 def _context(c: Connection, job_id: str, q_trigger: Fast, q_events: Fast) -> JobContext | None:
@@ -316,9 +332,9 @@ def _context(c: Connection, job_id: str, q_trigger: Fast, q_events: Fast) -> Job
                              for e in evs], dict(row.params or {}))
 
 
-def _held(job_id: str, owner: str, attempt: int) -> Any:
-    """The claim (`owner`, `attempt`) of a job, as a WHERE clause: running, that owner, that
-    attempt (the fencing token: attempts only grow, a new claim always moves it on)."""
+def _held(job_id: str, owner: str | None, attempt: int) -> Any:
+    """The claim (`owner`, `attempt`) of a job, as a WHERE clause: running, that owner (None:
+    none), that attempt (the fencing token: attempts only grow, a new claim always moves it on)."""
     j = t.jobs.c
     return and_(j.id == job_id, j.status == JobStatus.RUNNING, j.owner == owner,
                 j.attempts == attempt)
