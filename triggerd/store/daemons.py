@@ -135,9 +135,9 @@ class DaemonStore(StoreBase):
             removed += c.execute(delete(t.jobs).where(j.trigger_id.in_(old_triggers))).rowcount
             removed += c.execute(delete(t.triggers).where(tr.id.in_(
                 select(old_triggers.subquery().c.id)))).rowcount
-            removed += c.execute(delete(t.events).where(and_(
-                ev.observed_at < before,
-                ~select(re_.event_id).where(re_.event_id == ev.id).exists()))).rowcount
+            removed += c.execute(delete(t.events).where(ev.id.in_(
+                select(ev.id).select_from(t.events.outerjoin(t.rule_events, re_.event_id == ev.id))
+                .where(and_(ev.observed_at < before, re_.event_id.is_(None)))))).rowcount
             removed += c.execute(delete(t.rejects).where(t.rejects.c.at < before)).rowcount
             removed += c.execute(delete(t.requests).where(and_(
                 t.requests.c.handled_at.is_not(None), t.requests.c.created_at < before)))\
