@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from triggerd.cli.commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, UsageError
+from triggerd.cli.common import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, UsageError
 from triggerd.cli.parser import build_parser
 from triggerd.errors import ConfigError, StoreError
 

@@ -1,9 +1,10 @@
 """What each `triggerd` command does: load the config, open the store, query or request.
 
 Query commands (and the request-writing `fire`, `pause`, `resume`) open the store as it is:
-one that is missing, empty or at another revision is refused (`_open_store`), never migrated.
-Only `run` and `db upgrade` migrate. What a command prints comes from triggerd.cli.views;
-the exit codes are below, and triggerd.cli.main turns the errors raised here into them.
+one that is missing, empty or at another revision is refused (triggerd.cli.common's
+`open_store`), never migrated. Only `run` and `db upgrade` migrate. What a command prints
+comes from triggerd.cli.views; the exit codes are in triggerd.cli.common, and
+triggerd.cli.main turns the errors raised here into them.
 """
 
 from __future__ import annotations
@@ -19,78 +20,25 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from triggerd.cli import views
-from triggerd.config.loader import Config, load_config
+from triggerd.cli.common import (
+    EXIT_NOTHING,
+    EXIT_OK,
+    UsageError,
+    config_from,
+    open_store,
+    read_settings,
+    since_time,
+)
+from triggerd.config.loader import Config
 from triggerd.errors import ConfigError, StoreError, StoreLockedError
 from triggerd.language.units import parse_duration
 from triggerd.model import daemon_alive
-from triggerd.settings import Settings
 
 log = logging.getLogger("triggerd.cli")
-EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    pass
 
 
 # -- shared by the commands ------------------------------------------------------------------
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise UsageError(f"bad environment setting: {exc.errors()[0]['msg']}") from None
-
-
-def _load(args: argparse.Namespace) -> Config:
-    settings = _settings()
-    path = args.config or settings.config
-    return load_config(path, store=settings.store, state_dir=settings.state_dir)
-
-
-def _open_store(config: Config) -> Any:
-    """The store for a query: it must already be at this triggerd's schema (never migrated
-    here; see SchemaNotCurrentError in main)."""
-    from triggerd.store import Store
-    from triggerd.store.connect import sqlite_path
-    from triggerd.store.migrate import SchemaNotCurrentError, check_current
-
-    hint = (f"run `triggerd db upgrade --config {config.path}`, or start the daemon "
-            "(`triggerd run`), which upgrades it; query commands never change the schema")
-    path = sqlite_path(config.store_url)
-    if path is not None and not path.parent.exists():  # not even its state directory yet
-        raise SchemaNotCurrentError(f"the store {path} does not exist yet (nor its directory "
-                                    f"{path.parent}): {hint}", "missing", None)
-    store = Store(config.store_url, create_dir=False)
-    try:
-        check_current(store.engine, store.safe_url)
-    except SchemaNotCurrentError as exc:
-        store.close()
-        if exc.state == "ahead":  # the message already says: upgrade triggerd
-            raise
-        raise SchemaNotCurrentError(f"{exc}: {hint}", exc.state, exc.revision) from None
-    except BaseException:
-        store.close()
-        raise
-    return store
-
-
-def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return datetime.now(UTC) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--since {text!r}: give a duration (2h, 7d) or an ISO time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _unknown_rule(rule: str, config: Config) -> int:
     print(f"triggerd: unknown rule {rule!r} (rules: {', '.join(sorted(config.rules)) or 'none'})",
           file=sys.stderr)
@@ -104,7 +52,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from triggerd.config.types import secret_env_options
     from triggerd.store.connect import store_url
 
-    config = _load(args)
+    config = config_from(args)
     try:
         url = store_url(config.store_url)  # parses, never connects
     except StoreError as exc:
@@ -157,7 +105,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from triggerd.store import Store
     from triggerd.store.migrate import current
 
-    config = _load(args)
+    config = config_from(args)
     store = Store(config.store_url)
     try:
         store.upgrade()
@@ -172,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from triggerd.runtime import run_daemon
     from triggerd.store.connect import RedactFilter
 
-    settings = _settings()
-    config = _load(args)
+    settings = read_settings()
+    config = config_from(args)
     setup(settings.log_level, settings.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactFilter())  # a driver's error may quote the store password
@@ -200,7 +148,7 @@ def _status_facts(config: Config) -> views.StatusFacts:
     from triggerd.store import queries
     from triggerd.store.rejects import count_rejects
 
-    store = _open_store(config)
+    store = open_store(config)
     now = datetime.now(UTC)
     try:
         daemon = queries.latest_daemon(store)
@@ -214,7 +162,7 @@ def _status_facts(config: Config) -> views.StatusFacts:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = config_from(args)
     facts = _status_facts(config)
     out = views.status_json(config, facts)
     if args.json:
@@ -228,10 +176,10 @@ def _history(args: argparse.Namespace, query: Callable[[Any], list[Any]],
              view: views.HistoryView, config: Config | None = None) -> int:
     """The shape of `events`, `triggers` and `jobs`: check --rule, query, print table or JSON;
     exit 1 when nothing was found. `config`: the caller's, if it loaded it already."""
-    config = config if config is not None else _load(args)
+    config = config if config is not None else config_from(args)
     if args.rule and args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
-    store = _open_store(config)
+    store = open_store(config)
     try:
         rows = query(store)
     finally:
@@ -247,7 +195,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         return _rejected(args)
     return _history(
         args, lambda store: queries.list_events(store, rule=args.rule, source=args.source,
-                                                since=_since(args.since), limit=args.limit),
+                                                since=since_time(args.since), limit=args.limit),
         views.EVENTS)
 
 
@@ -255,10 +203,10 @@ def _rejected(args: argparse.Namespace) -> int:
     """`events --rejected`: input a source could not turn into an event, newest first."""
     from triggerd.store.rejects import list_rejects
 
-    config = _load(args)
+    config = config_from(args)
     rule = (args.rule, config.rules[args.rule].on) if args.rule in config.rules else None
     return _history(
-        args, lambda store: list_rejects(store, source=args.source, since=_since(args.since),
+        args, lambda store: list_rejects(store, source=args.source, since=since_time(args.since),
                                          limit=args.limit, rule=rule),
         views.REJECTS, config)
 
@@ -268,7 +216,7 @@ def cmd_triggers(args: argparse.Namespace) -> int:
 
     return _history(
         args, lambda store: queries.list_triggers(store, rule=args.rule,
-                                                  since=_since(args.since), limit=args.limit),
+                                                  since=since_time(args.since), limit=args.limit),
         views.TRIGGERS)
 
 
@@ -285,10 +233,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from triggerd.engine.assess import assess
     from triggerd.store import queries
 
-    config = _load(args)
+    config = config_from(args)
     if args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
-    store = _open_store(config)
+    store = open_store(config)
     now = datetime.now(UTC)
     try:
         found = assess(config, store, now)
@@ -323,11 +271,11 @@ def _await_result(store: Any, req: int, wait: float) -> str | None:
 
 
 def cmd_fire(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = config_from(args)
     if args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
     reason = args.reason or f"manual trigger by {getpass.getuser()}@{socket.gethostname()}"
-    store = _open_store(config)
+    store = open_store(config)
     try:
         req = store.add_request("fire", args.rule, {"reason": f"manual: {reason}"},
                                 datetime.now(UTC))
@@ -356,12 +304,12 @@ def _pause_until(args: argparse.Namespace, now: datetime) -> datetime | None:
 
 
 def cmd_pause(args: argparse.Namespace, pause: bool = True) -> int:
-    config = _load(args)
+    config = config_from(args)
     if args.rule not in config.rules:
         return _unknown_rule(args.rule, config)
     now = datetime.now(UTC)
     until = _pause_until(args, now) if pause else None
-    store = _open_store(config)
+    store = open_store(config)
     try:
         store.set_paused(args.rule, pause, until, getattr(args, "reason", None), now)
         store.add_request("pause" if pause else "resume", args.rule, {}, now)
@@ -385,7 +333,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     HEALTHCHECK or a probe. Needs TRIGGERD_HTTP, the address the daemon listens on."""
     from triggerd.ops.http import probe
 
-    settings = _settings()
+    settings = read_settings()
     if not settings.http:
         raise UsageError("health asks the daemon's HTTP listener: set TRIGGERD_HTTP=host:port")
     path = "/readyz" if args.ready else "/healthz"

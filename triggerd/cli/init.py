@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from triggerd.cli.commands import EXIT_OK, EXIT_USAGE
+from triggerd.cli.common import EXIT_OK, EXIT_USAGE
 
 __all__ = ["PATTERNS", "cmd_init"]
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from triggerd.cli import views
-from triggerd.cli.commands import EXIT_OK, UsageError, _load, _open_store, _since
+from triggerd.cli.common import EXIT_OK, UsageError, config_from, open_store, since_time
 from triggerd.config.loader import Config, load_config
 from triggerd.language.units import parse_duration
 
@@ -20,7 +20,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from triggerd.simulate.jobs import Plan
     from triggerd.simulate.replay_report import Report
 
-    config = _load(args)
+    config = config_from(args)
     rules = _rules(args.rule, config)
     fixed = _duration("--job-duration", args.job_duration)
     candidates = [(path, load_config(path)) for path in args.candidate]
@@ -30,7 +30,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     variants += [(v, "sweep", str(config.path)) for v in sweep]
     stored: dict[str, list[Plan]] = {}
     happened = None
-    since = _since(args.since)
+    since = since_time(args.since)
     if args.arrivals:
         arrivals = history.read_log(args.arrivals)
         start = since or (arrivals[0].at if arrivals else datetime.now(UTC))
@@ -39,7 +39,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         arrivals = [a for a in arrivals if start <= a.at < until]
         origin = str(args.arrivals)
     else:
-        store = _open_store(config)
+        store = open_store(config)
         try:
             until = _until(args.until) or datetime.now(UTC)
             arrivals = history.stored_arrivals(store, since, until)
