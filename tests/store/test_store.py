@@ -1151,7 +1151,7 @@ def test_prune_keeps_the_tables_bounded(store: Store) -> None:
 def test_prune_reads_the_memberships_once_not_once_per_old_event(store: Store) -> None:
     """Pruning old events keeps those still in a membership. Asked per old event (a
     correlated NOT EXISTS: rule_events has no index by event id), SQLite scanned every
-    membership for each old event: 4,000 old events beside 200,000 pending memberships held
+    membership for each old event: 4,000 old events beside 400,000 pending memberships held
     the store's one write lock for 84 s (the daemon's ingest, dispatch and heartbeat with
     it; now 0.13 s). The plan of the statement prune runs must join the memberships once."""
     from sqlalchemy import event
