@@ -91,7 +91,8 @@ def writer(job: Job) -> None:
         with store.read() as c:  # the pool's connection made before the clock starts
             c.exec_driver_sql("SELECT 1")
         print("ready", flush=True)
-        sys.stdin.readline()
+        if sys.stdin.readline() != "go\n":  # the parent gave up (another writer failed)
+            return
         new = 0
         c0, t0 = time.process_time(), time.time()
         for events in mine:
