@@ -3,10 +3,13 @@
 The daemon's state directory (its SQLite store) is a small tmpfs (8 MiB, mounted by the
 harness: needs root). Files land in a watched directory (outside the tmpfs) and a cron source
 ticks every second, both dispatching to the idempotent receiver. Then:
-1. a filler file takes every free byte of the tmpfs (written until ENOSPC);
+1. once the store has some history (a `files` batch fired and its job succeeded), a filler
+   file takes every free byte of the tmpfs (written until ENOSPC);
 2. the harness waits until the daemon says its store is unusable: `/readyz` (TRIGGERD_HTTP)
    answers 503 with a problem (a source whose write failed, or the store itself), while
-   `/healthz` answers 200 and the process is up; the workload goes on meanwhile;
+   `/healthz` answers 200 and the process is up; the workload goes on meanwhile, and the
+   disk stays full until FULL_FILES more files have landed and the landing source has
+   reported a refused write;
 3. the filler is deleted; the harness waits until `/readyz` is 200 again, stops the workload,
    and drains as the replicated run does (pause, fire, jobs final);
 4. the checker: every file published is an event, consumed by one trigger, whose job is final,
@@ -32,7 +35,9 @@ import chaos
 from _chaos_check import Observed, check, table
 from _chaos_receiver import Receiver
 from kafka_support import free_port
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
+
+from triggerd.store import tables as t
 
 RULES = {
     "files": ("""
@@ -46,6 +51,7 @@ RULES = {
     """, lambda e: e["source"] == "tick"),
 }
 SIZE = "8m"
+FULL_FILES = 3  # files published while the store is full (each one must be recovered)
 
 
 def probe(port: int, path: str) -> tuple[int, Any]:
@@ -129,7 +135,8 @@ def _run(seed: int, root: Path, state: Path, timeout: float) -> dict[str, Any]:
         chaos.wait_for(daemon.ready, 60, "the daemon to start")
         workload.start()
         chaos.wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, "ready before the fill")
-        time.sleep(5)  # a little history before the disk fills (workload time, not a wait)
+        # a little history before the disk fills: files stored, a batch fired and its job done
+        chaos.wait_for(lambda: _history(engine), 60, "a `files` job done before the fill")
         verdict["filler_bytes"] = fill(state)
         t_full = time.time()
         _, body = chaos.wait_for(
@@ -137,7 +144,16 @@ def _run(seed: int, root: Path, state: Path, timeout: float) -> dict[str, Any]:
             "/readyz to report the full store")
         verdict["unhealthy_after_s"] = round(time.time() - t_full, 1)
         verdict["readyz_while_full"] = body.get("problems") if isinstance(body, dict) else body
-        time.sleep(5)  # stay full while files keep landing (workload time)
+        # stay full while files keep landing: FULL_FILES more published, and the landing
+        # source refused (its events could not be written)
+        landed = len(workload.files)
+
+        def refused() -> bool:
+            code, now = probe(port, "/readyz")
+            return len(workload.files) >= landed + FULL_FILES and code == 503 \
+                and isinstance(now, dict) and any(p.startswith("source landing unhealthy")
+                                                  for p in now.get("problems", []))
+        chaos.wait_for(refused, 60, f"{FULL_FILES} files landing on the full store, refused")
         verdict["healthz_while_full"] = probe(port, "/healthz")[0]
         verdict["daemon_up_while_full"] = daemon.alive()
         os.unlink(state / "filler")
@@ -146,9 +162,9 @@ def _run(seed: int, root: Path, state: Path, timeout: float) -> dict[str, Any]:
         verdict["ready_again_after_s"] = round(time.time() - t_free, 1)
         workload.stop()
         chaos.wait_for(lambda: chaos.stored_inputs(engine, workload.files, set()) == (0, 0),
-                       timeout, "every file stored", interval=1.0)
+                       timeout, "every file stored")
         exempt = _fire_all(config, store, state)
-        chaos.wait_for(lambda: chaos.idle_jobs(engine), timeout, "every job final", 1.0)
+        chaos.wait_for(lambda: chaos.idle_jobs(engine), timeout, "every job final")
         figures = check(_observed(engine, receiver, workload, exempt, daemon),
                         {k: v[1] for k, v in RULES.items()})
         verdict.update({"figures": figures.to_json(), "table": table(figures),
@@ -167,17 +183,36 @@ def _run(seed: int, root: Path, state: Path, timeout: float) -> dict[str, Any]:
         receiver.close()
 
 
+def _history(engine: Any) -> bool:
+    """True once a `files` trigger's job has succeeded (the store holds events, a trigger
+    and a finished job before the disk fills)."""
+    with engine.connect() as conn:
+        return conn.execute(select(t.jobs.c.id).join(
+            t.triggers, t.triggers.c.id == t.jobs.c.trigger_id).where(
+            t.triggers.c.rule == "files", t.jobs.c.status == "succeeded").limit(1)
+        ).first() is not None
+
+
 def _fire_all(config: Path, store: str, state: Path) -> dict[str, float]:
+    """Pause every rule, then fire every one (each verb's commands run at once; every pause
+    is done before the first fire)."""
     env = chaos.daemon_env(store, state)
     exempt: dict[str, float] = {}
     for verb in ("pause", "fire"):
-        for rule in RULES:
-            if verb == "fire" and rule == "ticks":
-                exempt[rule] = time.time() - 2.0
-            extra = ["--wait", "60"] if verb == "fire" else []
-            subprocess.run([sys.executable, "-m", "triggerd", verb, rule, "--config",
-                            str(config), *extra], env=env, capture_output=True, timeout=120,
-                           check=False)
+        if verb == "fire":
+            exempt["ticks"] = time.time() - 2.0
+        extra = ["--wait", "60"] if verb == "fire" else []
+        procs = [subprocess.Popen([sys.executable, "-m", "triggerd", verb, rule, "--config",
+                                   str(config), *extra], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for rule in RULES]
+        try:
+            for proc in procs:
+                proc.wait(120)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     return exempt
 
 

@@ -194,7 +194,7 @@ def test_kill_9_after_store_before_commit_gives_no_duplicate_trigger(
 
     proc = td.start()
     td.wait_running(proc)
-    wait_for(lambda: source_status(td)["duplicates"] == k and source_status(td)["events"] == 5,
+    wait_for(lambda: (s := source_status(td))["duplicates"] == k and s["events"] == 5,
              40, "the redelivered batch (duplicates) and the rest (new)")
     produce(kafka_broker.bootstrap, topic, [psi(0.9)])
     wait_for(lambda: source_status(td)["events"] == 6, 20, "a new message after restart")
@@ -337,7 +337,7 @@ def test_two_daemons_share_a_four_partition_topic_every_message_in_one_trigger(
     wait_for(lambda: partitions_held(td, "a.log") and partitions_held(td, "b.log")
              and len(partitions_held(td, "a.log")) + len(partitions_held(td, "b.log")) == 4,
              30, "partitions spread")
-    wait_for(lambda: source_status(td)["events"] + source_status(td)["duplicates"] >= 300,
+    wait_for(lambda: (s := source_status(td))["events"] + s["duplicates"] >= 300,
              40, "300 messages consumed by the two daemons")
     assert td.stop(first) == 0  # leaves: the second takes over its partitions
     produce(kafka_broker.bootstrap, topic, keyed[300:])

@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,16 @@ QUERIES = [["status"], ["events"], ["triggers"], ["jobs"], ["explain", "periodic
            ["fire", "periodic", "--wait", "0"], ["pause", "periodic"], ["resume", "periodic"]]
 
 
-def cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def write_config(tmp_path: Path) -> Path:
     config = tmp_path / "triggerd.yaml"
     if not config.exists():
         config.write_text(textwrap.dedent(CONFIG))
         (tmp_path / "state").mkdir(exist_ok=True)
+    return config
+
+
+def cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    config = write_config(tmp_path)
     env = {"TRIGGERD_STORE": url, "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "triggerd", args[0], "--config", str(config),
                            *args[1:]], capture_output=True, text=True, env=env, timeout=60,
@@ -175,8 +181,12 @@ def cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str
 
 def test_queries_on_a_cold_store_say_what_to_run_and_create_nothing(
         cold_url: str, tmp_path: Path) -> None:
-    for args in QUERIES:
-        res = cli(tmp_path, cold_url, *args)
+    # the queries at once (each its own process, as users in several terminals): none of
+    # them may create the store, whichever order they reach it in
+    write_config(tmp_path)  # before the threads share it
+    with ThreadPoolExecutor(len(QUERIES)) as pool:
+        done = list(pool.map(lambda args: cli(tmp_path, cold_url, *args), QUERIES))
+    for args, res in zip(QUERIES, done, strict=True):
         assert res.returncode == 2, (args, res)
         assert "Traceback" not in res.stderr
         assert f"triggerd db upgrade --config {tmp_path / 'triggerd.yaml'}" in res.stderr, res

@@ -18,14 +18,16 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from triggerd.errors import StoreError
 from triggerd.store.connect import READ_ONLY, sqlite_path
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("triggerd.store")
 
@@ -48,6 +50,10 @@ class SchemaNotCurrentError(StoreError):
 
 
 def alembic_config(engine: Engine) -> Config:
+    # alembic (and mako, which it brings) is imported only when a migration runs: a query
+    # command, or a daemon starting on a store already at HEAD (`at_head`), never needs it
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     # only for `alembic` run by hand: triggerd always hands env.py a connection
@@ -58,6 +64,8 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the store to `revision` under the migration lock (a no-op when already there)."""
+    from alembic import command
+
     cfg = alembic_config(engine)
     try:
         with engine.connect() as conn, migration_lock(conn), conn.begin():
