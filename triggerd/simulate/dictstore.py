@@ -45,7 +45,15 @@ from triggerd.model import (
     trigger_id,
 )
 from triggerd.simulate.classified import Classified
-from triggerd.store.sql import Claim, Ingest, IngestResult, Key, NewTrigger, Snapshot
+from triggerd.store.sql import (
+    Claim,
+    Ingest,
+    IngestResult,
+    Key,
+    NewTrigger,
+    Snapshot,
+    tally_pending,
+)
 
 
 def _utc(at: datetime) -> datetime:
@@ -253,16 +261,7 @@ class DictStore:
             if member not in members:
                 members[member] = _Member(grp, at)
                 waiting.setdefault(key, []).append(eid)
-            s = sums.get(key)
-            if s is None:
-                sums[key] = [1, size, at, at]
-            else:
-                s[0] += 1
-                s[1] += size
-                if at < s[2]:
-                    s[2] = at
-                if at > s[3]:
-                    s[3] = at
+            tally_pending(sums, key, size, at)
         for (rule, grp), (n, size, first, last) in sums.items():
             by_group = self._sums.setdefault(rule, {})
             p = by_group.get(grp) or Pending()

@@ -128,15 +128,8 @@ class IngestStore(StoreBase):
             result.new.append(eid)
             ev = item.event
             if item.pending and not stored:
-                size, at = ev.size, ev.observed_at
                 for key in item.pending:
-                    s = sums.get(key)
-                    if s is None:
-                        sums[key] = [1, size, at, at]
-                    else:
-                        s[0] += 1
-                        s[1] += size
-                        s[2], s[3] = min(s[2], at), max(s[3], at)
+                    tally_pending(sums, key, ev.size, ev.observed_at)
             result.touched.update(item.pending)
             for rule, grp, matched in item.streak:
                 streaks.append((rule, grp, matched, ev.observed_at))
@@ -258,6 +251,22 @@ class IngestStore(StoreBase):
                 updated_at=at, last_event_at=case((n > 0, at), else_=s.last_event_at))
         self._q("sources.count", build).run(
             c, {"b_name": source, "b_new": new, "b_dups": dups, "b_now": now})
+
+
+def tally_pending(sums: dict[Key, list[Any]], key: Key, size: int, at: datetime) -> None:
+    """Count one new pending membership of group `key` into `sums` (per group: count,
+    bytes, first and last observed_at), what a batch adds to the groups' summaries (also
+    the replay's dict store: `simulate.dictstore`)."""
+    s = sums.get(key)
+    if s is None:
+        sums[key] = [1, size, at, at]
+        return
+    s[0] += 1
+    s[1] += size
+    if at < s[2]:
+        s[2] = at
+    if at > s[3]:
+        s[3] = at
 
 
 def _classified(unique: dict[str, Event], seen: set[str],

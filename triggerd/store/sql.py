@@ -33,11 +33,12 @@ from __future__ import annotations
 from triggerd.store.base import Key, StoreBase, sqlite_value
 from triggerd.store.daemons import DaemonStore, retention_cutoff
 from triggerd.store.groups import GroupStore, Snapshot
-from triggerd.store.ingest import Ingest, IngestResult, IngestStore
+from triggerd.store.ingest import Ingest, IngestResult, IngestStore, tally_pending
 from triggerd.store.jobs import MAX_INTERRUPTED, Claim, JobContext, JobStore, NewTrigger
 
 __all__ = ["MAX_INTERRUPTED", "Claim", "Ingest", "IngestResult", "JobContext", "Key",
-           "NewTrigger", "Snapshot", "Store", "StoreBase", "retention_cutoff", "sqlite_value"]
+           "NewTrigger", "Snapshot", "Store", "StoreBase", "retention_cutoff", "sqlite_value",
+           "tally_pending"]
 
 
 class Store(IngestStore, GroupStore, JobStore, DaemonStore):
